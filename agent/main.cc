@@ -1,0 +1,17 @@
+// upkeep-agent: `observe` / `act` run once against a manifest; with no subcommand it is the
+// daemon that connects to the controller. This file only dispatches.
+#include <cstring>
+#include <string>
+
+#include "agent/commands.h"
+#include "agent/daemon/daemon.h"
+
+int main(int argc, char** argv) {
+  if (argc >= 2 && std::strcmp(argv[1], "observe") == 0) {
+    return upkeep::agent::RunObserveCommand(argc - 1, argv + 1);
+  }
+  if (argc >= 2 && std::strcmp(argv[1], "act") == 0) {
+    return upkeep::agent::RunActCommand(argc - 1, argv + 1);
+  }
+  return upkeep::agent::RunDaemon(argc, argv);
+}

@@ -1,0 +1,43 @@
+// upkeepctl: dispatch only.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "cli/commands.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "usage: upkeepctl COMMAND [flags]\n"
+    "offline:\n"
+    "  validate -f FILE|DIR                       check manifests\n"
+    "  plan -f STACK.yaml --observed SNAP.json    diagnose a snapshot [-o json|text]\n"
+    "against a controller (--controller ADDR, default $UPKEEP_CONTROLLER or localhost:7400):\n"
+    "  apply -f FILE|DIR       get stacks|hosts      describe stack NAME\n"
+    "  explain stack NAME      plan stack NAME       events [--watch] [--stack NAME]\n"
+    "  actions [--stack NAME]  pause|resume stack NAME|host ID\n"
+    "  run ACTION --stack NAME --target T\n"
+    "output: -o table|json|yaml\n";
+
+bool HasFlag(int argc, char** argv, const char* flag) {
+  for (int i = 0; i < argc; ++i) {
+    if (std::strcmp(argv[i], flag) == 0) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "-h") == 0 || std::strcmp(argv[1], "--help") == 0 ||
+      std::strcmp(argv[1], "help") == 0) {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  if (cmd == "validate") return upkeep::cli::RunValidate(argc - 1, argv + 1);
+  if (cmd == "plan" && HasFlag(argc, argv, "--observed")) {
+    return upkeep::cli::RunPlanOffline(argc - 1, argv + 1);
+  }
+  return upkeep::cli::RunFleetCommand(argc - 1, argv + 1);
+}

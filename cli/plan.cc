@@ -1,0 +1,13 @@
+// Placeholder: replaced by the implementation.
+#include <cstdio>
+
+#include "cli/commands.h"
+
+namespace upkeep::cli {
+
+int RunPlanOffline(int, char** argv) {
+  std::fprintf(stderr, "upkeepctl %s: not implemented yet\n", argv[0]);
+  return 2;
+}
+
+}  // namespace upkeep::cli

@@ -1,0 +1,29 @@
+// The decision engine: the runbook as a pure, deterministic function.
+//   Diagnose(desired stack, observation of it on one host, action history, now) -> Diagnosis
+// The Diagnosis holds the verdict, the path (every node visited with its evidence), findings
+// (alerts), and the planned actions each already judged by policy (core/policy).
+// Thread-safe (no state).
+#ifndef UPKEEP_CORE_DECISION_DIAGNOSE_H_
+#define UPKEEP_CORE_DECISION_DIAGNOSE_H_
+
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "upkeep/v1/action.pb.h"
+#include "upkeep/v1/diagnosis.pb.h"
+#include "upkeep/v1/observation.pb.h"
+#include "upkeep/v1/stack.pb.h"
+
+namespace upkeep::decision {
+
+struct DiagnoseOptions {
+  bool paused = false;  // stack or host paused: plan, but every action is POLICY_VERDICT_PAUSED
+};
+
+upkeep::v1::Diagnosis Diagnose(const upkeep::v1::Stack& desired,
+                               const upkeep::v1::StackObservation& observed,
+                               absl::Span<const upkeep::v1::ActionRecord> history, absl::Time now,
+                               const DiagnoseOptions& options = {});
+
+}  // namespace upkeep::decision
+
+#endif  // UPKEEP_CORE_DECISION_DIAGNOSE_H_
