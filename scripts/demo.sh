@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Placeholder demo until the controller and agent land: validate the example manifests.
+# `make demo`: the demo stack under upkeep and the runbook's fault tour (see demo/main.cc).
+# DEMO_ONCE=1 exits after the tour with 0 when every fault ended as expected.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./build/bin/upkeepctl validate -f manifests/
+exec ./build/bin/upkeep-demo --source . --bin build/bin ${DEMO_ONCE:+--once}

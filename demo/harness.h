@@ -1,0 +1,121 @@
+// StackHarness: a whole upkeep installation on loopback, for `make demo` and the e2e suite.
+// It writes an nginx config and the demo stack's manifest (manifests/demo.yaml or
+// manifests/demo-docker.yaml, with ports and paths rewritten for this run), starts a real
+// upkeep-controller and one upkeep-agent as child processes, applies the manifest through
+// FleetService and lets upkeep bring the stack up (the agent starts the services and nginx).
+// Faults are injected for real (HTTP fault endpoints of the sample service, signals to nginx,
+// a bad nginx config). Everything it started is stopped by Stop() / the destructor.
+// Not thread-safe: one owner drives it.
+#ifndef UPKEEP_DEMO_HARNESS_H_
+#define UPKEEP_DEMO_HARNESS_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "tests/support/subprocess.h"
+#include "upkeep/v1/fleet_service.grpc.pb.h"
+
+namespace upkeep::demo {
+
+enum class Runtime { kProcess, kDocker };
+
+struct HarnessOptions {
+  std::string work_dir;    // data dirs, nginx prefix, logs (must exist)
+  std::string source_dir;  // repository root (manifests/)
+  std::string bin_dir;     // upkeep binaries
+  Runtime runtime = Runtime::kProcess;
+  std::string docker_socket;  // docker runtime: the private dockerd's socket
+  std::string docker_image;   // docker runtime: image holding /upkeep-sample-service
+  bool fixed_ports = false;   // keep the manifest's ports (the demo) instead of ephemeral ones
+  bool dry_run = false;
+  bool with_db = false;        // add a `db` service the backend depends on
+  int restart_budget = 0;      // 0: the manifest's
+  std::string backoff_initial;  // e.g. "200ms"; empty: the manifest's
+  std::string host_id = "demo";
+};
+
+// One line of what happened, for the demo's timeline.
+struct Step {
+  absl::Time at;
+  std::string what;
+};
+
+class StackHarness {
+ public:
+  static absl::StatusOr<std::unique_ptr<StackHarness>> Start(const HarnessOptions& options);
+  ~StackHarness();
+
+  upkeep::v1::FleetService::Stub& fleet() { return *fleet_; }
+  const std::string& stack_name() const { return stack_name_; }
+  const std::string& controller_address() const { return controller_address_; }
+  const std::string& manifest_path() const { return manifest_path_; }
+  int nginx_port() const { return nginx_port_; }
+  int backend_port() const { return backend_port_; }
+  int frontend_port() const { return frontend_port_; }
+  int db_port() const { return db_port_; }
+
+  // Waits until the stack's Ready condition is True and both routes answer 200 via nginx.
+  absl::Status WaitServing(absl::Duration timeout);
+  // GET through nginx; -1 on a transport error.
+  int ProxyStatus(const std::string& path, absl::Duration timeout = absl::Seconds(2));
+
+  // Faults, each the real thing.
+  absl::Status CrashBackend();            // the backend aborts (SIGABRT)
+  absl::Status HangBackend();             // the backend stops answering (hung)
+  absl::Status StopFrontend();            // the frontend exits 0
+  absl::Status CrashDb();                 // the db aborts
+  absl::Status PoisonNginxUpstream();     // nginx marks a healthy backend dead (502)
+  absl::Status StopNginx();               // nginx master quits
+  absl::Status MisconfigureNginxPort();   // nginx reloaded with the backend on a wrong port
+  absl::Status RestoreNginxConfig();      // the good config back (and reloaded by hand)
+
+  // Controller and agent as processes (fault-tolerance tests).
+  absl::Status KillController();
+  absl::Status StartController();
+  absl::Status KillAgent();
+  absl::Status StartAgent();
+
+  absl::StatusOr<std::vector<upkeep::v1::Event>> Events(int64_t after_seq = 0);
+  absl::StatusOr<std::vector<upkeep::v1::ActionRecord>> Actions();
+  absl::StatusOr<upkeep::v1::DescribeStackResponse> Describe();
+  // Highest event seq so far (0 when none).
+  int64_t LastEventSeq();
+
+  // Stops agent, controller, services and nginx. Idempotent.
+  void Stop();
+
+ private:
+  explicit StackHarness(HarnessOptions options) : options_(std::move(options)) {}
+  absl::Status Setup();
+  absl::Status WriteNginxConfig(int backend_port_in_config);
+  absl::Status WriteManifest();
+  absl::Status ApplyManifest();
+  absl::Status NginxSignal(int sig);
+  void StopNginxAndWait();
+  absl::Status SampleFault(int port, const std::string& path);
+  absl::Status DockerSetup();
+  void DockerCleanup();
+
+  HarnessOptions options_;
+  std::string stack_name_ = "demo";
+  std::string controller_address_;
+  std::string manifest_path_;
+  std::string nginx_prefix_;
+  int controller_port_ = 0;
+  int nginx_port_ = 0;
+  int backend_port_ = 0;
+  int frontend_port_ = 0;
+  int db_port_ = 0;
+  std::unique_ptr<upkeep::testing::Subprocess> controller_;
+  std::unique_ptr<upkeep::testing::Subprocess> agent_;
+  std::unique_ptr<upkeep::v1::FleetService::Stub> fleet_;
+  bool stopped_ = false;
+};
+
+}  // namespace upkeep::demo
+
+#endif  // UPKEEP_DEMO_HARNESS_H_

@@ -1,0 +1,308 @@
+// upkeep-demo: `make demo`. Brings up the demo stack under upkeep on loopback (real nginx, a
+// controller, an agent, sample backend and frontend on the process runtime), then walks the
+// seed runbook's faults one by one, printing each step as it happens and a summary table.
+// Then it keeps the stack running until Ctrl-C (or exits after the tour with --once).
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "core/proto_time.h"
+#include "demo/harness.h"
+#include "grpcpp/grpcpp.h"
+#include "tests/support/net.h"
+#include "tests/support/wait.h"
+
+namespace upkeep::demo {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::atomic<bool> g_interrupted{false};
+void OnSignal(int) { g_interrupted = true; }
+
+struct Colors {
+  const char* bold = "";
+  const char* dim = "";
+  const char* red = "";
+  const char* green = "";
+  const char* yellow = "";
+  const char* cyan = "";
+  const char* reset = "";
+};
+
+Colors MakeColors() {
+  Colors c;
+  const char* term = std::getenv("TERM");
+  if (::isatty(STDOUT_FILENO) && term != nullptr && std::string(term) != "dumb" &&
+      std::getenv("NO_COLOR") == nullptr) {
+    c = {"\033[1m", "\033[2m", "\033[31m", "\033[32m", "\033[33m", "\033[36m", "\033[0m"};
+  }
+  return c;
+}
+
+// What one fault is and what ending counts as success.
+struct Fault {
+  std::string name;
+  std::string runbook;  // the runbook branch it exercises
+  std::function<absl::Status(StackHarness&)> inject;
+  bool expect_alert = false;  // ends in an alert with findings (no restart can fix it)
+  std::function<absl::Status(StackHarness&)> after;  // clean-up after an alert fault
+};
+
+struct Outcome {
+  std::string fault;
+  bool ok = false;
+  absl::Duration detected = absl::InfiniteDuration();
+  absl::Duration healed = absl::InfiniteDuration();
+  std::vector<std::string> actions;
+  std::string path;
+  std::string note;
+};
+
+std::string Ms(absl::Duration d) {
+  if (d == absl::InfiniteDuration()) return "-";
+  return absl::StrFormat("%.0f ms", absl::ToDoubleMilliseconds(d));
+}
+
+std::string ActionName(upkeep::v1::ActionKind kind) {
+  std::string n = upkeep::v1::ActionKind_Name(kind);
+  const std::string prefix = "ACTION_KIND_";
+  if (n.rfind(prefix, 0) == 0) n = n.substr(prefix.size());
+  for (char& ch : n) ch = ch == '_' ? '-' : static_cast<char>(std::tolower(ch));
+  return n;
+}
+
+class Demo {
+ public:
+  Demo(StackHarness& h, const Colors& c) : h_(h), c_(c) {}
+
+  Outcome Run(const Fault& fault) {
+    Outcome out;
+    out.fault = fault.name;
+    std::printf("\n%s▶ %s%s  %s(runbook: %s)%s\n", c_.bold, fault.name.c_str(), c_.reset, c_.dim,
+                fault.runbook.c_str(), c_.reset);
+    const int64_t seq0 = h_.LastEventSeq();
+    auto actions_before = h_.Actions();
+    const size_t n_before = actions_before.ok() ? actions_before->size() : 0;
+    const absl::Time t0 = absl::Now();
+    absl::Status st = fault.inject(h_);
+    if (!st.ok()) {
+      out.note = absl::StrCat("inject failed: ", st.message());
+      std::printf("  %sinject failed: %s%s\n", c_.red, std::string(st.message()).c_str(),
+                  c_.reset);
+      return out;
+    }
+    std::printf("  %s+%7s%s  injected\n", c_.dim, "0 ms", c_.reset);
+
+    // Follow the events as they come; stop at healed (or at the alert for alert faults).
+    int64_t seq = seq0;
+    bool saw_problem = false;
+    bool done = false;
+    absl::Time last_progress = absl::Now();
+    const absl::Time deadline = t0 + absl::Seconds(fault.expect_alert ? 40 : 30);
+    while (!done && absl::Now() < deadline && !g_interrupted) {
+      auto events = h_.Events(seq);
+      if (events.ok()) {
+        for (const auto& e : *events) {
+          seq = e.seq();
+          const absl::Duration at = FromProto(e.at()) - t0;
+          const bool warning = e.type() == "Warning";
+          const char* color = warning ? c_.yellow : c_.green;
+          std::printf("  %s+%7s%s  %s%-16s%s %s\n", c_.dim, Ms(at).c_str(), c_.reset, color,
+                      e.reason().c_str(), c_.reset, e.message().c_str());
+          if (e.reason() != "Applied" && e.reason() != "AgentConnected" &&
+              out.detected == absl::InfiniteDuration()) {
+            out.detected = at;
+            saw_problem = true;
+          }
+          if (fault.expect_alert && (e.reason() == "Alert" || e.reason() == "CrashLooping")) {
+            out.healed = at;  // "ended" as expected
+            out.ok = true;
+            done = true;
+          }
+        }
+      }
+      if (!fault.expect_alert && saw_problem && h_.ProxyStatus("/api/health", absl::Seconds(1)) ==
+                                                    200 &&
+          h_.ProxyStatus("/", absl::Seconds(1)) == 200) {
+        auto healed = h_.WaitServing(absl::Seconds(5));
+        if (healed.ok()) {
+          out.healed = absl::Now() - t0;
+          out.ok = true;
+          done = true;
+        }
+      }
+      if (!done && absl::Now() - last_progress > absl::Seconds(2)) {
+        std::printf("  %s… waiting (%s)%s\n", c_.dim, Ms(absl::Now() - t0).c_str(), c_.reset);
+        last_progress = absl::Now();
+      }
+      if (!done) absl::SleepFor(absl::Milliseconds(10));  // poll pacing
+    }
+    auto actions = h_.Actions();
+    if (actions.ok()) {
+      for (size_t i = n_before; i < actions->size(); ++i) {
+        const auto& a = (*actions)[i].action();
+        out.actions.push_back(absl::StrCat(ActionName(a.kind()), " ", a.target()));
+      }
+    }
+    auto describe = h_.Describe();
+    if (describe.ok() && describe->stack().status().diagnoses_size() > 0) {
+      std::vector<std::string> steps;
+      for (const auto& node : describe->stack().status().diagnoses(0).path()) {
+        if (!node.decision().empty()) steps.push_back(node.step());
+      }
+      out.path = absl::StrJoin(steps, " → ");
+    }
+    if (fault.expect_alert && fault.after) {
+      fault.after(h_).IgnoreError();
+      h_.WaitServing(absl::Seconds(30)).IgnoreError();
+    }
+    if (out.ok) {
+      std::printf("  %s✔ %s after %s%s\n", c_.green, fault.expect_alert ? "alerted" : "healed",
+                  Ms(out.healed).c_str(), c_.reset);
+    } else {
+      out.note = "did not end as expected";
+      std::printf("  %s✘ did not end as expected%s\n", c_.red, c_.reset);
+    }
+    return out;
+  }
+
+ private:
+  StackHarness& h_;
+  const Colors& c_;
+};
+
+void PrintTable(const std::vector<Outcome>& outcomes, const Colors& c) {
+  std::printf("\n%s%-34s %-10s %-12s %-6s %s%s\n", c.bold, "FAULT", "DETECTED", "ENDED", "OK",
+              "ACTIONS", c.reset);
+  for (const auto& o : outcomes) {
+    std::printf("%-34s %-10s %-12s %s%-6s%s %s\n", o.fault.c_str(), Ms(o.detected).c_str(),
+                Ms(o.healed).c_str(), o.ok ? c.green : c.red, o.ok ? "yes" : "NO", c.reset,
+                o.actions.empty() ? "-" : absl::StrJoin(o.actions, ", ").c_str());
+  }
+  std::printf("\n%sLast decision path per fault:%s\n", c.bold, c.reset);
+  for (const auto& o : outcomes) {
+    std::printf("  %-34s %s\n", o.fault.c_str(), o.path.empty() ? "-" : o.path.c_str());
+  }
+}
+
+int Main(int argc, char** argv) {
+  bool once = false;
+  std::string source_dir = ".";
+  std::string bin_dir = "build/bin";
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--once") once = true;
+    else if (a == "--source" && i + 1 < argc) source_dir = argv[++i];
+    else if (a == "--bin" && i + 1 < argc) bin_dir = argv[++i];
+  }
+  if (const char* e = std::getenv("DEMO_ONCE"); e != nullptr && std::string(e) == "1") once = true;
+  ::signal(SIGINT, OnSignal);
+  ::signal(SIGTERM, OnSignal);
+  ::signal(SIGPIPE, SIG_IGN);
+  const Colors c = MakeColors();
+
+  HarnessOptions options;
+  options.source_dir = fs::absolute(source_dir).string();
+  options.bin_dir = fs::absolute(bin_dir).string();
+  options.work_dir = fs::absolute(fs::path(source_dir) / ".demo").string();
+  std::error_code ec;
+  fs::remove_all(options.work_dir, ec);
+  fs::create_directories(options.work_dir, ec);
+  options.fixed_ports = true;
+  for (int port : {18080, 18002, 13000, 17400}) {
+    if (upkeep::testing::CanConnect("127.0.0.1", port)) {
+      options.fixed_ports = false;  // something else uses the demo's ports: pick free ones
+    }
+  }
+
+  std::printf("%supkeep demo%s — the 502 runbook, run by upkeep on a real stack\n", c.bold,
+              c.reset);
+  std::printf("  starting controller, agent, and applying the demo stack "
+              "(nginx → /api/ backend, / frontend)…\n");
+  auto harness = StackHarness::Start(options);
+  if (!harness.ok()) {
+    std::fprintf(stderr, "upkeep-demo: %s\n", std::string(harness.status().message()).c_str());
+    return 1;
+  }
+  StackHarness& h = **harness;
+  const absl::Time t_apply = absl::Now();
+  absl::Status up = h.WaitServing(absl::Seconds(30));
+  if (!up.ok()) {
+    std::fprintf(stderr, "upkeep-demo: %s\n  logs: %s/{controller,agent}.log\n",
+                 std::string(up.message()).c_str(), options.work_dir.c_str());
+    return 1;
+  }
+  std::printf("  %s✔ stack serving through nginx on http://127.0.0.1:%d  "
+              "(upkeep started 2 services and nginx in %s)%s\n",
+              c.green, h.nginx_port(), Ms(absl::Now() - t_apply).c_str(), c.reset);
+
+  const std::vector<Fault> faults = {
+      {"backend killed", "backend container not running → start",
+       [](StackHarness& s) { return s.CrashBackend(); }},
+      {"backend hung (unhealthy)", "backend unhealthy → logs, restart",
+       [](StackHarness& s) { return s.HangBackend(); }},
+      {"frontend stopped", "frontend not running → start",
+       [](StackHarness& s) { return s.StopFrontend(); }},
+      {"nginx can't reach healthy backend", "backend healthy but nginx can't connect → reload",
+       [](StackHarness& s) { return s.PoisonNginxUpstream(); }},
+      {"nginx stopped", "nginx down → test config, start",
+       [](StackHarness& s) { return s.StopNginx(); }},
+      {"nginx pointed at a wrong port", "all healthy, still 502 → alert with findings",
+       [](StackHarness& s) { return s.MisconfigureNginxPort(); }, true,
+       [](StackHarness& s) { return s.RestoreNginxConfig(); }},
+  };
+  Demo demo(h, c);
+  std::vector<Outcome> outcomes;
+  for (const auto& f : faults) {
+    if (g_interrupted) break;
+    outcomes.push_back(demo.Run(f));
+    // Let the stack settle before the next fault.
+    h.WaitServing(absl::Seconds(30)).IgnoreError();
+  }
+  PrintTable(outcomes, c);
+  bool all_ok = outcomes.size() == faults.size();
+  for (const auto& o : outcomes) all_ok = all_ok && o.ok;
+
+  if (once || g_interrupted) {
+    std::printf("\n%s\n", all_ok ? "demo: every fault ended as expected"
+                                 : "demo: some faults did not end as expected");
+    h.Stop();
+    return all_ok ? 0 : 1;
+  }
+  const std::string ctl = absl::StrCat(fs::absolute(bin_dir).string(), "/upkeepctl");
+  std::printf(
+      "\n%supkeep keeps the stack running. Poke at it (in another terminal):%s\n"
+      "  export UPKEEP_CONTROLLER=%s\n"
+      "  %s get stacks\n"
+      "  %s explain stack demo\n"
+      "  %s events --watch\n"
+      "  curl -s http://127.0.0.1:%d/api/fault/crash   # kill the backend, watch it come back\n"
+      "  curl -s http://127.0.0.1:%d/api/health\n"
+      "Ctrl-C stops everything the demo started.\n",
+      c.bold, c.reset, h.controller_address().c_str(), ctl.c_str(), ctl.c_str(), ctl.c_str(),
+      h.nginx_port(), h.nginx_port());
+  std::fflush(stdout);
+  while (!g_interrupted) absl::SleepFor(absl::Milliseconds(100));  // idle until Ctrl-C
+  std::printf("\nstopping…\n");
+  h.Stop();
+  return all_ok ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace upkeep::demo
+
+int main(int argc, char** argv) { return upkeep::demo::Main(argc, argv); }
