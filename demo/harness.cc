@@ -141,7 +141,9 @@ absl::Status StackHarness::WriteManifest() {
   const bool docker = options_.runtime == Runtime::kDocker;
   const std::string sample = absl::StrCat(options_.bin_dir, "/upkeep-sample-service");
   auto service = [&](const std::string& name, int port, bool http,
-                     const std::string& extra_args, const std::string& depends) {
+                     const std::string& depends) {
+    std::string extra_args;
+    for (const auto& a : ExtraArgs(name)) absl::StrAppend(&extra_args, ", \"", a, "\"");
     std::string s = absl::StrCat("    - name: ", name, "\n");
     if (docker) {
       absl::StrAppend(&s, "      container: {compose: {project: ", stack_name_,
@@ -163,12 +165,9 @@ absl::Status StackHarness::WriteManifest() {
     return s;
   };
   std::string services;
-  if (options_.with_db) services += service("db", db_port_, false, "", "");
-  const std::string backend_extra =
-      options_.with_db ? absl::StrCat(", --require, \"127.0.0.1:", db_port_, "\"") : "";
-  services += service("backend", backend_port_, true, backend_extra,
-                      options_.with_db ? "db" : "");
-  services += service("frontend", frontend_port_, true, "", "");
+  if (options_.with_db) services += service("db", db_port_, false, "");
+  services += service("backend", backend_port_, true, options_.with_db ? "db" : "");
+  services += service("frontend", frontend_port_, true, "");
 
   const std::string budget = options_.restart_budget > 0 ? absl::StrCat(options_.restart_budget)
                                                          : std::string("5");
@@ -227,6 +226,12 @@ absl::Status StackHarness::ApplyManifest() {
     }
     absl::SleepFor(absl::Milliseconds(20));  // retry pacing, not synchronisation
   }
+}
+
+absl::Status StackHarness::SetDryRun(bool dry_run) {
+  options_.dry_run = dry_run;
+  RETURN_IF_ERROR(WriteManifest());
+  return ApplyManifest();
 }
 
 absl::Status StackHarness::StartController() {
@@ -410,28 +415,46 @@ absl::StatusOr<upkeep::v1::DescribeStackResponse> StackHarness::Describe() {
   return resp;
 }
 
+std::vector<std::string> StackHarness::ExtraArgs(const std::string& service) const {
+  std::vector<std::string> args;
+  if (service == "backend" && options_.with_db) {
+    args = {"--require", absl::StrCat("127.0.0.1:", db_port_)};
+  }
+  if (service == "backend" && options_.crash_loop) {
+    args.push_back("--exit-after");
+    args.push_back("300ms");
+  }
+  return args;
+}
+
+std::vector<std::pair<std::string, int>> StackHarness::Services() const {
+  std::vector<std::pair<std::string, int>> out;
+  if (options_.with_db) out.emplace_back("db", db_port_);
+  out.emplace_back("backend", backend_port_);
+  out.emplace_back("frontend", frontend_port_);
+  return out;
+}
+
 absl::Status StackHarness::DockerSetup() {
   // What `docker compose create` would have done: the stack's containers exist (stopped),
   // labelled with the compose project and service; upkeep starts them.
   const std::string host = absl::StrCat("unix://", options_.docker_socket);
-  auto create = [&](const std::string& name, int port) {
-    return RunCommand(
-        {"docker", "-H", host, "create", "--network", "host", "--name",
-         absl::StrCat(stack_name_, "-", name, "-", port), "--label",
-         absl::StrCat("com.docker.compose.project=", stack_name_), "--label",
-         absl::StrCat("com.docker.compose.service=", name), options_.docker_image,
-         "/upkeep-sample-service", "--name", name, "--port", absl::StrCat(port)},
-        options_.work_dir + "/docker-create.log");
-  };
-  RETURN_IF_ERROR(create("backend", backend_port_));
-  return create("frontend", frontend_port_);
+  for (const auto& [name, port] : Services()) {
+    std::vector<std::string> argv = {
+        "docker", "-H", host, "create", "--network", "host", "--name",
+        absl::StrCat(stack_name_, "-", name, "-", port), "--label",
+        absl::StrCat("com.docker.compose.project=", stack_name_), "--label",
+        absl::StrCat("com.docker.compose.service=", name), options_.docker_image,
+        "/upkeep-sample-service", "--name", name, "--port", absl::StrCat(port)};
+    for (const auto& a : ExtraArgs(name)) argv.push_back(a);
+    RETURN_IF_ERROR(RunCommand(argv, options_.work_dir + "/docker-create.log"));
+  }
+  return absl::OkStatus();
 }
 
 void StackHarness::DockerCleanup() {
   const std::string host = absl::StrCat("unix://", options_.docker_socket);
-  for (const auto& [name, port] :
-       std::vector<std::pair<std::string, int>>{{"backend", backend_port_},
-                                                {"frontend", frontend_port_}}) {
+  for (const auto& [name, port] : Services()) {
     RunCommand({"docker", "-H", host, "rm", "-f", absl::StrCat(stack_name_, "-", name, "-", port)},
                options_.work_dir + "/docker-rm.log")
         .IgnoreError();
@@ -454,8 +477,7 @@ void StackHarness::Stop() {
   }
   std::vector<std::string> act = {absl::StrCat(options_.bin_dir, "/upkeep-agent"), "act", "-f",
                                   manifest_path_, "--data", options_.work_dir + "/agent"};
-  for (const char* service : {"backend", "frontend", "db"}) {
-    if (std::string(service) == "db" && !options_.with_db) continue;
+  for (const auto& [service, port] : Services()) {
     std::vector<std::string> argv = act;
     argv.push_back("stop-service");
     argv.push_back(service);

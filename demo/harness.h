@@ -33,6 +33,7 @@ struct HarnessOptions {
   bool fixed_ports = false;   // keep the manifest's ports (the demo) instead of ephemeral ones
   bool dry_run = false;
   bool with_db = false;        // add a `db` service the backend depends on
+  bool crash_loop = false;     // the backend exits shortly after every start
   int restart_budget = 0;      // 0: the manifest's
   std::string backoff_initial;  // e.g. "200ms"; empty: the manifest's
   std::string host_id = "demo";
@@ -73,6 +74,9 @@ class StackHarness {
   absl::Status MisconfigureNginxPort();   // nginx reloaded with the backend on a wrong port
   absl::Status RestoreNginxConfig();      // the good config back (and reloaded by hand)
 
+  // Re-applies the manifest in dry-run (or enforce) mode.
+  absl::Status SetDryRun(bool dry_run);
+
   // Controller and agent as processes (fault-tolerance tests).
   absl::Status KillController();
   absl::Status StartController();
@@ -97,6 +101,8 @@ class StackHarness {
   absl::Status NginxSignal(int sig);
   void StopNginxAndWait();
   absl::Status SampleFault(int port, const std::string& path);
+  std::vector<std::string> ExtraArgs(const std::string& service) const;
+  std::vector<std::pair<std::string, int>> Services() const;
   absl::Status DockerSetup();
   void DockerCleanup();
 

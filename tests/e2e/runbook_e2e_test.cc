@@ -1,0 +1,324 @@
+// The seed runbook end to end: a real controller, a real agent, real nginx and the sample
+// services, one scenario per runbook branch. Each asserts the actions, the events and the
+// final state, never the timing. Runs on the process runtime, and on the Docker runtime
+// against a private dockerd (tests/support/docker).
+#include <algorithm>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/proto_time.h"
+#include "demo/harness.h"
+#include "gtest/gtest.h"
+#include "tests/e2e/e2e_env.h"
+#include "tests/support/temp_dir.h"
+#include "tests/support/wait.h"
+
+namespace upkeep::demo {
+namespace {
+
+using upkeep::testing::WaitFor;
+using upkeep::v1::ActionKind;
+using upkeep::v1::ActionRecord;
+using upkeep::v1::Event;
+
+std::vector<ActionRecord> ActionsOf(StackHarness& h, ActionKind kind, const std::string& target) {
+  std::vector<ActionRecord> out;
+  auto actions = h.Actions();
+  if (!actions.ok()) return out;
+  for (const auto& a : *actions) {
+    if (a.action().kind() == kind && a.action().target() == target) out.push_back(a);
+  }
+  return out;
+}
+
+std::vector<Event> EventsWithReason(StackHarness& h, const std::string& reason,
+                                    int64_t after = 0) {
+  std::vector<Event> out;
+  auto events = h.Events(after);
+  if (!events.ok()) return out;
+  for (const auto& e : *events) {
+    if (e.reason() == reason) out.push_back(e);
+  }
+  return out;
+}
+
+std::string Summary(StackHarness& h) {
+  std::string s;
+  auto actions = h.Actions();
+  if (actions.ok()) {
+    for (const auto& a : *actions) {
+      absl::StrAppend(&s, "\n  action ", upkeep::v1::ActionKind_Name(a.action().kind()), " ",
+                      a.action().target(), " -> ",
+                      upkeep::v1::ActionOutcome_Name(a.result().outcome()),
+                      a.dry_run() ? " (dry-run)" : "");
+    }
+  }
+  auto events = h.Events(0);
+  if (events.ok()) {
+    for (const auto& e : *events) {
+      absl::StrAppend(&s, "\n  event ", e.type(), " ", e.reason(), ": ", e.message());
+    }
+  }
+  return s;
+}
+
+class RunbookTest : public ::testing::TestWithParam<Runtime> {
+ protected:
+  std::unique_ptr<StackHarness> StartStack(HarnessOptions options = {}) {
+    options.work_dir = dir_.path();
+    options.source_dir = upkeep::testing::SourcePath("");
+    options.bin_dir = upkeep::testing::BinPath("");
+    options.runtime = GetParam();
+    if (GetParam() == Runtime::kDocker) {
+      DockerEnv* docker = DockerEnv::Get();
+      if (!docker->ok()) {
+        if (docker->required()) {
+          ADD_FAILURE() << "dockerd is required (CI=true) but: " << docker->error();
+        } else {
+          skip_reason_ = docker->error();
+        }
+        return nullptr;
+      }
+      options.docker_socket = docker->socket();
+      options.docker_image = docker->image();
+    }
+    auto h = StackHarness::Start(options);
+    EXPECT_TRUE(h.ok()) << h.status();
+    if (!h.ok()) return nullptr;
+    absl::Status serving = (*h)->WaitServing(absl::Seconds(60));
+    EXPECT_TRUE(serving.ok()) << serving << Summary(**h);
+    if (!serving.ok()) return nullptr;
+    return std::move(*h);
+  }
+
+  upkeep::testing::TempDir dir_;
+  std::string skip_reason_;
+};
+
+#define START_OR_RETURN(var, ...)                                  \
+  auto var = StartStack(__VA_ARGS__);                              \
+  if (var == nullptr) {                                            \
+    if (!skip_reason_.empty()) GTEST_SKIP() << skip_reason_;       \
+    return;                                                        \
+  }
+
+// (1) "Backend container not running? → docker compose up -d backend"
+TEST_P(RunbookTest, StartsBackendThatDied) {
+  START_OR_RETURN(h);
+  ASSERT_TRUE(h->CrashBackend().ok());
+  ASSERT_TRUE(WaitFor([&] {
+    return !ActionsOf(*h, upkeep::v1::ACTION_KIND_START_SERVICE, "backend").empty() ||
+           !ActionsOf(*h, upkeep::v1::ACTION_KIND_RESTART_SERVICE, "backend").empty();
+  }, absl::Seconds(20))) << Summary(*h);
+  ASSERT_TRUE(h->WaitServing(absl::Seconds(30)).ok()) << Summary(*h);
+  EXPECT_TRUE(WaitFor([&] { return !EventsWithReason(*h, "Healed").empty(); },
+                      absl::Seconds(15)))
+      << Summary(*h);
+  EXPECT_TRUE(ActionsOf(*h, upkeep::v1::ACTION_KIND_RESTART_PROXY, "nginx").empty())
+      << Summary(*h);
+}
+
+// (2) "Backend unhealthy? → check logs → restart"
+TEST_P(RunbookTest, CollectsLogsThenRestartsHungBackend) {
+  START_OR_RETURN(h);
+  ASSERT_TRUE(h->HangBackend().ok());
+  ASSERT_TRUE(WaitFor([&] {
+    return !ActionsOf(*h, upkeep::v1::ACTION_KIND_RESTART_SERVICE, "backend").empty();
+  }, absl::Seconds(30))) << Summary(*h);
+  ASSERT_TRUE(h->WaitServing(absl::Seconds(30)).ok()) << Summary(*h);
+  auto logs = ActionsOf(*h, upkeep::v1::ACTION_KIND_COLLECT_LOGS, "backend");
+  auto restarts = ActionsOf(*h, upkeep::v1::ACTION_KIND_RESTART_SERVICE, "backend");
+  ASSERT_FALSE(logs.empty()) << Summary(*h);
+  EXPECT_LE(upkeep::FromProto(logs.front().requested_at()),
+            upkeep::FromProto(restarts.front().requested_at()));
+  EXPECT_EQ(logs.front().result().outcome(), upkeep::v1::ACTION_OUTCOME_SUCCEEDED);
+  EXPECT_NE(logs.front().result().output().find("GET"), std::string::npos)
+      << "collected logs should hold the sample service's request lines: "
+      << logs.front().result().output();
+  EXPECT_EQ(restarts.size(), 1u) << Summary(*h);
+}
+
+// (3) "Frontend container not running? → docker compose up -d frontend"
+TEST_P(RunbookTest, StartsStoppedFrontend) {
+  START_OR_RETURN(h);
+  ASSERT_TRUE(h->StopFrontend().ok());
+  ASSERT_TRUE(WaitFor([&] {
+    return !ActionsOf(*h, upkeep::v1::ACTION_KIND_START_SERVICE, "frontend").empty();
+  }, absl::Seconds(20))) << Summary(*h);
+  ASSERT_TRUE(h->WaitServing(absl::Seconds(30)).ok()) << Summary(*h);
+  EXPECT_TRUE(ActionsOf(*h, upkeep::v1::ACTION_KIND_RESTART_SERVICE, "backend").empty());
+}
+
+// (4) "Backend healthy but nginx can't connect? → restart nginx" (reload first)
+TEST_P(RunbookTest, ReloadsNginxWhenUpstreamsHealthyButRouteFails) {
+  START_OR_RETURN(h);
+  ASSERT_TRUE(h->PoisonNginxUpstream().ok());
+  ASSERT_TRUE(WaitFor([&] {
+    return !ActionsOf(*h, upkeep::v1::ACTION_KIND_RELOAD_PROXY, "nginx").empty();
+  }, absl::Seconds(20))) << Summary(*h);
+  ASSERT_TRUE(h->WaitServing(absl::Seconds(30)).ok()) << Summary(*h);
+  EXPECT_TRUE(ActionsOf(*h, upkeep::v1::ACTION_KIND_RESTART_SERVICE, "backend").empty())
+      << "the backend was healthy; it must not be restarted" << Summary(*h);
+  EXPECT_LE(ActionsOf(*h, upkeep::v1::ACTION_KIND_RESTART_PROXY, "nginx").size(), 1u);
+}
+
+// (5) "All containers healthy but still 502? → nginx -t, error log, ports" — an alert.
+TEST_P(RunbookTest, AlertsWithFindingsWhenNothingAutomaticCanFixIt) {
+  START_OR_RETURN(h);
+  ASSERT_TRUE(h->MisconfigureNginxPort().ok());
+  ASSERT_TRUE(WaitFor([&] { return !EventsWithReason(*h, "Alert").empty(); },
+                      absl::Seconds(40)))
+      << Summary(*h);
+  auto describe = h->Describe();
+  ASSERT_TRUE(describe.ok());
+  ASSERT_GT(describe->stack().status().diagnoses_size(), 0);
+  const auto& diagnosis = describe->stack().status().diagnoses(0);
+  EXPECT_EQ(diagnosis.verdict(), upkeep::v1::VERDICT_DEGRADED) << diagnosis.DebugString();
+  bool has_alert = false;
+  for (const auto& f : diagnosis.findings()) {
+    has_alert = has_alert || f.severity() == upkeep::v1::SEVERITY_ALERT;
+  }
+  EXPECT_TRUE(has_alert) << diagnosis.DebugString();
+  // No more than the allowed escalation: one reload, one restart, no service restarts.
+  EXPECT_LE(ActionsOf(*h, upkeep::v1::ACTION_KIND_RELOAD_PROXY, "nginx").size(), 1u)
+      << Summary(*h);
+  EXPECT_LE(ActionsOf(*h, upkeep::v1::ACTION_KIND_RESTART_PROXY, "nginx").size(), 1u)
+      << Summary(*h);
+  EXPECT_TRUE(ActionsOf(*h, upkeep::v1::ACTION_KIND_RESTART_SERVICE, "backend").empty())
+      << Summary(*h);
+  EXPECT_EQ(EventsWithReason(*h, "Alert").size(), 1u) << "one alert, not a stream" << Summary(*h);
+}
+
+// (6) Crash loop: backoff and the restart budget hold; one alert.
+TEST_P(RunbookTest, CrashLoopRespectsBudgetAndAlertsOnce) {
+  HarnessOptions options;
+  options.crash_loop = true;
+  options.restart_budget = 3;
+  options.backoff_initial = "100ms";
+  // The stack never becomes Ready, so start it without WaitServing.
+  options.work_dir = dir_.path();
+  options.source_dir = upkeep::testing::SourcePath("");
+  options.bin_dir = upkeep::testing::BinPath("");
+  options.runtime = GetParam();
+  if (GetParam() == Runtime::kDocker) {
+    DockerEnv* docker = DockerEnv::Get();
+    if (!docker->ok()) {
+      if (docker->required()) FAIL() << docker->error();
+      GTEST_SKIP() << docker->error();
+    }
+    options.docker_socket = docker->socket();
+    options.docker_image = docker->image();
+  }
+  auto started = StackHarness::Start(options);
+  ASSERT_TRUE(started.ok()) << started.status();
+  StackHarness& h = **started;
+  ASSERT_TRUE(WaitFor([&] { return !EventsWithReason(h, "CrashLooping").empty(); },
+                      absl::Seconds(60)))
+      << Summary(h);
+  const size_t starts = ActionsOf(h, upkeep::v1::ACTION_KIND_START_SERVICE, "backend").size() +
+                        ActionsOf(h, upkeep::v1::ACTION_KIND_RESTART_SERVICE, "backend").size();
+  // The first start is the initial bring-up; the budget bounds the repairs after it.
+  EXPECT_LE(starts, 3u + 1u) << Summary(h);
+  // Later reconciles add no action on the crash-looping target and no second alert.
+  const int64_t seq = h.LastEventSeq();
+  auto describe = h.Describe();
+  ASSERT_TRUE(describe.ok());
+  const int64_t reconcile_before =
+      describe->stack().status().last_reconcile().seconds();
+  ASSERT_TRUE(WaitFor([&] {
+    auto d = h.Describe();
+    return d.ok() && d->stack().status().last_reconcile().seconds() >= reconcile_before + 2;
+  }, absl::Seconds(30)));
+  EXPECT_EQ(ActionsOf(h, upkeep::v1::ACTION_KIND_START_SERVICE, "backend").size() +
+                ActionsOf(h, upkeep::v1::ACTION_KIND_RESTART_SERVICE, "backend").size(),
+            starts)
+      << Summary(h);
+  EXPECT_TRUE(EventsWithReason(h, "CrashLooping", seq).empty()) << Summary(h);
+}
+
+// (7) Dry-run: the plan is reported ("would do"), nothing is changed.
+TEST_P(RunbookTest, DryRunReportsPlanAndChangesNothing) {
+  START_OR_RETURN(h);
+  ASSERT_TRUE(h->SetDryRun(true).ok());
+  auto before = h->Actions();
+  ASSERT_TRUE(before.ok());
+  size_t executed_before = 0;
+  for (const auto& a : *before) executed_before += a.dry_run() ? 0 : 1;
+  ASSERT_TRUE(h->CrashBackend().ok());
+  ASSERT_TRUE(WaitFor([&] { return !EventsWithReason(*h, "WouldDo").empty(); },
+                      absl::Seconds(20)))
+      << Summary(*h);
+  auto after = h->Actions();
+  ASSERT_TRUE(after.ok());
+  size_t executed_after = 0;
+  for (const auto& a : *after) executed_after += a.dry_run() ? 0 : 1;
+  EXPECT_EQ(executed_after, executed_before) << Summary(*h);
+  EXPECT_NE(h->ProxyStatus("/api/health"), 200) << "dry-run must leave the backend down";
+}
+
+// (8) A dependency down: the database is fixed first; the backend is not restarted in a loop.
+TEST_P(RunbookTest, FixesDependencyFirstAndLeavesDependentAlone) {
+  HarnessOptions options;
+  options.with_db = true;
+  START_OR_RETURN(h, options);
+  ASSERT_TRUE(h->CrashDb().ok());
+  ASSERT_TRUE(WaitFor([&] {
+    return !ActionsOf(*h, upkeep::v1::ACTION_KIND_START_SERVICE, "db").empty();
+  }, absl::Seconds(20))) << Summary(*h);
+  ASSERT_TRUE(h->WaitServing(absl::Seconds(30)).ok()) << Summary(*h);
+  EXPECT_TRUE(ActionsOf(*h, upkeep::v1::ACTION_KIND_RESTART_SERVICE, "backend").empty())
+      << Summary(*h);
+}
+
+// The controller killed right after sending an action and restarted: no action lost, none
+// executed twice (issue 4).
+TEST_P(RunbookTest, ControllerKilledMidActionLosesAndDoublesNothing) {
+  START_OR_RETURN(h);
+  ASSERT_TRUE(h->CrashBackend().ok());
+  ASSERT_TRUE(WaitFor([&] { return !EventsWithReason(*h, "ActionSent").empty(); },
+                      absl::Seconds(20)))
+      << Summary(*h);
+  ASSERT_TRUE(h->KillController().ok());
+  ASSERT_TRUE(h->StartController().ok());
+  ASSERT_TRUE(h->WaitServing(absl::Seconds(30)).ok()) << Summary(*h);
+  auto actions = h->Actions();
+  ASSERT_TRUE(actions.ok());
+  std::vector<std::string> ids;
+  for (const auto& a : *actions) ids.push_back(a.action().id());
+  std::sort(ids.begin(), ids.end());
+  EXPECT_EQ(std::adjacent_find(ids.begin(), ids.end()), ids.end()) << Summary(*h);
+  for (const auto& a : *actions) {
+    EXPECT_FALSE(a.result().replayed() && a.result().outcome() ==
+                                              upkeep::v1::ACTION_OUTCOME_UNSPECIFIED);
+  }
+}
+
+// The agent killed and restarted: it adopts its services (no twins) and resumes.
+TEST_P(RunbookTest, AgentRestartResumesWithoutDuplicates) {
+  START_OR_RETURN(h);
+  auto before = h->Actions();
+  ASSERT_TRUE(before.ok());
+  ASSERT_TRUE(h->KillAgent().ok());
+  ASSERT_TRUE(h->StartAgent().ok());
+  ASSERT_TRUE(WaitFor([&] { return EventsWithReason(*h, "AgentConnected").size() >= 2; },
+                      absl::Seconds(20)))
+      << Summary(*h);
+  ASSERT_TRUE(h->WaitServing(absl::Seconds(30)).ok());
+  ASSERT_TRUE(h->CrashBackend().ok());
+  ASSERT_TRUE(h->WaitServing(absl::Seconds(30)).ok()) << Summary(*h);
+  // No service was restarted just because the agent restarted.
+  EXPECT_TRUE(ActionsOf(*h, upkeep::v1::ACTION_KIND_RESTART_SERVICE, "frontend").empty())
+      << Summary(*h);
+}
+
+INSTANTIATE_TEST_SUITE_P(Runtimes, RunbookTest,
+                         ::testing::Values(Runtime::kProcess, Runtime::kDocker),
+                         [](const ::testing::TestParamInfo<Runtime>& info) {
+                           return info.param == Runtime::kProcess ? "Process" : "Docker";
+                         });
+
+}  // namespace
+}  // namespace upkeep::demo
