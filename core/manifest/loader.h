@@ -7,7 +7,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "upkeep/v1/stack.pb.h"
 
 namespace upkeep::manifest {
@@ -33,6 +35,13 @@ LoadResult LoadString(absl::string_view content, absl::string_view filename);
 // A file, or a directory (every *.yaml / *.yml in it, sorted by name). Duplicate stack
 // names across files are errors.
 LoadResult LoadPath(const std::string& path);
+
+// Fills every unset field with its documented default (docs/manifest.md). The loader calls it;
+// code that builds a Stack by hand calls it too.
+void ApplyDefaults(upkeep::v1::Stack* stack);
+
+// "500ms", "2s", "10m", "1h", "1m30s".
+absl::StatusOr<absl::Duration> ParseDuration(absl::string_view text);
 
 }  // namespace upkeep::manifest
 
