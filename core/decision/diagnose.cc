@@ -1,17 +1,613 @@
-// Placeholder: replaced by the decision engine implementation.
+// The seed runbook (shared/seed/000_f1b034315ce1ee42.txt, "Decision Tree") as a function.
+// Each step below quotes the runbook line it implements and records its evidence in the path.
 #include "core/decision/diagnose.h"
 
+#include <algorithm>
+#include <functional>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/policy/policy.h"
+#include "core/proto_time.h"
+
 namespace upkeep::decision {
+namespace {
+
+namespace v1 = upkeep::v1;
+
+constexpr char kProxyTarget[] = "nginx";
+// An action whose result has not come back is waited for this long before it is ignored.
+constexpr absl::Duration kInFlightTimeout = absl::Minutes(2);
+// Consecutive proxy repairs count as one escalation while they are this close together.
+constexpr absl::Duration kEscalationWindow = absl::Minutes(10);
+// After a start reported success, a service that is not running yet is given this long.
+constexpr absl::Duration kStartGrace = absl::Seconds(2);
+
+std::string Ms(absl::Duration d) {
+  return absl::StrCat(absl::ToInt64Milliseconds(d), "ms");
+}
+
+bool ServiceHealthy(const v1::ServiceObservation& o) {
+  return o.exists() && o.running() && o.health() == v1::HEALTH_STATE_HEALTHY &&
+         o.runtime_health() != v1::RUNTIME_HEALTH_UNHEALTHY;
+}
+
+bool RouteOk(const v1::RouteSpec& spec, const v1::RouteObservation& o) {
+  if (!o.probe().ok()) return false;
+  if (spec.probe().expected_status_size() > 0) {
+    const auto& ex = spec.probe().expected_status();
+    return std::find(ex.begin(), ex.end(), o.probe().status_code()) != ex.end();
+  }
+  return true;
+}
+
+// Parses "http://[::1]:8002/x" or "127.0.0.1:8002" into host and port.
+bool ParseUpstream(const std::string& upstream, std::string* host, int* port) {
+  std::string s = upstream;
+  if (auto p = s.find("://"); p != std::string::npos) s = s.substr(p + 3);
+  if (auto p = s.find('/'); p != std::string::npos) s = s.substr(0, p);
+  std::string port_text;
+  if (!s.empty() && s[0] == '[') {
+    const auto close = s.find(']');
+    if (close == std::string::npos) return false;
+    *host = s.substr(1, close - 1);
+    if (close + 1 < s.size() && s[close + 1] == ':') port_text = s.substr(close + 2);
+  } else {
+    const auto colon = s.rfind(':');
+    if (colon == std::string::npos) return false;
+    *host = s.substr(0, colon);
+    port_text = s.substr(colon + 1);
+  }
+  return absl::SimpleAtoi(port_text, port);
+}
+
+class Engine {
+ public:
+  Engine(const v1::Stack& desired, const v1::StackObservation& observed,
+         absl::Span<const v1::ActionRecord> history, absl::Time now,
+         const DiagnoseOptions& options)
+      : desired_(desired), observed_(observed), history_(history), now_(now),
+        options_(options) {
+    d_.set_stack(desired.metadata().name());
+    d_.set_host(observed.host().host_id());
+    *d_.mutable_at() = ToProto(now);
+    for (const auto& s : observed.services()) services_[s.name()] = &s;
+    for (const auto& r : observed.proxy().routes()) routes_[r.path()] = &r;
+  }
+
+  v1::Diagnosis Run() {
+    if (!AgentConnected() || !ObservationFresh()) return Finish(v1::VERDICT_UNKNOWN);
+    if (ActionInFlight()) return Finish(v1::VERDICT_WAITING);
+    const bool proxy_up = CheckProxy();
+    const bool services_ok = CheckServices();
+    if (proxy_up && services_ok) CheckRoutes();
+    return Finish(Verdict());
+  }
+
+ private:
+  // ---- the path -------------------------------------------------------------------------
+  v1::PathNode* Node(const std::string& step, const std::string& target,
+                     const std::string& decision, int depth = 0) {
+    v1::PathNode* n = d_.add_path();
+    n->set_step(step);
+    n->set_target(target);
+    n->set_decision(decision);
+    n->set_depth(depth);
+    return n;
+  }
+  static void Ev(v1::PathNode* n, const std::string& k, const std::string& v) {
+    (*n->mutable_evidence())[k] = v;
+  }
+
+  v1::Finding* Find(v1::Severity sev, const std::string& code, const std::string& target,
+                    const std::string& message) {
+    v1::Finding* f = d_.add_findings();
+    f->set_severity(sev);
+    f->set_code(code);
+    f->set_target(target);
+    f->set_message(message);
+    return f;
+  }
+
+  v1::Action MakeAction(v1::ActionKind kind, const std::string& target,
+                        const std::string& reason) const {
+    v1::Action a;
+    a.set_kind(kind);
+    a.set_target(target);
+    a.set_stack(desired_.metadata().name());
+    a.set_host(observed_.host().host_id());
+    a.set_reason(reason);
+    return a;
+  }
+
+  // Judges `actions` as one unit (e.g. collect logs + restart): the unit's verdict is the one
+  // of its last (main) action. Returns the verdict.
+  v1::PolicyVerdict Plan(std::vector<v1::Action> actions, int depth) {
+    const auto& policy = desired_.spec().policy();
+    v1::PlannedAction main =
+        policy::Judge(policy, history_, actions.back(), now_, options_.paused);
+    v1::PathNode* n = Node("policy", actions.back().target(),
+                           v1::PolicyVerdict_Name(main.policy()), depth + 1);
+    Ev(n, "reason", main.policy_reason());
+    if (main.policy() == v1::POLICY_VERDICT_BUDGET_EXHAUSTED) {
+      v1::Finding* f = Find(v1::SEVERITY_ALERT, "CrashLooping", actions.back().target(),
+                            absl::StrCat(actions.back().target(), " is crash-looping: ",
+                                         main.policy_reason()));
+      (*f->mutable_evidence())["restarts_in_window"] = absl::StrCat(
+          policy::RestartsInWindow(policy, history_, actions.back().target(), now_));
+      return main.policy();
+    }
+    if (main.policy() == v1::POLICY_VERDICT_BACKOFF ||
+        main.policy() == v1::POLICY_VERDICT_RATE_LIMITED) {
+      waiting_ = true;
+      return main.policy();
+    }
+    for (size_t i = 0; i + 1 < actions.size(); ++i) {
+      v1::PlannedAction p = main;
+      *p.mutable_action() = actions[i];
+      *d_.add_actions() = p;
+    }
+    *d_.add_actions() = main;
+    return main.policy();
+  }
+
+  // ---- 1. "Run: bash scripts/debug_dashboard_remote.sh" — do we see the host at all? -----
+  bool AgentConnected() {
+    const auto& h = observed_.host();
+    v1::PathNode* n = Node("agent.connected", h.host_id(), h.agent_connected() ? "yes" : "no");
+    if (h.has_last_heard()) Ev(n, "last_heard", absl::FormatTime(FromProto(h.last_heard())));
+    if (!h.agent_connected()) {
+      summary_ = absl::StrCat("agent for host ", h.host_id(), " is not connected: no action");
+      return false;
+    }
+    return true;
+  }
+
+  bool ObservationFresh() {
+    const absl::Duration stale_after =
+        DurationOr(desired_.spec().policy().stale_after(), absl::Seconds(15));
+    const absl::Duration age = now_ - FromProto(observed_.observed_at());
+    const bool fresh = observed_.has_observed_at() && age <= stale_after;
+    v1::PathNode* n = Node("observation.fresh", "", fresh ? "yes" : "no: stale");
+    Ev(n, "age", observed_.has_observed_at() ? Ms(age) : "never");
+    Ev(n, "stale_after", Ms(stale_after));
+    if (!fresh) summary_ = "observation is stale: no action";
+    return fresh;
+  }
+
+  // Verify before escalating: an action whose result has not come back is waited for.
+  bool ActionInFlight() {
+    for (auto it = history_.rbegin(); it != history_.rend(); ++it) {
+      if (it->dry_run() || it->action().kind() == v1::ACTION_KIND_RESET_BUDGET) continue;
+      if (FromProto(it->requested_at()) < now_ - kInFlightTimeout) break;
+      if (it->result().id().empty()) {
+        v1::PathNode* n = Node("action.in_flight", it->action().target(),
+                               "yes: waiting for its result");
+        Ev(n, "action", v1::ActionKind_Name(it->action().kind()));
+        Ev(n, "id", it->action().id());
+        summary_ = absl::StrCat("waiting for the result of ",
+                                v1::ActionKind_Name(it->action().kind()), " on ",
+                                it->action().target());
+        return true;
+      }
+    }
+    Node("action.in_flight", "", "no");
+    return false;
+  }
+
+  // The newest executed (not dry-run) record on `target`, if any.
+  const v1::ActionRecord* LastOn(const std::string& target) const {
+    for (auto it = history_.rbegin(); it != history_.rend(); ++it) {
+      if (!it->dry_run() && it->action().target() == target &&
+          it->action().kind() != v1::ACTION_KIND_RESET_BUDGET) {
+        return &*it;
+      }
+    }
+    return nullptr;
+  }
+
+  // ---- 2. nginx: "sudo systemctl status nginx; sudo nginx -t" ------------------------------
+  bool CheckProxy() {
+    if (!desired_.spec().has_proxy()) return true;
+    const auto& p = observed_.proxy();
+    v1::PathNode* n = Node("proxy.running", kProxyTarget, p.master_running() ? "yes" : "no");
+    if (p.master_pid() > 0) Ev(n, "master_pid", absl::StrCat(p.master_pid()));
+    if (!p.error().empty()) Ev(n, "error", p.error());
+    if (p.master_running()) return true;
+    // "Check nginx config: sudo nginx -t" — a config that fails the test is not started.
+    const auto& test = p.last_config_test();
+    const v1::ActionRecord* last = LastOn(kProxyTarget);
+    const bool tested_since_last_action =
+        test.ran() && (last == nullptr || FromProto(test.at()) >= FromProto(last->requested_at()));
+    if (tested_since_last_action && !test.ok()) {
+      v1::PathNode* t = Node("proxy.config_valid", kProxyTarget, "no: alert", 1);
+      Ev(t, "nginx_t", test.output());
+      v1::Finding* f = Find(v1::SEVERITY_ALERT, "ConfigInvalid", kProxyTarget,
+                            "nginx is down and its config fails `nginx -t`: fix the config");
+      (*f->mutable_evidence())["nginx_t"] = test.output();
+      summary_ = "nginx is down and its config is invalid";
+      return false;
+    }
+    v1::PathNode* t = Node("proxy.config_valid", kProxyTarget,
+                           test.ran() ? (test.ok() ? "yes" : "unknown: test again") : "untested",
+                           1);
+    if (test.ran()) Ev(t, "nginx_t", test.output());
+    // "nginx down → test its config; valid → start it"
+    Plan({MakeAction(v1::ACTION_KIND_TEST_PROXY_CONFIG, kProxyTarget,
+                     "nginx is not running: test its config before starting it"),
+          MakeAction(v1::ACTION_KIND_START_PROXY, kProxyTarget, "nginx is not running")},
+         1);
+    return false;
+  }
+
+  // ---- 3. upstream services, dependencies first -------------------------------------------
+  std::vector<const v1::ServiceSpec*> DependencyOrder() const {
+    std::vector<const v1::ServiceSpec*> order;
+    std::set<std::string> done;
+    std::map<std::string, const v1::ServiceSpec*> by_name;
+    for (const auto& s : desired_.spec().services()) by_name[s.name()] = &s;
+    std::function<void(const v1::ServiceSpec*, int)> visit = [&](const v1::ServiceSpec* s,
+                                                                 int depth) {
+      if (done.count(s->name()) || depth > 64) return;
+      for (const auto& d : s->depends_on()) {
+        if (auto it = by_name.find(d); it != by_name.end()) visit(it->second, depth + 1);
+      }
+      if (done.insert(s->name()).second) order.push_back(s);
+    };
+    for (const auto& s : desired_.spec().services()) visit(&s, 0);
+    return order;
+  }
+
+  bool CheckServices() {
+    bool all_ok = true;
+    std::set<std::string> down;
+    for (const v1::ServiceSpec* spec : DependencyOrder()) {
+      const v1::ServiceObservation empty;
+      auto it = services_.find(spec->name());
+      const v1::ServiceObservation& o = it != services_.end() ? *it->second : empty;
+      if (!CheckService(*spec, o, down)) {
+        all_ok = false;
+        down.insert(spec->name());
+      }
+    }
+    return all_ok;
+  }
+
+  bool CheckService(const v1::ServiceSpec& spec, const v1::ServiceObservation& o,
+                    const std::set<std::string>& down) {
+    const std::string& name = spec.name();
+    // "a service whose dependency is down is not restarted; its dependency is fixed first"
+    for (const auto& dep : spec.depends_on()) {
+      if (down.count(dep)) {
+        v1::PathNode* n = Node("service.dependency_down", name,
+                               absl::StrCat("yes: waiting for ", dep));
+        Ev(n, "dependency", dep);
+        Ev(n, "running", o.running() ? "true" : "false");
+        waiting_ = true;
+        return false;
+      }
+    }
+    if (!o.error().empty()) {
+      v1::PathNode* n = Node("service.observable", name, "no: runtime error");
+      Ev(n, "error", o.error());
+      Find(v1::SEVERITY_WARNING, "RuntimeError", name, o.error());
+      waiting_ = true;
+      return false;
+    }
+    // "Backend container not running? → docker compose up -d backend-aws"
+    if (!o.exists() || !o.running()) {
+      v1::PathNode* n = Node("service.running", name, o.exists() ? "no: stopped" : "no: missing");
+      if (o.exists()) Ev(n, "exit_code", absl::StrCat(o.exit_code()));
+      if (o.oom_killed()) Ev(n, "oom_killed", "true");
+      if (o.restart_count() > 0) Ev(n, "restart_count", absl::StrCat(o.restart_count()));
+      if (o.has_finished_at()) Ev(n, "finished_at", absl::FormatTime(FromProto(o.finished_at())));
+      if (!o.exists() && desired_.spec().runtime() == v1::RUNTIME_KIND_DOCKER) {
+        Find(v1::SEVERITY_ALERT, "ContainerMissing", name,
+             absl::StrCat("no container for ", name,
+                          ": create it (docker compose up -d); upkeep only starts existing ones"));
+        return false;
+      }
+      // A start that just reported success gets a moment to show up.
+      if (const v1::ActionRecord* last = LastOn(name);
+          last != nullptr && last->result().outcome() == v1::ACTION_OUTCOME_SUCCEEDED &&
+          FromProto(last->result().finished_at()) > now_ - kStartGrace &&
+          FromProto(observed_.observed_at()) < FromProto(last->result().finished_at())) {
+        Node("service.verify", name, "waiting for a fresh observation after the start", 1);
+        waiting_ = true;
+        return false;
+      }
+      Plan({MakeAction(v1::ACTION_KIND_START_SERVICE, name,
+                       absl::StrCat(name, " is not running"))},
+           0);
+      return false;
+    }
+    const bool unhealthy = o.health() == v1::HEALTH_STATE_UNHEALTHY ||
+                           o.runtime_health() == v1::RUNTIME_HEALTH_UNHEALTHY;
+    if (unhealthy) {
+      // "Backend unhealthy? → Check logs → Restart"
+      v1::PathNode* n = Node("service.healthy", name, "no: unhealthy");
+      Ev(n, "probe", o.probe().ok() ? "ok" : o.probe().error());
+      if (o.probe().status_code() > 0) Ev(n, "status", absl::StrCat(o.probe().status_code()));
+      Ev(n, "consecutive_failures", absl::StrCat(o.consecutive_failures()));
+      if (o.runtime_health() == v1::RUNTIME_HEALTH_UNHEALTHY) Ev(n, "runtime_health", "unhealthy");
+      // "Services Not Listening on Expected Ports": a restart will not move the port.
+      if (PortMoved(spec, o, n)) return false;
+      v1::Action logs = MakeAction(v1::ACTION_KIND_COLLECT_LOGS, name,
+                                   absl::StrCat(name, " is unhealthy: collect its logs first"));
+      (*logs.mutable_params())["tail"] = absl::StrCat(spec.logs().tail() > 0 ? spec.logs().tail()
+                                                                             : 100);
+      v1::Action restart = MakeAction(v1::ACTION_KIND_RESTART_SERVICE, name,
+                                      absl::StrCat(name, " is unhealthy"));
+      (*restart.mutable_params())["stop_timeout_ms"] =
+          absl::StrCat(absl::ToInt64Milliseconds(DurationOr(spec.stop_timeout(), absl::Seconds(10))));
+      Plan({logs, restart}, 0);
+      return false;
+    }
+    if (o.health() != v1::HEALTH_STATE_HEALTHY) {
+      // "Services are still starting up (may take 2-3 minutes)" — wait.
+      v1::PathNode* n = Node("service.healthy", name, "starting: wait");
+      Ev(n, "health", v1::HealthState_Name(o.health()));
+      waiting_ = true;
+      return false;
+    }
+    v1::PathNode* n = Node("service.healthy", name, "yes");
+    if (o.probe().has_latency()) Ev(n, "latency", Ms(FromProto(o.probe().latency())));
+    return true;
+  }
+
+  // The service listens, but not on the port the stack expects.
+  bool PortMoved(const v1::ServiceSpec& spec, const v1::ServiceObservation& o,
+                 v1::PathNode* parent) {
+    if (o.listening_size() == 0 || spec.port() == 0) return false;
+    std::vector<std::string> ports;
+    for (const auto& l : o.listening()) {
+      if (l.port() == spec.port()) return false;
+      ports.push_back(absl::StrCat(l.address(), ":", l.port()));
+    }
+    Ev(parent, "listening", absl::StrJoin(ports, ","));
+    Node("service.port", spec.name(), "moved: alert", 1);
+    v1::Finding* f = Find(v1::SEVERITY_ALERT, "PortMismatch", spec.name(),
+                          absl::StrCat("the stack expects ", spec.name(), " on port ",
+                                       spec.port(), " but it listens on ",
+                                       absl::StrJoin(ports, ", "),
+                                       ": a restart will not fix that"));
+    (*f->mutable_evidence())["expected_port"] = absl::StrCat(spec.port());
+    (*f->mutable_evidence())["listening"] = absl::StrJoin(ports, ",");
+    return true;
+  }
+
+  // ---- 4-6. routes through nginx ----------------------------------------------------------
+  void CheckRoutes() {
+    std::vector<const v1::RouteSpec*> failing;
+    for (const auto& r : desired_.spec().proxy().routes()) {
+      if (!r.has_probe()) continue;
+      auto it = routes_.find(r.path());
+      if (it == routes_.end()) {
+        v1::PathNode* n = Node("route.ok", r.path(), "unknown: not probed yet");
+        Ev(n, "url", r.probe().url());
+        waiting_ = true;
+        continue;
+      }
+      const v1::RouteObservation& o = *it->second;
+      const bool ok = RouteOk(r, o);
+      v1::PathNode* n = Node("route.ok", r.path(), ok ? "yes" : "no");
+      Ev(n, "status", absl::StrCat(o.probe().status_code()));
+      if (!o.probe().error().empty()) Ev(n, "error", o.probe().error());
+      Ev(n, "latency", Ms(FromProto(o.probe().latency())));
+      if (ok) continue;
+      // "If you see 504 (Gateway Timeout) instead of 502, increase nginx timeouts"
+      if (o.probe().status_code() == 504) {
+        UpstreamTimeout(r, o);
+        continue;
+      }
+      failing.push_back(&r);
+    }
+    if (failing.empty()) {
+      MarkProxyFixedIfAny();
+      return;
+    }
+    // Upstreams are healthy by direct probe (checked above), yet nginx fails the route.
+    const v1::ActionRecord* last = LastOn(kProxyTarget);
+    // Verify: a repair of nginx is judged on a probe taken after it finished.
+    if (last != nullptr && last->result().has_finished_at()) {
+      const absl::Time finished = FromProto(last->result().finished_at());
+      bool fresh = true;
+      for (const auto* r : failing) {
+        if (FromProto(routes_[r->path()]->probe().at()) < finished) fresh = false;
+      }
+      if (!fresh) {
+        Node("proxy.verify", kProxyTarget, "waiting for a route probe after the last repair", 1);
+        waiting_ = true;
+        return;
+      }
+    }
+    const policy::Streak streak =
+        policy::FailedStreak(history_, kProxyTarget, v1::ACTION_KIND_RELOAD_PROXY);
+    const bool recent = streak.count > 0 && streak.last > now_ - kEscalationWindow;
+    bool reloaded = false, restarted = false;
+    if (recent) {
+      int seen = 0;
+      for (auto it = history_.rbegin(); it != history_.rend() && seen < streak.count; ++it) {
+        if (it->dry_run() || it->action().target() != kProxyTarget) continue;
+        if (!policy::SameClass(it->action().kind(), v1::ACTION_KIND_RELOAD_PROXY)) continue;
+        ++seen;
+        reloaded |= it->action().kind() == v1::ACTION_KIND_RELOAD_PROXY;
+        restarted |= it->action().kind() == v1::ACTION_KIND_RESTART_PROXY;
+      }
+    }
+    const std::string paths = absl::StrJoin(failing, ", ", [](std::string* out, const auto* r) {
+      absl::StrAppend(out, r->path());
+    });
+    v1::PathNode* n = Node("proxy.reaches_upstreams", kProxyTarget,
+                           restarted  ? "no, after reload and restart: alert"
+                           : reloaded ? "no, after a reload: restart nginx"
+                                      : "no: reload nginx",
+                           1);
+    Ev(n, "failing_routes", paths);
+    Ev(n, "upstream_errors", absl::StrCat(observed_.proxy().upstream_errors_size()));
+    if (!restarted && !reloaded) {
+      // "Backend healthy but nginx can't connect?" — a graceful reload first.
+      Plan({MakeAction(v1::ACTION_KIND_RELOAD_PROXY, kProxyTarget,
+                       absl::StrCat("upstreams healthy but ", paths, " failing through nginx"))},
+           1);
+      return;
+    }
+    if (!restarted) {
+      // "→ sudo systemctl restart nginx"
+      Plan({MakeAction(v1::ACTION_KIND_RESTART_PROXY, kProxyTarget,
+                       absl::StrCat(paths, " still failing after a reload"))},
+           1);
+      return;
+    }
+    AlertStill502(failing);
+  }
+
+  // "All containers healthy but still 502? → nginx -t, error log, ports" — no more automatic
+  // action; tell a person what we found.
+  void AlertStill502(const std::vector<const v1::RouteSpec*>& failing) {
+    const auto& proxy = observed_.proxy();
+    Node("proxy.findings", kProxyTarget, "alert: no automatic action left", 2);
+    std::map<std::string, const v1::ServiceSpec*> by_name;
+    for (const auto& s : desired_.spec().services()) by_name[s.name()] = &s;
+    for (const auto* route : failing) {
+      v1::Finding* f = Find(
+          v1::SEVERITY_ALERT, "StillFailing", route->path(),
+          absl::StrCat(route->path(), " still fails through nginx with every upstream healthy, "
+                                      "after a reload and a restart of nginx"));
+      auto& ev = *f->mutable_evidence();
+      ev["config_test"] = proxy.last_config_test().ran()
+                              ? (proxy.last_config_test().ok() ? "ok" : "failed")
+                              : "not run";
+      if (!proxy.last_config_test().output().empty()) {
+        ev["nginx_t"] = proxy.last_config_test().output();
+      }
+      if (!proxy.error_log_excerpt().empty()) ev["error_log"] = proxy.error_log_excerpt();
+      const v1::ServiceSpec* svc = by_name.count(route->upstream()) ? by_name[route->upstream()]
+                                                                     : nullptr;
+      if (svc == nullptr) continue;
+      ev["expected_upstream"] = absl::StrCat(svc->address(), ":", svc->port());
+      const v1::ServiceObservation* o =
+          services_.count(svc->name()) ? services_[svc->name()] : nullptr;
+      std::vector<std::string> listening;
+      bool v4 = false, v6 = false;
+      if (o != nullptr) {
+        for (const auto& l : o->listening()) {
+          listening.push_back(absl::StrCat(l.address(), ":", l.port()));
+          (l.ipv6() ? v6 : v4) = true;
+        }
+      }
+      if (!listening.empty()) ev["listening"] = absl::StrJoin(listening, ",");
+      for (const auto& e : proxy.upstream_errors()) {
+        std::string host;
+        int port = 0;
+        if (!ParseUpstream(e.upstream(), &host, &port)) continue;
+        ev["nginx_dials"] = absl::StrCat(host, ":", port);
+        ev["upstream_error"] = v1::UpstreamErrorKind_Name(e.kind());
+        if (port != svc->port()) {
+          v1::Finding* pm = Find(
+              v1::SEVERITY_ALERT, "PortMismatch", svc->name(),
+              absl::StrCat("nginx dials ", host, ":", port, " for ", route->path(), " but ",
+                           svc->name(), " listens on port ", svc->port(),
+                           ": fix the upstream in the nginx config"));
+          (*pm->mutable_evidence())["nginx_dials"] = absl::StrCat(host, ":", port);
+          (*pm->mutable_evidence())["expected_port"] = absl::StrCat(svc->port());
+        } else if ((host == "::1" && !v6 && v4) || (host == "127.0.0.1" && !v4 && v6)) {
+          v1::Finding* fm = Find(
+              v1::SEVERITY_ALERT, "LocalhostFamilyMismatch", svc->name(),
+              absl::StrCat("nginx dials ", host, ":", port, " but ", svc->name(),
+                           " listens on ", absl::StrJoin(listening, ", "),
+                           " only: `localhost` resolves to both families; use an explicit "
+                           "address in proxy_pass or listen on both"));
+          (*fm->mutable_evidence())["nginx_dials"] = absl::StrCat(host, ":", port);
+        }
+        break;
+      }
+    }
+    summary_ = "still failing with every upstream healthy and nginx restarted: alert";
+  }
+
+  void UpstreamTimeout(const v1::RouteSpec& route, const v1::RouteObservation& o) {
+    const absl::Duration timeout =
+        DurationOr(desired_.spec().proxy().nginx().proxy_read_timeout(), absl::Seconds(60));
+    v1::Finding* f = Find(v1::SEVERITY_ALERT, "UpstreamTimeout", route.path(),
+                          absl::StrCat(route.path(), " answers 504: the upstream ",
+                                       route.upstream(), " is slower than nginx's timeout"));
+    auto& ev = *f->mutable_evidence();
+    ev["route_latency"] = Ms(FromProto(o.probe().latency()));
+    ev["proxy_read_timeout"] = Ms(timeout);
+    if (services_.count(route.upstream())) {
+      ev["upstream_latency"] = Ms(FromProto(services_[route.upstream()]->probe().latency()));
+    }
+  }
+
+  void MarkProxyFixedIfAny() {}
+
+  v1::Verdict Verdict() {
+    bool acting = false;
+    for (const auto& a : d_.actions()) {
+      acting |= a.policy() == v1::POLICY_VERDICT_ALLOWED;
+    }
+    bool alert = false;
+    for (const auto& f : d_.findings()) alert |= f.severity() == v1::SEVERITY_ALERT;
+    if (acting) return v1::VERDICT_REPAIRING;
+    if (alert) return v1::VERDICT_DEGRADED;
+    if (waiting_ || d_.actions_size() > 0) return v1::VERDICT_WAITING;
+    return v1::VERDICT_HEALTHY;
+  }
+
+  v1::Diagnosis Finish(v1::Verdict verdict) {
+    d_.set_verdict(verdict);
+    if (summary_.empty()) {
+      switch (verdict) {
+        case v1::VERDICT_HEALTHY:
+          summary_ = "all services healthy and every route answers through nginx";
+          break;
+        case v1::VERDICT_REPAIRING: {
+          std::vector<std::string> parts;
+          for (const auto& a : d_.actions()) {
+            parts.push_back(absl::StrCat(v1::ActionKind_Name(a.action().kind()).substr(12), " ",
+                                         a.action().target()));
+          }
+          summary_ = absl::StrCat("repairing: ", absl::StrJoin(parts, ", "));
+          break;
+        }
+        case v1::VERDICT_DEGRADED:
+          summary_ = d_.findings_size() > 0 ? d_.findings(0).message() : "degraded";
+          break;
+        default:
+          summary_ = d_.actions_size() > 0 ? absl::StrCat("waiting: ",
+                                                          d_.actions(0).policy_reason())
+                                           : "waiting for services to become ready";
+      }
+    }
+    d_.set_summary(summary_);
+    return std::move(d_);
+  }
+
+  const v1::Stack& desired_;
+  const v1::StackObservation& observed_;
+  absl::Span<const v1::ActionRecord> history_;
+  const absl::Time now_;
+  const DiagnoseOptions& options_;
+  std::map<std::string, const v1::ServiceObservation*> services_;
+  std::map<std::string, const v1::RouteObservation*> routes_;
+  v1::Diagnosis d_;
+  std::string summary_;
+  bool waiting_ = false;
+};
+
+}  // namespace
 
 upkeep::v1::Diagnosis Diagnose(const upkeep::v1::Stack& desired,
                                const upkeep::v1::StackObservation& observed,
-                               absl::Span<const upkeep::v1::ActionRecord>, absl::Time,
-                               const DiagnoseOptions&) {
-  upkeep::v1::Diagnosis d;
-  d.set_stack(desired.metadata().name());
-  d.set_host(observed.host().host_id());
-  d.set_verdict(upkeep::v1::VERDICT_UNKNOWN);
-  return d;
+                               absl::Span<const upkeep::v1::ActionRecord> history, absl::Time now,
+                               const DiagnoseOptions& options) {
+  return Engine(desired, observed, history, now, options).Run();
 }
 
 }  // namespace upkeep::decision

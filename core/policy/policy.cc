@@ -1,1 +1,116 @@
 #include "core/policy/policy.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "core/proto_time.h"
+
+namespace upkeep::policy {
+namespace {
+
+namespace v1 = upkeep::v1;
+
+bool IsServiceStart(v1::ActionKind k) {
+  return k == v1::ACTION_KIND_START_SERVICE || k == v1::ACTION_KIND_RESTART_SERVICE;
+}
+bool IsProxyChange(v1::ActionKind k) {
+  return k == v1::ACTION_KIND_RELOAD_PROXY || k == v1::ACTION_KIND_RESTART_PROXY ||
+         k == v1::ACTION_KIND_START_PROXY;
+}
+
+}  // namespace
+
+bool SameClass(v1::ActionKind a, v1::ActionKind b) {
+  return (IsServiceStart(a) && IsServiceStart(b)) || (IsProxyChange(a) && IsProxyChange(b));
+}
+
+int RestartsInWindow(const v1::PolicySpec& spec, absl::Span<const v1::ActionRecord> history,
+                     const std::string& target, absl::Time now) {
+  const absl::Duration window = DurationOr(spec.restart_budget().window(), absl::Minutes(10));
+  int count = 0;
+  for (auto it = history.rbegin(); it != history.rend(); ++it) {
+    if (it->action().target() != target) continue;
+    if (it->action().kind() == v1::ACTION_KIND_RESET_BUDGET) break;
+    if (it->dry_run() || !IsServiceStart(it->action().kind())) continue;
+    if (FromProto(it->requested_at()) <= now - window) continue;
+    ++count;
+  }
+  return count;
+}
+
+Streak FailedStreak(absl::Span<const v1::ActionRecord> history, const std::string& target,
+                    v1::ActionKind kind) {
+  Streak s;
+  for (auto it = history.rbegin(); it != history.rend(); ++it) {
+    if (it->action().target() != target || it->dry_run()) continue;
+    if (it->action().kind() == v1::ACTION_KIND_RESET_BUDGET) break;
+    if (!SameClass(it->action().kind(), kind)) continue;
+    if (it->verification() == v1::VERIFICATION_FIXED) break;
+    if (s.count == 0) s.last = FromProto(it->requested_at());
+    ++s.count;
+  }
+  return s;
+}
+
+v1::PlannedAction Judge(const v1::PolicySpec& spec, absl::Span<const v1::ActionRecord> history,
+                        const v1::Action& action, absl::Time now, bool paused) {
+  v1::PlannedAction out;
+  *out.mutable_action() = action;
+  auto verdict = [&](v1::PolicyVerdict v, std::string reason) {
+    out.set_policy(v);
+    out.set_policy_reason(std::move(reason));
+    return out;
+  };
+  if (paused) return verdict(v1::POLICY_VERDICT_PAUSED, "paused: planned, not acted on");
+
+  const v1::ActionKind kind = action.kind();
+  if (IsServiceStart(kind)) {
+    const int max = spec.restart_budget().max() > 0 ? spec.restart_budget().max() : 5;
+    const int used = RestartsInWindow(spec, history, action.target(), now);
+    if (used >= max) {
+      return verdict(
+          v1::POLICY_VERDICT_BUDGET_EXHAUSTED,
+          absl::StrCat("restart budget exhausted: ", used, " starts/restarts in the last ",
+                       absl::FormatDuration(DurationOr(spec.restart_budget().window(),
+                                                       absl::Minutes(10))),
+                       " (max ", max, "); crash-looping, not acting until healthy or resumed"));
+    }
+  }
+  if (SameClass(kind, kind)) {
+    const Streak streak = FailedStreak(history, action.target(), kind);
+    if (streak.count > 0) {
+      const absl::Duration initial = DurationOr(spec.backoff().initial(), absl::Seconds(1));
+      const absl::Duration max = DurationOr(spec.backoff().max(), absl::Minutes(5));
+      absl::Duration delay = initial;
+      for (int i = 1; i < streak.count && delay < max; ++i) delay *= 2;
+      delay = std::min(delay, max);
+      const absl::Time not_before = streak.last + delay;
+      if (now < not_before) {
+        *out.mutable_not_before() = ToProto(not_before);
+        return verdict(v1::POLICY_VERDICT_BACKOFF,
+                       absl::StrCat("backoff: ", streak.count, " earlier attempt(s) did not fix ",
+                                    action.target(), "; next not before +",
+                                    absl::FormatDuration(not_before - now)));
+      }
+    }
+  }
+  const int per_minute = spec.max_actions_per_minute() > 0 ? spec.max_actions_per_minute() : 30;
+  int recent = 0;
+  for (const auto& r : history) {
+    if (!r.dry_run() && r.action().kind() != v1::ACTION_KIND_RESET_BUDGET &&
+        FromProto(r.requested_at()) > now - absl::Minutes(1)) {
+      ++recent;
+    }
+  }
+  if (recent >= per_minute) {
+    return verdict(v1::POLICY_VERDICT_RATE_LIMITED,
+                   absl::StrCat("rate limit: ", recent, " actions in the last minute (max ",
+                                per_minute, ")"));
+  }
+  if (spec.mode() == v1::POLICY_MODE_DRY_RUN) {
+    return verdict(v1::POLICY_VERDICT_DRY_RUN, "dry-run: would do, nothing done");
+  }
+  return verdict(v1::POLICY_VERDICT_ALLOWED, "allowed");
+}
+
+}  // namespace upkeep::policy

@@ -1,5 +1,12 @@
-// Policy: may this action run now? Per-target exponential backoff, restart budget per window,
-// per-stack rate limit, dry-run, pause. Pure functions of (spec, history, now).
+// Policy: may this action run now? Pure functions of (policy spec, action history, now):
+//   - pause:        a paused stack or host plans but never acts;
+//   - restart budget: at most `max` starts/restarts of one service per `window` (counted after
+//                   the latest RESET_BUDGET of that target); exhausted = crash-looping;
+//   - backoff:      after k consecutive actions of one class on a target that did not fix it,
+//                   the next waits initial * 2^(k-1), capped at max;
+//   - rate limit:   at most max_actions_per_minute actions per stack and host;
+//   - dry-run:      record "would do", do nothing.
+// Records with dry_run=true never count. Thread-safe (no state).
 #ifndef UPKEEP_CORE_POLICY_POLICY_H_
 #define UPKEEP_CORE_POLICY_POLICY_H_
 
@@ -10,6 +17,29 @@
 #include "upkeep/v1/stack.pb.h"
 
 namespace upkeep::policy {
+
+// Starts and restarts of `target` that count against its budget at `now`.
+int RestartsInWindow(const upkeep::v1::PolicySpec& spec,
+                     absl::Span<const upkeep::v1::ActionRecord> history, const std::string& target,
+                     absl::Time now);
+
+// The number of consecutive actions of `kind`'s class on `target` since the last one that was
+// verified FIXED (newest first), and the time of the newest.
+struct Streak {
+  int count = 0;
+  absl::Time last = absl::InfinitePast();
+};
+Streak FailedStreak(absl::Span<const upkeep::v1::ActionRecord> history, const std::string& target,
+                    upkeep::v1::ActionKind kind);
+
+// Same class: service start/restart form one class (a restart after a failed start backs
+// off); nginx reload/restart/start form another; logs and config tests are never limited.
+bool SameClass(upkeep::v1::ActionKind a, upkeep::v1::ActionKind b);
+
+// Judges `action` and returns it as a PlannedAction with policy, reason and not_before.
+upkeep::v1::PlannedAction Judge(const upkeep::v1::PolicySpec& spec,
+                                absl::Span<const upkeep::v1::ActionRecord> history,
+                                const upkeep::v1::Action& action, absl::Time now, bool paused);
 
 }  // namespace upkeep::policy
 
