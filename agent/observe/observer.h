@@ -48,6 +48,12 @@ class StackObserver {
 
   // The runtime for a stack (shared with the executor so both see one process table).
   virtual Runtime* RuntimeFor(const upkeep::v1::Stack& stack) = 0;
+  // The nginx driver for a stack with a proxy (shared with the executor); null without one.
+  virtual class NginxDriver* ProxyFor(const upkeep::v1::Stack& stack) = 0;
+
+  // Probes every target now and reports the next observations even when unchanged (used
+  // after an action, so the controller can verify its effect on fresh evidence).
+  virtual void RefreshNow() = 0;
 };
 
 }  // namespace upkeep::agent
