@@ -3,6 +3,8 @@
 //
 //   upkeep-sample-service --port N [--address A] [--name NAME] [--unhealthy]
 //                         [--start-delay DUR] [--exit-after DUR] [--require HOST:PORT]
+//   upkeep-sample-service --check http://HOST:PORT/PATH
+//       exits 0 when the GET answers 2xx within 2s, else 1 (a HEALTHCHECK for the image)
 //
 // GET /            200 "NAME ok"
 // GET /health      200 {"status":"ok"}, or 500 when unhealthy (or a --require peer is down)
@@ -216,6 +218,64 @@ int Listen(const std::string& address, int port) {
   return fd;
 }
 
+// --check: a one-shot HTTP GET for Docker's HEALTHCHECK (the image has no curl).
+int Check(const std::string& url) {
+  std::string rest = url;
+  if (rest.rfind("http://", 0) == 0) rest = rest.substr(7);
+  const size_t slash = rest.find('/');
+  const std::string hostport = rest.substr(0, slash);
+  const std::string path = slash == std::string::npos ? "/" : rest.substr(slash);
+  std::string host = hostport;
+  int port = 80;
+  if (!hostport.empty() && hostport[0] == '[') {
+    const size_t close_b = hostport.find(']');
+    if (close_b == std::string::npos) return 1;
+    host = hostport.substr(1, close_b - 1);
+    if (close_b + 1 < hostport.size() && hostport[close_b + 1] == ':') {
+      port = std::atoi(hostport.c_str() + close_b + 2);
+    }
+  } else if (const size_t colon = hostport.rfind(':'); colon != std::string::npos) {
+    host = hostport.substr(0, colon);
+    port = std::atoi(hostport.c_str() + colon + 1);
+  }
+  const bool v6 = host.find(':') != std::string::npos;
+  const int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return 1;
+  timeval tv{2, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  int rc;
+  if (v6) {
+    sockaddr_in6 a{};
+    a.sin6_family = AF_INET6;
+    a.sin6_port = htons(port);
+    if (inet_pton(AF_INET6, host.c_str(), &a.sin6_addr) != 1) return 1;
+    rc = connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  } else {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    if (inet_pton(AF_INET, host.c_str(), &a.sin_addr) != 1) return 1;
+    rc = connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  }
+  if (rc != 0) {
+    close(fd);
+    return 1;
+  }
+  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: " + host + "\r\n\r\n";
+  if (send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
+    close(fd);
+    return 1;
+  }
+  char buf[64];
+  const ssize_t n = recv(fd, buf, sizeof(buf) - 1, 0);
+  close(fd);
+  if (n < 12) return 1;
+  buf[n] = 0;
+  // "HTTP/1.1 200 ..."
+  return buf[9] == '2' ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -232,6 +292,7 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
+    if (a == "--check") return Check(next());
     if (a == "--port") port = std::atoi(next().c_str());
     else if (a == "--address") address = next();
     else if (a == "--name") g_name = next();
