@@ -1,8 +1,143 @@
-// upkeep-controller: placeholder main until the controller lands.
-#include "core/log.h"
+// upkeep-controller --data DIR --listen ADDR [--manifests DIR] [--metrics ADDR] [--log-json]
+// Wires the store, the reconciler, the gRPC services (AgentService, FleetService, health) and
+// the metrics endpoint together; applies a manifests directory at start and when it changes.
+#include <signal.h>
 
-int main() {
-  upkeep::InitLogging("controller", false, spdlog::level::info);
-  UPKEEP_LOG(error, "not_implemented", {});
-  return 2;
+#include <atomic>
+#include <filesystem>
+#include <map>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "controller/api/agent_service.h"
+#include "controller/api/fleet_service.h"
+#include "controller/metrics/metrics.h"
+#include "controller/reconcile/reconciler.h"
+#include "controller/store/store.h"
+#include "core/log.h"
+#include "core/manifest/loader.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+
+ABSL_FLAG(std::string, data, "/var/lib/upkeep", "data directory (SQLite store)");
+ABSL_FLAG(std::string, listen, "127.0.0.1:7400", "gRPC address (AgentService, FleetService)");
+ABSL_FLAG(std::string, manifests, "", "directory of manifests applied at start and on change");
+ABSL_FLAG(std::string, metrics, "", "HTTP address for /metrics (empty: off)");
+ABSL_FLAG(bool, log_json, false, "log JSON lines");
+ABSL_FLAG(int, max_message_bytes, 4 << 20, "largest gRPC message accepted");
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+void OnSignal(int) { g_stop = true; }
+
+// mtime+size of every manifest, to notice changes.
+std::map<std::string, std::pair<int64_t, int64_t>> Scan(const std::string& dir) {
+  std::map<std::string, std::pair<int64_t, int64_t>> out;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const auto ext = e.path().extension();
+    if (ext != ".yaml" && ext != ".yml") continue;
+    out[e.path().string()] = {e.last_write_time(ec).time_since_epoch().count(),
+                              static_cast<int64_t>(e.file_size(ec))};
+  }
+  return out;
+}
+
+void ApplyDir(const std::string& dir, upkeep::controller::Reconciler* r) {
+  const auto result = upkeep::manifest::LoadPath(dir);
+  if (!result.ok()) {
+    for (const auto& e : result.errors) {
+      UPKEEP_LOG(error, "manifest_invalid", {{"error", e.ToString()}});
+    }
+    UPKEEP_LOG(error, "manifests_not_applied",
+               {{"dir", dir}, {"note", "nothing applied; what is stored stays"}});
+    return;
+  }
+  auto applied = r->Apply(result.stacks, false);
+  if (!applied.ok()) {
+    UPKEEP_LOG(error, "apply_failed", {{"error", std::string(applied.status().message())}});
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("upkeep-controller --data DIR --listen ADDR [--manifests DIR]");
+  absl::ParseCommandLine(argc, argv);
+  upkeep::InitLogging("controller", absl::GetFlag(FLAGS_log_json), spdlog::level::info);
+  ::signal(SIGINT, OnSignal);
+  ::signal(SIGTERM, OnSignal);
+  ::signal(SIGPIPE, SIG_IGN);
+
+  auto store = upkeep::controller::OpenSqliteStore(absl::GetFlag(FLAGS_data));
+  if (!store.ok()) {
+    UPKEEP_LOG(critical, "store_open_failed", {{"error", std::string(store.status().message())}});
+    return 1;
+  }
+  upkeep::controller::Metrics metrics;
+  auto reconciler = upkeep::controller::Reconciler::Create(store->get(), upkeep::Clock::Real(),
+                                                           &metrics);
+  if (!reconciler.ok()) {
+    UPKEEP_LOG(critical, "reconciler_failed",
+               {{"error", std::string(reconciler.status().message())}});
+    return 1;
+  }
+  upkeep::controller::AgentServiceImpl agents(reconciler->get());
+  (*reconciler)->SetHub(&agents);
+  upkeep::controller::FleetServiceImpl fleet(reconciler->get(), store->get());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  builder.RegisterService(&agents);
+  builder.RegisterService(&fleet);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    UPKEEP_LOG(critical, "listen_failed", {{"address", absl::GetFlag(FLAGS_listen)}});
+    return 1;
+  }
+  std::unique_ptr<upkeep::controller::MetricsServer> metrics_server;
+  if (!absl::GetFlag(FLAGS_metrics).empty()) {
+    auto m = upkeep::controller::MetricsServer::Start(absl::GetFlag(FLAGS_metrics), &metrics);
+    if (!m.ok()) {
+      UPKEEP_LOG(error, "metrics_failed", {{"error", std::string(m.status().message())}});
+    } else {
+      metrics_server = std::move(*m);
+    }
+  }
+  (*reconciler)->Start();
+  UPKEEP_LOG(info, "controller_started",
+             {{"listen", absl::GetFlag(FLAGS_listen)}, {"port", absl::StrCat(port)},
+              {"data", absl::GetFlag(FLAGS_data)}});
+
+  const std::string dir = absl::GetFlag(FLAGS_manifests);
+  std::map<std::string, std::pair<int64_t, int64_t>> seen;
+  while (!g_stop) {
+    if (!dir.empty()) {
+      auto now = Scan(dir);
+      if (now != seen) {
+        seen = std::move(now);
+        ApplyDir(dir, reconciler->get());
+      }
+    }
+    absl::SleepFor(absl::Milliseconds(200));  // signal and manifest-change polling
+  }
+  UPKEEP_LOG(info, "controller_stopping", {});
+  agents.Shutdown();
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  (*reconciler)->Stop();
+  metrics_server.reset();
+  UPKEEP_LOG(info, "controller_stopped", {});
+  return 0;
 }

@@ -1,0 +1,215 @@
+#include "controller/api/fleet_service.h"
+
+#include <deque>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "core/manifest/loader.h"
+
+namespace upkeep::controller {
+namespace {
+
+namespace v1 = upkeep::v1;
+
+grpc::Status ToGrpc(const absl::Status& st) {
+  if (st.ok()) return grpc::Status::OK;
+  grpc::StatusCode code = grpc::StatusCode::INTERNAL;
+  switch (st.code()) {
+    case absl::StatusCode::kNotFound: code = grpc::StatusCode::NOT_FOUND; break;
+    case absl::StatusCode::kInvalidArgument: code = grpc::StatusCode::INVALID_ARGUMENT; break;
+    case absl::StatusCode::kFailedPrecondition: code = grpc::StatusCode::FAILED_PRECONDITION; break;
+    case absl::StatusCode::kUnavailable: code = grpc::StatusCode::UNAVAILABLE; break;
+    default: break;
+  }
+  return grpc::Status(code, std::string(st.message()));
+}
+
+constexpr size_t kMaxManifestBytes = 4 << 20;
+
+}  // namespace
+
+grpc::Status FleetServiceImpl::Apply(grpc::ServerContext*, const v1::ApplyRequest* req,
+                                     v1::ApplyResponse* resp) {
+  if (req->manifests_size() == 0) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no manifests");
+  }
+  std::vector<v1::Stack> stacks;
+  std::set<std::string> names;
+  size_t total = 0;
+  for (const auto& m : req->manifests()) {
+    total += m.content().size();
+    if (total > kMaxManifestBytes) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "manifests larger than 4 MiB");
+    }
+    const manifest::LoadResult r = manifest::LoadString(m.content(), m.filename());
+    for (const auto& e : r.errors) {
+      v1::ValidationError* ve = resp->add_errors();
+      ve->set_file(e.file);
+      ve->set_line(e.line);
+      ve->set_field(e.field);
+      ve->set_message(e.message);
+    }
+    for (const auto& s : r.stacks) {
+      if (!names.insert(s.metadata().name()).second) {
+        v1::ValidationError* ve = resp->add_errors();
+        ve->set_file(m.filename());
+        ve->set_field("metadata.name");
+        ve->set_message(absl::StrCat("stack ", s.metadata().name(), " appears twice"));
+      }
+      stacks.push_back(s);
+    }
+  }
+  if (resp->errors_size() > 0) {
+    const auto& e = resp->errors(0);
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat(resp->errors_size(), " validation error(s); first: ", e.file(),
+                                     ":", e.line(), ": ", e.field(), ": ", e.message()),
+                        resp->SerializeAsString());
+  }
+  auto applied = reconciler_->Apply(stacks, req->dry_run());
+  if (!applied.ok()) return ToGrpc(applied.status());
+  *resp = *applied;
+  return grpc::Status::OK;
+}
+
+grpc::Status FleetServiceImpl::GetStack(grpc::ServerContext*, const v1::GetStackRequest* req,
+                                        v1::Stack* resp) {
+  auto s = reconciler_->GetStack(req->name());
+  if (!s.ok()) return ToGrpc(s.status());
+  *resp = *s;
+  return grpc::Status::OK;
+}
+
+grpc::Status FleetServiceImpl::ListStacks(grpc::ServerContext*, const v1::ListStacksRequest*,
+                                          v1::ListStacksResponse* resp) {
+  for (auto& s : reconciler_->Stacks()) *resp->add_stacks() = std::move(s);
+  return grpc::Status::OK;
+}
+
+grpc::Status FleetServiceImpl::DeleteStack(grpc::ServerContext*,
+                                           const v1::DeleteStackRequest* req,
+                                           v1::DeleteStackResponse*) {
+  return ToGrpc(reconciler_->Delete(req->name()));
+}
+
+grpc::Status FleetServiceImpl::ListHosts(grpc::ServerContext*, const v1::ListHostsRequest*,
+                                         v1::ListHostsResponse* resp) {
+  for (auto& h : reconciler_->Hosts()) *resp->add_hosts() = std::move(h);
+  return grpc::Status::OK;
+}
+
+grpc::Status FleetServiceImpl::DescribeStack(grpc::ServerContext*,
+                                             const v1::DescribeStackRequest* req,
+                                             v1::DescribeStackResponse* resp) {
+  auto s = reconciler_->GetStack(req->name());
+  if (!s.ok()) return ToGrpc(s.status());
+  *resp->mutable_stack() = *s;
+  const int max_events = req->max_events() > 0 ? std::min(req->max_events(), 1000) : 20;
+  const int max_actions = req->max_actions() > 0 ? std::min(req->max_actions(), 1000) : 20;
+  auto events = store_->ListEvents(req->name(), 0, 1000000);
+  if (events.ok()) {
+    const size_t from = events->size() > static_cast<size_t>(max_events)
+                            ? events->size() - max_events
+                            : 0;
+    for (size_t i = from; i < events->size(); ++i) *resp->add_events() = (*events)[i];
+  }
+  auto actions = store_->ListActions(req->name(), "", max_actions);
+  if (actions.ok()) {
+    for (auto& a : *actions) *resp->add_actions() = std::move(a);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status FleetServiceImpl::Plan(grpc::ServerContext*, const v1::PlanRequest* req,
+                                    v1::PlanResponse* resp) {
+  auto d = reconciler_->Plan(req->name(), req->host());
+  if (!d.ok()) return ToGrpc(d.status());
+  for (auto& x : *d) *resp->add_diagnoses() = std::move(x);
+  return grpc::Status::OK;
+}
+
+grpc::Status FleetServiceImpl::ListEvents(grpc::ServerContext*, const v1::ListEventsRequest* req,
+                                          v1::ListEventsResponse* resp) {
+  const int limit = req->limit() > 0 ? std::min(req->limit(), 100000) : 1000;
+  auto events = store_->ListEvents(req->stack(), req->after_seq(), limit);
+  if (!events.ok()) return ToGrpc(events.status());
+  for (auto& e : *events) *resp->add_events() = std::move(e);
+  return grpc::Status::OK;
+}
+
+grpc::Status FleetServiceImpl::WatchEvents(grpc::ServerContext* ctx,
+                                           const v1::WatchEventsRequest* req,
+                                           grpc::ServerWriter<v1::Event>* writer) {
+  // Live events queue up from the moment we subscribe; stored ones are replayed first and
+  // the overlap is dropped by seq.
+  absl::Mutex mu;
+  std::deque<v1::Event> live;
+  const std::string stack = req->stack();
+  const int id = reconciler_->AddWatcher([&](const v1::Event& e) {
+    if (!stack.empty() && e.stack() != stack && !e.stack().empty()) return;
+    absl::MutexLock lock(&mu);
+    if (live.size() < 10000) live.push_back(e);
+  });
+  int64_t seq = req->after_seq();
+  auto stored = store_->ListEvents(stack, seq, 100000);
+  bool ok = true;
+  if (stored.ok()) {
+    for (const auto& e : *stored) {
+      if (!writer->Write(e)) {
+        ok = false;
+        break;
+      }
+      seq = e.seq();
+    }
+  }
+  while (ok && !ctx->IsCancelled()) {
+    std::deque<v1::Event> batch;
+    {
+      absl::MutexLock lock(&mu);
+      mu.AwaitWithTimeout(absl::Condition(+[](std::deque<v1::Event>* q) { return !q->empty(); },
+                                          &live),
+                          absl::Milliseconds(200));
+      batch.swap(live);
+    }
+    for (const auto& e : batch) {
+      if (e.seq() <= seq) continue;
+      if (!writer->Write(e)) {
+        ok = false;
+        break;
+      }
+      seq = e.seq();
+    }
+  }
+  reconciler_->RemoveWatcher(id);
+  return grpc::Status::OK;
+}
+
+grpc::Status FleetServiceImpl::ListActions(grpc::ServerContext*,
+                                           const v1::ListActionsRequest* req,
+                                           v1::ListActionsResponse* resp) {
+  const int limit = req->limit() > 0 ? std::min(req->limit(), 100000) : 50;
+  auto actions = store_->ListActions(req->stack(), "", limit);
+  if (!actions.ok()) return ToGrpc(actions.status());
+  for (auto& a : *actions) *resp->add_actions() = std::move(a);
+  return grpc::Status::OK;
+}
+
+grpc::Status FleetServiceImpl::Pause(grpc::ServerContext*, const v1::PauseRequest* req,
+                                     v1::PauseResponse*) {
+  return ToGrpc(reconciler_->SetPaused(req->stack(), req->host(), true));
+}
+
+grpc::Status FleetServiceImpl::Resume(grpc::ServerContext*, const v1::PauseRequest* req,
+                                      v1::PauseResponse*) {
+  return ToGrpc(reconciler_->SetPaused(req->stack(), req->host(), false));
+}
+
+grpc::Status FleetServiceImpl::RunAction(grpc::ServerContext*, const v1::RunActionRequest* req,
+                                         v1::RunActionResponse* resp) {
+  auto r = reconciler_->RunAction(*req, absl::Seconds(30));
+  if (!r.ok()) return ToGrpc(r.status());
+  *resp->mutable_record() = *r;
+  return grpc::Status::OK;
+}
+
+}  // namespace upkeep::controller

@@ -1,0 +1,307 @@
+// SqliteStore. Layout of DATA/upkeep.db (PRAGMA user_version = 1):
+//   meta(key, value)            "revision": the last store revision
+//   stacks(name, spec, generation, revision, paused, status)   spec/status: serialized protos
+//   hosts(host_id, paused)
+//   events(seq, stack, data)    data: serialized Event
+//   actions(id, stack, host, requested_at_ms, record)          record: serialized ActionRecord
+// WAL with synchronous=FULL: an action is written ahead of being sent, and must survive a
+// power cut, not only a crash of the controller.
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "controller/store/store.h"
+#include "core/proto_time.h"
+
+namespace upkeep::controller {
+namespace {
+
+namespace v1 = upkeep::v1;
+
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql) { rc_ = sqlite3_prepare_v2(db, sql, -1, &s_, nullptr); }
+  ~Stmt() { sqlite3_finalize(s_); }
+  bool ok() const { return rc_ == SQLITE_OK; }
+  Stmt& Bind(int i, const std::string& v) {
+    sqlite3_bind_blob(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& Text(int i, const std::string& v) {
+    sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& Int(int i, int64_t v) {
+    sqlite3_bind_int64(s_, i, v);
+    return *this;
+  }
+  int Step() { return sqlite3_step(s_); }
+  int64_t ColInt(int i) { return sqlite3_column_int64(s_, i); }
+  std::string ColBlob(int i) {
+    const void* p = sqlite3_column_blob(s_, i);
+    return p == nullptr ? "" : std::string(static_cast<const char*>(p), sqlite3_column_bytes(s_, i));
+  }
+  std::string ColText(int i) {
+    const unsigned char* p = sqlite3_column_text(s_, i);
+    return p == nullptr ? "" : reinterpret_cast<const char*>(p);
+  }
+
+ private:
+  sqlite3_stmt* s_ = nullptr;
+  int rc_;
+};
+
+class SqliteStore : public Store {
+ public:
+  explicit SqliteStore(sqlite3* db) : db_(db) {}
+  ~SqliteStore() override { sqlite3_close(db_); }
+
+  absl::Status Init() {
+    absl::MutexLock lock(&mu_);
+    return Exec(
+        "PRAGMA journal_mode=WAL;"
+        "PRAGMA synchronous=FULL;"
+        "PRAGMA busy_timeout=5000;"
+        "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+        "CREATE TABLE IF NOT EXISTS stacks(name TEXT PRIMARY KEY, spec BLOB NOT NULL,"
+        "  generation INTEGER NOT NULL, revision INTEGER NOT NULL, paused INTEGER NOT NULL"
+        "  DEFAULT 0, status BLOB);"
+        "CREATE TABLE IF NOT EXISTS hosts(host_id TEXT PRIMARY KEY, paused INTEGER NOT NULL);"
+        "CREATE TABLE IF NOT EXISTS events(seq INTEGER PRIMARY KEY AUTOINCREMENT, stack TEXT,"
+        "  data BLOB NOT NULL);"
+        "CREATE INDEX IF NOT EXISTS events_stack ON events(stack, seq);"
+        "CREATE TABLE IF NOT EXISTS actions(id TEXT PRIMARY KEY, stack TEXT, host TEXT,"
+        "  requested_at_ms INTEGER, record BLOB NOT NULL);"
+        "CREATE INDEX IF NOT EXISTS actions_stack ON actions(stack, host, requested_at_ms);"
+        "INSERT OR IGNORE INTO meta(key, value) VALUES('revision', 0);"
+        "PRAGMA user_version=1;");
+  }
+
+  absl::StatusOr<std::vector<v1::AppliedStack>> ApplyStacks(
+      const std::vector<v1::Stack>& stacks) override {
+    absl::MutexLock lock(&mu_);
+    if (absl::Status st = Exec("BEGIN IMMEDIATE"); !st.ok()) return st;
+    std::vector<v1::AppliedStack> out;
+    int64_t revision = 0;
+    {
+      Stmt s(db_, "SELECT value FROM meta WHERE key='revision'");
+      if (s.Step() == SQLITE_ROW) revision = s.ColInt(0);
+    }
+    for (const auto& stack : stacks) {
+      v1::Stack spec_only = stack;
+      spec_only.clear_status();
+      spec_only.mutable_metadata()->clear_generation();
+      spec_only.mutable_metadata()->clear_revision();
+      const std::string blob = spec_only.SerializeAsString();
+      v1::AppliedStack applied;
+      applied.set_name(stack.metadata().name());
+      Stmt q(db_, "SELECT spec, generation, revision FROM stacks WHERE name=?");
+      q.Text(1, stack.metadata().name());
+      int64_t generation = 1;
+      if (q.Step() == SQLITE_ROW) {
+        v1::Stack old;
+        old.ParseFromString(q.ColBlob(0));
+        old.mutable_metadata()->clear_source();
+        spec_only.mutable_metadata()->clear_source();
+        if (old.SerializeAsString() == spec_only.SerializeAsString()) {
+          applied.set_change("unchanged");
+          applied.set_generation(q.ColInt(1));
+          applied.set_revision(q.ColInt(2));
+          out.push_back(applied);
+          continue;
+        }
+        generation = q.ColInt(1) + 1;
+        applied.set_change("configured");
+      } else {
+        applied.set_change("created");
+      }
+      ++revision;
+      Stmt w(db_,
+             "INSERT INTO stacks(name, spec, generation, revision, paused) VALUES(?,?,?,?,0)"
+             " ON CONFLICT(name) DO UPDATE SET spec=excluded.spec,"
+             " generation=excluded.generation, revision=excluded.revision");
+      w.Text(1, stack.metadata().name()).Bind(2, blob).Int(3, generation).Int(4, revision);
+      if (w.Step() != SQLITE_DONE) {
+        Exec("ROLLBACK").IgnoreError();
+        return Error("apply");
+      }
+      applied.set_generation(generation);
+      applied.set_revision(revision);
+      out.push_back(applied);
+    }
+    Stmt r(db_, "UPDATE meta SET value=? WHERE key='revision'");
+    r.Int(1, revision);
+    if (r.Step() != SQLITE_DONE) {
+      Exec("ROLLBACK").IgnoreError();
+      return Error("revision");
+    }
+    if (absl::Status st = Exec("COMMIT"); !st.ok()) {
+      Exec("ROLLBACK").IgnoreError();
+      return st;
+    }
+    return out;
+  }
+
+  absl::Status DeleteStack(const std::string& name) override {
+    absl::MutexLock lock(&mu_);
+    Stmt s(db_, "DELETE FROM stacks WHERE name=?");
+    s.Text(1, name);
+    if (s.Step() != SQLITE_DONE) return Error("delete");
+    if (sqlite3_changes(db_) == 0) return absl::NotFoundError(absl::StrCat("no stack ", name));
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<v1::Stack>> ListStacks() override {
+    absl::MutexLock lock(&mu_);
+    std::vector<v1::Stack> out;
+    Stmt s(db_, "SELECT spec, generation, revision, paused, status FROM stacks ORDER BY name");
+    while (s.Step() == SQLITE_ROW) {
+      v1::Stack stack;
+      if (!stack.ParseFromString(s.ColBlob(0))) continue;
+      stack.mutable_metadata()->set_generation(s.ColInt(1));
+      stack.mutable_metadata()->set_revision(s.ColInt(2));
+      stack.mutable_status()->ParseFromString(s.ColBlob(4));
+      stack.mutable_status()->set_paused(s.ColInt(3) != 0);
+      out.push_back(std::move(stack));
+    }
+    return out;
+  }
+
+  absl::Status SaveStatus(const std::string& name, const v1::StackStatus& status) override {
+    absl::MutexLock lock(&mu_);
+    Stmt s(db_, "UPDATE stacks SET status=? WHERE name=?");
+    s.Bind(1, status.SerializeAsString()).Text(2, name);
+    return s.Step() == SQLITE_DONE ? absl::OkStatus() : Error("status");
+  }
+
+  absl::Status SetStackPaused(const std::string& name, bool paused) override {
+    absl::MutexLock lock(&mu_);
+    Stmt s(db_, "UPDATE stacks SET paused=? WHERE name=?");
+    s.Int(1, paused ? 1 : 0).Text(2, name);
+    if (s.Step() != SQLITE_DONE) return Error("pause");
+    if (sqlite3_changes(db_) == 0) return absl::NotFoundError(absl::StrCat("no stack ", name));
+    return absl::OkStatus();
+  }
+
+  absl::Status SetHostPaused(const std::string& host, bool paused) override {
+    absl::MutexLock lock(&mu_);
+    Stmt s(db_, "INSERT INTO hosts(host_id, paused) VALUES(?,?) ON CONFLICT(host_id) DO UPDATE"
+                " SET paused=excluded.paused");
+    s.Text(1, host).Int(2, paused ? 1 : 0);
+    return s.Step() == SQLITE_DONE ? absl::OkStatus() : Error("pause host");
+  }
+
+  absl::StatusOr<std::set<std::string>> PausedHosts() override {
+    absl::MutexLock lock(&mu_);
+    std::set<std::string> out;
+    Stmt s(db_, "SELECT host_id FROM hosts WHERE paused=1");
+    while (s.Step() == SQLITE_ROW) out.insert(s.ColText(0));
+    return out;
+  }
+
+  absl::Status AppendEvent(v1::Event* event) override {
+    absl::MutexLock lock(&mu_);
+    Stmt s(db_, "INSERT INTO events(stack, data) VALUES(?, ?)");
+    s.Text(1, event->stack()).Bind(2, event->SerializeAsString());
+    if (s.Step() != SQLITE_DONE) return Error("event");
+    event->set_seq(sqlite3_last_insert_rowid(db_));
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<v1::Event>> ListEvents(const std::string& stack, int64_t after_seq,
+                                                    int limit) override {
+    absl::MutexLock lock(&mu_);
+    std::vector<v1::Event> out;
+    Stmt s(db_, stack.empty()
+                    ? "SELECT seq, data FROM events WHERE seq>? ORDER BY seq LIMIT ?"
+                    : "SELECT seq, data FROM events WHERE seq>? AND stack=? ORDER BY seq LIMIT ?");
+    s.Int(1, after_seq);
+    if (stack.empty()) {
+      s.Int(2, limit);
+    } else {
+      s.Text(2, stack).Int(3, limit);
+    }
+    while (s.Step() == SQLITE_ROW) {
+      v1::Event e;
+      e.ParseFromString(s.ColBlob(1));
+      e.set_seq(s.ColInt(0));
+      out.push_back(std::move(e));
+    }
+    return out;
+  }
+
+  absl::Status PutAction(const v1::ActionRecord& record) override {
+    absl::MutexLock lock(&mu_);
+    Stmt s(db_, "INSERT INTO actions(id, stack, host, requested_at_ms, record) VALUES(?,?,?,?,?)"
+                " ON CONFLICT(id) DO UPDATE SET record=excluded.record");
+    s.Text(1, record.action().id())
+        .Text(2, record.action().stack())
+        .Text(3, record.action().host())
+        .Int(4, absl::ToUnixMillis(FromProto(record.requested_at())))
+        .Bind(5, record.SerializeAsString());
+    return s.Step() == SQLITE_DONE ? absl::OkStatus() : Error("action");
+  }
+
+  absl::StatusOr<std::vector<v1::ActionRecord>> ListActions(const std::string& stack,
+                                                            const std::string& host,
+                                                            int limit) override {
+    absl::MutexLock lock(&mu_);
+    std::vector<v1::ActionRecord> out;
+    std::string sql = "SELECT record FROM actions WHERE 1=1";
+    if (!stack.empty()) sql += " AND stack=?1";
+    if (!host.empty()) sql += " AND host=?2";
+    sql += " ORDER BY requested_at_ms DESC, rowid DESC LIMIT ?3";
+    Stmt s(db_, sql.c_str());
+    if (!stack.empty()) s.Text(1, stack);
+    if (!host.empty()) s.Text(2, host);
+    s.Int(3, limit);
+    while (s.Step() == SQLITE_ROW) {
+      v1::ActionRecord r;
+      if (r.ParseFromString(s.ColBlob(0))) out.push_back(std::move(r));
+    }
+    std::reverse(out.begin(), out.end());
+    return out;
+  }
+
+ private:
+  absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    char* err = nullptr;
+    if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+      std::string msg = err != nullptr ? err : "unknown";
+      sqlite3_free(err);
+      return absl::InternalError(absl::StrCat("sqlite: ", msg));
+    }
+    return absl::OkStatus();
+  }
+  absl::Status Error(const char* what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return absl::InternalError(absl::StrCat("sqlite ", what, ": ", sqlite3_errmsg(db_)));
+  }
+
+  absl::Mutex mu_;
+  sqlite3* db_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& data_dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(data_dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("create ", data_dir, ": ", ec.message()));
+  sqlite3* db = nullptr;
+  const std::string path = data_dir + "/upkeep.db";
+  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                                             SQLITE_OPEN_FULLMUTEX,
+                      nullptr) != SQLITE_OK) {
+    std::string msg = db != nullptr ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return absl::InternalError(absl::StrCat("open ", path, ": ", msg));
+  }
+  auto store = std::make_unique<SqliteStore>(db);
+  if (absl::Status st = store->Init(); !st.ok()) return st;
+  return std::unique_ptr<Store>(std::move(store));
+}
+
+}  // namespace upkeep::controller

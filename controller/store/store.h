@@ -1,0 +1,57 @@
+// Store: the controller's memory that survives it — applied stacks (spec, generation,
+// revision, pause flag, last status), paused hosts, events, and the audit log of every action.
+// SqliteStore is the embedded default; etcd comes later behind the same seam.
+// Implementations are thread-safe.
+#ifndef UPKEEP_CONTROLLER_STORE_STORE_H_
+#define UPKEEP_CONTROLLER_STORE_STORE_H_
+
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "upkeep/v1/action.pb.h"
+#include "upkeep/v1/event.pb.h"
+#include "upkeep/v1/fleet_service.pb.h"
+#include "upkeep/v1/stack.pb.h"
+
+namespace upkeep::controller {
+
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  // Stores every stack or none (one transaction). A spec that changed gets generation + 1;
+  // each write gets a new store revision. Returns what happened to each.
+  virtual absl::StatusOr<std::vector<upkeep::v1::AppliedStack>> ApplyStacks(
+      const std::vector<upkeep::v1::Stack>& stacks) = 0;
+  virtual absl::Status DeleteStack(const std::string& name) = 0;
+  // Every stack, with metadata.generation/revision and status (paused, conditions).
+  virtual absl::StatusOr<std::vector<upkeep::v1::Stack>> ListStacks() = 0;
+  virtual absl::Status SaveStatus(const std::string& name, const upkeep::v1::StackStatus& status) = 0;
+  virtual absl::Status SetStackPaused(const std::string& name, bool paused) = 0;
+  virtual absl::Status SetHostPaused(const std::string& host, bool paused) = 0;
+  virtual absl::StatusOr<std::set<std::string>> PausedHosts() = 0;
+
+  // Assigns event->seq.
+  virtual absl::Status AppendEvent(upkeep::v1::Event* event) = 0;
+  virtual absl::StatusOr<std::vector<upkeep::v1::Event>> ListEvents(const std::string& stack,
+                                                                    int64_t after_seq,
+                                                                    int limit) = 0;
+
+  // Inserts or replaces the record with its action id.
+  virtual absl::Status PutAction(const upkeep::v1::ActionRecord& record) = 0;
+  // The newest `limit` records (of `stack`, or all when empty; of `host` when not empty),
+  // oldest first.
+  virtual absl::StatusOr<std::vector<upkeep::v1::ActionRecord>> ListActions(
+      const std::string& stack, const std::string& host, int limit) = 0;
+};
+
+// Opens (creating if needed) DIR/upkeep.db.
+absl::StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& data_dir);
+
+}  // namespace upkeep::controller
+
+#endif  // UPKEEP_CONTROLLER_STORE_STORE_H_
