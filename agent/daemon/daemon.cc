@@ -1,13 +1,68 @@
-// Placeholder: replaced by the daemon implementation.
 #include "agent/daemon/daemon.h"
 
+#include <signal.h>
+
+#include <atomic>
 #include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "absl/time/clock.h"
+#include "agent/daemon/agent_client.h"
+#include "core/log.h"
 
 namespace upkeep::agent {
+namespace {
 
-int RunDaemon(int, char**) {
-  std::fprintf(stderr, "upkeep-agent: daemon mode not implemented yet\n");
-  return 2;
+std::atomic<bool> g_stop{false};
+void OnSignal(int) { g_stop = true; }
+
+}  // namespace
+
+int RunDaemon(int argc, char** argv) {
+  AgentClientOptions options;
+  bool json = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&](std::string* out) {
+      if (i + 1 >= argc) return false;
+      *out = argv[++i];
+      return true;
+    };
+    bool ok = true;
+    if (a == "--controller") ok = value(&options.controller);
+    else if (a == "--host-id") ok = value(&options.host_id);
+    else if (a == "--data") ok = value(&options.data_dir);
+    else if (a == "--docker-socket") ok = value(&options.docker_socket);
+    else if (a == "--log-json") json = true;
+    else ok = false;
+    if (!ok) {
+      std::fprintf(stderr,
+                   "usage: upkeep-agent --controller ADDR --host-id ID --data DIR "
+                   "[--docker-socket PATH] [--log-json]\n"
+                   "       upkeep-agent observe -f STACK.yaml [-o json|text]\n"
+                   "       upkeep-agent act -f STACK.yaml ACTION TARGET\n");
+      return 2;
+    }
+  }
+  if (options.controller.empty() || options.host_id.empty() || options.data_dir.empty()) {
+    std::fprintf(stderr, "upkeep-agent: --controller, --host-id and --data are required\n");
+    return 2;
+  }
+  InitLogging("agent", json, spdlog::level::info);
+  ::signal(SIGINT, OnSignal);
+  ::signal(SIGTERM, OnSignal);
+  ::signal(SIGPIPE, SIG_IGN);
+  AgentClient client(options);
+  if (absl::Status st = client.Start(); !st.ok()) {
+    UPKEEP_LOG(critical, "agent_start_failed", {{"error", std::string(st.message())}});
+    return 1;
+  }
+  UPKEEP_LOG(info, "agent_started", {{"host", options.host_id}, {"controller", options.controller}});
+  while (!g_stop) absl::SleepFor(absl::Milliseconds(100));  // signal polling
+  UPKEEP_LOG(info, "agent_stopping", {});
+  client.Shutdown();
+  return 0;
 }
 
 }  // namespace upkeep::agent
