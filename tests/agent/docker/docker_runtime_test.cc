@@ -64,6 +64,11 @@ struct Changes {
     absl::MutexLock lock(&mu);
     return calls.size();
   }
+  // No call for `d` (the events of an earlier action have all arrived).
+  bool QuietFor(absl::Duration d) {
+    absl::MutexLock lock(&mu);
+    return calls.empty() || absl::Now() - calls.back().second >= d;
+  }
   // The first call at or after `since`.
   std::optional<absl::Time> FirstAfter(absl::Time since) {
     absl::MutexLock lock(&mu);
@@ -223,6 +228,8 @@ TEST_F(DockerRuntimeTest, WatchSeesCrashAndKill) {
   ASSERT_TRUE(rt_->Restart(spec, absl::Seconds(1)).ok());
   ASSERT_TRUE(WaitFor([&] { return changes.Count() > 0; }));
   ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  // So that the latency below is not that of a late restart event.
+  ASSERT_TRUE(WaitFor([&] { return changes.QuietFor(absl::Milliseconds(200)); }));
 
   const absl::Time crash_at = absl::Now();
   HttpGetStatus("127.0.0.1", port, "/fault/crash");
@@ -236,6 +243,7 @@ TEST_F(DockerRuntimeTest, WatchSeesCrashAndKill) {
 
   ASSERT_TRUE(rt_->Start(spec).ok());
   ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  ASSERT_TRUE(WaitFor([&] { return changes.QuietFor(absl::Milliseconds(200)); }));
   const absl::Time kill_at = absl::Now();
   ASSERT_TRUE(Docker({"kill", name}).ok());
   ASSERT_TRUE(WaitFor([&] { return changes.FirstAfter(kill_at).has_value(); }));
