@@ -139,6 +139,23 @@ TEST_F(DockerRuntimeTest, InspectByNameSeesExitCode) {
   EXPECT_GE(upkeep::FromProto(obs.finished_at()), upkeep::FromProto(obs.started_at()));
 }
 
+TEST_F(DockerRuntimeTest, RestartCountFollowsRestartPolicy) {
+  const int port = FreePort();
+  const std::string name = Unique("always");
+  SampleContainer c = Sample(name, port);
+  c.restart = "always";
+  ASSERT_TRUE(RunSample(c).ok());
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  EXPECT_EQ(rt_->Inspect(NameSpec(name)).restart_count(), 0);
+  HttpGetStatus("127.0.0.1", port, "/fault/exit?code=2");
+  upkeep::v1::ServiceObservation obs;
+  EXPECT_TRUE(WaitFor([&] {
+    obs = rt_->Inspect(NameSpec(name));
+    return obs.restart_count() == 1 && obs.running();
+  })) << obs.DebugString();
+  EXPECT_EQ(obs.exit_code(), 2);  // running again, but Docker keeps the last exit code
+}
+
 TEST_F(DockerRuntimeTest, MissingContainerDoesNotExist) {
   const auto obs = rt_->Inspect(NameSpec("no-such-container-here"));
   EXPECT_EQ(obs.error(), "");
