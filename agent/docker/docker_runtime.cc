@@ -71,8 +71,7 @@ std::string SocketProblem(const std::string& path) {
   }
   if (!S_ISSOCK(st.st_mode)) return absl::StrCat("docker socket ", path, " is not a socket");
   if (access(path.c_str(), R_OK | W_OK) != 0) {
-    return absl::StrCat("docker socket ", path, ": permission denied (", std::strerror(errno),
-                        ")");
+    return absl::StrCat("docker socket ", path, ": permission denied (", std::strerror(errno), ")");
   }
   return "";
 }
@@ -135,7 +134,8 @@ class DockerRuntime : public Runtime {
   absl::StatusOr<std::string> Logs(const ServiceSpec& spec, int tail) override {
     auto id = FindContainer(spec);
     if (!id.ok()) return id.status();
-    if (id->empty()) return absl::NotFoundError(absl::StrCat(ContainerSelector(spec), ": no such container"));
+    if (id->empty())
+      return absl::NotFoundError(absl::StrCat(ContainerSelector(spec), ": no such container"));
     // TTY containers send raw bytes; the others a multiplexed stream.
     bool tty = false;
     auto insp = Call("GET", absl::StrCat("/containers/", *id, "/json"), absl::Seconds(10));
@@ -145,10 +145,10 @@ class DockerRuntime : public Runtime {
       } catch (const std::exception&) {
       }
     }
-    auto resp = Call("GET",
-                     absl::StrCat("/containers/", *id, "/logs?stdout=1&stderr=1&tail=",
-                                  std::max(0, tail)),
-                     absl::Seconds(20));
+    auto resp =
+        Call("GET",
+             absl::StrCat("/containers/", *id, "/logs?stdout=1&stderr=1&tail=", std::max(0, tail)),
+             absl::Seconds(20));
     if (!resp.ok()) return resp.status();
     if (resp->code != 200) {
       return absl::UnavailableError(absl::StrCat(ContainerSelector(spec), ": logs: HTTP ",
@@ -214,17 +214,16 @@ class DockerRuntime : public Runtime {
     auto resp = Raw("GET", "/version", absl::Seconds(5));
     if (!resp.ok()) return resp.status();
     if (resp->code != 200) {
-      return absl::UnavailableError(absl::StrCat("docker API GET /version via ", socket_,
-                                                 ": HTTP ", resp->code, ": ",
-                                                 Shorten(resp->body)));
+      return absl::UnavailableError(absl::StrCat("docker API GET /version via ", socket_, ": HTTP ",
+                                                 resp->code, ": ", Shorten(resp->body)));
     }
     std::string version;
     try {
       version = Json::parse(resp->body).at("ApiVersion").get<std::string>();
     } catch (const std::exception& e) {
-      return absl::UnavailableError(absl::StrCat(
-          "docker API GET /version via ", socket_,
-          ": unexpected body (not a Docker Engine API?): ", Shorten(resp->body)));
+      return absl::UnavailableError(
+          absl::StrCat("docker API GET /version via ", socket_,
+                       ": unexpected body (not a Docker Engine API?): ", Shorten(resp->body)));
     }
     double v = 0;
     if (!absl::SimpleAtod(version, &v) || v <= 0) {
@@ -263,20 +262,19 @@ class DockerRuntime : public Runtime {
     if (c.compose().project().empty() && c.compose().service().empty()) {
       const std::string name = c.name().empty() ? spec.name() : c.name();
       if (name.empty()) return absl::InvalidArgumentError("service has no container name");
-      auto resp = Call("GET", absl::StrCat("/containers/", UrlEncode(name), "/json"),
-                       absl::Seconds(10));
+      auto resp =
+          Call("GET", absl::StrCat("/containers/", UrlEncode(name), "/json"), absl::Seconds(10));
       if (!resp.ok()) return resp.status();
       if (resp->code == 404) return std::string();
       if (resp->code != 200) {
-        return absl::UnavailableError(absl::StrCat("container ", name, ": HTTP ", resp->code,
-                                                   ": ", ErrorMessage(resp->body)));
+        return absl::UnavailableError(absl::StrCat("container ", name, ": HTTP ", resp->code, ": ",
+                                                   ErrorMessage(resp->body)));
       }
       try {
         return Json::parse(resp->body).at("Id").get<std::string>();
       } catch (const std::exception&) {
-        return absl::UnavailableError(absl::StrCat("container ", name,
-                                                   ": unexpected inspect body: ",
-                                                   Shorten(resp->body)));
+        return absl::UnavailableError(
+            absl::StrCat("container ", name, ": unexpected inspect body: ", Shorten(resp->body)));
       }
     }
     Json labels = Json::array();
@@ -292,8 +290,8 @@ class DockerRuntime : public Runtime {
     if (!resp.ok()) return resp.status();
     const std::string what = ContainerSelector(spec);
     if (resp->code != 200) {
-      return absl::UnavailableError(absl::StrCat(what, ": list containers: HTTP ", resp->code,
-                                                 ": ", ErrorMessage(resp->body)));
+      return absl::UnavailableError(absl::StrCat(what, ": list containers: HTTP ", resp->code, ": ",
+                                                 ErrorMessage(resp->body)));
     }
     try {
       const Json list = Json::parse(resp->body);
@@ -361,8 +359,8 @@ class DockerRuntime : public Runtime {
     if (!resp.ok()) return resp.status();
     if (resp->code == 204 || resp->code == 304 || resp->code == 200) return absl::OkStatus();
     if (resp->code == 404) return absl::NotFoundError(absl::StrCat(what, ": no such container"));
-    return absl::UnavailableError(absl::StrCat(what, ": ", verb, ": HTTP ", resp->code, ": ",
-                                               ErrorMessage(resp->body)));
+    return absl::UnavailableError(
+        absl::StrCat(what, ": ", verb, ": HTTP ", resp->code, ": ", ErrorMessage(resp->body)));
   }
 
   // ---- events ----
@@ -414,9 +412,8 @@ class DockerRuntime : public Runtime {
       return;
     }
     const std::string verb = action.substr(0, action.find(':'));
-    static const char* kInteresting[] = {"die",  "start",         "stop", "restart",
-                                         "kill", "health_status", "oom",  "destroy",
-                                         "pause", "unpause"};
+    static const char* kInteresting[] = {"die",           "start", "stop",    "restart", "kill",
+                                         "health_status", "oom",   "destroy", "pause",   "unpause"};
     if (std::none_of(std::begin(kInteresting), std::end(kInteresting),
                      [&](const char* v) { return verb == v; })) {
       return;
@@ -453,8 +450,8 @@ class DockerRuntime : public Runtime {
     auto prefix = Prefix();
     if (!prefix.ok()) return false;
     const Json filters = {{"type", Json::array({"container"})}};
-    const std::string url = absl::StrCat("http://localhost", *prefix,
-                                         "/events?filters=", UrlEncode(filters.dump()));
+    const std::string url =
+        absl::StrCat("http://localhost", *prefix, "/events?filters=", UrlEncode(filters.dump()));
     CURL* h = curl_easy_init();
     CURLM* m = curl_multi_init();
     StreamState st{this, ""};

@@ -41,7 +41,9 @@ struct Stats {
     }
     std::vector<double> v = ms;
     std::sort(v.begin(), v.end());
-    auto at = [&](double q) { return v[std::min(v.size() - 1, static_cast<size_t>(q * v.size()))]; };
+    auto at = [&](double q) {
+      return v[std::min(v.size() - 1, static_cast<size_t>(q * v.size()))];
+    };
     std::printf("%-34s n=%zu median=%.1fms p95=%.1fms max=%.1fms\n", name.c_str(), v.size(),
                 at(0.5), at(0.95), v.back());
   }
@@ -123,8 +125,10 @@ int main(int argc, char** argv) {
     const absl::Time start_at = absl::Now();
     if (!rt->Start(spec).ok()) break;
     if (upkeep::testing::WaitFor(
-            [&] { return upkeep::testing::HttpGetStatus("127.0.0.1", port, "/health",
-                                                         absl::Milliseconds(200)) == 200; },
+            [&] {
+              return upkeep::testing::HttpGetStatus("127.0.0.1", port, "/health",
+                                                    absl::Milliseconds(200)) == 200;
+            },
             absl::Seconds(10), absl::Microseconds(500))) {
       recover.ms.push_back(absl::ToDoubleMilliseconds(absl::Now() - start_at));
     }

@@ -1,11 +1,12 @@
 // DockerRuntime against a real, private dockerd running upkeep-sample containers (host network).
+#include "agent/docker/docker_runtime.h"
+
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "agent/docker/docker_runtime.h"
 #include "core/proto_time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -216,15 +217,15 @@ TEST_F(DockerRuntimeTest, RuntimeHealthFollowsHealthcheck) {
   const std::string project = Unique("hc");
   ASSERT_TRUE(RunSample(Sample(Unique("hc"), port, project, "api", /*health_check=*/true)).ok());
   const ServiceSpec spec = ComposeSpec(project, "api");
-  EXPECT_TRUE(WaitFor([&] {
-    return rt_->Inspect(spec).runtime_health() == upkeep::v1::RUNTIME_HEALTH_HEALTHY;
-  }, absl::Seconds(20)));
+  EXPECT_TRUE(WaitFor(
+      [&] { return rt_->Inspect(spec).runtime_health() == upkeep::v1::RUNTIME_HEALTH_HEALTHY; },
+      absl::Seconds(20)));
   Changes changes;
   rt_->Watch({spec}, changes.Callback());
   HttpGetStatus("127.0.0.1", port, "/fault/unhealthy");
-  EXPECT_TRUE(WaitFor([&] {
-    return rt_->Inspect(spec).runtime_health() == upkeep::v1::RUNTIME_HEALTH_UNHEALTHY;
-  }, absl::Seconds(20)));
+  EXPECT_TRUE(WaitFor(
+      [&] { return rt_->Inspect(spec).runtime_health() == upkeep::v1::RUNTIME_HEALTH_UNHEALTHY; },
+      absl::Seconds(20)));
   // health_status events reach the watcher.
   EXPECT_TRUE(WaitFor([&] { return changes.Count() > 0; }));
 }

@@ -74,8 +74,9 @@ upkeep::v1::ServiceSpec Spec() {
 }
 
 std::string Http(int code, const std::string& body) {
-  return "HTTP/1.1 " + std::to_string(code) + " X\r\nContent-Length: " +
-         std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
+  return "HTTP/1.1 " + std::to_string(code) +
+         " X\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" +
+         body;
 }
 
 TEST(DockerRuntimeErrors, MissingSocketIsAClearError) {
@@ -92,9 +93,7 @@ TEST(DockerRuntimeErrors, MissingSocketIsAClearError) {
   EXPECT_FALSE((*rt)->Logs(Spec(), 10).ok());
 }
 
-TEST(DockerRuntimeErrors, EmptySocketPathRejected) {
-  EXPECT_FALSE(CreateDockerRuntime("").ok());
-}
+TEST(DockerRuntimeErrors, EmptySocketPathRejected) { EXPECT_FALSE(CreateDockerRuntime("").ok()); }
 
 TEST(DockerRuntimeErrors, NonJsonVersionBody) {
   upkeep::testing::TempDir dir;

@@ -27,7 +27,7 @@ std::string ReadFile(const std::string& path) {
 
 // Runs argv to completion, output into `log`; returns the exit code or -1.
 int RunCommand(const std::vector<std::string>& argv, const std::string& log,
-        absl::Duration timeout = absl::Seconds(120)) {
+               absl::Duration timeout = absl::Seconds(120)) {
   auto p = Subprocess::Start(argv, log);
   if (!p.ok()) return -1;
   auto st = (*p)->Wait(timeout);
@@ -72,9 +72,9 @@ absl::Status DockerDaemon::StartDaemon() {
   const std::string script = SourcePath("scripts/dockerd.sh");
   if (!std::filesystem::exists(script)) return absl::NotFoundError(script + " missing");
   if (RunCommand({script, "start", dir_}, dir_ + "/start.log") != 0) {
-    return absl::UnavailableError(absl::StrCat("cannot start a private dockerd: ",
-                                               ReadFile(dir_ + "/start.log"), " (see ", dir_,
-                                               "/dockerd.log)"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot start a private dockerd: ", ReadFile(dir_ + "/start.log"), " (see ",
+                     dir_, "/dockerd.log)"));
   }
   h->started = true;
   return absl::OkStatus();
@@ -162,27 +162,27 @@ absl::StatusOr<std::string> DockerFixture::RunSample(const SampleContainer& c) {
     nlohmann::json labels = nlohmann::json::object();
     if (!c.project.empty()) labels["com.docker.compose.project"] = c.project;
     if (!c.service.empty()) labels["com.docker.compose.service"] = c.service;
-    nlohmann::json body = {
-        {"Image", DockerDaemon::kImage},
-        {"Cmd", cmd},
-        {"Labels", labels},
-        {"HostConfig",
-         {{"NetworkMode", "host"},
-          {"RestartPolicy", {{"Name", c.restart.empty() ? "no" : c.restart}}}}},
-        {"Healthcheck",
-         {{"Test", {"CMD", "/upkeep-sample-service", "--check",
-                    absl::StrCat("http://127.0.0.1:", c.port, "/health")}},
-          {"Interval", 500000000},
-          {"Timeout", 2000000000},
-          {"Retries", 1}}}};
+    nlohmann::json body = {{"Image", DockerDaemon::kImage},
+                           {"Cmd", cmd},
+                           {"Labels", labels},
+                           {"HostConfig",
+                            {{"NetworkMode", "host"},
+                             {"RestartPolicy", {{"Name", c.restart.empty() ? "no" : c.restart}}}}},
+                           {"Healthcheck",
+                            {{"Test",
+                              {"CMD", "/upkeep-sample-service", "--check",
+                               absl::StrCat("http://127.0.0.1:", c.port, "/health")}},
+                             {"Interval", 500000000},
+                             {"Timeout", 2000000000},
+                             {"Retries", 1}}}};
     const std::string dir = daemon()->dir();
     const std::string body_file = dir + "/create-" + c.name + ".json";
     std::ofstream(body_file) << body.dump();
     const std::string log = dir + "/create-" + c.name + ".log";
-    const int rc = RunCommand({"curl", "-sS", "--unix-socket", socket(), "-H",
-                        "Content-Type: application/json", "--data-binary", "@" + body_file,
-                        "http://d/v1.41/containers/create?name=" + c.name},
-                       log);
+    const int rc = RunCommand(
+        {"curl", "-sS", "--unix-socket", socket(), "-H", "Content-Type: application/json",
+         "--data-binary", "@" + body_file, "http://d/v1.41/containers/create?name=" + c.name},
+        log);
     const std::string out = ReadFile(log);
     std::string id;
     try {

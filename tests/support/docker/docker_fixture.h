@@ -50,16 +50,16 @@ class DockerDaemon {
 };
 
 struct SampleContainer {
-  std::string name;              // container name (required)
-  int port = 0;                  // --port, host network (required)
-  std::string project;           // com.docker.compose.project label when set
-  std::string service;           // com.docker.compose.service label when set
+  std::string name;     // container name (required)
+  int port = 0;         // --port, host network (required)
+  std::string project;  // com.docker.compose.project label when set
+  std::string service;  // com.docker.compose.service label when set
   // An exec-form health check (`upkeep-sample-service --check http://127.0.0.1:PORT/health`,
   // every 500ms, 1 retry); the container is then created through the API, as the CLI's
   // --health-cmd needs a shell the image does not have.
   bool health_check = false;
-  std::string restart;           // --restart policy, e.g. "always"
-  std::vector<std::string> args; // extra sample-service flags
+  std::string restart;            // --restart policy, e.g. "always"
+  std::vector<std::string> args;  // extra sample-service flags
 };
 
 class DockerFixture : public ::testing::Test {
