@@ -372,7 +372,13 @@ class ObserverImpl : public StackObserver {
         if (stopping_) return;
         bool log_news = false;
         for (auto& [name, st] : stacks_) {
-          if (st->nginx != nullptr && st->nginx->PollErrorLog()) log_news = true;
+          if (st->nginx != nullptr && st->nginx->PollErrorLog()) {
+            // An upstream error just appeared in nginx's log: probe the routes now.
+            log_news = true;
+            for (auto& [key, t] : st->targets) {
+              if (t->route) t->poke = true;
+            }
+          }
         }
         const bool event = dirty_ || log_news;
         dirty_ = false;

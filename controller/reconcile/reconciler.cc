@@ -437,6 +437,20 @@ void Reconciler::Reconcile(const Key& key) {
         }
       }
     }
+    // A target that works again ends its escalation: its newest repair counts as the fix, so
+    // backoff and the reload -> restart -> alert ladder start afresh next time.
+    std::set<std::string> marked;
+    for (auto it = ks.history.rbegin(); it != ks.history.rend(); ++it) {
+      auto& r = *it;
+      if (r.dry_run() || r.result().id().empty() || !IsRepair(r.action().kind())) continue;
+      if (!marked.insert(r.action().target()).second) continue;
+      if (r.verification() == v1::VERIFICATION_FIXED) continue;
+      if (observed_at < FromProto(r.result().finished_at())) continue;
+      if (TargetFixed(r.action().target(), observed)) {
+        r.set_verification(v1::VERIFICATION_FIXED);
+        changed_records.push_back(r);
+      }
+    }
     // Detection and healing of the key as a whole.
     const v1::Verdict prev = ks.verdict;
     if (d.verdict() != v1::VERDICT_HEALTHY && d.verdict() != v1::VERDICT_UNKNOWN &&

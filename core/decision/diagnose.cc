@@ -407,9 +407,19 @@ class Engine {
       }
       failing.push_back(&r);
     }
-    if (failing.empty()) {
-      MarkProxyFixedIfAny();
-      return;
+    if (failing.empty()) return;
+    // "Check Backend Health: curl http://localhost:8002/health" — confirm the upstream
+    // directly before blaming nginx; a failing upstream is judged by its own probe first.
+    for (const auto* r : failing) {
+      auto it = services_.find(r->upstream());
+      if (it != services_.end() && !it->second->probe().ok()) {
+        v1::PathNode* n = Node("route.upstream_confirmed", r->path(),
+                               "no: the upstream fails its own probe; judging it first", 1);
+        Ev(n, "upstream", r->upstream());
+        Ev(n, "probe", it->second->probe().error());
+        waiting_ = true;
+        return;
+      }
     }
     // Upstreams are healthy by direct probe (checked above), yet nginx fails the route.
     const v1::ActionRecord* last = LastOn(kProxyTarget);
@@ -544,8 +554,6 @@ class Engine {
       ev["upstream_latency"] = Ms(FromProto(services_[route.upstream()]->probe().latency()));
     }
   }
-
-  void MarkProxyFixedIfAny() {}
 
   v1::Verdict Verdict() {
     bool acting = false;
