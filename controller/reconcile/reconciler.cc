@@ -243,10 +243,23 @@ void Reconciler::OnConnected(const std::string& host_id, const v1::Hello& hello)
     UPKEEP_LOG(info, "action_resent", {{"id", a.id()}, {"host", host_id}});
     hub_->Send(host_id, std::move(msg));
   }
-  EmitSimple("Normal", "AgentConnected", "", host_id, "",
-             absl::StrCat("agent ", host_id, " connected (version ", hello.version(), ")"));
+  for (const auto& stack : StacksOf(host_id)) {
+    EmitSimple("Normal", "AgentConnected", stack, host_id, "",
+               absl::StrCat("agent ", host_id, " connected (version ", hello.version(), ")"));
+  }
   absl::MutexLock lock(&mu_);
   EnqueueHostLocked(host_id);
+}
+
+// The stacks that name `host` ({""} when none: the event is then fleet-wide).
+std::vector<std::string> Reconciler::StacksOf(const std::string& host) {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> out;
+  for (const auto& [name, s] : stacks_) {
+    if (Names(s, host)) out.push_back(name);
+  }
+  if (out.empty()) out.push_back("");
+  return out;
 }
 
 void Reconciler::OnDisconnected(const std::string& host_id) {
@@ -258,8 +271,10 @@ void Reconciler::OnDisconnected(const std::string& host_id) {
     metrics_->Set("upkeep_connected_agents", {}, connected);
     EnqueueHostLocked(host_id);
   }
-  EmitSimple("Warning", "AgentDisconnected", "", host_id, "",
-             absl::StrCat("agent ", host_id, " disconnected"));
+  for (const auto& stack : StacksOf(host_id)) {
+    EmitSimple("Warning", "AgentDisconnected", stack, host_id, "",
+               absl::StrCat("agent ", host_id, " disconnected"));
+  }
 }
 
 void Reconciler::OnObservation(const std::string& host_id, v1::ObservationReport report) {

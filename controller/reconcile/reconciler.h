@@ -116,6 +116,7 @@ class Reconciler : public AgentListener {
   void ResyncLoop();
   void Reconcile(const Key& key);
   void SendDesired(const std::string& host);
+  std::vector<std::string> StacksOf(const std::string& host);
   // Records (write-ahead) and sends `planned`; false when the hub could not take it.
   bool SendAction(const Key& key, upkeep::v1::PlannedAction planned, bool manual,
                   const std::string& why, upkeep::v1::ActionRecord* record_out);
