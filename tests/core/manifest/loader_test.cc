@@ -1,0 +1,219 @@
+// The manifest loader: the examples load; each kind of mistake is reported with its file,
+// line and field path, all at once; hostile input is rejected cleanly.
+#include "core/manifest/loader.h"
+
+#include <fstream>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "core/proto_time.h"
+#include "gtest/gtest.h"
+#include "tests/support/subprocess.h"
+#include "tests/support/temp_dir.h"
+
+namespace upkeep::manifest {
+namespace {
+
+constexpr char kGood[] = R"(apiVersion: upkeep/v1
+kind: Stack
+metadata: {name: shop}
+spec:
+  hosts: [web-1]
+  runtime: process
+  services:
+    - name: api
+      process: {command: "bin/api --port 8080"}
+      port: 8080
+      probe: {http: {path: /health}, period: 2s, timeout: 500ms}
+  proxy:
+    nginx: {config: /etc/nginx/nginx.conf}
+    routes:
+      - {path: /, upstream: api, probe: {url: "http://127.0.0.1/"}}
+)";
+
+TEST(Loader, LoadsTheExampleManifests) {
+  const LoadResult r = LoadPath(upkeep::testing::SourcePath("manifests"));
+  ASSERT_TRUE(r.ok()) << r.errors[0].ToString();
+  ASSERT_EQ(r.stacks.size(), 2u);
+  EXPECT_EQ(r.stacks[0].metadata().name(), "dashboard");
+  EXPECT_EQ(r.stacks[0].spec().services(1).container().compose().service(), "backend-aws");
+  EXPECT_EQ(r.stacks[0].spec().services(1).depends_on(0), "db");
+  EXPECT_EQ(r.stacks[1].metadata().name(), "demo");
+}
+
+TEST(Loader, FillsDefaults) {
+  const LoadResult r = LoadString(kGood, "good.yaml");
+  ASSERT_TRUE(r.ok()) << r.errors[0].ToString();
+  const auto& s = r.stacks[0];
+  EXPECT_EQ(s.spec().services(0).process().command_size(), 3);
+  EXPECT_EQ(FromProto(s.spec().services(0).probe().period()), absl::Seconds(2));
+  EXPECT_EQ(FromProto(s.spec().services(0).probe().timeout()), absl::Milliseconds(500));
+  EXPECT_EQ(s.spec().services(0).probe().failure_threshold(), 3);
+  EXPECT_EQ(s.spec().services(0).logs().tail(), 100);
+  EXPECT_EQ(s.spec().services(0).address(), "127.0.0.1");
+  EXPECT_EQ(s.spec().policy().restart_budget().max(), 5);
+  EXPECT_EQ(FromProto(s.spec().policy().backoff().max()), absl::Minutes(5));
+  EXPECT_EQ(s.spec().policy().mode(), upkeep::v1::POLICY_MODE_ENFORCE);
+  EXPECT_EQ(s.metadata().source(), "good.yaml");
+}
+
+TEST(Loader, ReadsSeveralDocumentsPerFile) {
+  std::string two = std::string(kGood) + "---\n" + kGood;
+  two.replace(two.rfind("name: shop"), 10, "name: shop2");
+  const LoadResult r = LoadString(two, "two.yaml");
+  ASSERT_TRUE(r.ok()) << r.errors[0].ToString();
+  EXPECT_EQ(r.stacks.size(), 2u);
+}
+
+struct ErrorCase {
+  std::string name;
+  std::string from;  // replaced in kGood ...
+  std::string to;    // ... by this
+  int line;
+  std::string field;
+  std::string message;  // a fragment
+};
+
+class LoaderErrors : public ::testing::TestWithParam<ErrorCase> {};
+
+TEST_P(LoaderErrors, NamesFileLineAndField) {
+  const ErrorCase& c = GetParam();
+  std::string text = kGood;
+  const size_t at = text.find(c.from);
+  ASSERT_NE(at, std::string::npos) << c.from;
+  text.replace(at, c.from.size(), c.to);
+  const LoadResult r = LoadString(text, "bad.yaml");
+  ASSERT_FALSE(r.ok()) << "accepted:\n" << text;
+  EXPECT_TRUE(r.stacks.empty());
+  bool found = false;
+  std::string all;
+  for (const auto& e : r.errors) {
+    all += e.ToString() + "\n";
+    if (e.file == "bad.yaml" && e.line == c.line && e.field == c.field &&
+        absl::StrContains(e.message, c.message)) {
+      found = true;
+    }
+  }
+  EXPECT_TRUE(found) << "want bad.yaml:" << c.line << ": " << c.field << ": ..." << c.message
+                     << "...\ngot:\n" << all;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Mistakes, LoaderErrors,
+    ::testing::Values(
+        ErrorCase{"WrongApiVersion", "upkeep/v1", "upkeep/v2", 1, "apiVersion", "upkeep/v1"},
+        ErrorCase{"WrongKind", "kind: Stack", "kind: Pod", 2, "kind", "must be Stack"},
+        ErrorCase{"UnknownField", "  runtime: process", "  runtime: process\n  replicas: 3", 7,
+                  "spec.replicas", "unknown field"},
+        ErrorCase{"BadDuration", "period: 2s", "period: 2", 11, "spec.services[0].probe.period",
+                  "bad duration"},
+        ErrorCase{"NegativeDuration", "timeout: 500ms", "timeout: -1s", 11,
+                  "spec.services[0].probe.timeout", "bad duration"},
+        ErrorCase{"PortOutOfRange", "port: 8080", "port: 70000", 10, "spec.services[0].port",
+                  "between 1 and 65535"},
+        ErrorCase{"WrongType", "port: 8080", "port: [1]", 10, "spec.services[0].port",
+                  "integer"},
+        ErrorCase{"NegativeThreshold", "timeout: 500ms}", "timeout: 500ms, failureThreshold: -2}",
+                  11, "spec.services[0].probe.failureThreshold", "between"},
+        ErrorCase{"UnknownUpstream", "upstream: api", "upstream: web", 15,
+                  "spec.proxy.routes[0].upstream", "no service named \"web\""},
+        ErrorCase{"UnknownDependency", "      port: 8080", "      port: 8080\n      dependsOn: [db]",
+                  8, "spec.services[0].dependsOn[0]", "no service named \"db\""},
+        ErrorCase{"MissingName", "metadata: {name: shop}", "metadata: {}", 3, "metadata.name",
+                  "required"},
+        ErrorCase{"MissingHosts", "  hosts: [web-1]\n", "", 5, "spec.hosts", "required"},
+        ErrorCase{"NoRuntimeHandle", "      process: {command: \"bin/api --port 8080\"}\n", "", 8,
+                  "spec.services[0].process", "required with runtime process"},
+        ErrorCase{"BadMode", "  proxy:", "  policy: {mode: yolo}\n  proxy:", 12, "spec.policy.mode",
+                  "enforce or dry-run"},
+        ErrorCase{"InvalidYaml", "hosts: [web-1]", "hosts: [web-1", 6, "", "invalid YAML"}),
+    [](const ::testing::TestParamInfo<ErrorCase>& info) { return info.param.name; });
+
+TEST(Loader, ReportsEveryErrorOfAFileAtOnce) {
+  std::string text = kGood;
+  text.replace(text.find("port: 8080"), 10, "port: 0");
+  text.replace(text.find("period: 2s"), 10, "period: x");
+  text.replace(text.find("upstream: api"), 13, "upstream: nope");
+  const LoadResult r = LoadString(text, "bad.yaml");
+  EXPECT_GE(r.errors.size(), 3u);
+}
+
+TEST(Loader, DuplicateServicesAndCyclesAreErrors) {
+  const std::string text = R"(apiVersion: upkeep/v1
+kind: Stack
+metadata: {name: loop}
+spec:
+  hosts: [h]
+  runtime: process
+  services:
+    - {name: a, process: {command: [a]}, port: 1, dependsOn: [b]}
+    - {name: b, process: {command: [b]}, port: 2, dependsOn: [a]}
+    - {name: b, process: {command: [b]}, port: 3}
+)";
+  const LoadResult r = LoadString(text, "loop.yaml");
+  std::string all;
+  for (const auto& e : r.errors) all += e.ToString() + "\n";
+  EXPECT_TRUE(absl::StrContains(all, "dependency cycle: a -> b -> a")) << all;
+  EXPECT_TRUE(absl::StrContains(all, "loop.yaml:10: spec.services[2].name: duplicate")) << all;
+}
+
+TEST(Loader, DuplicateStackNamesAcrossFilesAreErrors) {
+  upkeep::testing::TempDir dir;
+  std::ofstream(dir.Join("a.yaml")) << kGood;
+  std::ofstream(dir.Join("b.yaml")) << kGood;
+  const LoadResult r = LoadPath(dir.path());
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(absl::StrContains(r.errors[0].message, "duplicate stack name")) << r.errors[0].ToString();
+}
+
+TEST(Loader, RejectsDeepNestingHugeInputAndBinaryJunk) {
+  EXPECT_FALSE(LoadString(std::string(100000, '[') , "deep.yaml").ok());
+  std::string block;
+  for (int i = 0; i < 200; ++i) block += std::string(i, ' ') + "a:\n";
+  EXPECT_FALSE(LoadString(block, "block.yaml").ok());
+  EXPECT_FALSE(LoadString(std::string(2 << 20, 'a'), "huge.yaml").ok());
+  EXPECT_FALSE(LoadString(std::string("\0\1\2\3", 4), "junk.yaml").ok());
+  // A billion laughs: aliases are followed, but the walk is bounded.
+  std::string laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\n";
+  for (char c = 'b'; c <= 'k'; ++c) {
+    laughs += std::string(1, c) + ": &" + c + " [*" + static_cast<char>(c - 1) + ", *" +
+              static_cast<char>(c - 1) + ", *" + static_cast<char>(c - 1) + "]\n";
+  }
+  laughs += "apiVersion: upkeep/v1\n";
+  EXPECT_FALSE(LoadString(laughs, "laughs.yaml").ok());
+}
+
+TEST(ParseDuration, AcceptsUnitsAndRejectsTheRest) {
+  EXPECT_EQ(*ParseDuration("500ms"), absl::Milliseconds(500));
+  EXPECT_EQ(*ParseDuration("1m30s"), absl::Seconds(90));
+  EXPECT_EQ(*ParseDuration("2h"), absl::Hours(2));
+  EXPECT_FALSE(ParseDuration("2").ok());
+  EXPECT_FALSE(ParseDuration("-1s").ok());
+  EXPECT_FALSE(ParseDuration("abc").ok());
+  EXPECT_FALSE(ParseDuration("").ok());
+}
+
+// The CLI: exit 0 on the examples, exit 1 with FILE:LINE errors on a broken one.
+TEST(UpkeepctlValidate, ExitCodesAndErrors) {
+  upkeep::testing::TempDir dir;
+  auto run = [&](const std::string& path) {
+    auto p = upkeep::testing::Subprocess::Start(
+        {upkeep::testing::BinPath("upkeepctl"), "validate", "-f", path}, dir.Join("out.txt"));
+    EXPECT_TRUE(p.ok());
+    const auto st = (*p)->Wait(absl::Seconds(20));
+    EXPECT_TRUE(st.has_value());
+    return WEXITSTATUS(*st);
+  };
+  EXPECT_EQ(run(upkeep::testing::SourcePath("manifests")), 0);
+  std::string bad = kGood;
+  bad.replace(bad.find("port: 8080"), 10, "port: 99999");
+  std::ofstream(dir.Join("bad.yaml")) << bad;
+  EXPECT_EQ(run(dir.Join("bad.yaml")), 1);
+  std::ifstream out(dir.Join("out.txt"));
+  std::string text((std::istreambuf_iterator<char>(out)), std::istreambuf_iterator<char>());
+  EXPECT_TRUE(absl::StrContains(text, "bad.yaml:10: spec.services[0].port:")) << text;
+}
+
+}  // namespace
+}  // namespace upkeep::manifest
