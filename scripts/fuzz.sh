@@ -10,4 +10,4 @@ cmake --build build-fuzz --target manifest_fuzz
 mkdir -p build-fuzz/corpus
 cp -n tests/fuzz/corpus/manifest/* build-fuzz/corpus/ 2>/dev/null || true
 cd build-fuzz
-./tests/manifest_fuzz corpus -max_total_time="$SECONDS_TO_RUN" -max_len=65536 -rss_limit_mb=2048
+./bin/manifest_fuzz corpus -max_total_time="$SECONDS_TO_RUN" -max_len=65536 -rss_limit_mb=2048
