@@ -1,0 +1,75 @@
+// `upkeepctl plan` offline, on the documented snapshots (docs/examples) and on broken input.
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "gtest/gtest.h"
+#include "tests/support/subprocess.h"
+#include "tests/support/temp_dir.h"
+
+namespace upkeep {
+namespace {
+
+struct CliRun {
+  int code;
+  std::string out;
+};
+
+CliRun Plan(const std::string& snapshot, const std::string& manifest = "") {
+  testing::TempDir dir;
+  auto p = testing::Subprocess::Start({testing::BinPath("upkeepctl"), "plan", "-f",
+                                       manifest.empty() ? testing::SourcePath("manifests/demo.yaml") : manifest,
+                                       "--observed", snapshot},
+                                      dir.Join("out"));
+  EXPECT_TRUE(p.ok());
+  auto st = (*p)->Wait(absl::Seconds(20));
+  std::ifstream in(dir.Join("out"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return {st.has_value() ? WEXITSTATUS(*st) : -1, ss.str()};
+}
+
+struct Example {
+  std::string file;
+  std::string verdict;
+  std::string must_contain;
+};
+
+class PlanExamples : public ::testing::TestWithParam<Example> {};
+
+TEST_P(PlanExamples, GivesTheDocumentedDiagnosis) {
+  const CliRun r = Plan(testing::SourcePath("docs/examples/" + GetParam().file));
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, GetParam().verdict)) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, GetParam().must_contain)) << r.out;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Docs, PlanExamples,
+    ::testing::Values(Example{"healthy.json", "HEALTHY", "route.ok [/api/]: yes"},
+                      Example{"backend-down.json", "REPAIRING", "1. start-service backend"},
+                      Example{"backend-hung.json", "REPAIRING", "2. restart-service backend"},
+                      Example{"nginx-502-upstreams-healthy.json", "REPAIRING",
+                              "1. reload-proxy nginx"},
+                      Example{"nginx-down.json", "REPAIRING", "2. start-proxy nginx"},
+                      Example{"still-502-after-restart.json", "DEGRADED", "PortMismatch"}));
+
+TEST(PlanCli, RejectsGarbageSnapshotsWithAClearError) {
+  testing::TempDir dir;
+  std::ofstream(dir.Join("bad.json")) << "{\"services\": 12";
+  const CliRun r = Plan(dir.Join("bad.json"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(absl::StrContains(r.out, "not a StackObservation")) << r.out;
+}
+
+TEST(PlanCli, RejectsABrokenManifest) {
+  testing::TempDir dir;
+  std::ofstream(dir.Join("m.yaml")) << "apiVersion: upkeep/v1\nkind: Stack\n";
+  const CliRun r = Plan(testing::SourcePath("docs/examples/healthy.json"), dir.Join("m.yaml"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(absl::StrContains(r.out, "m.yaml:")) << r.out;
+}
+
+}  // namespace
+}  // namespace upkeep
