@@ -1,0 +1,416 @@
+// The controller in-process over real gRPC on loopback, with a real SQLite store: agents are
+// raw AgentService streams driven by the test, so every message is the test's choice.
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "controller/api/agent_service.h"
+#include "controller/api/fleet_service.h"
+#include "controller/metrics/metrics.h"
+#include "controller/reconcile/reconciler.h"
+#include "controller/store/store.h"
+#include "core/proto_time.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "tests/support/net.h"
+#include "tests/support/temp_dir.h"
+#include "tests/support/wait.h"
+
+namespace upkeep::controller {
+namespace {
+
+namespace v1 = upkeep::v1;
+using upkeep::testing::WaitFor;
+
+std::string StackYaml(const std::string& hosts, const std::string& port = "8002") {
+  return absl::StrCat(R"(apiVersion: upkeep/v1
+kind: Stack
+metadata: {name: shop}
+spec:
+  hosts: [)", hosts, R"(]
+  runtime: process
+  services:
+    - name: backend
+      process: {command: [backend]}
+      port: )", port, R"(
+  policy: {backoff: {initial: 10ms}}
+)");
+}
+
+class Controller {
+ public:
+  explicit Controller(const std::string& dir) {
+    store_ = std::move(*OpenSqliteStore(dir));
+    reconciler_ = std::move(*Reconciler::Create(store_.get(), Clock::Real(), &metrics_));
+    agents_ = std::make_unique<AgentServiceImpl>(reconciler_.get());
+    reconciler_->SetHub(agents_.get());
+    fleet_ = std::make_unique<FleetServiceImpl>(reconciler_.get(), store_.get());
+    grpc::ServerBuilder b;
+    b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    b.SetMaxReceiveMessageSize(64 << 10);
+    b.RegisterService(agents_.get());
+    b.RegisterService(fleet_.get());
+    server_ = b.BuildAndStart();
+    reconciler_->Start();
+    channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_),
+                                   grpc::InsecureChannelCredentials());
+    stub_ = v1::FleetService::NewStub(channel_);
+  }
+  ~Controller() {
+    agents_->Shutdown();
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    reconciler_->Stop();
+  }
+  v1::FleetService::Stub& fleet() { return *stub_; }
+  std::shared_ptr<grpc::Channel> channel() { return channel_; }
+  Store& store() { return *store_; }
+
+  grpc::Status Apply(const std::string& yaml, v1::ApplyResponse* resp) {
+    v1::ApplyRequest req;
+    req.add_manifests()->set_filename("shop.yaml");
+    req.mutable_manifests(0)->set_content(yaml);
+    grpc::ClientContext ctx;
+    return stub_->Apply(&ctx, req, resp);
+  }
+
+ private:
+  Metrics metrics_;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<Reconciler> reconciler_;
+  std::unique_ptr<AgentServiceImpl> agents_;
+  std::unique_ptr<FleetServiceImpl> fleet_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::FleetService::Stub> stub_;
+};
+
+// A raw agent stream; a reader thread collects what the controller sends.
+class RawAgent {
+ public:
+  explicit RawAgent(std::shared_ptr<grpc::Channel> channel)
+      : stub_(v1::AgentService::NewStub(channel)) {
+    stream_ = stub_->Connect(&ctx_);
+    reader_ = std::thread([this] {
+      v1::ControllerMessage m;
+      while (stream_->Read(&m)) {
+        absl::MutexLock lock(&mu_);
+        received_.push_back(m);
+      }
+      absl::MutexLock lock(&mu_);
+      done_ = true;
+    });
+  }
+  ~RawAgent() {
+    ctx_.TryCancel();
+    reader_.join();
+  }
+  bool Send(const v1::AgentMessage& m) { return stream_->Write(m); }
+  bool Hello(const std::string& host) {
+    v1::AgentMessage m;
+    m.mutable_hello()->set_host_id(host);
+    m.mutable_hello()->set_version("test");
+    return Send(m);
+  }
+  grpc::Status Finish() {
+    reader_.join();
+    reader_ = std::thread([] {});
+    return stream_->Finish();
+  }
+  bool done() {
+    absl::MutexLock lock(&mu_);
+    return done_;
+  }
+  std::vector<v1::ControllerMessage> received() {
+    absl::MutexLock lock(&mu_);
+    return received_;
+  }
+  std::vector<v1::Action> actions() {
+    std::vector<v1::Action> out;
+    for (const auto& m : received()) {
+      if (m.has_action()) out.push_back(m.action());
+    }
+    return out;
+  }
+  bool has_desired() {
+    for (const auto& m : received()) {
+      if (m.has_desired()) return true;
+    }
+    return false;
+  }
+
+ private:
+  std::unique_ptr<v1::AgentService::Stub> stub_;
+  grpc::ClientContext ctx_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::AgentMessage, v1::ControllerMessage>> stream_;
+  std::thread reader_;
+  absl::Mutex mu_;
+  std::vector<v1::ControllerMessage> received_;
+  bool done_ = false;
+};
+
+v1::AgentMessage Observation(const std::string& host, bool backend_running) {
+  v1::AgentMessage m;
+  v1::StackObservation* o = m.mutable_observation()->add_stacks();
+  o->set_stack("shop");
+  o->mutable_host()->set_host_id(host);
+  o->mutable_host()->set_agent_connected(true);
+  *o->mutable_observed_at() = ToProto(absl::Now());
+  v1::ServiceObservation* s = o->add_services();
+  s->set_name("backend");
+  s->set_exists(backend_running);
+  s->set_running(backend_running);
+  if (backend_running) {
+    s->set_health(v1::HEALTH_STATE_HEALTHY);
+    s->mutable_probe()->set_ok(true);
+  }
+  return m;
+}
+
+class ControllerTest : public ::testing::Test {
+ protected:
+  upkeep::testing::TempDir dir_;
+};
+
+TEST_F(ControllerTest, RoutesActionsToTheRightAgentOfAFleet) {
+  Controller c(dir_.path());
+  v1::ApplyResponse resp;
+  ASSERT_TRUE(c.Apply(StackYaml("h1, h2"), &resp).ok());
+  RawAgent a1(c.channel()), a2(c.channel());
+  ASSERT_TRUE(a1.Hello("h1"));
+  ASSERT_TRUE(a2.Hello("h2"));
+  ASSERT_TRUE(WaitFor([&] { return a1.has_desired() && a2.has_desired(); }));
+  ASSERT_TRUE(a1.Send(Observation("h1", false)));
+  ASSERT_TRUE(a2.Send(Observation("h2", true)));
+  ASSERT_TRUE(WaitFor([&] { return !a1.actions().empty(); }));
+  const v1::Action act = a1.actions()[0];
+  EXPECT_EQ(act.kind(), v1::ACTION_KIND_START_SERVICE);
+  EXPECT_EQ(act.target(), "backend");
+  EXPECT_EQ(act.host(), "h1");
+  EXPECT_TRUE(a2.actions().empty());
+  // The result is recorded and the action audited with its reason.
+  v1::AgentMessage result;
+  result.mutable_action_result()->set_id(act.id());
+  result.mutable_action_result()->set_kind(act.kind());
+  result.mutable_action_result()->set_target(act.target());
+  result.mutable_action_result()->set_outcome(v1::ACTION_OUTCOME_SUCCEEDED);
+  *result.mutable_action_result()->mutable_finished_at() = ToProto(absl::Now());
+  ASSERT_TRUE(a1.Send(result));
+  ASSERT_TRUE(a1.Send(Observation("h1", true)));
+  ASSERT_TRUE(WaitFor([&] {
+    auto actions = c.store().ListActions("shop", "h1", 10);
+    return actions.ok() && actions->size() == 1 &&
+           (*actions)[0].verification() == v1::VERIFICATION_FIXED;
+  })) << "the start should be verified as FIXED on the next observation";
+}
+
+TEST_F(ControllerTest, ResendsAnUnansweredActionWithTheSameIdOnReconnect) {
+  Controller c(dir_.path());
+  v1::ApplyResponse resp;
+  ASSERT_TRUE(c.Apply(StackYaml("h1"), &resp).ok());
+  std::string id;
+  {
+    RawAgent a(c.channel());
+    ASSERT_TRUE(a.Hello("h1"));
+    ASSERT_TRUE(a.Send(Observation("h1", false)));
+    ASSERT_TRUE(WaitFor([&] { return !a.actions().empty(); }));
+    id = a.actions()[0].id();
+  }  // disconnects without answering
+  RawAgent again(c.channel());
+  ASSERT_TRUE(again.Hello("h1"));
+  ASSERT_TRUE(WaitFor([&] { return !again.actions().empty(); }));
+  EXPECT_EQ(again.actions()[0].id(), id);
+  auto actions = c.store().ListActions("shop", "h1", 10);
+  ASSERT_TRUE(actions.ok());
+  EXPECT_EQ(actions->size(), 1u) << "re-sent, not a new action";
+}
+
+TEST_F(ControllerTest, PendingActionsSurviveAControllerRestart) {
+  std::string id;
+  {
+    Controller c(dir_.path());
+    v1::ApplyResponse resp;
+    ASSERT_TRUE(c.Apply(StackYaml("h1"), &resp).ok());
+    RawAgent a(c.channel());
+    ASSERT_TRUE(a.Hello("h1"));
+    ASSERT_TRUE(a.Send(Observation("h1", false)));
+    ASSERT_TRUE(WaitFor([&] { return !a.actions().empty(); }));
+    id = a.actions()[0].id();
+  }
+  Controller restarted(dir_.path());
+  RawAgent a(restarted.channel());
+  ASSERT_TRUE(a.Hello("h1"));
+  ASSERT_TRUE(WaitFor([&] { return !a.actions().empty(); }));
+  EXPECT_EQ(a.actions()[0].id(), id);
+}
+
+TEST_F(ControllerTest, PausedStackPlansButSendsNothing) {
+  Controller c(dir_.path());
+  v1::ApplyResponse resp;
+  ASSERT_TRUE(c.Apply(StackYaml("h1"), &resp).ok());
+  {
+    grpc::ClientContext ctx;
+    v1::PauseRequest req;
+    req.set_stack("shop");
+    v1::PauseResponse r;
+    ASSERT_TRUE(c.fleet().Pause(&ctx, req, &r).ok());
+  }
+  RawAgent a(c.channel());
+  ASSERT_TRUE(a.Hello("h1"));
+  ASSERT_TRUE(a.Send(Observation("h1", false)));
+  v1::PlanResponse plan;
+  ASSERT_TRUE(WaitFor([&] {
+    grpc::ClientContext ctx;
+    v1::PlanRequest req;
+    req.set_name("shop");
+    plan.Clear();
+    return c.fleet().Plan(&ctx, req, &plan).ok() && plan.diagnoses_size() == 1 &&
+           plan.diagnoses(0).actions_size() == 1;
+  }));
+  EXPECT_EQ(plan.diagnoses(0).actions(0).policy(), v1::POLICY_VERDICT_PAUSED);
+  // Resume: now it acts.
+  {
+    grpc::ClientContext ctx;
+    v1::PauseRequest req;
+    req.set_stack("shop");
+    v1::PauseResponse r;
+    ASSERT_TRUE(c.fleet().Resume(&ctx, req, &r).ok());
+  }
+  EXPECT_TRUE(a.actions().empty()) << "nothing was sent while paused";
+  ASSERT_TRUE(WaitFor([&] { return !a.actions().empty(); }));
+}
+
+TEST_F(ControllerTest, BrokenManifestIsRejectedWithStructuredErrorsAndStoredStackStays) {
+  Controller c(dir_.path());
+  v1::ApplyResponse ok;
+  ASSERT_TRUE(c.Apply(StackYaml("h1"), &ok).ok());
+  ASSERT_EQ(ok.applied(0).change(), "created");
+  v1::ApplyResponse resp;
+  const grpc::Status st = c.Apply(StackYaml("h1", "99999"), &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::ApplyResponse details;
+  ASSERT_TRUE(details.ParseFromString(st.error_details()));
+  ASSERT_EQ(details.errors_size(), 1);
+  EXPECT_EQ(details.errors(0).file(), "shop.yaml");
+  EXPECT_EQ(details.errors(0).line(), 10);
+  EXPECT_EQ(details.errors(0).field(), "spec.services[0].port");
+  grpc::ClientContext ctx;
+  v1::GetStackRequest req;
+  req.set_name("shop");
+  v1::Stack stored;
+  ASSERT_TRUE(c.fleet().GetStack(&ctx, req, &stored).ok());
+  EXPECT_EQ(stored.spec().services(0).port(), 8002);
+  EXPECT_EQ(stored.metadata().generation(), 1);
+  // The same spec again is "unchanged"; a change bumps the generation.
+  v1::ApplyResponse same, changed;
+  ASSERT_TRUE(c.Apply(StackYaml("h1"), &same).ok());
+  EXPECT_EQ(same.applied(0).change(), "unchanged");
+  ASSERT_TRUE(c.Apply(StackYaml("h1", "8003"), &changed).ok());
+  EXPECT_EQ(changed.applied(0).generation(), 2);
+}
+
+TEST_F(ControllerTest, MalformedAgentStreamsAreRejectedAndTheServerKeepsServing) {
+  Controller c(dir_.path());
+  {
+    RawAgent a(c.channel());
+    ASSERT_TRUE(a.Send(Observation("h1", true)));  // before hello
+    EXPECT_EQ(a.Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  {
+    RawAgent a(c.channel());
+    ASSERT_TRUE(a.Hello("../../etc/passwd"));
+    EXPECT_EQ(a.Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  {
+    RawAgent a(c.channel());
+    ASSERT_TRUE(a.Hello("h1"));
+    v1::AgentMessage big = Observation("h1", true);
+    big.mutable_observation()->mutable_stacks(0)->mutable_proxy()->set_error_log_excerpt(
+        std::string(200 << 10, 'x'));
+    a.Send(big);
+    EXPECT_EQ(a.Finish().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  }
+  {
+    RawAgent a(c.channel());
+    ASSERT_TRUE(a.Hello("h1"));
+    v1::AgentMessage r;
+    r.mutable_action_result();  // no id
+    ASSERT_TRUE(a.Send(r));
+    EXPECT_EQ(a.Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  v1::ApplyResponse resp;
+  ASSERT_TRUE(c.Apply(StackYaml("h1"), &resp).ok());
+  RawAgent good(c.channel());
+  ASSERT_TRUE(good.Hello("h1"));
+  EXPECT_TRUE(WaitFor([&] { return good.has_desired(); }));
+}
+
+TEST_F(ControllerTest, WatchEventsStreamsStoredThenLiveEvents) {
+  Controller c(dir_.path());
+  v1::ApplyResponse resp;
+  ASSERT_TRUE(c.Apply(StackYaml("h1"), &resp).ok());
+  grpc::ClientContext ctx;
+  v1::WatchEventsRequest req;
+  auto reader = c.fleet().WatchEvents(&ctx, req);
+  v1::Event e;
+  ASSERT_TRUE(reader->Read(&e));
+  EXPECT_EQ(e.reason(), "Applied");
+  RawAgent a(c.channel());
+  ASSERT_TRUE(a.Hello("h1"));
+  bool connected = false;
+  while (!connected && reader->Read(&e)) connected = e.reason() == "AgentConnected";
+  EXPECT_TRUE(connected);
+  ctx.TryCancel();
+}
+
+TEST_F(ControllerTest, StoreKeepsEverythingAcrossReopen) {
+  {
+    auto store = OpenSqliteStore(dir_.path());
+    ASSERT_TRUE(store.ok());
+    v1::Stack s;
+    s.mutable_metadata()->set_name("a");
+    ASSERT_TRUE((*store)->ApplyStacks({s}).ok());
+    v1::Event e;
+    e.set_reason("X");
+    ASSERT_TRUE((*store)->AppendEvent(&e).ok());
+    EXPECT_EQ(e.seq(), 1);
+    v1::ActionRecord r;
+    r.mutable_action()->set_id("id1");
+    r.mutable_action()->set_stack("a");
+    r.mutable_action()->set_host("h");
+    ASSERT_TRUE((*store)->PutAction(r).ok());
+    ASSERT_TRUE((*store)->SetStackPaused("a", true).ok());
+  }
+  auto store = OpenSqliteStore(dir_.path());
+  ASSERT_TRUE(store.ok());
+  auto stacks = (*store)->ListStacks();
+  ASSERT_TRUE(stacks.ok());
+  ASSERT_EQ(stacks->size(), 1u);
+  EXPECT_TRUE((*stacks)[0].status().paused());
+  EXPECT_EQ((*stacks)[0].metadata().generation(), 1);
+  EXPECT_EQ((*store)->ListEvents("", 0, 10)->size(), 1u);
+  EXPECT_EQ((*store)->ListActions("a", "h", 10)->at(0).action().id(), "id1");
+}
+
+TEST_F(ControllerTest, MetricsAreServedInPrometheusFormat) {
+  Metrics m;
+  m.Inc("upkeep_actions_total", {{"kind", "START_SERVICE"}, {"outcome", "SUCCEEDED"}});
+  m.Observe("upkeep_detect_to_action_seconds", 0.003);
+  auto server = MetricsServer::Start("127.0.0.1:0", &m);
+  ASSERT_TRUE(server.ok());
+  std::string body;
+  ASSERT_EQ(upkeep::testing::HttpGetStatus("127.0.0.1", (*server)->port(), "/metrics",
+                                           absl::Seconds(5), &body),
+            200);
+  EXPECT_TRUE(absl::StrContains(
+      body, "upkeep_actions_total{kind=\"START_SERVICE\",outcome=\"SUCCEEDED\"} 1"))
+      << body;
+  EXPECT_TRUE(absl::StrContains(body, "upkeep_detect_to_action_seconds_bucket{le=\"0.005\"} 1"))
+      << body;
+}
+
+}  // namespace
+}  // namespace upkeep::controller
