@@ -200,6 +200,11 @@ bool NginxDriver::PollLocked() {
     v1::UpstreamErrorKind kind;
     std::string upstream;
     if (!ParseUpstreamErrorLine(line, &kind, &upstream)) continue;
+    // One record per upstream server (scheme://host:port), whatever the request path.
+    if (const size_t scheme = upstream.find("://"); scheme != std::string::npos) {
+      const size_t path = upstream.find('/', scheme + 3);
+      if (path != std::string::npos) upstream.resize(path);
+    }
     auto& rec = errors_[{static_cast<int>(kind), upstream}];
     if (rec.count() == 0) {
       rec.set_kind(kind);
