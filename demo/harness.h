@@ -69,7 +69,8 @@ class StackHarness {
   absl::Status HangBackend();             // the backend stops answering (hung)
   absl::Status StopFrontend();            // the frontend exits 0
   absl::Status CrashDb();                 // the db aborts
-  absl::Status PoisonNginxUpstream();     // nginx marks a healthy backend dead (502)
+  absl::Status PoisonNginxUpstream();     // nginx runs a stale config: a healthy backend, 502
+  absl::Status SetPaused(bool paused);
   absl::Status StopNginx();               // nginx master quits
   absl::Status MisconfigureNginxPort();   // nginx reloaded with the backend on a wrong port
   absl::Status RestoreNginxConfig();      // the good config back (and reloaded by hand)

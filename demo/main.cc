@@ -97,15 +97,15 @@ class Demo {
     const int64_t seq0 = h_.LastEventSeq();
     auto actions_before = h_.Actions();
     const size_t n_before = actions_before.ok() ? actions_before->size() : 0;
-    const absl::Time t0 = absl::Now();
     absl::Status st = fault.inject(h_);
+    const absl::Time t0 = absl::Now();  // the fault is in place from here
     if (!st.ok()) {
       out.note = absl::StrCat("inject failed: ", st.message());
       std::printf("  %sinject failed: %s%s\n", c_.red, std::string(st.message()).c_str(),
                   c_.reset);
       return out;
     }
-    std::printf("  %s+%7s%s  injected\n", c_.dim, "0 ms", c_.reset);
+    std::printf("  %s+%7s%s  fault in place\n", c_.dim, "0 ms", c_.reset);
 
     // Follow the events as they come; stop at healed (or at the alert for alert faults).
     int64_t seq = seq0;
@@ -124,6 +124,7 @@ class Demo {
           std::printf("  %s+%7s%s  %s%-16s%s %s\n", c_.dim, Ms(at).c_str(), c_.reset, color,
                       e.reason().c_str(), c_.reset, e.message().c_str());
           if (e.reason() != "Applied" && e.reason() != "AgentConnected" &&
+              e.reason() != "Paused" && e.reason() != "Resumed" &&
               out.detected == absl::InfiniteDuration()) {
             out.detected = at;
             saw_problem = true;
@@ -257,7 +258,7 @@ int Main(int argc, char** argv) {
        [](StackHarness& s) { return s.HangBackend(); }},
       {"frontend stopped", "frontend not running → start",
        [](StackHarness& s) { return s.StopFrontend(); }},
-      {"nginx can't reach healthy backend", "backend healthy but nginx can't connect → reload",
+      {"nginx runs a stale upstream", "backend healthy but nginx can't connect → reload",
        [](StackHarness& s) { return s.PoisonNginxUpstream(); }},
       {"nginx stopped", "nginx down → test config, start",
        [](StackHarness& s) { return s.StopNginx(); }},

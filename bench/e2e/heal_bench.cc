@@ -75,7 +75,10 @@ absl::Time FirstDetection(StackHarness& h, int64_t seq, absl::Time not_before) {
   auto events = h.Events(seq);
   if (!events.ok()) return absl::InfiniteFuture();
   for (const auto& e : *events) {
-    if (e.reason() == "Applied" || e.reason() == "AgentConnected") continue;
+    if (e.reason() == "Applied" || e.reason() == "AgentConnected" || e.reason() == "Paused" ||
+        e.reason() == "Resumed") {
+      continue;
+    }
     const absl::Time at = upkeep::FromProto(e.at());
     if (at >= not_before - absl::Milliseconds(5)) return at;
   }
@@ -93,11 +96,11 @@ void RunUpkeep(StackHarness& h, const std::string& scenario, int runs,
       continue;
     }
     const int64_t seq = h.LastEventSeq();
-    const absl::Time t0 = absl::Now();
     if (!inject(h).ok()) {
       ++out->failures;
       continue;
     }
+    const absl::Time t0 = absl::Now();  // the fault is in place from here
     // Serving again = the first 200 after the fault took effect.
     WaitFor([&] {
       return HttpGetStatus("127.0.0.1", check_port, check_path, absl::Milliseconds(100)) != 200;
