@@ -1,0 +1,262 @@
+// agent_load: N simulated agents in one process, one AgentService stream each (gRPC callback
+// client reactors, no thread per agent), against a running upkeep-controller. Each agent's
+// host runs one stack (applied by bench/controller/load.sh). Every agent reports a healthy
+// observation every --period; --broken_share of them then report their backend down, and the
+// tool measures from sending that observation to receiving the controller's START action
+// (p50/p99), answers the action and reports healthy again.
+//
+//   agent_load --controller 127.0.0.1:7400 --agents 1000 --seconds 30 [--controller_pid PID]
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "core/proto_time.h"
+#include "grpcpp/grpcpp.h"
+#include "upkeep/v1/agent_service.grpc.pb.h"
+
+ABSL_FLAG(std::string, controller, "127.0.0.1:7400", "controller address");
+ABSL_FLAG(int, agents, 1000, "simulated agents (host ids load-0 .. load-N-1)");
+ABSL_FLAG(int, seconds, 30, "how long to run");
+ABSL_FLAG(double, period, 5.0, "seconds between an agent's periodic observations");
+ABSL_FLAG(double, broken_share, 0.2, "share of agents that break once per period");
+ABSL_FLAG(int, channels, 8, "gRPC channels to spread the streams over");
+ABSL_FLAG(int, controller_pid, 0, "pid of the controller, for its RSS");
+
+namespace {
+
+namespace v1 = upkeep::v1;
+
+struct Stats {
+  absl::Mutex mu;
+  std::vector<double> latencies_ms;
+  std::atomic<int64_t> observations{0};
+  std::atomic<int64_t> actions{0};
+  std::atomic<int> connected{0};
+};
+
+v1::AgentMessage Observation(const std::string& host, bool backend_running) {
+  v1::AgentMessage m;
+  v1::StackObservation* o = m.mutable_observation()->add_stacks();
+  o->set_stack(host);  // the stack is named after its host (see load.sh)
+  o->mutable_host()->set_host_id(host);
+  o->mutable_host()->set_agent_connected(true);
+  *o->mutable_observed_at() = upkeep::ToProto(absl::Now());
+  v1::ServiceObservation* s = o->add_services();
+  s->set_name("backend");
+  s->set_exists(true);
+  s->set_running(backend_running);
+  if (backend_running) {
+    s->set_health(v1::HEALTH_STATE_HEALTHY);
+    s->mutable_probe()->set_ok(true);
+  }
+  return m;
+}
+
+class SimAgent : public grpc::ClientBidiReactor<v1::AgentMessage, v1::ControllerMessage> {
+ public:
+  SimAgent(v1::AgentService::Stub* stub, std::string host, Stats* stats)
+      : host_(std::move(host)), stats_(stats) {
+    stub->async()->Connect(&ctx_, this);
+    v1::AgentMessage hello;
+    hello.mutable_hello()->set_host_id(host_);
+    hello.mutable_hello()->set_version("load");
+    Queue(std::move(hello));
+    StartRead(&in_);
+    StartCall();
+  }
+
+  void Queue(v1::AgentMessage m) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (done_) return;
+    out_.push_back(std::move(m));
+    if (!writing_) {
+      writing_ = true;
+      StartWrite(&out_.front());
+    }
+  }
+
+  // From the driver thread: a periodic observation, broken or not.
+  void Tick(bool broken) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!ready_ || waiting_action_) return;
+      if (broken) {
+        waiting_action_ = true;
+        broken_at_ = absl::Now();
+      }
+    }
+    stats_->observations++;
+    Queue(Observation(host_, !broken));
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!out_.empty()) out_.pop_front();
+    if (!ok) {
+      writing_ = false;
+      return;
+    }
+    if (!out_.empty()) {
+      StartWrite(&out_.front());
+    } else {
+      writing_ = false;
+    }
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;
+    if (in_.has_desired()) {
+      bool first = false;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        first = !ready_;
+        ready_ = true;
+      }
+      if (first) stats_->connected++;
+    } else if (in_.has_action()) {
+      absl::Time since;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        since = broken_at_;
+        waiting_action_ = false;
+      }
+      {
+        absl::MutexLock lock(&stats_->mu);
+        stats_->latencies_ms.push_back(absl::ToDoubleMilliseconds(absl::Now() - since));
+      }
+      stats_->actions++;
+      v1::AgentMessage r;
+      r.mutable_action_result()->set_id(in_.action().id());
+      r.mutable_action_result()->set_kind(in_.action().kind());
+      r.mutable_action_result()->set_target(in_.action().target());
+      r.mutable_action_result()->set_outcome(v1::ACTION_OUTCOME_SUCCEEDED);
+      *r.mutable_action_result()->mutable_finished_at() = upkeep::ToProto(absl::Now());
+      Queue(std::move(r));
+      Queue(Observation(host_, true));
+    }
+    StartRead(&in_);
+  }
+
+  void OnDone(const grpc::Status&) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    done_ = true;
+    finished_ = true;
+    cv_.notify_all();
+  }
+
+  void Cancel() { ctx_.TryCancel(); }
+  void WaitDone() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return finished_; });
+  }
+
+ private:
+  grpc::ClientContext ctx_;
+  const std::string host_;
+  Stats* stats_;
+  v1::ControllerMessage in_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<v1::AgentMessage> out_;
+  bool writing_ = false;
+  bool ready_ = false;
+  bool waiting_action_ = false;
+  bool done_ = false;
+  bool finished_ = false;
+  absl::Time broken_at_;
+};
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return -1;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
+}
+
+long RssKb(int pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::atol(line.c_str() + 6);
+  }
+  return -1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  rlimit rl{65536, 65536};
+  setrlimit(RLIMIT_NOFILE, &rl);
+  const int n = absl::GetFlag(FLAGS_agents);
+  Stats stats;
+  std::vector<std::unique_ptr<v1::AgentService::Stub>> stubs;
+  for (int i = 0; i < absl::GetFlag(FLAGS_channels); ++i) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    args.SetString("upkeep.load.channel", absl::StrCat(i));  // distinct connections
+    stubs.push_back(v1::AgentService::NewStub(grpc::CreateCustomChannel(
+        absl::GetFlag(FLAGS_controller), grpc::InsecureChannelCredentials(), args)));
+  }
+  std::vector<std::unique_ptr<SimAgent>> agents;
+  const absl::Time start = absl::Now();
+  for (int i = 0; i < n; ++i) {
+    agents.push_back(std::make_unique<SimAgent>(stubs[i % stubs.size()].get(),
+                                                absl::StrCat("load-", i), &stats));
+  }
+  while (stats.connected < n && absl::Now() - start < absl::Seconds(120)) {
+    absl::SleepFor(absl::Milliseconds(100));  // waiting for hellos to be answered
+  }
+  const absl::Duration connect_time = absl::Now() - start;
+  std::mt19937 rng(42);
+  std::uniform_real_distribution<double> coin(0, 1);
+  const absl::Duration period = absl::Seconds(absl::GetFlag(FLAGS_period));
+  const absl::Time run_start = absl::Now();
+  const int64_t obs_before = stats.observations;
+  long peak_rss = -1;
+  while (absl::Now() - run_start < absl::Seconds(absl::GetFlag(FLAGS_seconds))) {
+    const absl::Time tick = absl::Now();
+    for (int i = 0; i < n; ++i) {
+      agents[i]->Tick(coin(rng) < absl::GetFlag(FLAGS_broken_share));
+      // Spread one period's observations evenly.
+      if (i % 100 == 99) {
+        const absl::Time due = tick + period * (static_cast<double>(i + 1) / n);
+        if (absl::Now() < due) absl::SleepFor(due - absl::Now());
+      }
+    }
+    if (absl::GetFlag(FLAGS_controller_pid) > 0) {
+      peak_rss = std::max(peak_rss, RssKb(absl::GetFlag(FLAGS_controller_pid)));
+    }
+    const absl::Time next = tick + period;
+    if (absl::Now() < next) absl::SleepFor(next - absl::Now());
+  }
+  const double secs = absl::ToDoubleSeconds(absl::Now() - run_start);
+  std::vector<double> lat;
+  {
+    absl::MutexLock lock(&stats.mu);
+    lat = stats.latencies_ms;
+  }
+  std::printf("| agents | connected | connect time s | observations/s | actions | "
+              "obs→action p50 ms | p99 ms | controller RSS MB |\n|---|---|---|---|---|---|---|---|\n");
+  std::printf("| %d | %d | %.1f | %.0f | %lld | %.2f | %.2f | %.1f |\n", n, stats.connected.load(),
+              absl::ToDoubleSeconds(connect_time), (stats.observations - obs_before) / secs,
+              static_cast<long long>(stats.actions.load()), Percentile(lat, 0.5),
+              Percentile(lat, 0.99), peak_rss > 0 ? peak_rss / 1024.0 : -1.0);
+  for (auto& a : agents) a->Cancel();
+  for (auto& a : agents) a->WaitDone();
+  return 0;
+}

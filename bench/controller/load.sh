@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Controller load: a controller on a temp data dir, one stack per simulated host, then
+# agent_load with N agents. Prints a markdown row per N.
+#   bench/controller/load.sh [BUILD_DIR] [N ...]        (default: build 1000)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BUILD=${1:-build}; shift || true
+COUNTS=("${@:-1000}")
+for N in "${COUNTS[@]}"; do
+  DIR=$(mktemp -d /tmp/upkeep-load-XXXXXX)
+  mkdir -p "$DIR/manifests"
+  python3 - "$DIR/manifests/stacks.yaml" "$N" <<'PY'
+import sys
+path, n = sys.argv[1], int(sys.argv[2])
+with open(path, "w") as f:
+    for i in range(n):
+        f.write(f"""---
+apiVersion: upkeep/v1
+kind: Stack
+metadata: {{name: load-{i}}}
+spec:
+  hosts: [load-{i}]
+  runtime: process
+  services:
+    - {{name: backend, process: {{command: [backend]}}, port: 8002}}
+  policy: {{restartBudget: {{max: 1000, window: 1m}}, backoff: {{initial: 1ms, max: 1ms}}, maxActionsPerMinute: 1000}}
+""")
+PY
+  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  "$BUILD/bin/upkeep-controller" --data "$DIR/data" --listen "127.0.0.1:$PORT" \
+      --manifests "$DIR/manifests" 2> "$DIR/controller.log" &
+  CPID=$!
+  for _ in $(seq 1 300); do grep -q "reason=Applied" "$DIR/controller.log" 2>/dev/null && break; sleep 0.1; done
+  "$BUILD/bench/agent_load" --controller "127.0.0.1:$PORT" --agents "$N" --seconds "${SECONDS_PER_RUN:-20}" \
+      --controller_pid "$CPID" --period "${PERIOD:-5}" || true
+  kill "$CPID"; wait "$CPID" 2>/dev/null || true
+  rm -rf "$DIR"
+done
