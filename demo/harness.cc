@@ -129,6 +129,16 @@ absl::Status StackHarness::WriteNginxConfig(int backend_port_in_config) {
 
 absl::Status StackHarness::WriteManifest() {
   const bool docker = options_.runtime == Runtime::kDocker;
+  manifest_path_ = absl::StrCat(options_.work_dir, "/", stack_name_, ".yaml");
+  if (options_.fixed_ports && !docker && !options_.with_db && !options_.crash_loop &&
+      !options_.dry_run && options_.restart_budget == 0 && options_.backoff_initial.empty()) {
+    // The demo applies manifests/demo.yaml itself, its relative paths made absolute.
+    ASSIGN_OR_RETURN(std::string text,
+                     ReadFile(absl::StrCat(options_.source_dir, "/manifests/demo.yaml")));
+    text = absl::StrReplaceAll(text, {{".demo/", options_.work_dir + "/"},
+                                      {"build/bin/", options_.bin_dir + "/"}});
+    return WriteFile(manifest_path_, text);
+  }
   const std::string sample = absl::StrCat(options_.bin_dir, "/upkeep-sample-service");
   auto service = [&](const std::string& name, int port, bool http,
                      const std::string& depends) {
@@ -188,7 +198,6 @@ absl::Status StackHarness::WriteManifest() {
       "    mode: ", options_.dry_run ? "dry-run" : "enforce", "\n"
       "    restartBudget: {max: ", budget, ", window: 10m}\n"
       "    backoff: {initial: ", backoff, ", max: 30s}\n");
-  manifest_path_ = absl::StrCat(options_.work_dir, "/", stack_name_, ".yaml");
   return WriteFile(manifest_path_, manifest);
 }
 
