@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "core/proto_time.h"
@@ -77,6 +78,28 @@ std::string Ms(absl::Duration d) {
   return absl::StrFormat("%.0f ms", absl::ToDoubleMilliseconds(d));
 }
 
+// "agent.connected[demo]=yes; ...; service.running[backend]=no: stopped; policy[...]=..." ->
+// the steps that were not the happy path: "service.running[backend]=no: stopped → policy=ALLOWED".
+std::string ShortPath(const std::string& why) {
+  std::vector<std::string> keep;
+  for (absl::string_view part : absl::StrSplit(why, "; ")) {
+    const std::string p(part);
+    const size_t eq = p.find('=');
+    if (eq == std::string::npos) continue;
+    const std::string decision = p.substr(eq + 1);
+    if (decision == "yes" || decision == "no" || p.rfind("observation.fresh", 0) == 0) {
+      if (p.rfind("action.in_flight", 0) != 0 && decision == "yes") continue;
+      if (p.rfind("action.in_flight", 0) == 0) continue;
+      if (p.rfind("route.ok", 0) == 0 && decision == "no") {
+        keep.push_back(p);
+      }
+      continue;
+    }
+    keep.push_back(p.rfind("policy", 0) == 0 ? "policy=" + decision.substr(15) : p);
+  }
+  return absl::StrJoin(keep, " → ");
+}
+
 std::string ActionName(upkeep::v1::ActionKind kind) {
   std::string n = upkeep::v1::ActionKind_Name(kind);
   const std::string prefix = "ACTION_KIND_";
@@ -119,6 +142,7 @@ class Demo {
         for (const auto& e : *events) {
           seq = e.seq();
           const absl::Duration at = FromProto(e.at()) - t0;
+          if (at < absl::ZeroDuration()) continue;  // the injection's own bookkeeping
           const bool warning = e.type() == "Warning";
           const char* color = warning ? c_.yellow : c_.green;
           std::printf("  %s+%7s%s  %s%-16s%s %s\n", c_.dim, Ms(at).c_str(), c_.reset, color,
@@ -159,13 +183,18 @@ class Demo {
         out.actions.push_back(absl::StrCat(ActionName(a.kind()), " ", a.target()));
       }
     }
-    auto describe = h_.Describe();
-    if (describe.ok() && describe->stack().status().diagnoses_size() > 0) {
-      std::vector<std::string> steps;
+    // The decision path that chose the first action (its audit record's "why"), or the
+    // diagnosis that raised the alert.
+    if (actions.ok() && n_before < actions->size()) {
+      out.path = ShortPath((*actions)[n_before].why());
+    } else if (auto describe = h_.Describe();
+               describe.ok() && describe->stack().status().diagnoses_size() > 0) {
+      std::vector<std::string> parts;
       for (const auto& node : describe->stack().status().diagnoses(0).path()) {
-        if (!node.decision().empty()) steps.push_back(node.step());
+        parts.push_back(absl::StrCat(node.step(), node.target().empty() ? "" : "[" + node.target() + "]",
+                                     "=", node.decision()));
       }
-      out.path = absl::StrJoin(steps, " → ");
+      out.path = ShortPath(absl::StrJoin(parts, "; "));
     }
     if (fault.expect_alert && fault.after) {
       fault.after(h_).IgnoreError();

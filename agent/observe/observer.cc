@@ -43,6 +43,7 @@ struct StackState {
   std::map<std::string, std::unique_ptr<Target>> targets;  // "svc:NAME" / "route:PATH"
   std::string last_sent;
   absl::Time last_sent_at = absl::InfinitePast();
+  pid_t nginx_master = -1;  // last seen, to notice nginx stopping or starting at once
 };
 
 // Drops what changes on every probe (times, latencies) so that only real changes count.
@@ -372,6 +373,13 @@ class ObserverImpl : public StackObserver {
         if (stopping_) return;
         bool log_news = false;
         for (auto& [name, st] : stacks_) {
+          if (st->nginx != nullptr) {
+            const pid_t master = st->nginx->MasterPid();
+            if (master != st->nginx_master) {
+              st->nginx_master = master;
+              log_news = true;
+            }
+          }
           if (st->nginx != nullptr && st->nginx->PollErrorLog()) {
             // An upstream error just appeared in nginx's log: probe the routes now.
             log_news = true;

@@ -580,6 +580,7 @@ bool Reconciler::SendAction(const Key& key, v1::PlannedAction planned, bool manu
   record.set_verification(IsRepair(planned.action().kind()) ? v1::VERIFICATION_PENDING
                                                             : v1::VERIFICATION_UNSPECIFIED);
   record.set_manual(manual);
+  record.set_why(why);
   absl::Time problem_since = absl::InfinitePast();
   {
     absl::MutexLock lock(&mu_);

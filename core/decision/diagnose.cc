@@ -412,6 +412,15 @@ class Engine {
     // directly before blaming nginx; a failing upstream is judged by its own probe first.
     for (const auto* r : failing) {
       auto it = services_.find(r->upstream());
+      // Evidence from before the upstream's last (re)start says nothing about nginx now.
+      if (it != services_.end() && it->second->has_started_at() &&
+          FromProto(routes_[r->path()]->probe().at()) < FromProto(it->second->started_at())) {
+        v1::PathNode* n = Node("route.upstream_confirmed", r->path(),
+                               "not yet: the route was probed before the upstream restarted", 1);
+        Ev(n, "upstream", r->upstream());
+        waiting_ = true;
+        return;
+      }
       if (it != services_.end() && !it->second->probe().ok()) {
         v1::PathNode* n = Node("route.upstream_confirmed", r->path(),
                                "no: the upstream fails its own probe; judging it first", 1);
