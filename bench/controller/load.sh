@@ -31,7 +31,11 @@ PY
   "$BUILD/bin/upkeep-controller" --data "$DIR/data" --listen "127.0.0.1:$PORT" \
       --manifests "$DIR/manifests" 2> "$DIR/controller.log" &
   CPID=$!
-  for _ in $(seq 1 300); do grep -q "reason=Applied" "$DIR/controller.log" 2>/dev/null && break; sleep 0.1; done
+  # Wait until every stack is applied (one Applied event each).
+  for _ in $(seq 1 1200); do
+    [ "$(grep -c "reason=Applied" "$DIR/controller.log" 2>/dev/null || true)" -ge "$N" ] && break
+    sleep 0.1
+  done
   "$BUILD/bench/agent_load" --controller "127.0.0.1:$PORT" --agents "$N" --seconds "${SECONDS_PER_RUN:-20}" \
       --controller_pid "$CPID" --period "${PERIOD:-5}" || true
   kill "$CPID"; wait "$CPID" 2>/dev/null || true
