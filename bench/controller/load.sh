@@ -9,12 +9,14 @@ COUNTS=("${@:-1000}")
 for N in "${COUNTS[@]}"; do
   DIR=$(mktemp -d /tmp/upkeep-load-XXXXXX)
   mkdir -p "$DIR/manifests"
-  python3 - "$DIR/manifests/stacks.yaml" "$N" <<'PY'
+  python3 - "$DIR/manifests" "$N" <<'PY'
 import sys
-path, n = sys.argv[1], int(sys.argv[2])
-with open(path, "w") as f:
-    for i in range(n):
-        f.write(f"""---
+d, n = sys.argv[1], int(sys.argv[2])
+# 500 stacks per file: a manifest file may not exceed 1 MiB.
+for start in range(0, n, 500):
+    with open(f"{d}/stacks-{start:06d}.yaml", "w") as f:
+        for i in range(start, min(n, start + 500)):
+            f.write(f"""---
 apiVersion: upkeep/v1
 kind: Stack
 metadata: {{name: load-{i}}}
@@ -37,7 +39,7 @@ PY
     sleep 0.1
   done
   "$BUILD/bench/agent_load" --controller "127.0.0.1:$PORT" --agents "$N" --seconds "${SECONDS_PER_RUN:-20}" \
-      --controller_pid "$CPID" --period "${PERIOD:-5}" || true
+      --controller_pid "$CPID" --period "${PERIOD:-5}" --broken_share "${BROKEN:-0.2}" || true
   kill "$CPID"; wait "$CPID" 2>/dev/null || true
-  rm -rf "$DIR"
+  [ -n "${KEEP:-}" ] && echo "kept $DIR" || rm -rf "$DIR"
 done

@@ -115,9 +115,19 @@ absl::Status Reconciler::Load() {
       ks.history = std::move(*history);
       for (const auto& r : ks.history) action_keys_[r.action().id()] = Key{name, host};
     }
+    IndexLocked(name, nullptr, &s);
     stacks_[name] = std::move(s);
   }
   return absl::OkStatus();
+}
+
+void Reconciler::IndexLocked(const std::string& stack, const v1::Stack* old, const v1::Stack* now) {
+  if (old != nullptr) {
+    for (const auto& h : old->spec().hosts()) host_stacks_[h].erase(stack);
+  }
+  if (now != nullptr) {
+    for (const auto& h : now->spec().hosts()) host_stacks_[h].insert(stack);
+  }
 }
 
 void Reconciler::SetHub(AgentHub* hub) { hub_ = hub; }
@@ -157,8 +167,9 @@ void Reconciler::EnqueueStackLocked(const std::string& stack) {
 }
 
 void Reconciler::EnqueueHostLocked(const std::string& host) {
-  for (const auto& [name, s] : stacks_) {
-    if (!Names(s, host)) continue;
+  auto it = host_stacks_.find(host);
+  if (it == host_stacks_.end()) return;
+  for (const auto& name : it->second) {
     Key key{name, host};
     if (queued_.insert(key).second) queue_.push_back(key);
   }
@@ -202,9 +213,12 @@ void Reconciler::ResyncLoop() {
       for (const auto& host : s.spec().hosts()) {
         Key key{name, host};
         auto it = keys_.find(key);
-        const bool settled = it != keys_.end() &&
-                             it->second.verdict == v1::VERDICT_HEALTHY &&
-                             it->second.queued.empty();
+        // Only keys that wait on time (starting, backoff, verification) need a resync every
+        // round; the rest change on events and get the full resync.
+        const bool settled = it != keys_.end() && it->second.queued.empty() &&
+                             it->second.verdict != v1::VERDICT_WAITING &&
+                             it->second.verdict != v1::VERDICT_REPAIRING &&
+                             it->second.verdict != v1::VERDICT_UNSPECIFIED;
         if ((full || !settled) && queued_.insert(key).second) queue_.push_back(key);
       }
     }
@@ -223,9 +237,10 @@ void Reconciler::OnConnected(const std::string& host_id, const v1::Hello& hello)
     h.version = hello.version();
     h.capabilities.assign(hello.capabilities().begin(), hello.capabilities().end());
     // Actions sent but never answered: the same id again (the agent replays, never redoes).
-    for (auto& [key, ks] : keys_) {
-      if (key.host != host_id) continue;
-      for (const auto& r : ks.history) {
+    for (const auto& stack : host_stacks_[host_id]) {
+      auto kit = keys_.find(Key{stack, host_id});
+      if (kit == keys_.end()) continue;
+      for (const auto& r : kit->second.history) {
         if (!r.dry_run() && r.result().id().empty() &&
             r.action().kind() != v1::ACTION_KIND_RESET_BUDGET) {
           resend.push_back(r.action());
@@ -255,8 +270,8 @@ void Reconciler::OnConnected(const std::string& host_id, const v1::Hello& hello)
 std::vector<std::string> Reconciler::StacksOf(const std::string& host) {
   absl::MutexLock lock(&mu_);
   std::vector<std::string> out;
-  for (const auto& [name, s] : stacks_) {
-    if (Names(s, host)) out.push_back(name);
+  if (auto it = host_stacks_.find(host); it != host_stacks_.end()) {
+    out.assign(it->second.begin(), it->second.end());
   }
   if (out.empty()) out.push_back("");
   return out;
@@ -350,8 +365,8 @@ void Reconciler::SendDesired(const std::string& host) {
   {
     absl::MutexLock lock(&mu_);
     int64_t revision = 0;
-    for (const auto& [name, s] : stacks_) {
-      if (!Names(s, host)) continue;
+    for (const auto& name : host_stacks_[host]) {
+      const v1::Stack& s = stacks_[name];
       v1::Stack* out = msg.mutable_desired()->add_stacks();
       *out = s;
       out->clear_status();
@@ -760,6 +775,7 @@ absl::StatusOr<v1::ApplyResponse> Reconciler::Apply(const std::vector<v1::Stack>
         for (const auto& h : old->second.spec().hosts()) hosts.insert(h);
       }
       for (const auto& h : s.spec().hosts()) hosts.insert(h);
+      IndexLocked(a.name(), old != stacks_.end() ? &old->second : nullptr, &s);
       stacks_[a.name()] = std::move(s);
       EnqueueStackLocked(a.name());
     }
@@ -780,8 +796,10 @@ absl::Status Reconciler::Delete(const std::string& name) {
   {
     absl::MutexLock lock(&mu_);
     auto it = stacks_.find(name);
-    if (it != stacks_.end()) hosts.assign(it->second.spec().hosts().begin(),
-                                          it->second.spec().hosts().end());
+    if (it != stacks_.end()) {
+      hosts.assign(it->second.spec().hosts().begin(), it->second.spec().hosts().end());
+      IndexLocked(name, &it->second, nullptr);
+    }
     stacks_.erase(name);
     for (auto k = keys_.begin(); k != keys_.end();) {
       k = k->first.stack == name ? keys_.erase(k) : std::next(k);

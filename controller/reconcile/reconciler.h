@@ -137,6 +137,10 @@ class Reconciler : public AgentListener {
 
   mutable absl::Mutex mu_;
   std::map<std::string, upkeep::v1::Stack> stacks_ ABSL_GUARDED_BY(mu_);
+  // host -> the stacks naming it (so per-host work is not a scan of the fleet).
+  std::map<std::string, std::set<std::string>> host_stacks_ ABSL_GUARDED_BY(mu_);
+  void IndexLocked(const std::string& stack, const upkeep::v1::Stack* old,
+                   const upkeep::v1::Stack* now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::map<std::string, HostState> hosts_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> paused_hosts_ ABSL_GUARDED_BY(mu_);
   std::map<Key, KeyState> keys_ ABSL_GUARDED_BY(mu_);
