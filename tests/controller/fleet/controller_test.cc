@@ -271,6 +271,7 @@ TEST_F(ControllerTest, PausedStackPlansButSendsNothing) {
            plan.diagnoses(0).actions_size() == 1;
   }));
   EXPECT_EQ(plan.diagnoses(0).actions(0).policy(), v1::POLICY_VERDICT_PAUSED);
+  EXPECT_TRUE(a.actions().empty()) << "nothing was sent while paused";
   // Resume: now it acts.
   {
     grpc::ClientContext ctx;
@@ -279,7 +280,6 @@ TEST_F(ControllerTest, PausedStackPlansButSendsNothing) {
     v1::PauseResponse r;
     ASSERT_TRUE(c.fleet().Resume(&ctx, req, &r).ok());
   }
-  EXPECT_TRUE(a.actions().empty()) << "nothing was sent while paused";
   ASSERT_TRUE(WaitFor([&] { return !a.actions().empty(); }));
 }
 

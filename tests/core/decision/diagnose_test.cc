@@ -178,7 +178,9 @@ TEST_P(DiagnoseBranches, FollowsTheRunbook) {
   EXPECT_EQ(d.verdict(), c.verdict) << d.DebugString();
   EXPECT_TRUE(HasStep(d, c.step)) << "missing step " << c.step << "\n" << d.DebugString();
   EXPECT_EQ(Actions(d), c.actions) << d.DebugString();
-  if (!c.finding.empty()) EXPECT_TRUE(HasFinding(d, c.finding)) << d.DebugString();
+  if (!c.finding.empty()) {
+    EXPECT_TRUE(HasFinding(d, c.finding)) << d.DebugString();
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(
