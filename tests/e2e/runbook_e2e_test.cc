@@ -3,6 +3,7 @@
 // final state, never the timing. Runs on the process runtime, and on the Docker runtime
 // against a private dockerd (tests/support/docker).
 #include <algorithm>
+#include <fstream>
 #include <set>
 #include <memory>
 #include <string>
@@ -14,6 +15,8 @@
 #include "demo/harness.h"
 #include "gtest/gtest.h"
 #include "tests/e2e/e2e_env.h"
+#include "tests/support/net.h"
+#include "tests/support/subprocess.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/wait.h"
 
@@ -332,6 +335,86 @@ INSTANTIATE_TEST_SUITE_P(Runtimes, RunbookTest,
                          [](const ::testing::TestParamInfo<Runtime>& info) {
                            return info.param == Runtime::kProcess ? "Process" : "Docker";
                          });
+
+}  // namespace
+}  // namespace upkeep::demo
+
+namespace upkeep::demo {
+namespace {
+
+// Issue 4: one controller, two real agents with different host ids, each healing its own
+// host's stack; nothing crosses over.
+TEST(Fleet, TwoRealAgentsEachRepairTheirOwnHost) {
+  upkeep::testing::TempDir dir;
+  HarnessOptions options;
+  options.work_dir = dir.path();
+  options.source_dir = upkeep::testing::SourcePath("");
+  options.bin_dir = upkeep::testing::BinPath("");
+  auto h = StackHarness::Start(options);
+  ASSERT_TRUE(h.ok()) << h.status();
+  ASSERT_TRUE((*h)->WaitServing(absl::Seconds(60)).ok());
+  // A second host: its own agent and its own stack (one service, no proxy).
+  const int port = upkeep::testing::FreePort();
+  auto agent = upkeep::testing::Subprocess::Start(
+      {upkeep::testing::BinPath("upkeep-agent"), "--controller", (*h)->controller_address(),
+       "--host-id", "second", "--data", dir.Join("agent2")},
+      dir.Join("agent2.log"));
+  ASSERT_TRUE(agent.ok());
+  upkeep::v1::ApplyRequest req;
+  req.add_manifests()->set_filename("second.yaml");
+  req.mutable_manifests(0)->set_content(absl::StrCat(
+      "apiVersion: upkeep/v1\nkind: Stack\nmetadata: {name: second}\nspec:\n  hosts: [second]\n"
+      "  runtime: process\n  services:\n    - name: api\n      process: {command: [",
+      upkeep::testing::BinPath("upkeep-sample-service"), ", --port, \"", port,
+      "\"]}\n      port: ", port, "\n      probe: {http: {path: /health}}\n"));
+  {
+    grpc::ClientContext ctx;
+    upkeep::v1::ApplyResponse resp;
+    ASSERT_TRUE((*h)->fleet().Apply(&ctx, req, &resp).ok());
+  }
+  ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", port, absl::Seconds(30)))
+      << "the second agent should start its service";
+  upkeep::testing::HttpGetStatus("127.0.0.1", port, "/fault/crash");  // answers, then aborts
+  upkeep::v1::ListActionsResponse actions;
+  auto second_starts_so_far = [&] {
+    grpc::ClientContext ctx;
+    upkeep::v1::ListActionsRequest lr;
+    lr.set_limit(1000);
+    actions.Clear();
+    if (!(*h)->fleet().ListActions(&ctx, lr, &actions).ok()) return 0;
+    int n = 0;
+    for (const auto& a : actions.actions()) {
+      n += a.action().stack() == "second" &&
+           a.action().kind() == upkeep::v1::ACTION_KIND_START_SERVICE && a.has_result();
+    }
+    return n;
+  };
+  ASSERT_TRUE(WaitFor([&] { return second_starts_so_far() >= 2; }, absl::Seconds(30)));
+  ASSERT_TRUE(WaitFor([&] {
+    return upkeep::testing::HttpGetStatus("127.0.0.1", port, "/health", absl::Seconds(1)) == 200;
+  }, absl::Seconds(30)));
+  int second_starts = 0;
+  for (const auto& a : actions.actions()) {
+    EXPECT_EQ(a.action().host() == "second", a.action().stack() == "second")
+        << a.DebugString();
+    if (a.action().stack() == "second" &&
+        a.action().kind() == upkeep::v1::ACTION_KIND_START_SERVICE) {
+      ++second_starts;
+      EXPECT_EQ(a.result().outcome(), upkeep::v1::ACTION_OUTCOME_SUCCEEDED);
+    }
+  }
+  EXPECT_GE(second_starts, 2) << "the bring-up and the repair after the crash";
+  EXPECT_TRUE((*h)->WaitServing(absl::Seconds(10)).ok()) << "the first host is untouched";
+  // The second agent's service outlives it; stop it through the agent's own act command.
+  (*agent)->Stop();
+  std::ofstream(dir.Join("second.yaml")) << req.manifests(0).content();
+  auto stop = upkeep::testing::Subprocess::Start(
+      {upkeep::testing::BinPath("upkeep-agent"), "act", "-f", dir.Join("second.yaml"), "--data",
+       dir.Join("agent2"), "stop-service", "api"},
+      dir.Join("stop.log"));
+  ASSERT_TRUE(stop.ok());
+  (*stop)->Wait(absl::Seconds(20));
+}
 
 }  // namespace
 }  // namespace upkeep::demo
