@@ -5,9 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_TO_RUN=${1:-60}
-CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCMAKE_CXX_FLAGS="-fsanitize=fuzzer-no-link,address" >/dev/null
 cmake --build build-fuzz --target manifest_fuzz
 mkdir -p build-fuzz/corpus
 cp -n tests/fuzz/corpus/manifest/* build-fuzz/corpus/ 2>/dev/null || true
 cd build-fuzz
-./bin/manifest_fuzz corpus -max_total_time="$SECONDS_TO_RUN" -max_len=65536 -rss_limit_mb=2048
+./bin/manifest_fuzz corpus -max_total_time="$SECONDS_TO_RUN" -max_len=65536 -rss_limit_mb=2048 \
+  -artifact_prefix=./ -timeout=10

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "core/proto_time.h"
 #include "yaml-cpp/yaml.h"
 
@@ -61,6 +62,28 @@ int TextDepth(absl::string_view text) {
     max_depth = std::max(max_depth, static_cast<int>(indents.size()) + dashes + flow);
   }
   return max_depth;
+}
+
+// yaml-cpp 0.7 never returns on a document whose first token is ',' (found by the fuzzer:
+// the three bytes ",!!"). Returns the 1-based line of such a document, or 0.
+int DocumentStartingWithComma(absl::string_view text) {
+  int line_no = 0;
+  bool at_document_start = true;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    ++line_no;
+    absl::string_view rest = line;
+    if (absl::StartsWith(rest, "---")) {
+      at_document_start = true;
+      rest.remove_prefix(3);
+    } else if (!at_document_start) {
+      continue;
+    }
+    rest = absl::StripLeadingAsciiWhitespace(rest);
+    if (rest.empty() || rest[0] == '#' || rest[0] == '%') continue;
+    if (rest[0] == ',') return line_no;
+    at_document_start = false;
+  }
+  return 0;
 }
 
 int LineOf(const YAML::Node& n) {
@@ -791,6 +814,10 @@ LoadResult LoadString(absl::string_view content, absl::string_view filename) {
   if (const int depth = TextDepth(content); depth > kMaxDepth) {
     result.errors.push_back({file, 0, "", absl::StrCat("nesting is ", depth,
                                                        " levels deep; the limit is ", kMaxDepth)});
+    return result;
+  }
+  if (const int line = DocumentStartingWithComma(content); line > 0) {
+    result.errors.push_back({file, line, "", "invalid YAML: a document cannot start with ','"});
     return result;
   }
   std::vector<YAML::Node> docs;

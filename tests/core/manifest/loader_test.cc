@@ -174,6 +174,9 @@ TEST(Loader, RejectsDeepNestingHugeInputAndBinaryJunk) {
   EXPECT_FALSE(LoadString(block, "block.yaml").ok());
   EXPECT_FALSE(LoadString(std::string(2 << 20, 'a'), "huge.yaml").ok());
   EXPECT_FALSE(LoadString(std::string("\0\1\2\3", 4), "junk.yaml").ok());
+  // Found by the fuzzer: yaml-cpp never returns on a document starting with ','.
+  EXPECT_FALSE(LoadString(",!!", "hang.yaml").ok());
+  EXPECT_EQ(LoadString("a: 1\n--- ,\n", "hang.yaml").errors.at(0).line, 2);
   // A billion laughs: aliases are followed, but the walk is bounded.
   std::string laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\n";
   for (char c = 'b'; c <= 'k'; ++c) {
