@@ -64,24 +64,44 @@ int TextDepth(absl::string_view text) {
   return max_depth;
 }
 
-// yaml-cpp 0.7 never returns on a document whose first token is ',' (found by the fuzzer:
-// the three bytes ",!!"). Returns the 1-based line of such a document, or 0.
-int DocumentStartingWithComma(absl::string_view text) {
+// yaml-cpp 0.7 never returns when a block-context node starts with ',' (found by the fuzzer:
+// the three bytes ",!!", and "-\n,"). Returns the 1-based line of the first such line, or 0.
+// Inside flow collections ("[a\n, b]") a leading ',' is fine and allowed.
+int LineStartingWithComma(absl::string_view text) {
   int line_no = 0;
-  bool at_document_start = true;
+  int flow = 0;
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
     ++line_no;
-    absl::string_view rest = line;
-    if (absl::StartsWith(rest, "---")) {
-      at_document_start = true;
-      rest.remove_prefix(3);
-    } else if (!at_document_start) {
-      continue;
+    absl::string_view rest = absl::StripLeadingAsciiWhitespace(line);
+    if (absl::StartsWith(rest, "---")) rest.remove_prefix(3);
+    while (true) {
+      rest = absl::StripLeadingAsciiWhitespace(rest);
+      if (absl::StartsWith(rest, "- ") || rest == "-") {
+        rest.remove_prefix(1);
+        continue;
+      }
+      if (absl::StartsWith(rest, "? ") || absl::StartsWith(rest, ": ")) {
+        rest.remove_prefix(1);
+        continue;
+      }
+      break;
     }
-    rest = absl::StripLeadingAsciiWhitespace(rest);
-    if (rest.empty() || rest[0] == '#' || rest[0] == '%') continue;
-    if (rest[0] == ',') return line_no;
-    at_document_start = false;
+    if (flow == 0 && !rest.empty() && rest[0] == ',') return line_no;
+    char quote = 0;
+    for (size_t i = 0; i < line.size(); ++i) {
+      const char c = line[i];
+      if (quote != 0) {
+        if (c == quote) quote = 0;
+      } else if (c == '"' || c == '\'') {
+        quote = c;
+      } else if (c == '#' && (i == 0 || line[i - 1] == ' ')) {
+        break;
+      } else if (c == '[' || c == '{') {
+        ++flow;
+      } else if ((c == ']' || c == '}') && flow > 0) {
+        --flow;
+      }
+    }
   }
   return 0;
 }
@@ -816,8 +836,8 @@ LoadResult LoadString(absl::string_view content, absl::string_view filename) {
                                                        " levels deep; the limit is ", kMaxDepth)});
     return result;
   }
-  if (const int line = DocumentStartingWithComma(content); line > 0) {
-    result.errors.push_back({file, line, "", "invalid YAML: a document cannot start with ','"});
+  if (const int line = LineStartingWithComma(content); line > 0) {
+    result.errors.push_back({file, line, "", "invalid YAML: a node cannot start with ','"});
     return result;
   }
   std::vector<YAML::Node> docs;
