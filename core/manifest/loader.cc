@@ -84,6 +84,13 @@ int LineStartingWithComma(absl::string_view text) {
         rest.remove_prefix(1);
         continue;
       }
+      // Node properties (a tag "!x", an anchor "&a") before the node itself ("!," hangs too).
+      if (!rest.empty() && (rest[0] == '!' || rest[0] == '&')) {
+        size_t end = 1;
+        while (end < rest.size() && rest[end] != ' ' && rest[end] != ',') ++end;
+        rest.remove_prefix(end);
+        continue;
+      }
       break;
     }
     if (flow == 0 && !rest.empty() && rest[0] == ',') return line_no;
