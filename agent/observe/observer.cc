@@ -13,6 +13,7 @@
 #include "agent/observe/process_runtime.h"
 #include "agent/observe/prober.h"
 #include "core/log.h"
+#include "core/observation.h"
 #include "core/proto_time.h"
 
 namespace upkeep::agent {
@@ -46,26 +47,6 @@ struct StackState {
   pid_t nginx_master = -1;  // last seen, to notice nginx stopping or starting at once
 };
 
-// Drops what changes on every probe (times, latencies) so that only real changes count.
-std::string Semantic(v1::StackObservation o) {
-  o.clear_observed_at();
-  for (auto& s : *o.mutable_services()) {
-    s.mutable_probe()->clear_at();
-    s.mutable_probe()->clear_latency();
-  }
-  for (auto& r : *o.mutable_proxy()->mutable_routes()) {
-    r.mutable_probe()->clear_at();
-    r.mutable_probe()->clear_latency();
-  }
-  for (auto& e : *o.mutable_proxy()->mutable_upstream_errors()) {
-    e.clear_last_seen();
-    e.clear_sample();
-  }
-  o.mutable_proxy()->clear_error_log_excerpt();
-  o.mutable_proxy()->mutable_last_config_test()->clear_at();
-  o.mutable_host()->clear_last_heard();
-  return o.SerializeAsString();
-}
 
 class ObserverImpl : public StackObserver {
  public:
@@ -394,7 +375,7 @@ class ObserverImpl : public StackObserver {
         for (auto& [name, st] : stacks_) {
           if (!event && now - st->last_sent_at < kResync) continue;
           v1::StackObservation o = Build(st.get());
-          std::string sem = Semantic(o);
+          std::string sem = SemanticKey(o);
           const bool changed = sem != st->last_sent;
           const bool forced = now < forced_until_;
           if (!changed && !forced && now - st->last_sent_at < kResync) continue;

@@ -10,6 +10,7 @@
 #include "core/decision/diagnose.h"
 #include "core/decision/render.h"
 #include "core/log.h"
+#include "core/observation.h"
 #include "core/proto_time.h"
 
 namespace upkeep::controller {
@@ -27,28 +28,6 @@ std::string NewActionId(absl::Time now) {
   return absl::StrFormat("%x-%08x", absl::ToUnixNanos(now), (*rng)() & 0xffffffffu);
 }
 
-// What an observation says, without what changes on every probe (times, latencies).
-std::string Semantic(v1::StackObservation o) {
-  o.clear_observed_at();
-  o.clear_history();
-  o.mutable_host()->clear_last_heard();
-  for (auto& s : *o.mutable_services()) {
-    s.mutable_probe()->clear_at();
-    s.mutable_probe()->clear_latency();
-  }
-  for (auto& r : *o.mutable_proxy()->mutable_routes()) {
-    r.mutable_probe()->clear_at();
-    r.mutable_probe()->clear_latency();
-  }
-  for (auto& e : *o.mutable_proxy()->mutable_upstream_errors()) {
-    e.clear_last_seen();
-    e.clear_sample();
-    e.clear_count();
-  }
-  o.mutable_proxy()->clear_error_log_excerpt();
-  o.mutable_proxy()->mutable_last_config_test()->clear_at();
-  return o.SerializeAsString();
-}
 
 bool IsRepair(v1::ActionKind k) {
   return k == v1::ACTION_KIND_START_SERVICE || k == v1::ACTION_KIND_RESTART_SERVICE ||
@@ -301,7 +280,7 @@ void Reconciler::OnObservation(const std::string& host_id, v1::ObservationReport
     if (sit == stacks_.end() || !Names(sit->second, host_id)) continue;
     metrics_->Inc("upkeep_observations_total");
     KeyState& ks = keys_[key];
-    std::string sem = Semantic(o);
+    std::string sem = SemanticKey(o);
     bool interested = sem != ks.last_semantic || ks.verdict != v1::VERDICT_HEALTHY ||
                       !ks.queued.empty();
     ks.last_semantic = std::move(sem);
