@@ -28,6 +28,12 @@ ABSL_FLAG(std::string, manifests, "", "directory of manifests applied at start a
 ABSL_FLAG(std::string, metrics, "", "HTTP address for /metrics (empty: off)");
 ABSL_FLAG(bool, log_json, false, "log JSON lines");
 ABSL_FLAG(int, max_message_bytes, 4 << 20, "largest gRPC message accepted");
+ABSL_FLAG(absl::Duration, retain_events_for, absl::Hours(24 * 7),
+          "events older than this are deleted from the store");
+ABSL_FLAG(int64_t, retain_events, 100000, "the store keeps at most this many events");
+ABSL_FLAG(absl::Duration, retain_actions_for, absl::Hours(24 * 30),
+          "action records older than this are deleted from the store");
+ABSL_FLAG(int64_t, retain_actions, 100000, "the store keeps at most this many action records");
 
 namespace {
 
@@ -79,8 +85,13 @@ int main(int argc, char** argv) {
     return 1;
   }
   upkeep::controller::Metrics metrics;
+  upkeep::controller::ReconcilerOptions options;
+  options.retention.events_max_age = absl::GetFlag(FLAGS_retain_events_for);
+  options.retention.events_max_count = absl::GetFlag(FLAGS_retain_events);
+  options.retention.actions_max_age = absl::GetFlag(FLAGS_retain_actions_for);
+  options.retention.actions_max_count = absl::GetFlag(FLAGS_retain_actions);
   auto reconciler = upkeep::controller::Reconciler::Create(store->get(), upkeep::Clock::Real(),
-                                                           &metrics);
+                                                           &metrics, options);
   if (!reconciler.ok()) {
     UPKEEP_LOG(critical, "reconciler_failed",
                {{"error", std::string(reconciler.status().message())}});

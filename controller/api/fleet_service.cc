@@ -106,12 +106,9 @@ grpc::Status FleetServiceImpl::DescribeStack(grpc::ServerContext*,
   *resp->mutable_stack() = *s;
   const int max_events = req->max_events() > 0 ? std::min(req->max_events(), 1000) : 20;
   const int max_actions = req->max_actions() > 0 ? std::min(req->max_actions(), 1000) : 20;
-  auto events = store_->ListEvents(req->name(), 0, 1000000);
+  auto events = store_->TailEvents(req->name(), max_events);
   if (events.ok()) {
-    const size_t from = events->size() > static_cast<size_t>(max_events)
-                            ? events->size() - max_events
-                            : 0;
-    for (size_t i = from; i < events->size(); ++i) *resp->add_events() = (*events)[i];
+    for (auto& e : *events) *resp->add_events() = std::move(e);
   }
   auto actions = store_->ListActions(req->name(), "", max_actions);
   if (actions.ok()) {
@@ -140,16 +137,25 @@ grpc::Status FleetServiceImpl::ListEvents(grpc::ServerContext*, const v1::ListEv
 grpc::Status FleetServiceImpl::WatchEvents(grpc::ServerContext* ctx,
                                            const v1::WatchEventsRequest* req,
                                            grpc::ServerWriter<v1::Event>* writer) {
-  // Live events queue up from the moment we subscribe; stored ones are replayed first and
-  // the overlap is dropped by seq.
-  absl::Mutex mu;
-  std::deque<v1::Event> live;
+  // Live events queue up from the moment we subscribe; stored ones are replayed first and the
+  // overlap is dropped by seq. The queue is shared with the subscription, and the subscription
+  // is destroyed (waiting for a delivery in progress) before this handler returns.
+  struct Live {
+    absl::Mutex mu;
+    std::deque<v1::Event> events ABSL_GUARDED_BY(mu);
+    int64_t dropped ABSL_GUARDED_BY(mu) = 0;
+  };
+  auto live = std::make_shared<Live>();
   const std::string stack = req->stack();
-  const int id = reconciler_->AddWatcher([&](const v1::Event& e) {
-    if (!stack.empty() && e.stack() != stack && !e.stack().empty()) return;
-    absl::MutexLock lock(&mu);
-    if (live.size() < 10000) live.push_back(e);
-  });
+  std::unique_ptr<EventBus::Subscription> sub =
+      reconciler_->events()->Subscribe(stack, [live](const v1::Event& e) {
+        absl::MutexLock lock(&live->mu);
+        if (live->events.size() < 10000) {
+          live->events.push_back(e);
+        } else {
+          ++live->dropped;
+        }
+      });
   int64_t seq = req->after_seq();
   auto stored = store_->ListEvents(stack, seq, 100000);
   bool ok = true;
@@ -165,22 +171,21 @@ grpc::Status FleetServiceImpl::WatchEvents(grpc::ServerContext* ctx,
   while (ok && !ctx->IsCancelled()) {
     std::deque<v1::Event> batch;
     {
-      absl::MutexLock lock(&mu);
-      mu.AwaitWithTimeout(absl::Condition(+[](std::deque<v1::Event>* q) { return !q->empty(); },
-                                          &live),
-                          absl::Milliseconds(200));
-      batch.swap(live);
+      absl::MutexLock lock(&live->mu);
+      live->mu.AwaitWithTimeout(
+          absl::Condition(+[](std::deque<v1::Event>* q) { return !q->empty(); }, &live->events),
+          absl::Milliseconds(200));  // bounded, to notice cancellation
+      batch.swap(live->events);
     }
     for (const auto& e : batch) {
-      if (e.seq() <= seq) continue;
+      if (e.seq() != 0 && e.seq() <= seq) continue;
       if (!writer->Write(e)) {
         ok = false;
         break;
       }
-      seq = e.seq();
+      if (e.seq() != 0) seq = e.seq();
     }
   }
-  reconciler_->RemoveWatcher(id);
   return grpc::Status::OK;
 }
 

@@ -1,14 +1,13 @@
 #include "controller/reconcile/reconciler.h"
 
 #include <algorithm>
-#include <optional>
-#include <random>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "core/decision/conditions.h"
 #include "core/decision/diagnose.h"
 #include "core/decision/render.h"
+#include "core/decision/verify.h"
 #include "core/log.h"
 #include "core/observation.h"
 #include "core/proto_time.h"
@@ -17,38 +16,6 @@ namespace upkeep::controller {
 namespace {
 
 namespace v1 = upkeep::v1;
-
-constexpr size_t kHistoryKeep = 300;
-constexpr int kFullResyncEvery = 30;
-
-std::string NewActionId(absl::Time now) {
-  static absl::Mutex mu(absl::kConstInit);
-  static std::mt19937_64* rng = new std::mt19937_64(std::random_device{}());
-  absl::MutexLock lock(&mu);
-  return absl::StrFormat("%x-%08x", absl::ToUnixNanos(now), (*rng)() & 0xffffffffu);
-}
-
-
-bool IsRepair(v1::ActionKind k) {
-  return k == v1::ACTION_KIND_START_SERVICE || k == v1::ACTION_KIND_RESTART_SERVICE ||
-         k == v1::ACTION_KIND_START_PROXY || k == v1::ACTION_KIND_RELOAD_PROXY ||
-         k == v1::ACTION_KIND_RESTART_PROXY;
-}
-
-// Whether the observation shows `target` working again.
-bool TargetFixed(const std::string& target, const v1::StackObservation& o) {
-  if (target == "nginx") {
-    if (!o.proxy().master_running()) return false;
-    for (const auto& r : o.proxy().routes()) {
-      if (!r.probe().ok()) return false;
-    }
-    return true;
-  }
-  for (const auto& s : o.services()) {
-    if (s.name() == target) return s.running() && s.health() == v1::HEALTH_STATE_HEALTHY;
-  }
-  return false;
-}
 
 std::string PathText(const v1::Diagnosis& d) {
   std::vector<std::string> parts;
@@ -68,6 +35,15 @@ bool Names(const v1::Stack& stack, const std::string& host) {
 
 }  // namespace
 
+Reconciler::Reconciler(Store* store, Clock* clock, Metrics* metrics, ReconcilerOptions options)
+    : store_(store),
+      clock_(clock),
+      metrics_(metrics),
+      options_(options),
+      events_(store, clock, metrics),
+      dispatcher_(store, clock, metrics, &events_, options.dispatch),
+      queue_(clock) {}
+
 absl::StatusOr<std::unique_ptr<Reconciler>> Reconciler::Create(Store* store, Clock* clock,
                                                                Metrics* metrics,
                                                                ReconcilerOptions options) {
@@ -83,39 +59,44 @@ absl::Status Reconciler::Load() {
   if (!stacks.ok()) return stacks.status();
   auto paused = store_->PausedHosts();
   if (!paused.ok()) return paused.status();
-  absl::MutexLock lock(&mu_);
-  paused_hosts_ = *paused;
-  for (auto& s : *stacks) {
-    const std::string name = s.metadata().name();
-    for (const auto& host : s.spec().hosts()) {
-      auto history = store_->ListActions(name, host, kHistoryKeep);
-      if (!history.ok()) return history.status();
-      KeyState& ks = keys_[Key{name, host}];
-      ks.history = std::move(*history);
-      for (const auto& r : ks.history) action_keys_[r.action().id()] = Key{name, host};
+  std::vector<WorkKey> keys;
+  {
+    absl::MutexLock lock(&mu_);
+    paused_hosts_ = *paused;
+    for (auto& s : *stacks) {
+      const std::string name = s.metadata().name();
+      for (const auto& host : s.spec().hosts()) keys.push_back(WorkKey{name, host});
+      IndexLocked(name, nullptr, &s);
+      stacks_[name] = std::move(s);
     }
-    IndexLocked(name, nullptr, &s);
-    stacks_[name] = std::move(s);
   }
-  return absl::OkStatus();
+  return dispatcher_.Load(keys);
 }
 
 void Reconciler::IndexLocked(const std::string& stack, const v1::Stack* old, const v1::Stack* now) {
   if (old != nullptr) {
-    for (const auto& h : old->spec().hosts()) host_stacks_[h].erase(stack);
+    for (const auto& h : old->spec().hosts()) {
+      auto it = host_stacks_.find(h);
+      if (it == host_stacks_.end()) continue;
+      it->second.erase(stack);
+      if (it->second.empty()) host_stacks_.erase(it);
+    }
   }
   if (now != nullptr) {
     for (const auto& h : now->spec().hosts()) host_stacks_[h].insert(stack);
   }
 }
 
-void Reconciler::SetHub(AgentHub* hub) { hub_ = hub; }
+void Reconciler::SetHub(AgentHub* hub) {
+  hub_ = hub;
+  dispatcher_.SetHub(hub);
+}
 
 void Reconciler::Start() {
   absl::MutexLock lock(&mu_);
   stop_ = false;
   for (int i = 0; i < options_.workers; ++i) threads_.emplace_back([this] { Worker(); });
-  threads_.emplace_back([this] { ResyncLoop(); });
+  threads_.emplace_back([this] { TimerLoop(); });
   for (const auto& [name, s] : stacks_) EnqueueStackLocked(name);
 }
 
@@ -126,123 +107,194 @@ void Reconciler::Stop() {
     stop_ = true;
     threads.swap(threads_);
   }
+  queue_.ShutDown();
   for (auto& t : threads) t.join();
 }
 
-// ---- work queue ---------------------------------------------------------------------------
-
-void Reconciler::Enqueue(const Key& key) {
-  absl::MutexLock lock(&mu_);
-  if (queued_.insert(key).second) queue_.push_back(key);
-}
+// ---- work ---------------------------------------------------------------------------------
 
 void Reconciler::EnqueueStackLocked(const std::string& stack) {
   auto it = stacks_.find(stack);
   if (it == stacks_.end()) return;
-  for (const auto& host : it->second.spec().hosts()) {
-    Key key{stack, host};
-    if (queued_.insert(key).second) queue_.push_back(key);
-  }
+  for (const auto& host : it->second.spec().hosts()) queue_.Add(WorkKey{stack, host});
 }
 
 void Reconciler::EnqueueHostLocked(const std::string& host) {
   auto it = host_stacks_.find(host);
   if (it == host_stacks_.end()) return;
-  for (const auto& name : it->second) {
-    Key key{name, host};
-    if (queued_.insert(key).second) queue_.push_back(key);
-  }
+  for (const auto& name : it->second) queue_.Add(WorkKey{name, host});
 }
 
 void Reconciler::Worker() {
+  WorkKey key;
+  while (queue_.Get(&key)) {
+    if (key.is_host()) {
+      DrainInbox(key.host);
+    } else {
+      Reconcile(key);
+    }
+    queue_.Done(key);
+  }
+}
+
+void Reconciler::TimerLoop() {
+  absl::Time next_full = clock_->Now() + options_.full_resync;
+  absl::Time next_maintenance = clock_->Now() + options_.maintenance;
   while (true) {
-    Key key;
     {
       absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(
-          +[](Reconciler* r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r->mu_) {
-            return r->stop_ || !r->queue_.empty();
-          },
-          this));
+      const absl::Duration wait =
+          std::max(std::min(next_full, next_maintenance) - clock_->Now(), absl::Milliseconds(1));
+      mu_.AwaitWithTimeout(absl::Condition(&stop_), std::min(wait, absl::Seconds(1)));
       if (stop_) return;
-      key = queue_.front();
-      queue_.pop_front();
-      queued_.erase(key);
-      if (processing_.count(key)) {
-        requeue_.insert(key);  // one key is never reconciled on two threads at once
-        continue;
+      if (clock_->Now() >= next_full) {
+        next_full = clock_->Now() + options_.full_resync;
+        for (const auto& [name, s] : stacks_) EnqueueStackLocked(name);
       }
-      processing_.insert(key);
     }
-    Reconcile(key);
-    absl::MutexLock lock(&mu_);
-    processing_.erase(key);
-    if (requeue_.erase(key) && queued_.insert(key).second) queue_.push_back(key);
-  }
-}
-
-void Reconciler::ResyncLoop() {
-  int round = 0;
-  while (true) {
-    absl::MutexLock lock(&mu_);
-    mu_.AwaitWithTimeout(absl::Condition(&stop_), options_.resync);
-    if (stop_) return;
-    const bool full = ++round % kFullResyncEvery == 0;
-    for (const auto& [name, s] : stacks_) {
-      for (const auto& host : s.spec().hosts()) {
-        Key key{name, host};
-        auto it = keys_.find(key);
-        // Only keys that wait on time (starting, backoff, verification) need a resync every
-        // round; the rest change on events and get the full resync.
-        const bool settled = it != keys_.end() && it->second.queued.empty() &&
-                             it->second.verdict != v1::VERDICT_WAITING &&
-                             it->second.verdict != v1::VERDICT_REPAIRING &&
-                             it->second.verdict != v1::VERDICT_UNSPECIFIED;
-        if ((full || !settled) && queued_.insert(key).second) queue_.push_back(key);
-      }
+    if (clock_->Now() >= next_maintenance) {
+      next_maintenance = clock_->Now() + options_.maintenance;
+      Maintain();
     }
   }
 }
 
-// ---- agents -------------------------------------------------------------------------------
+void Reconciler::Maintain() {
+  auto pruned = store_->Prune(options_.retention, clock_->Now());
+  if (!pruned.ok()) {
+    UPKEEP_LOG(error, "store_prune_failed", {{"error", std::string(pruned.status().message())}});
+  } else if (pruned->events + pruned->actions > 0) {
+    UPKEEP_LOG(info, "store_pruned", {{"events", absl::StrCat(pruned->events)},
+                                      {"actions", absl::StrCat(pruned->actions)}});
+  }
+  dispatcher_.Prune();
+}
 
-void Reconciler::OnConnected(const std::string& host_id, const v1::Hello& hello) {
-  std::vector<v1::Action> resend;
+Reconciler::Sizes Reconciler::MemorySizes() {
+  Sizes s;
   {
     absl::MutexLock lock(&mu_);
-    HostState& h = hosts_[host_id];
+    s.stacks = stacks_.size();
+    s.hosts = hosts_.size();
+    s.keys = keys_.size();
+  }
+  s.indexed_actions = dispatcher_.IndexedActions();
+  s.manual_waiters = dispatcher_.ManualWaiters();
+  return s;
+}
+
+// ---- agents: reactions only enqueue -------------------------------------------------------
+
+void Reconciler::OnConnected(const std::string& host_id, const v1::Hello& hello) {
+  InboxItem item{InboxItem::Kind::kConnected};
+  item.hello = hello;
+  inboxes_.Push(host_id, std::move(item));
+  queue_.Add(WorkKey{"", host_id});
+}
+
+void Reconciler::OnObservation(const std::string& host_id, v1::ObservationReport report) {
+  InboxItem item{InboxItem::Kind::kObservation};
+  item.report = std::move(report);
+  inboxes_.Push(host_id, std::move(item));
+  queue_.Add(WorkKey{"", host_id});
+}
+
+void Reconciler::OnActionResult(const std::string& host_id, v1::ActionResult result) {
+  InboxItem item{InboxItem::Kind::kResult};
+  item.result = std::move(result);
+  inboxes_.Push(host_id, std::move(item));
+  queue_.Add(WorkKey{"", host_id});
+}
+
+void Reconciler::OnDisconnected(const std::string& host_id) {
+  inboxes_.Push(host_id, InboxItem{InboxItem::Kind::kDisconnected});
+  queue_.Add(WorkKey{"", host_id});
+}
+
+void Reconciler::DrainInbox(const std::string& host) {
+  for (auto& item : inboxes_.Take(host)) {
+    switch (item.kind) {
+      case InboxItem::Kind::kConnected:
+        Connected(host, item.hello);
+        break;
+      case InboxItem::Kind::kObservation:
+        Observed(host, std::move(item.report));
+        break;
+      case InboxItem::Kind::kResult: {
+        const WorkKey key = dispatcher_.OnResult(host, item.result);
+        if (!key.stack.empty()) queue_.Add(key);
+        break;
+      }
+      case InboxItem::Kind::kDisconnected:
+        Disconnected(host);
+        break;
+    }
+  }
+}
+
+void Reconciler::CountConnectedLocked() {
+  int connected = 0;
+  for (const auto& [id, hs] : hosts_) connected += hs.connected ? 1 : 0;
+  metrics_->Set("upkeep_connected_agents", {}, connected);
+}
+
+void Reconciler::Connected(const std::string& host, const v1::Hello& hello) {
+  {
+    absl::MutexLock lock(&mu_);
+    HostState& h = hosts_[host];
     h.connected = true;
     h.last_heard = clock_->Now();
     h.version = hello.version();
     h.capabilities.assign(hello.capabilities().begin(), hello.capabilities().end());
-    // Actions sent but never answered: the same id again (the agent replays, never redoes).
-    for (const auto& stack : host_stacks_[host_id]) {
-      auto kit = keys_.find(Key{stack, host_id});
-      if (kit == keys_.end()) continue;
-      for (const auto& r : kit->second.history) {
-        if (!r.dry_run() && r.result().id().empty() &&
-            r.action().kind() != v1::ACTION_KIND_RESET_BUDGET) {
-          resend.push_back(r.action());
-        }
-      }
-    }
-    int connected = 0;
-    for (const auto& [id, hs] : hosts_) connected += hs.connected ? 1 : 0;
-    metrics_->Set("upkeep_connected_agents", {}, connected);
+    CountConnectedLocked();
   }
-  SendDesired(host_id);
-  for (auto& a : resend) {
-    v1::ControllerMessage msg;
-    *msg.mutable_action() = a;
-    UPKEEP_LOG(info, "action_resent", {{"id", a.id()}, {"host", host_id}});
-    hub_->Send(host_id, std::move(msg));
-  }
-  for (const auto& stack : StacksOf(host_id)) {
-    EmitSimple("Normal", "AgentConnected", stack, host_id, "",
-               absl::StrCat("agent ", host_id, " connected (version ", hello.version(), ")"));
+  SendDesired(host);
+  std::vector<std::string> stacks = StacksOf(host);
+  // Actions sent but never answered: the same id again (the agent replays, never redoes).
+  dispatcher_.ResendPending(host, stacks);
+  for (const auto& stack : stacks) {
+    events_.Publish("Normal", "AgentConnected", stack, host, "",
+                    absl::StrCat("agent ", host, " connected (version ", hello.version(), ")"));
   }
   absl::MutexLock lock(&mu_);
-  EnqueueHostLocked(host_id);
+  EnqueueHostLocked(host);
+}
+
+void Reconciler::Observed(const std::string& host, v1::ObservationReport report) {
+  absl::MutexLock lock(&mu_);
+  auto hit = hosts_.find(host);
+  if (hit == hosts_.end() || !hit->second.connected) return;  // a late report of a closed stream
+  hit->second.last_heard = clock_->Now();
+  for (auto& o : *report.mutable_stacks()) {
+    auto sit = stacks_.find(o.stack());
+    if (sit == stacks_.end() || !Names(sit->second, host)) continue;
+    metrics_->Inc("upkeep_observations_total");
+    WorkKey key{o.stack(), host};
+    KeyState& ks = keys_[key];
+    std::string sem = SemanticKey(o);
+    const bool interested = sem != ks.last_semantic || ks.verdict != v1::VERDICT_HEALTHY;
+    ks.last_semantic = std::move(sem);
+    ks.observation = std::make_shared<const v1::StackObservation>(std::move(o));
+    if (interested) queue_.Add(key);
+  }
+}
+
+void Reconciler::Disconnected(const std::string& host) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = hosts_.find(host);
+    if (it != hosts_.end()) {
+      it->second.connected = false;
+      // A host no stack names is forgotten when its stream closes.
+      if (!host_stacks_.count(host)) hosts_.erase(it);
+    }
+    CountConnectedLocked();
+    EnqueueHostLocked(host);
+  }
+  for (const auto& stack : StacksOf(host)) {
+    events_.Publish("Warning", "AgentDisconnected", stack, host, "",
+                    absl::StrCat("agent ", host, " disconnected"));
+  }
 }
 
 // The stacks that name `host` ({""} when none: the event is then fleet-wide).
@@ -256,100 +308,20 @@ std::vector<std::string> Reconciler::StacksOf(const std::string& host) {
   return out;
 }
 
-void Reconciler::OnDisconnected(const std::string& host_id) {
-  {
-    absl::MutexLock lock(&mu_);
-    hosts_[host_id].connected = false;
-    int connected = 0;
-    for (const auto& [id, hs] : hosts_) connected += hs.connected ? 1 : 0;
-    metrics_->Set("upkeep_connected_agents", {}, connected);
-    EnqueueHostLocked(host_id);
-  }
-  for (const auto& stack : StacksOf(host_id)) {
-    EmitSimple("Warning", "AgentDisconnected", stack, host_id, "",
-               absl::StrCat("agent ", host_id, " disconnected"));
-  }
-}
-
-void Reconciler::OnObservation(const std::string& host_id, v1::ObservationReport report) {
-  absl::MutexLock lock(&mu_);
-  hosts_[host_id].last_heard = clock_->Now();
-  for (auto& o : *report.mutable_stacks()) {
-    Key key{o.stack(), host_id};
-    auto sit = stacks_.find(o.stack());
-    if (sit == stacks_.end() || !Names(sit->second, host_id)) continue;
-    metrics_->Inc("upkeep_observations_total");
-    KeyState& ks = keys_[key];
-    std::string sem = SemanticKey(o);
-    bool interested = sem != ks.last_semantic || ks.verdict != v1::VERDICT_HEALTHY ||
-                      !ks.queued.empty();
-    ks.last_semantic = std::move(sem);
-    ks.observation = std::move(o);
-    ks.has_observation = true;
-    if (interested && queued_.insert(key).second) queue_.push_back(key);
-  }
-}
-
-void Reconciler::OnActionResult(const std::string& host_id, v1::ActionResult result) {
-  v1::ActionRecord record;
-  std::optional<v1::PlannedAction> next;
-  Key key;
-  {
-    absl::MutexLock lock(&mu_);
-    auto kit = action_keys_.find(result.id());
-    if (kit == action_keys_.end() || kit->second.host != host_id) {
-      UPKEEP_LOG(warn, "unknown_action_result", {{"id", result.id()}, {"host", host_id}});
-      return;
-    }
-    key = kit->second;
-    KeyState& ks = keys_[key];
-    v1::ActionRecord* r = nullptr;
-    for (auto& h : ks.history) {
-      if (h.action().id() == result.id()) r = &h;
-    }
-    if (r == nullptr || !r->result().id().empty()) return;  // unknown or already answered
-    *r->mutable_result() = result;
-    if (result.outcome() != v1::ACTION_OUTCOME_SUCCEEDED) {
-      r->set_verification(v1::VERIFICATION_NOT_FIXED);
-    } else if (!IsRepair(r->action().kind())) {
-      r->set_verification(v1::VERIFICATION_UNSPECIFIED);
-    }
-    record = *r;
-    if (result.outcome() == v1::ACTION_OUTCOME_SUCCEEDED && !ks.queued.empty()) {
-      next = ks.queued.front();
-      ks.queued.pop_front();
-    } else {
-      ks.queued.clear();
-    }
-    if (record.manual()) manual_results_[result.id()] = result;
-    metrics_->Inc("upkeep_actions_total",
-                  {{"kind", v1::ActionKind_Name(result.kind())},
-                   {"outcome", v1::ActionOutcome_Name(result.outcome())}});
-  }
-  if (absl::Status st = store_->PutAction(record); !st.ok()) {
-    UPKEEP_LOG(error, "store_failed", {{"error", std::string(st.message())}});
-  }
-  const bool ok = result.outcome() == v1::ACTION_OUTCOME_SUCCEEDED;
-  EmitSimple(ok ? "Normal" : "Warning", ok ? "ActionSucceeded" : "ActionFailed", key.stack,
-             key.host, result.target(),
-             absl::StrCat(decision::ActionKindName(result.kind()), " ", result.target(), ": ",
-                          result.message(), result.replayed() ? " (replayed)" : ""),
-             result.id());
-  if (next.has_value()) SendAction(key, *next, false, record.action().reason(), nullptr);
-  Enqueue(key);
-}
-
 void Reconciler::SendDesired(const std::string& host) {
   v1::ControllerMessage msg;
   {
     absl::MutexLock lock(&mu_);
     int64_t revision = 0;
-    for (const auto& name : host_stacks_[host]) {
-      const v1::Stack& s = stacks_[name];
-      v1::Stack* out = msg.mutable_desired()->add_stacks();
-      *out = s;
-      out->clear_status();
-      revision = std::max(revision, s.metadata().revision());
+    msg.mutable_desired();
+    if (auto it = host_stacks_.find(host); it != host_stacks_.end()) {
+      for (const auto& name : it->second) {
+        const v1::Stack& s = stacks_[name];
+        v1::Stack* out = msg.mutable_desired()->add_stacks();
+        *out = s;
+        out->clear_status();
+        revision = std::max(revision, s.metadata().revision());
+      }
     }
     msg.mutable_desired()->set_revision(revision);
   }
@@ -358,10 +330,10 @@ void Reconciler::SendDesired(const std::string& host) {
 
 // ---- the loop -----------------------------------------------------------------------------
 
-v1::StackObservation Reconciler::ObservationLocked(const Key& key) {
+v1::StackObservation Reconciler::ObservationLocked(const WorkKey& key) {
   v1::StackObservation o;
   auto it = keys_.find(key);
-  if (it != keys_.end() && it->second.has_observation) o = it->second.observation;
+  if (it != keys_.end() && it->second.observation != nullptr) o = *it->second.observation;
   o.set_stack(key.stack);
   o.mutable_host()->set_host_id(key.host);
   auto h = hosts_.find(key.host);
@@ -372,18 +344,16 @@ v1::StackObservation Reconciler::ObservationLocked(const Key& key) {
   return o;
 }
 
-bool Reconciler::PausedLocked(const Key& key) const {
+bool Reconciler::PausedLocked(const WorkKey& key) const {
   auto it = stacks_.find(key.stack);
   return paused_hosts_.count(key.host) > 0 ||
          (it != stacks_.end() && it->second.status().paused());
 }
 
-void Reconciler::Reconcile(const Key& key) {
+void Reconciler::Reconcile(const WorkKey& key) {
   v1::Stack stack;
   v1::StackObservation observed;
-  std::vector<v1::ActionRecord> history;
   bool paused = false;
-  bool sequence_running = false;
   {
     absl::MutexLock lock(&mu_);
     auto it = stacks_.find(key.stack);
@@ -393,23 +363,27 @@ void Reconciler::Reconcile(const Key& key) {
     }
     stack = it->second;
     observed = ObservationLocked(key);
-    KeyState& ks = keys_[key];
-    history = ks.history;
     paused = PausedLocked(key);
-    sequence_running = !ks.queued.empty();
   }
+  const History history = dispatcher_.HistoryOf(key);
   const absl::Time now = clock_->Now();
   decision::DiagnoseOptions options;
   options.paused = paused;
-  v1::Diagnosis d = decision::Diagnose(stack, observed, history, now, options);
+  const v1::Diagnosis d = decision::Diagnose(stack, observed, *history, now, options);
   metrics_->Inc("upkeep_reconciles_total");
+  // Verify earlier repairs on evidence gathered after they finished.
+  dispatcher_.Verify(key, stack, observed, d);
 
-  std::vector<v1::ActionRecord> changed_records;
   std::vector<v1::Event> events;
-  std::optional<v1::PlannedAction> to_send;
-  std::vector<v1::PlannedAction> would_do;
-  v1::StackStatus status_to_save;
-  bool save_status = false;
+  std::vector<v1::PlannedAction> allowed, would_do;
+  absl::Time next_due = absl::InfiniteFuture();
+  for (const auto& a : d.actions()) {
+    if (a.policy() == v1::POLICY_VERDICT_ALLOWED) allowed.push_back(a);
+    if (a.policy() == v1::POLICY_VERDICT_DRY_RUN) would_do.push_back(a);
+    if (a.policy() == v1::POLICY_VERDICT_BACKOFF && a.has_not_before()) {
+      next_due = std::min(next_due, FromProto(a.not_before()));
+    }
+  }
   auto event = [&](const std::string& type, const std::string& reason, const std::string& target,
                    const std::string& message) {
     v1::Event e;
@@ -422,46 +396,17 @@ void Reconciler::Reconcile(const Key& key) {
     *e.mutable_at() = ToProto(now);
     events.push_back(std::move(e));
   };
+  absl::Time problem_since;
+  bool save_status = false;
+  v1::StackStatus status_to_save;
   {
     absl::MutexLock lock(&mu_);
-    if (!stacks_.count(key.stack)) return;
+    auto sit = stacks_.find(key.stack);
+    if (sit == stacks_.end()) return;
     KeyState& ks = keys_[key];
-    // Verify earlier repairs on evidence gathered after they finished.
-    const absl::Time observed_at = FromProto(observed.observed_at());
-    for (auto& r : ks.history) {
-      if (r.dry_run() || r.result().id().empty() || !IsRepair(r.action().kind())) continue;
-      if (r.verification() != v1::VERIFICATION_PENDING) continue;
-      if (observed_at < FromProto(r.result().finished_at())) continue;
-      if (TargetFixed(r.action().target(), observed)) {
-        r.set_verification(v1::VERIFICATION_FIXED);
-        changed_records.push_back(r);
-      } else {
-        for (const auto& a : d.actions()) {
-          if (a.action().target() == r.action().target() &&
-              a.policy() != v1::POLICY_VERDICT_PAUSED) {
-            r.set_verification(v1::VERIFICATION_NOT_FIXED);
-            changed_records.push_back(r);
-            break;
-          }
-        }
-      }
-    }
-    // A target that works again ends its escalation: its newest repair counts as the fix, so
-    // backoff and the reload -> restart -> alert ladder start afresh next time.
-    std::set<std::string> marked;
-    for (auto it = ks.history.rbegin(); it != ks.history.rend(); ++it) {
-      auto& r = *it;
-      if (r.dry_run() || r.result().id().empty() || !IsRepair(r.action().kind())) continue;
-      if (!marked.insert(r.action().target()).second) continue;
-      if (r.verification() == v1::VERIFICATION_FIXED) continue;
-      if (observed_at < FromProto(r.result().finished_at())) continue;
-      if (TargetFixed(r.action().target(), observed)) {
-        r.set_verification(v1::VERIFICATION_FIXED);
-        changed_records.push_back(r);
-      }
-    }
     // Detection and healing of the key as a whole.
     const v1::Verdict prev = ks.verdict;
+    const absl::Time observed_at = FromProto(observed.observed_at());
     if (d.verdict() != v1::VERDICT_HEALTHY && d.verdict() != v1::VERDICT_UNKNOWN &&
         ks.problem_since == absl::InfinitePast()) {
       ks.problem_since = observed.has_observed_at() ? std::min(now, observed_at) : now;
@@ -477,6 +422,7 @@ void Reconciler::Reconcile(const Key& key) {
       }
       ks.problem_since = absl::InfinitePast();
     }
+    problem_since = ks.problem_since;
     // Alerts once per (code, target) until they clear.
     std::set<std::string> current;
     for (const auto& f : d.findings()) {
@@ -488,237 +434,60 @@ void Reconciler::Reconcile(const Key& key) {
             absl::StrCat(f.code(), ": ", f.message()));
     }
     ks.active_alerts = std::move(current);
-    // Actions: one at a time per key; the rest of a sequence waits for the result.
-    if (!sequence_running && ks.queued.empty()) {
-      std::vector<v1::PlannedAction> allowed;
-      for (const auto& a : d.actions()) {
-        if (a.policy() == v1::POLICY_VERDICT_ALLOWED) allowed.push_back(a);
-        if (a.policy() == v1::POLICY_VERDICT_DRY_RUN) would_do.push_back(a);
-      }
-      if (!allowed.empty()) {
-        // The fleet-wide token bucket.
-        const double rate = std::max(1, options_.max_actions_per_second);
-        if (tokens_at_ == absl::InfinitePast()) tokens_ = rate;
-        tokens_ = std::min(rate, tokens_ + absl::ToDoubleSeconds(now - tokens_at_) * rate);
-        tokens_at_ = now;
-        if (tokens_ >= 1) {
-          tokens_ -= 1;
-          to_send = allowed.front();
-          ks.queued.assign(allowed.begin() + 1, allowed.end());
-        }
-      }
-      std::string sig;
-      for (const auto& a : would_do) {
-        absl::StrAppend(&sig, a.action().kind(), ":", a.action().target(), ";");
-      }
-      if (sig == ks.last_would_do) would_do.clear();
-      ks.last_would_do = sig;
-    }
     ks.diagnosis = d;
     ks.verdict = d.verdict();
     // Status of the stack across its hosts.
-    const std::string before = [&] {
-      v1::StackStatus s = stacks_[key.stack].status();
-      s.clear_diagnoses();
-      s.clear_last_reconcile();
-      for (auto& c : *s.mutable_conditions()) c.clear_last_transition_time();
-      return s.SerializeAsString();
-    }();
-    UpdateStatusLocked(key.stack);
-    v1::StackStatus after = stacks_[key.stack].status();
-    *after.mutable_last_reconcile() = ToProto(now);
-    *stacks_[key.stack].mutable_status()->mutable_last_reconcile() = ToProto(now);
-    v1::StackStatus cmp = after;
-    cmp.clear_diagnoses();
-    cmp.clear_last_reconcile();
-    for (auto& c : *cmp.mutable_conditions()) c.clear_last_transition_time();
-    if (cmp.SerializeAsString() != before) {
+    v1::Stack& s = sit->second;
+    const v1::StackStatus before = s.status();
+    decision::HostDiagnoses by_host;
+    for (const auto& host : s.spec().hosts()) {
+      auto it = keys_.find(WorkKey{key.stack, host});
+      by_host.emplace_back(host, it == keys_.end() ? nullptr : &it->second.diagnosis);
+    }
+    decision::UpdateConditions(s, by_host, now, s.mutable_status());
+    *s.mutable_status()->mutable_last_reconcile() = ToProto(now);
+    if (decision::StatusChanged(before, s.status())) {
       save_status = true;
-      status_to_save = after;
+      status_to_save = s.status();
     }
   }
-  for (const auto& r : changed_records) store_->PutAction(r).IgnoreError();
-  if (save_status) store_->SaveStatus(key.stack, status_to_save).IgnoreError();
-  for (auto& e : events) Emit(std::move(e));
-  for (const auto& a : would_do) {
-    v1::ActionRecord rec;
-    *rec.mutable_action() = a.action();
-    rec.mutable_action()->set_id(NewActionId(now));
-    *rec.mutable_requested_at() = ToProto(now);
-    rec.set_dry_run(true);
-    {
-      absl::MutexLock lock(&mu_);
-      KeyState& ks = keys_[key];
-      ks.history.push_back(rec);
-      if (ks.history.size() > kHistoryKeep) ks.history.erase(ks.history.begin());
+  if (save_status) {
+    if (absl::Status st = store_->SaveStatus(key.stack, status_to_save); !st.ok()) {
+      UPKEEP_LOG(error, "store_failed", {{"what", "status"}, {"error", std::string(st.message())}});
     }
-    store_->PutAction(rec).IgnoreError();
-    EmitSimple("Normal", "WouldDo", key.stack, key.host, a.action().target(),
-               absl::StrCat("dry-run: would ", decision::ActionKindName(a.action().kind()), " ",
-                            a.action().target(), " (", a.action().reason(), ")"),
-               rec.action().id());
   }
-  if (to_send.has_value()) SendAction(key, *to_send, false, PathText(d), nullptr);
-}
+  for (auto& e : events) events_.Publish(std::move(e));
+  if (!dispatcher_.SequenceRunning(key)) dispatcher_.RecordWouldDo(key, would_do);
 
-bool Reconciler::SendAction(const Key& key, v1::PlannedAction planned, bool manual,
-                            const std::string& why, v1::ActionRecord* record_out) {
-  const absl::Time now = clock_->Now();
-  v1::ActionRecord record;
-  *record.mutable_action() = planned.action();
-  record.mutable_action()->set_id(NewActionId(now));
-  record.mutable_action()->set_stack(key.stack);
-  record.mutable_action()->set_host(key.host);
-  *record.mutable_action()->mutable_deadline() = ToProto(now + options_.action_deadline);
-  *record.mutable_requested_at() = ToProto(now);
-  record.set_verification(IsRepair(planned.action().kind()) ? v1::VERIFICATION_PENDING
-                                                            : v1::VERIFICATION_UNSPECIFIED);
-  record.set_manual(manual);
-  record.set_why(why);
-  absl::Time problem_since = absl::InfinitePast();
-  {
-    absl::MutexLock lock(&mu_);
-    KeyState& ks = keys_[key];
-    ks.history.push_back(record);
-    if (ks.history.size() > kHistoryKeep) ks.history.erase(ks.history.begin());
-    action_keys_[record.action().id()] = key;
-    problem_since = ks.problem_since;
-  }
-  // Write-ahead: the record is durable before the agent can act on it.
-  if (absl::Status st = store_->PutAction(record); !st.ok()) {
-    UPKEEP_LOG(error, "store_failed", {{"error", std::string(st.message())}});
-  }
-  if (record_out != nullptr) *record_out = record;
-  if (problem_since != absl::InfinitePast()) {
-    metrics_->Observe("upkeep_detect_to_action_seconds",
-                      absl::ToDoubleSeconds(now - problem_since));
-  }
-  UPKEEP_LOG(info, "action_sent",
-             {{"id", record.action().id()}, {"stack", key.stack}, {"host", key.host},
-              {"kind", v1::ActionKind_Name(record.action().kind())},
-              {"target", record.action().target()}, {"why", why}});
-  EmitSimple("Normal", "ActionSent", key.stack, key.host, record.action().target(),
-             absl::StrCat(decision::ActionKindName(record.action().kind()), " ",
-                          record.action().target(), manual ? " (by hand)" : "", ": ",
-                          record.action().reason()),
-             record.action().id());
-  v1::ControllerMessage msg;
-  *msg.mutable_action() = record.action();
-  if (hub_ == nullptr || !hub_->Send(key.host, std::move(msg))) {
-    UPKEEP_LOG(warn, "action_not_delivered",
-               {{"id", record.action().id()}, {"host", key.host},
-                {"note", "kept pending; re-sent when the agent reconnects"}});
-    return false;
-  }
-  return true;
-}
-
-void Reconciler::UpdateStatusLocked(const std::string& stack) {
-  v1::Stack& s = stacks_[stack];
-  v1::StackStatus* status = s.mutable_status();
-  status->clear_diagnoses();
-  bool all_healthy = true, any_degraded = false, any_progress = false, any_unknown = false;
-  std::string degraded_msg, progress_msg, unknown_msg;
-  for (const auto& host : s.spec().hosts()) {
-    auto it = keys_.find(Key{stack, host});
-    if (it == keys_.end() || it->second.verdict == v1::VERDICT_UNSPECIFIED) {
-      all_healthy = false;
-      any_unknown = true;
-      unknown_msg = absl::StrCat("no diagnosis yet for host ", host);
-      continue;
-    }
-    *status->add_diagnoses() = it->second.diagnosis;
-    switch (it->second.verdict) {
-      case v1::VERDICT_HEALTHY: break;
-      case v1::VERDICT_DEGRADED:
-        all_healthy = false;
-        any_degraded = true;
-        degraded_msg = it->second.diagnosis.summary();
+  // Act, and decide when to look at this key again.
+  if (!allowed.empty()) {
+    const auto r = dispatcher_.Dispatch(key, allowed, PathText(d), problem_since);
+    switch (r.outcome) {
+      case ActionDispatcher::Outcome::kRateLimited:
+        next_due = std::min(next_due, now + r.retry_after);
         break;
-      case v1::VERDICT_UNKNOWN:
-        all_healthy = false;
-        any_unknown = true;
-        unknown_msg = it->second.diagnosis.summary();
+      case ActionDispatcher::Outcome::kStoreFailed:
+        queue_.AddRateLimited(key);  // retried with backoff while the store is down
+        break;
+      case ActionDispatcher::Outcome::kSent:
+      case ActionDispatcher::Outcome::kPending:
+        queue_.Forget(key);
         break;
       default:
-        all_healthy = false;
-        any_progress = true;
-        progress_msg = it->second.diagnosis.summary();
+        break;
     }
   }
-  const absl::Time now = clock_->Now();
-  auto set = [&](const std::string& type, const std::string& value, const std::string& reason,
-                 const std::string& message) {
-    v1::Condition* c = nullptr;
-    for (auto& existing : *status->mutable_conditions()) {
-      if (existing.type() == type) c = &existing;
-    }
-    if (c == nullptr) {
-      c = status->add_conditions();
-      c->set_type(type);
-    }
-    if (c->status() != value) *c->mutable_last_transition_time() = ToProto(now);
-    c->set_status(value);
-    c->set_reason(reason);
-    c->set_message(message);
-  };
-  if (all_healthy) {
-    set("Ready", "True", "AllHealthy", "every service healthy and every route answers");
-  } else if (any_unknown && !any_degraded && !any_progress) {
-    set("Ready", "Unknown", "NoObservation", unknown_msg);
-  } else {
-    set("Ready", "False", any_degraded ? "NeedsAttention" : "Repairing",
-        any_degraded ? degraded_msg : progress_msg);
+  bool verifying = false;
+  for (const auto& r : *history) {
+    verifying |= r.verification() == v1::VERIFICATION_PENDING && !r.dry_run();
   }
-  set("Degraded", any_degraded ? "True" : "False", any_degraded ? "Alert" : "NoAlert",
-      degraded_msg);
-  set("Progressing", any_progress ? "True" : "False", any_progress ? "Repairing" : "Idle",
-      progress_msg);
-  status->set_observed_generation(s.metadata().generation());
-}
-
-// ---- events -------------------------------------------------------------------------------
-
-void Reconciler::Emit(v1::Event event) {
-  if (!event.has_at()) *event.mutable_at() = ToProto(clock_->Now());
-  if (absl::Status st = store_->AppendEvent(&event); !st.ok()) {
-    UPKEEP_LOG(error, "store_failed", {{"error", std::string(st.message())}});
-  }
-  UPKEEP_LOG(info, "event", {{"type", event.type()}, {"reason", event.reason()},
-                             {"stack", event.stack()}, {"host", event.host()},
-                             {"message", event.message()}});
-  std::vector<EventWatcher> watchers;
-  {
-    absl::MutexLock lock(&mu_);
-    for (const auto& [id, w] : watchers_) watchers.push_back(w);
-  }
-  for (const auto& w : watchers) w(event);
-}
-
-void Reconciler::EmitSimple(const std::string& type, const std::string& reason,
-                            const std::string& stack, const std::string& host,
-                            const std::string& target, const std::string& message,
-                            const std::string& action_id) {
-  v1::Event e;
-  e.set_type(type);
-  e.set_reason(reason);
-  e.set_stack(stack);
-  e.set_host(host);
-  e.set_target(target);
-  e.set_message(message);
-  e.set_action_id(action_id);
-  Emit(std::move(e));
-}
-
-int Reconciler::AddWatcher(EventWatcher watcher) {
-  absl::MutexLock lock(&mu_);
-  watchers_[++next_watcher_] = std::move(watcher);
-  return next_watcher_;
-}
-
-void Reconciler::RemoveWatcher(int id) {
-  absl::MutexLock lock(&mu_);
-  watchers_.erase(id);
+  const bool waits_on_time = d.verdict() == v1::VERDICT_WAITING ||
+                             (d.verdict() == v1::VERDICT_REPAIRING && !allowed.empty()) ||
+                             (d.verdict() == v1::VERDICT_REPAIRING &&
+                              next_due == absl::InfiniteFuture()) ||
+                             verifying;
+  if (waits_on_time) next_due = std::min(next_due, now + options_.resync);
+  if (next_due != absl::InfiniteFuture()) queue_.AddAfter(key, next_due - now);
 }
 
 // ---- FleetService -------------------------------------------------------------------------
@@ -761,9 +530,9 @@ absl::StatusOr<v1::ApplyResponse> Reconciler::Apply(const std::vector<v1::Stack>
   }
   for (const auto& a : *applied) {
     if (a.change() == "unchanged") continue;
-    EmitSimple("Normal", "Applied", a.name(), "", "",
-               absl::StrCat("stack ", a.name(), " ", a.change(), " (generation ", a.generation(),
-                            ", revision ", a.revision(), ")"));
+    events_.Publish("Normal", "Applied", a.name(), "", "",
+                    absl::StrCat("stack ", a.name(), " ", a.change(), " (generation ",
+                                 a.generation(), ", revision ", a.revision(), ")"));
   }
   for (const auto& h : hosts) SendDesired(h);
   return resp;
@@ -783,8 +552,13 @@ absl::Status Reconciler::Delete(const std::string& name) {
     for (auto k = keys_.begin(); k != keys_.end();) {
       k = k->first.stack == name ? keys_.erase(k) : std::next(k);
     }
+    for (const auto& h : hosts) {
+      auto hs = hosts_.find(h);
+      if (hs != hosts_.end() && !hs->second.connected && !host_stacks_.count(h)) hosts_.erase(hs);
+    }
   }
-  EmitSimple("Normal", "Deleted", name, "", "", absl::StrCat("stack ", name, " deleted"));
+  dispatcher_.Forget(name);
+  events_.Publish("Normal", "Deleted", name, "", "", absl::StrCat("stack ", name, " deleted"));
   for (const auto& h : hosts) SendDesired(h);
   return absl::OkStatus();
 }
@@ -792,6 +566,7 @@ absl::Status Reconciler::Delete(const std::string& name) {
 std::vector<v1::Stack> Reconciler::Stacks() {
   absl::MutexLock lock(&mu_);
   std::vector<v1::Stack> out;
+  out.reserve(stacks_.size());
   for (const auto& [name, s] : stacks_) out.push_back(s);
   return out;
 }
@@ -830,26 +605,22 @@ std::vector<v1::Host> Reconciler::Hosts() {
 
 absl::StatusOr<std::vector<v1::Diagnosis>> Reconciler::Plan(const std::string& stack,
                                                             const std::string& host) {
-  std::vector<std::tuple<v1::Stack, v1::StackObservation, std::vector<v1::ActionRecord>, bool>>
-      inputs;
+  std::vector<std::tuple<v1::Stack, v1::StackObservation, WorkKey, bool>> inputs;
   {
     absl::MutexLock lock(&mu_);
     auto it = stacks_.find(stack);
     if (it == stacks_.end()) return absl::NotFoundError(absl::StrCat("no stack named ", stack));
     for (const auto& h : it->second.spec().hosts()) {
       if (!host.empty() && h != host) continue;
-      Key key{stack, h};
-      auto ks = keys_.find(key);
-      inputs.emplace_back(it->second, ObservationLocked(key),
-                          ks == keys_.end() ? std::vector<v1::ActionRecord>() : ks->second.history,
-                          PausedLocked(key));
+      WorkKey key{stack, h};
+      inputs.emplace_back(it->second, ObservationLocked(key), key, PausedLocked(key));
     }
   }
   std::vector<v1::Diagnosis> out;
-  for (const auto& [s, o, history, paused] : inputs) {
+  for (const auto& [s, o, key, paused] : inputs) {
     decision::DiagnoseOptions options;
     options.paused = paused;
-    out.push_back(decision::Diagnose(s, o, history, clock_->Now(), options));
+    out.push_back(decision::Diagnose(s, o, *dispatcher_.HistoryOf(key), clock_->Now(), options));
   }
   return out;
 }
@@ -863,7 +634,7 @@ absl::Status Reconciler::SetPaused(const std::string& stack, const std::string& 
   } else {
     return absl::InvalidArgumentError("name a stack or a host");
   }
-  std::vector<v1::ActionRecord> resets;
+  std::vector<std::pair<WorkKey, std::vector<std::string>>> resets;
   {
     absl::MutexLock lock(&mu_);
     if (!stack.empty()) {
@@ -876,42 +647,37 @@ absl::Status Reconciler::SetPaused(const std::string& stack, const std::string& 
     }
     // Resuming also resumes crash-looping targets: their restart budget starts afresh.
     if (!paused) {
-      const absl::Time now = clock_->Now();
-      for (auto& [key, ks] : keys_) {
+      for (const auto& [key, ks] : keys_) {
         if ((!stack.empty() && key.stack != stack) || (!host.empty() && key.host != host)) {
           continue;
         }
+        std::vector<std::string> targets;
         for (const auto& alert : ks.active_alerts) {
-          if (alert.rfind("CrashLooping/", 0) != 0) continue;
-          v1::ActionRecord r;
-          r.mutable_action()->set_id(NewActionId(now));
-          r.mutable_action()->set_kind(v1::ACTION_KIND_RESET_BUDGET);
-          r.mutable_action()->set_target(alert.substr(13));
-          r.mutable_action()->set_stack(key.stack);
-          r.mutable_action()->set_host(key.host);
-          r.mutable_action()->set_reason("resumed by a person");
-          *r.mutable_requested_at() = ToProto(now);
-          r.set_manual(true);
-          ks.history.push_back(r);
-          resets.push_back(r);
+          if (alert.rfind("CrashLooping/", 0) == 0) targets.push_back(alert.substr(13));
         }
+        if (!targets.empty()) resets.emplace_back(key, std::move(targets));
       }
     }
+  }
+  for (const auto& [key, targets] : resets) {
+    dispatcher_.ResetBudgets(key, targets, "resumed by a person");
+  }
+  {
+    absl::MutexLock lock(&mu_);
     if (!stack.empty()) EnqueueStackLocked(stack);
     if (!host.empty()) EnqueueHostLocked(host);
   }
-  for (const auto& r : resets) store_->PutAction(r).IgnoreError();
-  EmitSimple("Normal", paused ? "Paused" : "Resumed", stack, host, "",
-             absl::StrCat(stack.empty() ? "host " + host : "stack " + stack,
-                          paused ? " paused: upkeep plans but does not act"
-                                 : " resumed: upkeep acts again"));
+  events_.Publish("Normal", paused ? "Paused" : "Resumed", stack, host, "",
+                  absl::StrCat(stack.empty() ? "host " + host : "stack " + stack,
+                               paused ? " paused: upkeep plans but does not act"
+                                      : " resumed: upkeep acts again"));
   return absl::OkStatus();
 }
 
 absl::StatusOr<v1::ActionRecord> Reconciler::RunAction(const v1::RunActionRequest& request,
                                                        absl::Duration wait) {
-  Key key;
-  v1::PlannedAction planned;
+  WorkKey key;
+  v1::Action action;
   {
     absl::MutexLock lock(&mu_);
     auto it = stacks_.find(request.stack());
@@ -930,7 +696,7 @@ absl::StatusOr<v1::ActionRecord> Reconciler::RunAction(const v1::RunActionReques
       return absl::InvalidArgumentError(absl::StrCat("stack ", s.metadata().name(),
                                                      " does not run on host ", host));
     }
-    bool known = request.target() == "nginx" && s.spec().has_proxy();
+    bool known = request.target() == decision::kProxyTarget && s.spec().has_proxy();
     for (const auto& svc : s.spec().services()) known |= svc.name() == request.target();
     if (!known) {
       return absl::InvalidArgumentError(absl::StrCat("stack ", s.metadata().name(),
@@ -941,30 +707,15 @@ absl::StatusOr<v1::ActionRecord> Reconciler::RunAction(const v1::RunActionReques
         request.kind() == v1::ACTION_KIND_RESET_BUDGET) {
       return absl::InvalidArgumentError("unknown action kind");
     }
-    key = Key{s.metadata().name(), host};
-    planned.mutable_action()->set_kind(request.kind());
-    planned.mutable_action()->set_target(request.target());
-    *planned.mutable_action()->mutable_params() = request.params();
-    planned.mutable_action()->set_reason("run by hand (upkeepctl run)");
-    planned.set_policy(v1::POLICY_VERDICT_ALLOWED);
+    key = WorkKey{s.metadata().name(), host};
+    action.set_kind(request.kind());
+    action.set_target(request.target());
+    *action.mutable_params() = request.params();
+    action.set_reason("run by hand (upkeepctl run)");
   }
-  v1::ActionRecord record;
-  SendAction(key, planned, true, "manual", &record);
-  absl::MutexLock lock(&mu_);
-  const std::string id = record.action().id();
-  struct Arg {
-    std::map<std::string, v1::ActionResult>* results;
-    const std::string* id;
-  } arg{&manual_results_, &id};
-  mu_.AwaitWithTimeout(absl::Condition(+[](Arg* a) { return a->results->count(*a->id) > 0; },
-                                       &arg),
-                       wait);
-  auto it = manual_results_.find(id);
-  if (it != manual_results_.end()) {
-    *record.mutable_result() = it->second;
-    manual_results_.erase(it);
-  }
-  return record;
+  auto sent = dispatcher_.SendManual(key, action);
+  if (!sent.ok()) return sent.status();
+  return dispatcher_.AwaitManual(*sent, wait);
 }
 
 }  // namespace upkeep::controller

@@ -1,19 +1,19 @@
-// Reconciler: the closed loop. Level-triggered per (stack, host) key: on every observation
-// that changes something, on apply/delete, on action results, on pause/resume and on a
-// periodic resync, it runs Diagnose (core/decision), passes the planned actions through policy,
-// writes each action to the store BEFORE sending it (write-ahead), sends it through the
-// AgentHub, and afterwards verifies its effect on fresh observations (FIXED / NOT_FIXED), with
-// events and stack conditions along the way.
+// Reconciler: the closed loop, kept thin. Level-triggered per (stack, host) key: on every
+// observation that changes something, on apply/delete, on action results, on pause/resume, and
+// on a slow full resync, a worker runs Diagnose (core/decision), verifies earlier repairs
+// (core/decision/verify.h), updates the stack's conditions (core/decision/conditions.h) and
+// hands the allowed actions to the ActionDispatcher (controller/dispatch), which records them
+// (write-ahead) and sends them. Keys that wait on time (starting, backoff, verification) are
+// re-added for exactly when they are due.
 //
-// Threads: the AgentListener callbacks (gRPC reactor threads) and the FleetService calls only
-// update memory and enqueue keys; a small fixed pool of workers reconciles keys. The work queue
-// holds a key once however often it is enqueued and never hands one key to two workers at
-// once. No lock is held while talking to the store or the network. Thread-safe.
+// Threads: AgentListener callbacks run on gRPC reactor threads and only append to the host's
+// inbox and add the host's key to the WorkQueue (controller/queue). Store writes, events and
+// dispatch run on the reconciler's workers. FleetService calls read memory and write the store.
+// A key is never reconciled on two workers at once. No lock is held across the store or the
+// network. Thread-safe.
 #ifndef UPKEEP_CONTROLLER_RECONCILE_RECONCILER_H_
 #define UPKEEP_CONTROLLER_RECONCILE_RECONCILER_H_
 
-#include <deque>
-#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -25,7 +25,11 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "controller/api/agent_hub.h"
+#include "controller/dispatch/action_dispatcher.h"
+#include "controller/events/event_bus.h"
 #include "controller/metrics/metrics.h"
+#include "controller/queue/work_queue.h"
+#include "controller/reconcile/inbox.h"
 #include "controller/store/store.h"
 #include "core/clock.h"
 #include "upkeep/v1/fleet_service.pb.h"
@@ -34,10 +38,14 @@ namespace upkeep::controller {
 
 struct ReconcilerOptions {
   int workers = 2;
+  // Keys that wait on something without a known time are looked at again after this.
   absl::Duration resync = absl::Seconds(1);
-  // Fleet-wide limit on actions sent per second (all stacks and hosts).
-  int max_actions_per_second = 50;
-  absl::Duration action_deadline = absl::Seconds(60);
+  // Every key is reconciled at least this often (the level-triggered safety net).
+  absl::Duration full_resync = absl::Seconds(30);
+  // How often store retention and in-memory pruning run.
+  absl::Duration maintenance = absl::Minutes(1);
+  Retention retention;
+  DispatcherOptions dispatch;
 };
 
 class Reconciler : public AgentListener {
@@ -54,7 +62,7 @@ class Reconciler : public AgentListener {
   void Start();
   void Stop();
 
-  // AgentListener
+  // AgentListener: enqueue only.
   void OnConnected(const std::string& host_id, const upkeep::v1::Hello& hello) override;
   void OnObservation(const std::string& host_id, upkeep::v1::ObservationReport report) override;
   void OnActionResult(const std::string& host_id, upkeep::v1::ActionResult result) override;
@@ -73,29 +81,23 @@ class Reconciler : public AgentListener {
   absl::StatusOr<upkeep::v1::ActionRecord> RunAction(const upkeep::v1::RunActionRequest& request,
                                                      absl::Duration wait);
 
-  // Events: stored, then delivered to watchers. A watcher is called on the reconciler's
-  // threads and must not block.
-  using EventWatcher = std::function<void(const upkeep::v1::Event&)>;
-  int AddWatcher(EventWatcher watcher);
-  void RemoveWatcher(int id);
+  // Events: stored, then delivered to subscribers (see EventBus).
+  EventBus* events() { return &events_; }
+  ActionDispatcher* dispatcher() { return &dispatcher_; }
+  // Runs retention and pruning now (also run every `maintenance`).
+  void Maintain();
+  // Sizes of the in-memory state, for tests and the churn bench.
+  struct Sizes {
+    size_t stacks = 0, hosts = 0, keys = 0, indexed_actions = 0, manual_waiters = 0;
+  };
+  Sizes MemorySizes();
 
  private:
-  struct Key {
-    std::string stack;
-    std::string host;
-    bool operator<(const Key& o) const {
-      return std::tie(stack, host) < std::tie(o.stack, o.host);
-    }
-  };
   struct KeyState {
-    upkeep::v1::StackObservation observation;
-    bool has_observation = false;
+    std::shared_ptr<const upkeep::v1::StackObservation> observation;
     std::string last_semantic;
-    std::vector<upkeep::v1::ActionRecord> history;  // oldest first, bounded
-    std::deque<upkeep::v1::PlannedAction> queued;   // rest of a sequence being sent
     upkeep::v1::Diagnosis diagnosis;
     std::set<std::string> active_alerts;  // "code/target"
-    std::string last_would_do;
     absl::Time problem_since = absl::InfinitePast();
     upkeep::v1::Verdict verdict = upkeep::v1::VERDICT_UNSPECIFIED;
   };
@@ -106,59 +108,46 @@ class Reconciler : public AgentListener {
     std::vector<std::string> capabilities;
   };
 
-  explicit Reconciler(Store* store, Clock* clock, Metrics* metrics, ReconcilerOptions options)
-      : store_(store), clock_(clock), metrics_(metrics), options_(options) {}
+  Reconciler(Store* store, Clock* clock, Metrics* metrics, ReconcilerOptions options);
   absl::Status Load();
-  void Enqueue(const Key& key);
   void EnqueueStackLocked(const std::string& stack) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EnqueueHostLocked(const std::string& host) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Worker();
-  void ResyncLoop();
-  void Reconcile(const Key& key);
+  void TimerLoop();
+  void DrainInbox(const std::string& host);
+  void Connected(const std::string& host, const upkeep::v1::Hello& hello);
+  void Observed(const std::string& host, upkeep::v1::ObservationReport report);
+  void Disconnected(const std::string& host);
+  void Reconcile(const WorkKey& key);
   void SendDesired(const std::string& host);
   std::vector<std::string> StacksOf(const std::string& host);
-  // Records (write-ahead) and sends `planned`; false when the hub could not take it.
-  bool SendAction(const Key& key, upkeep::v1::PlannedAction planned, bool manual,
-                  const std::string& why, upkeep::v1::ActionRecord* record_out);
-  void Emit(upkeep::v1::Event event);
-  void EmitSimple(const std::string& type, const std::string& reason, const std::string& stack,
-                  const std::string& host, const std::string& target, const std::string& message,
-                  const std::string& action_id = "");
-  void UpdateStatusLocked(const std::string& stack) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  bool PausedLocked(const Key& key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  upkeep::v1::StackObservation ObservationLocked(const Key& key)
+  void IndexLocked(const std::string& stack, const upkeep::v1::Stack* old,
+                   const upkeep::v1::Stack* now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool PausedLocked(const WorkKey& key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  upkeep::v1::StackObservation ObservationLocked(const WorkKey& key)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void CountConnectedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Store* const store_;
   Clock* const clock_;
   Metrics* const metrics_;
   const ReconcilerOptions options_;
   AgentHub* hub_ = nullptr;
+  EventBus events_;
+  ActionDispatcher dispatcher_;
+  WorkQueue queue_;
+  Inboxes inboxes_;
 
   mutable absl::Mutex mu_;
   std::map<std::string, upkeep::v1::Stack> stacks_ ABSL_GUARDED_BY(mu_);
   // host -> the stacks naming it (so per-host work is not a scan of the fleet).
   std::map<std::string, std::set<std::string>> host_stacks_ ABSL_GUARDED_BY(mu_);
-  void IndexLocked(const std::string& stack, const upkeep::v1::Stack* old,
-                   const upkeep::v1::Stack* now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Hosts a stack names, and hosts connected now; nothing else (any hello must not grow it).
   std::map<std::string, HostState> hosts_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> paused_hosts_ ABSL_GUARDED_BY(mu_);
-  std::map<Key, KeyState> keys_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, Key> action_keys_ ABSL_GUARDED_BY(mu_);  // action id -> key
-  std::map<int, EventWatcher> watchers_ ABSL_GUARDED_BY(mu_);
-  int next_watcher_ ABSL_GUARDED_BY(mu_) = 0;
-  // Work queue.
-  std::deque<Key> queue_ ABSL_GUARDED_BY(mu_);
-  std::set<Key> queued_ ABSL_GUARDED_BY(mu_);
-  std::set<Key> processing_ ABSL_GUARDED_BY(mu_);
-  std::set<Key> requeue_ ABSL_GUARDED_BY(mu_);
-  // Fleet-wide token bucket.
-  double tokens_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::Time tokens_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  std::map<WorkKey, KeyState> keys_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
-  // Manual actions waiting for their result.
-  std::map<std::string, upkeep::v1::ActionResult> manual_results_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace upkeep::controller

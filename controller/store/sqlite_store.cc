@@ -1,8 +1,8 @@
-// SqliteStore. Layout of DATA/upkeep.db (PRAGMA user_version = 1):
+// SqliteStore. Layout of DATA/upkeep.db (PRAGMA user_version = 2; version 1 is migrated):
 //   meta(key, value)            "revision": the last store revision
 //   stacks(name, spec, generation, revision, paused, status)   spec/status: serialized protos
 //   hosts(host_id, paused)
-//   events(seq, stack, data)    data: serialized Event
+//   events(seq, stack, data, at_ms)   data: serialized Event; at_ms: its time (retention)
 //   actions(id, stack, host, requested_at_ms, record)          record: serialized ActionRecord
 // WAL with synchronous=NORMAL: every committed write survives a crash or kill of the
 // controller (the WAL is in the OS's hands once the commit returns); only a power cut can lose
@@ -63,7 +63,7 @@ class SqliteStore : public Store {
 
   absl::Status Init() {
     absl::MutexLock lock(&mu_);
-    return Exec(
+    absl::Status st = Exec(
         "PRAGMA journal_mode=WAL;"
         "PRAGMA synchronous=NORMAL;"
         "PRAGMA busy_timeout=5000;"
@@ -78,8 +78,29 @@ class SqliteStore : public Store {
         "CREATE TABLE IF NOT EXISTS actions(id TEXT PRIMARY KEY, stack TEXT, host TEXT,"
         "  requested_at_ms INTEGER, record BLOB NOT NULL);"
         "CREATE INDEX IF NOT EXISTS actions_stack ON actions(stack, host, requested_at_ms);"
-        "INSERT OR IGNORE INTO meta(key, value) VALUES('revision', 0);"
-        "PRAGMA user_version=1;");
+        "INSERT OR IGNORE INTO meta(key, value) VALUES('revision', 0);");
+    if (!st.ok()) return st;
+    int version = 0;
+    {
+      Stmt s(db_, "PRAGMA user_version");
+      if (s.Step() == SQLITE_ROW) version = static_cast<int>(s.ColInt(0));
+    }
+    if (version < 2) {
+      // Version 2: events carry their time in a column, so retention by age is an index scan.
+      bool has_at = false;
+      {
+        Stmt s(db_, "SELECT 1 FROM pragma_table_info('events') WHERE name='at_ms'");
+        has_at = s.Step() == SQLITE_ROW;
+      }
+      if (!has_at) {
+        if (absl::Status a = Exec("ALTER TABLE events ADD COLUMN at_ms INTEGER"); !a.ok()) {
+          return a;
+        }
+      }
+    }
+    return Exec("CREATE INDEX IF NOT EXISTS events_at ON events(at_ms);"
+                "CREATE INDEX IF NOT EXISTS actions_at ON actions(requested_at_ms);"
+                "PRAGMA user_version=2;");
   }
 
   absl::StatusOr<std::vector<v1::AppliedStack>> ApplyStacks(
@@ -206,8 +227,9 @@ class SqliteStore : public Store {
 
   absl::Status AppendEvent(v1::Event* event) override {
     absl::MutexLock lock(&mu_);
-    Stmt s(db_, "INSERT INTO events(stack, data) VALUES(?, ?)");
-    s.Text(1, event->stack()).Bind(2, event->SerializeAsString());
+    Stmt s(db_, "INSERT INTO events(stack, data, at_ms) VALUES(?, ?, ?)");
+    s.Text(1, event->stack()).Bind(2, event->SerializeAsString())
+        .Int(3, absl::ToUnixMillis(FromProto(event->at())));
     if (s.Step() != SQLITE_DONE) return Error("event");
     event->set_seq(sqlite3_last_insert_rowid(db_));
     return absl::OkStatus();
@@ -233,6 +255,70 @@ class SqliteStore : public Store {
       out.push_back(std::move(e));
     }
     return out;
+  }
+
+  absl::StatusOr<std::vector<v1::Event>> TailEvents(const std::string& stack,
+                                                    int limit) override {
+    absl::MutexLock lock(&mu_);
+    std::vector<v1::Event> out;
+    Stmt s(db_, stack.empty()
+                    ? "SELECT seq, data FROM events ORDER BY seq DESC LIMIT ?1"
+                    : "SELECT seq, data FROM events WHERE stack=?2 ORDER BY seq DESC LIMIT ?1");
+    s.Int(1, limit);
+    if (!stack.empty()) s.Text(2, stack);
+    while (s.Step() == SQLITE_ROW) {
+      v1::Event e;
+      e.ParseFromString(s.ColBlob(1));
+      e.set_seq(s.ColInt(0));
+      out.push_back(std::move(e));
+    }
+    std::reverse(out.begin(), out.end());
+    return out;
+  }
+
+  absl::StatusOr<v1::ActionRecord> GetAction(const std::string& id) override {
+    absl::MutexLock lock(&mu_);
+    Stmt s(db_, "SELECT record FROM actions WHERE id=?");
+    s.Text(1, id);
+    if (s.Step() != SQLITE_ROW) return absl::NotFoundError(absl::StrCat("no action ", id));
+    v1::ActionRecord r;
+    if (!r.ParseFromString(s.ColBlob(0))) {
+      return absl::DataLossError(absl::StrCat("action ", id, ": unreadable record"));
+    }
+    return r;
+  }
+
+  absl::StatusOr<PruneStats> Prune(const Retention& retention, absl::Time now) override {
+    absl::MutexLock lock(&mu_);
+    PruneStats stats;
+    // Events: by count (seqs only grow), then by age.
+    {
+      Stmt s(db_, "DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?");
+      s.Int(1, retention.events_max_count);
+      if (s.Step() != SQLITE_DONE) return Error("prune events");
+      stats.events += sqlite3_changes(db_);
+    }
+    {
+      Stmt s(db_, "DELETE FROM events WHERE at_ms IS NOT NULL AND at_ms < ?");
+      s.Int(1, absl::ToUnixMillis(now - retention.events_max_age));
+      if (s.Step() != SQLITE_DONE) return Error("prune events by age");
+      stats.events += sqlite3_changes(db_);
+    }
+    {
+      Stmt s(db_, "DELETE FROM actions WHERE requested_at_ms < ?");
+      s.Int(1, absl::ToUnixMillis(now - retention.actions_max_age));
+      if (s.Step() != SQLITE_DONE) return Error("prune actions by age");
+      stats.actions += sqlite3_changes(db_);
+    }
+    {
+      Stmt s(db_,
+             "DELETE FROM actions WHERE rowid IN (SELECT rowid FROM actions ORDER BY "
+             "requested_at_ms DESC, rowid DESC LIMIT -1 OFFSET ?)");
+      s.Int(1, retention.actions_max_count);
+      if (s.Step() != SQLITE_DONE) return Error("prune actions by count");
+      stats.actions += sqlite3_changes(db_);
+    }
+    return stats;
   }
 
   absl::Status PutAction(const v1::ActionRecord& record) override {

@@ -12,12 +12,27 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "upkeep/v1/action.pb.h"
 #include "upkeep/v1/event.pb.h"
 #include "upkeep/v1/fleet_service.pb.h"
 #include "upkeep/v1/stack.pb.h"
 
 namespace upkeep::controller {
+
+// How long and how many events and action records the store keeps. Whichever limit is hit
+// first prunes the oldest. Unanswered actions younger than the age limit are never pruned.
+struct Retention {
+  absl::Duration events_max_age = absl::Hours(24 * 7);
+  int64_t events_max_count = 100000;
+  absl::Duration actions_max_age = absl::Hours(24 * 30);
+  int64_t actions_max_count = 100000;
+};
+
+struct PruneStats {
+  int64_t events = 0;
+  int64_t actions = 0;
+};
 
 class Store {
  public:
@@ -40,13 +55,21 @@ class Store {
   virtual absl::StatusOr<std::vector<upkeep::v1::Event>> ListEvents(const std::string& stack,
                                                                     int64_t after_seq,
                                                                     int limit) = 0;
+  // The newest `limit` events (of `stack` and fleet-wide ones when not empty), oldest first.
+  virtual absl::StatusOr<std::vector<upkeep::v1::Event>> TailEvents(const std::string& stack,
+                                                                    int limit) = 0;
 
+  // NotFound when no record has this id.
+  virtual absl::StatusOr<upkeep::v1::ActionRecord> GetAction(const std::string& id) = 0;
   // Inserts or replaces the record with its action id.
   virtual absl::Status PutAction(const upkeep::v1::ActionRecord& record) = 0;
   // The newest `limit` records (of `stack`, or all when empty; of `host` when not empty),
   // oldest first.
   virtual absl::StatusOr<std::vector<upkeep::v1::ActionRecord>> ListActions(
       const std::string& stack, const std::string& host, int limit) = 0;
+
+  // Deletes events and action records beyond `retention` (as of `now`).
+  virtual absl::StatusOr<PruneStats> Prune(const Retention& retention, absl::Time now) = 0;
 };
 
 // Opens (creating if needed) DIR/upkeep.db.

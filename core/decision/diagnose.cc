@@ -1,6 +1,7 @@
 // The seed runbook (shared/seed/000_f1b034315ce1ee42.txt, "Decision Tree") as a function.
 // Each step below quotes the runbook line it implements and records its evidence in the path.
 #include "core/decision/diagnose.h"
+#include "core/decision/verify.h"
 
 #include <algorithm>
 #include <functional>
@@ -20,9 +21,7 @@ namespace {
 
 namespace v1 = upkeep::v1;
 
-constexpr char kProxyTarget[] = "nginx";
 // An action whose result has not come back is waited for this long before it is ignored.
-constexpr absl::Duration kInFlightTimeout = absl::Minutes(2);
 // Consecutive proxy repairs count as one escalation while they are this close together.
 constexpr absl::Duration kEscalationWindow = absl::Minutes(10);
 // After a start reported success, a service that is not running yet is given this long.
@@ -30,20 +29,6 @@ constexpr absl::Duration kStartGrace = absl::Seconds(2);
 
 std::string Ms(absl::Duration d) {
   return absl::StrCat(absl::ToInt64Milliseconds(d), "ms");
-}
-
-bool ServiceHealthy(const v1::ServiceObservation& o) {
-  return o.exists() && o.running() && o.health() == v1::HEALTH_STATE_HEALTHY &&
-         o.runtime_health() != v1::RUNTIME_HEALTH_UNHEALTHY;
-}
-
-bool RouteOk(const v1::RouteSpec& spec, const v1::RouteObservation& o) {
-  if (!o.probe().ok()) return false;
-  if (spec.probe().expected_status_size() > 0) {
-    const auto& ex = spec.probe().expected_status();
-    return std::find(ex.begin(), ex.end(), o.probe().status_code()) != ex.end();
-  }
-  return true;
 }
 
 // Parses "http://[::1]:8002/x" or "127.0.0.1:8002" into host and port.
