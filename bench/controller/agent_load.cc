@@ -36,6 +36,11 @@ ABSL_FLAG(double, period, 5.0, "seconds between an agent's periodic observations
 ABSL_FLAG(double, broken_share, 0.2, "share of agents that break once per period");
 ABSL_FLAG(int, channels, 8, "gRPC channels to spread the streams over");
 ABSL_FLAG(int, controller_pid, 0, "pid of the controller, for its RSS");
+ABSL_FLAG(double, reconnect_share, 0.0,
+          "churn: share of agents whose stream is closed and opened again every period");
+ABSL_FLAG(int, strangers, 0,
+          "churn: hellos per period from host ids no stack names (each closed at once)");
+ABSL_FLAG(int, rss_every, 0, "print the controller's RSS every this many seconds (0: never)");
 
 namespace {
 
@@ -228,8 +233,33 @@ int main(int argc, char** argv) {
   const absl::Time run_start = absl::Now();
   const int64_t obs_before = stats.observations;
   long peak_rss = -1;
+  const int pid = absl::GetFlag(FLAGS_controller_pid);
+  const long start_rss = pid > 0 ? RssKb(pid) : -1;
+  absl::Time next_rss = run_start;
+  int stranger_seq = 0;
   while (absl::Now() - run_start < absl::Seconds(absl::GetFlag(FLAGS_seconds))) {
     const absl::Time tick = absl::Now();
+    if (pid > 0 && absl::GetFlag(FLAGS_rss_every) > 0 && tick >= next_rss) {
+      std::fprintf(stderr, "rss t=%.0fs %.1f MB\n", absl::ToDoubleSeconds(tick - run_start),
+                   RssKb(pid) / 1024.0);
+      next_rss = tick + absl::Seconds(absl::GetFlag(FLAGS_rss_every));
+    }
+    // Churn: streams closed and opened again, and strangers saying hello.
+    for (int i = 0; i < n; ++i) {
+      if (coin(rng) >= absl::GetFlag(FLAGS_reconnect_share)) continue;
+      agents[i]->Cancel();
+      agents[i]->WaitDone();
+      agents[i] = std::make_unique<SimAgent>(stubs[i % stubs.size()].get(),
+                                             absl::StrCat("load-", i), &stats);
+    }
+    std::vector<std::unique_ptr<SimAgent>> strangers;
+    for (int i = 0; i < absl::GetFlag(FLAGS_strangers); ++i) {
+      strangers.push_back(std::make_unique<SimAgent>(stubs[i % stubs.size()].get(),
+                                                     absl::StrCat("stranger-", stranger_seq++),
+                                                     &stats));
+    }
+    for (auto& a : strangers) a->Cancel();
+    for (auto& a : strangers) a->WaitDone();
     for (int i = 0; i < n; ++i) {
       agents[i]->Tick(coin(rng) < absl::GetFlag(FLAGS_broken_share));
       // Spread one period's observations evenly.
@@ -249,6 +279,10 @@ int main(int argc, char** argv) {
   {
     absl::MutexLock lock(&stats.mu);
     lat = stats.latencies_ms;
+  }
+  if (start_rss > 0) {
+    std::printf("controller RSS at start of the run %.1f MB, at the end %.1f MB\n",
+                start_rss / 1024.0, RssKb(pid) / 1024.0);
   }
   std::printf("| agents | connected | connect time s | observations/s | actions | "
               "obs→action p50 ms | p99 ms | controller RSS MB |\n|---|---|---|---|---|---|---|---|\n");

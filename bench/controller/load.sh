@@ -31,7 +31,7 @@ PY
   PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   "$BUILD/bin/upkeep-controller" --data "$DIR/data" --listen "127.0.0.1:$PORT" \
-      --manifests "$DIR/manifests" 2> "$DIR/controller.log" &
+      --manifests "$DIR/manifests" ${CONTROLLER_ARGS:-} 2> "$DIR/controller.log" &
   CPID=$!
   # Wait until every stack is applied (one Applied event each).
   for _ in $(seq 1 1200); do
@@ -39,7 +39,7 @@ PY
     sleep 0.1
   done
   "$BUILD/bench/agent_load" --controller "127.0.0.1:$PORT" --agents "$N" --seconds "${SECONDS_PER_RUN:-20}" \
-      --controller_pid "$CPID" --period "${PERIOD:-5}" --broken_share "${BROKEN:-0.2}" || true
+      --controller_pid "$CPID" --period "${PERIOD:-5}" --broken_share "${BROKEN:-0.2}" ${LOAD_ARGS:-} || true
   kill "$CPID"; wait "$CPID" 2>/dev/null || true
   [ -n "${KEEP:-}" ] && echo "kept $DIR" || rm -rf "$DIR"
 done

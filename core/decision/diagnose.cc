@@ -155,7 +155,7 @@ class Engine {
 
   bool ObservationFresh() {
     const absl::Duration stale_after =
-        DurationOr(desired_.spec().policy().stale_after(), absl::Seconds(15));
+        FromProto(desired_.spec().policy().stale_after());
     const absl::Duration age = now_ - FromProto(observed_.observed_at());
     const bool fresh = observed_.has_observed_at() && age <= stale_after;
     v1::PathNode* n = Node("observation.fresh", "", fresh ? "yes" : "no: stale");
@@ -324,12 +324,11 @@ class Engine {
       if (PortMoved(spec, o, n)) return false;
       v1::Action logs = MakeAction(v1::ACTION_KIND_COLLECT_LOGS, name,
                                    absl::StrCat(name, " is unhealthy: collect its logs first"));
-      (*logs.mutable_params())["tail"] = absl::StrCat(spec.logs().tail() > 0 ? spec.logs().tail()
-                                                                             : 100);
+      (*logs.mutable_params())["tail"] = absl::StrCat(spec.logs().tail());
       v1::Action restart = MakeAction(v1::ACTION_KIND_RESTART_SERVICE, name,
                                       absl::StrCat(name, " is unhealthy"));
       (*restart.mutable_params())["stop_timeout_ms"] =
-          absl::StrCat(absl::ToInt64Milliseconds(DurationOr(spec.stop_timeout(), absl::Seconds(10))));
+          absl::StrCat(absl::ToInt64Milliseconds(FromProto(spec.stop_timeout())));
       Plan({logs, restart}, 0);
       return false;
     }
@@ -537,7 +536,7 @@ class Engine {
 
   void UpstreamTimeout(const v1::RouteSpec& route, const v1::RouteObservation& o) {
     const absl::Duration timeout =
-        DurationOr(desired_.spec().proxy().nginx().proxy_read_timeout(), absl::Seconds(60));
+        FromProto(desired_.spec().proxy().nginx().proxy_read_timeout());
     v1::Finding* f = Find(v1::SEVERITY_ALERT, "UpstreamTimeout", route.path(),
                           absl::StrCat(route.path(), " answers 504: the upstream ",
                                        route.upstream(), " is slower than nginx's timeout"));

@@ -26,12 +26,22 @@ bool SameClass(v1::ActionKind a, v1::ActionKind b) {
 
 int RestartsInWindow(const v1::PolicySpec& spec, absl::Span<const v1::ActionRecord> history,
                      const std::string& target, absl::Time now) {
-  const absl::Duration window = DurationOr(spec.restart_budget().window(), absl::Minutes(10));
+  const absl::Duration window = FromProto(spec.restart_budget().window());
+  const absl::Duration healthy_reset = FromProto(spec.healthy_reset());
   int count = 0;
+  // The start of the quiet stretch that follows the newer records: a repair verified FIXED
+  // followed by `healthy_reset` without another start or restart resets the budget.
+  absl::Time quiet_until = now;
   for (auto it = history.rbegin(); it != history.rend(); ++it) {
     if (it->action().target() != target) continue;
     if (it->action().kind() == v1::ACTION_KIND_RESET_BUDGET) break;
     if (it->dry_run() || !IsServiceStart(it->action().kind())) continue;
+    if (healthy_reset > absl::ZeroDuration() &&
+        it->verification() == v1::VERIFICATION_FIXED && it->result().has_finished_at() &&
+        quiet_until - FromProto(it->result().finished_at()) >= healthy_reset) {
+      break;  // healthy long enough after this fix: what came before no longer counts
+    }
+    quiet_until = FromProto(it->requested_at());
     if (FromProto(it->requested_at()) <= now - window) continue;
     ++count;
   }
@@ -65,22 +75,21 @@ v1::PlannedAction Judge(const v1::PolicySpec& spec, absl::Span<const v1::ActionR
 
   const v1::ActionKind kind = action.kind();
   if (IsServiceStart(kind)) {
-    const int max = spec.restart_budget().max() > 0 ? spec.restart_budget().max() : 5;
+    const int max = spec.restart_budget().max();
     const int used = RestartsInWindow(spec, history, action.target(), now);
     if (used >= max) {
       return verdict(
           v1::POLICY_VERDICT_BUDGET_EXHAUSTED,
           absl::StrCat("restart budget exhausted: ", used, " starts/restarts in the last ",
-                       absl::FormatDuration(DurationOr(spec.restart_budget().window(),
-                                                       absl::Minutes(10))),
+                       absl::FormatDuration(FromProto(spec.restart_budget().window())),
                        " (max ", max, "); crash-looping, not acting until healthy or resumed"));
     }
   }
   if (SameClass(kind, kind)) {
     const Streak streak = FailedStreak(history, action.target(), kind);
     if (streak.count > 0) {
-      const absl::Duration initial = DurationOr(spec.backoff().initial(), absl::Seconds(1));
-      const absl::Duration max = DurationOr(spec.backoff().max(), absl::Minutes(5));
+      const absl::Duration initial = FromProto(spec.backoff().initial());
+      const absl::Duration max = FromProto(spec.backoff().max());
       absl::Duration delay = initial;
       for (int i = 1; i < streak.count && delay < max; ++i) delay *= 2;
       delay = std::min(delay, max);
@@ -94,7 +103,7 @@ v1::PlannedAction Judge(const v1::PolicySpec& spec, absl::Span<const v1::ActionR
       }
     }
   }
-  const int per_minute = spec.max_actions_per_minute() > 0 ? spec.max_actions_per_minute() : 30;
+  const int per_minute = spec.max_actions_per_minute();
   int recent = 0;
   for (const auto& r : history) {
     if (!r.dry_run() && r.action().kind() != v1::ACTION_KIND_RESET_BUDGET &&

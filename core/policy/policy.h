@@ -1,12 +1,14 @@
 // Policy: may this action run now? Pure functions of (policy spec, action history, now):
 //   - pause:        a paused stack or host plans but never acts;
 //   - restart budget: at most `max` starts/restarts of one service per `window` (counted after
-//                   the latest RESET_BUDGET of that target); exhausted = crash-looping;
+//                   the latest RESET_BUDGET of that target, and after the latest fix that then
+//                   held for `healthyReset`); exhausted = crash-looping;
 //   - backoff:      after k consecutive actions of one class on a target that did not fix it,
 //                   the next waits initial * 2^(k-1), capped at max;
 //   - rate limit:   at most max_actions_per_minute actions per stack and host;
 //   - dry-run:      record "would do", do nothing.
-// Records with dry_run=true never count. Thread-safe (no state).
+// Records with dry_run=true never count. Every field of the spec is set: the manifest loader
+// fills the defaults (manifest::ApplyDefaults), and nothing here falls back. Thread-safe.
 #ifndef UPKEEP_CORE_POLICY_POLICY_H_
 #define UPKEEP_CORE_POLICY_POLICY_H_
 

@@ -1,0 +1,76 @@
+// Policy: restart budget with healthyReset, on records built like the dispatcher's.
+#include "core/policy/policy.h"
+
+#include <vector>
+
+#include "core/manifest/loader.h"
+#include "core/proto_time.h"
+#include "gtest/gtest.h"
+
+namespace upkeep::policy {
+namespace {
+
+namespace v1 = upkeep::v1;
+
+const absl::Time kT0 = absl::FromUnixSeconds(1800000000);
+
+v1::PolicySpec Spec(absl::Duration window, absl::Duration healthy_reset, int max) {
+  v1::Stack s;
+  manifest::ApplyDefaults(&s);
+  v1::PolicySpec p = s.spec().policy();
+  p.mutable_restart_budget()->set_max(max);
+  *p.mutable_restart_budget()->mutable_window() = ToProto(window);
+  *p.mutable_healthy_reset() = ToProto(healthy_reset);
+  return p;
+}
+
+v1::ActionRecord Restart(absl::Time at, v1::Verification v) {
+  v1::ActionRecord r;
+  r.mutable_action()->set_id(absl::FormatTime(at));
+  r.mutable_action()->set_kind(v1::ACTION_KIND_RESTART_SERVICE);
+  r.mutable_action()->set_target("backend");
+  *r.mutable_requested_at() = ToProto(at);
+  r.mutable_result()->set_id(r.action().id());
+  *r.mutable_result()->mutable_finished_at() = ToProto(at + absl::Milliseconds(100));
+  r.set_verification(v);
+  return r;
+}
+
+TEST(Policy, DefaultsComeFromTheLoaderOnly) {
+  v1::Stack s;
+  manifest::ApplyDefaults(&s);
+  EXPECT_EQ(s.spec().policy().restart_budget().max(), 5);
+  EXPECT_EQ(FromProto(s.spec().policy().healthy_reset()), absl::Minutes(10));
+}
+
+TEST(Policy, RestartsInsideTheWindowCount) {
+  const auto spec = Spec(absl::Hours(1), absl::Minutes(10), 3);
+  std::vector<v1::ActionRecord> h = {Restart(kT0, v1::VERIFICATION_NOT_FIXED),
+                                     Restart(kT0 + absl::Minutes(1), v1::VERIFICATION_NOT_FIXED),
+                                     Restart(kT0 + absl::Minutes(2), v1::VERIFICATION_FIXED)};
+  EXPECT_EQ(RestartsInWindow(spec, h, "backend", kT0 + absl::Minutes(3)), 3);
+  v1::Action a = h.back().action();
+  EXPECT_EQ(Judge(spec, h, a, kT0 + absl::Minutes(3), false).policy(),
+            v1::POLICY_VERDICT_BUDGET_EXHAUSTED);
+}
+
+TEST(Policy, HealthyResetClearsTheBudgetAfterAFixThatHeld) {
+  // A one-hour window, but the service was healthy for 10 minutes after its last fix: the
+  // crash loop is over and the old restarts no longer count.
+  const auto spec = Spec(absl::Hours(1), absl::Minutes(10), 3);
+  std::vector<v1::ActionRecord> h = {Restart(kT0, v1::VERIFICATION_NOT_FIXED),
+                                     Restart(kT0 + absl::Minutes(1), v1::VERIFICATION_NOT_FIXED),
+                                     Restart(kT0 + absl::Minutes(2), v1::VERIFICATION_FIXED)};
+  EXPECT_EQ(RestartsInWindow(spec, h, "backend", kT0 + absl::Minutes(13)), 0);
+  // It crashes again: only the new restart counts.
+  h.push_back(Restart(kT0 + absl::Minutes(13), v1::VERIFICATION_PENDING));
+  EXPECT_EQ(RestartsInWindow(spec, h, "backend", kT0 + absl::Minutes(14)), 1);
+  // A fix that did not hold for healthyReset does not reset anything.
+  std::vector<v1::ActionRecord> flapping = {
+      Restart(kT0, v1::VERIFICATION_FIXED), Restart(kT0 + absl::Minutes(2), v1::VERIFICATION_FIXED),
+      Restart(kT0 + absl::Minutes(4), v1::VERIFICATION_FIXED)};
+  EXPECT_EQ(RestartsInWindow(spec, flapping, "backend", kT0 + absl::Minutes(5)), 3);
+}
+
+}  // namespace
+}  // namespace upkeep::policy
