@@ -113,7 +113,10 @@ void ActionDispatcher::PruneLocked(const WorkKey& key, KeyActions* ka, absl::Tim
     const v1::ActionRecord& r = h[i];
     const absl::Time at = FromProto(r.requested_at());
     const bool newest = h.size() - i <= options_.keep_per_key;
-    const bool recent = at > now - options_.keep_for;
+    const absl::Duration keep_for =
+        ka->keep_for > absl::ZeroDuration() ? ka->keep_for : options_.keep_for;
+    const bool proxy = r.action().target() == decision::kProxyTarget;
+    const bool recent = at > now - keep_for || (proxy && at > now - decision::kEscalationWindow);
     const bool flying = Unanswered(r) && at > now - decision::kInFlightTimeout;
     if ((newest || recent || flying) && kept < options_.max_per_key) {
       keep[i] = true;
@@ -190,13 +193,14 @@ ActionDispatcher::Outcome ActionDispatcher::Deliver(const WorkKey& key,
 
 ActionDispatcher::DispatchResult ActionDispatcher::Dispatch(
     const WorkKey& key, const std::vector<v1::PlannedAction>& allowed, const std::string& why,
-    absl::Time problem_since) {
+    absl::Time problem_since, absl::Duration keep_for) {
   DispatchResult out;
   if (allowed.empty()) return out;
   {
     absl::MutexLock lock(&mu_);
     const absl::Time now = clock_->Now();
     KeyActions& ka = keys_[key];
+    if (keep_for > absl::ZeroDuration()) ka.keep_for = keep_for;
     if (!ka.queued.empty() || InFlightLocked(ka, now)) {
       out.outcome = Outcome::kBusy;
       return out;

@@ -46,6 +46,8 @@ struct DispatcherOptions {
   int max_actions_per_second = 50;  // fleet-wide
   absl::Duration action_deadline = absl::Seconds(60);
   size_t keep_per_key = 32;
+  // Records younger than this are kept too, unless Dispatch names the key's own window (the
+  // longest window its policy looks back over).
   absl::Duration keep_for = absl::Minutes(15);
   size_t max_per_key = 256;  // hard cap, whatever keep_for says
 };
@@ -78,9 +80,11 @@ class ActionDispatcher {
     absl::Duration retry_after = absl::ZeroDuration();
     upkeep::v1::ActionRecord record;  // the first action, when recorded
   };
-  // Starts the sequence `allowed` (in order) for `key`. `why` is the decision path.
+  // Starts the sequence `allowed` (in order) for `key`. `why` is the decision path;
+  // `keep_for`, when set, is how far back the key's policy looks (its history is pruned to it).
   DispatchResult Dispatch(const WorkKey& key, const std::vector<upkeep::v1::PlannedAction>& allowed,
-                          const std::string& why, absl::Time problem_since);
+                          const std::string& why, absl::Time problem_since,
+                          absl::Duration keep_for = absl::ZeroDuration());
   // Records "would do" entries for dry-run actions, once per distinct set.
   void RecordWouldDo(const WorkKey& key, const std::vector<upkeep::v1::PlannedAction>& would_do);
   // A person's action: recorded and sent at once (no in-flight or bucket limit).
@@ -119,6 +123,7 @@ class ActionDispatcher {
     std::deque<upkeep::v1::PlannedAction> queued;  // rest of a running sequence
     std::string why;                               // of the running sequence
     std::string last_would_do;
+    absl::Duration keep_for = absl::ZeroDuration();  // zero: options_.keep_for
   };
   upkeep::v1::ActionRecord NewRecordLocked(const WorkKey& key, const upkeep::v1::Action& action,
                                            bool manual, const std::string& why)

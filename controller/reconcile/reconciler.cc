@@ -461,7 +461,12 @@ void Reconciler::Reconcile(const WorkKey& key) {
 
   // Act, and decide when to look at this key again.
   if (!allowed.empty()) {
-    const auto r = dispatcher_.Dispatch(key, allowed, PathText(d), problem_since);
+    // How far back policy looks for this stack's services: its restart budget window and the
+    // one-minute rate limit (the dispatcher keeps proxy repairs for the escalation window);
+    // older records live only in the store.
+    const absl::Duration keep_for =
+        std::max(FromProto(stack.spec().policy().restart_budget().window()), absl::Minutes(1));
+    const auto r = dispatcher_.Dispatch(key, allowed, PathText(d), problem_since, keep_for);
     switch (r.outcome) {
       case ActionDispatcher::Outcome::kRateLimited:
         next_due = std::min(next_due, now + r.retry_after);

@@ -22,8 +22,6 @@ namespace {
 namespace v1 = upkeep::v1;
 
 // An action whose result has not come back is waited for this long before it is ignored.
-// Consecutive proxy repairs count as one escalation while they are this close together.
-constexpr absl::Duration kEscalationWindow = absl::Minutes(10);
 // After a start reported success, a service that is not running yet is given this long.
 constexpr absl::Duration kStartGrace = absl::Seconds(2);
 

@@ -19,6 +19,8 @@ namespace upkeep::decision {
 inline constexpr char kProxyTarget[] = "nginx";
 // An action unanswered for this long no longer counts as in flight (its agent went away).
 inline constexpr absl::Duration kInFlightTimeout = absl::Minutes(2);
+// Consecutive proxy repairs count as one escalation while they are this close together.
+inline constexpr absl::Duration kEscalationWindow = absl::Minutes(10);
 
 // A service is healthy when it exists, runs, passes its own probe (health tracker) and its
 // runtime does not call it unhealthy.

@@ -1,5 +1,6 @@
 // The controller in-process over real gRPC on loopback, with a real SQLite store: agents are
 // raw AgentService streams driven by the test, so every message is the test's choice.
+#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
@@ -15,6 +16,7 @@
 #include "core/proto_time.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "tests/support/controller/doubles.h"
 #include "tests/support/net.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/wait.h"
@@ -42,8 +44,13 @@ spec:
 
 class Controller {
  public:
-  explicit Controller(const std::string& dir) {
+  explicit Controller(const std::string& dir, bool faulty = false) {
     store_ = std::move(*OpenSqliteStore(dir));
+    if (faulty) {
+      auto f = std::make_unique<upkeep::testing::FaultyStore>(std::move(store_));
+      faulty_ = f.get();
+      store_ = std::move(f);
+    }
     reconciler_ = std::move(*Reconciler::Create(store_.get(), Clock::Real(), &metrics_));
     agents_ = std::make_unique<AgentServiceImpl>(reconciler_.get());
     reconciler_->SetHub(agents_.get());
@@ -67,6 +74,8 @@ class Controller {
   v1::FleetService::Stub& fleet() { return *stub_; }
   std::shared_ptr<grpc::Channel> channel() { return channel_; }
   Store& store() { return *store_; }
+  Reconciler& reconciler() { return *reconciler_; }
+  upkeep::testing::FaultyStore* faulty() { return faulty_; }
 
   grpc::Status Apply(const std::string& yaml, v1::ApplyResponse* resp) {
     v1::ApplyRequest req;
@@ -79,6 +88,7 @@ class Controller {
  private:
   Metrics metrics_;
   std::unique_ptr<Store> store_;
+  upkeep::testing::FaultyStore* faulty_ = nullptr;
   std::unique_ptr<Reconciler> reconciler_;
   std::unique_ptr<AgentServiceImpl> agents_;
   std::unique_ptr<FleetServiceImpl> fleet_;
@@ -410,6 +420,84 @@ TEST_F(ControllerTest, MetricsAreServedInPrometheusFormat) {
       << body;
   EXPECT_TRUE(absl::StrContains(body, "upkeep_detect_to_action_seconds_bucket{le=\"0.005\"} 1"))
       << body;
+}
+
+// Defect: any hello created a host entry that stayed forever.
+TEST_F(ControllerTest, HellosFromHostsNoStackNamesLeaveNothingBehind) {
+  Controller c(dir_.path());
+  v1::ApplyResponse resp;
+  ASSERT_TRUE(c.Apply(StackYaml("h1"), &resp).ok());
+  for (int i = 0; i < 30; ++i) {
+    RawAgent stranger(c.channel());
+    ASSERT_TRUE(stranger.Hello(absl::StrCat("stranger-", i)));
+    ASSERT_TRUE(WaitFor([&] { return stranger.has_desired(); }));
+  }  // each stream is closed here
+  ASSERT_TRUE(WaitFor([&] { return c.reconciler().MemorySizes().hosts == 0; }))
+      << c.reconciler().MemorySizes().hosts << " host entries left";
+  std::vector<v1::Host> hosts = c.reconciler().Hosts();
+  ASSERT_EQ(hosts.size(), 1u);
+  EXPECT_EQ(hosts[0].host_id(), "h1");
+}
+
+// Defect: when the store could not record an action, the action was sent anyway.
+TEST_F(ControllerTest, NoActionIsSentWhileTheStoreCannotRecordIt) {
+  Controller c(dir_.path(), /*faulty=*/true);
+  v1::ApplyResponse resp;
+  ASSERT_TRUE(c.Apply(StackYaml("h1"), &resp).ok());
+  RawAgent a(c.channel());
+  ASSERT_TRUE(a.Hello("h1"));
+  ASSERT_TRUE(WaitFor([&] { return a.has_desired(); }));
+  c.faulty()->fail_put_action = true;
+  ASSERT_TRUE(a.Send(Observation("h1", false)));
+  auto store_alert = [&] {
+    auto events = c.store().ListEvents("shop", 0, 1000);
+    for (const auto& e : *events) {
+      if (e.reason() == "StoreUnavailable") return true;
+    }
+    return false;
+  };
+  ASSERT_TRUE(WaitFor(store_alert));
+  EXPECT_TRUE(a.actions().empty()) << "an action without a durable record reached the agent";
+  // The store recovers: the retry (with backoff) sends it, recorded.
+  c.faulty()->fail_put_action = false;
+  ASSERT_TRUE(WaitFor([&] { return !a.actions().empty(); }));
+  EXPECT_TRUE(c.store().GetAction(a.actions()[0].id()).ok());
+}
+
+// Defect: a WatchEvents handler's subscriber could run after the handler returned.
+TEST_F(ControllerTest, WatchersComeAndGoWhileEventsFlow) {
+  Controller c(dir_.path());
+  v1::ApplyResponse resp;
+  std::atomic<bool> stop{false};
+  std::thread churn([&] {
+    for (int i = 0; !stop; ++i) {
+      v1::PauseRequest req;
+      req.set_stack("shop");
+      v1::PauseResponse r;
+      grpc::ClientContext ctx;
+      if (i % 2) {
+        c.fleet().Pause(&ctx, req, &r);
+      } else {
+        c.fleet().Resume(&ctx, req, &r);
+      }
+    }
+  });
+  ASSERT_TRUE(c.Apply(StackYaml("h1"), &resp).ok());
+  for (int i = 0; i < 40; ++i) {
+    grpc::ClientContext ctx;
+    v1::WatchEventsRequest req;
+    req.set_stack("shop");
+    auto reader = c.fleet().WatchEvents(&ctx, req);
+    v1::Event e;
+    ASSERT_TRUE(reader->Read(&e));
+    ctx.TryCancel();
+    while (reader->Read(&e)) {
+    }
+    reader->Finish();
+  }
+  stop = true;
+  churn.join();
+  EXPECT_TRUE(WaitFor([&] { return c.reconciler().events()->Subscribers() == 0; }));
 }
 
 }  // namespace
