@@ -1,6 +1,7 @@
 #include "controller/dispatch/action_dispatcher.h"
 
 #include <algorithm>
+#include <map>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -104,24 +105,26 @@ void ActionDispatcher::RemoveLocked(const WorkKey& key, const std::string& id) {
 
 void ActionDispatcher::PruneLocked(const WorkKey& key, KeyActions* ka, absl::Time now) {
   const auto& h = *ka->history;
-  if (h.size() <= options_.keep_per_key) return;
-  // Keep: the newest keep_per_key, anything younger than keep_for, anything unanswered and
-  // still in flight; never more than max_per_key.
+  const absl::Duration keep_for =
+      ka->keep_for > absl::ZeroDuration() ? ka->keep_for : options_.keep_for;
+  // Newest first: per target, records count toward its streak until its latest fix.
   std::vector<bool> keep(h.size(), false);
+  std::map<std::string, std::pair<size_t, bool>> per_target;  // target -> (kept, fix seen)
   size_t kept = 0;
   for (size_t i = h.size(); i-- > 0;) {
     const v1::ActionRecord& r = h[i];
     const absl::Time at = FromProto(r.requested_at());
-    const bool newest = h.size() - i <= options_.keep_per_key;
-    const absl::Duration keep_for =
-        ka->keep_for > absl::ZeroDuration() ? ka->keep_for : options_.keep_for;
+    auto& [count, fixed] = per_target[r.action().target()];
+    const bool streak = !fixed && count < options_.keep_per_target;
     const bool proxy = r.action().target() == decision::kProxyTarget;
     const bool recent = at > now - keep_for || (proxy && at > now - decision::kEscalationWindow);
     const bool flying = Unanswered(r) && at > now - decision::kInFlightTimeout;
-    if ((newest || recent || flying) && kept < options_.max_per_key) {
+    if ((streak || recent || flying) && kept < options_.max_per_key) {
       keep[i] = true;
       ++kept;
+      ++count;
     }
+    if (r.verification() == v1::VERIFICATION_FIXED) fixed = true;
   }
   if (kept == h.size()) return;
   auto out = std::make_shared<std::vector<v1::ActionRecord>>();

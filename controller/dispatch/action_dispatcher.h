@@ -10,9 +10,11 @@
 //     kInFlightTimeout); a fleet-wide token bucket limits actions per second.
 //   - Resend on reconnect: actions sent and never answered go again with the same id (the agent
 //     executes an id at most once and replays its result).
-//   - Memory stays bounded: per key, the records policy needs (the newest `keep_per_key`, plus
-//     any younger than `keep_for`, plus every unanswered one), without outputs and `why`
-//     (those live only in the store). The id index holds exactly those records.
+//   - Memory stays bounded: per key, only the records policy looks at — those younger than the
+//     key's window (restart budget, rate limit), per target the ones back to its latest fix
+//     (backoff streaks; at most `keep_per_target`), proxy repairs of the escalation window, and
+//     every one still in flight — without outputs and `why` (those live only in the store).
+//     The id index holds exactly those records.
 // History snapshots are immutable and shared (copy-on-write): reading one per reconcile costs
 // a reference count, not a copy.
 // Thread-safe; never holds its lock across the store or the network.
@@ -45,7 +47,7 @@ namespace upkeep::controller {
 struct DispatcherOptions {
   int max_actions_per_second = 50;  // fleet-wide
   absl::Duration action_deadline = absl::Seconds(60);
-  size_t keep_per_key = 32;
+  size_t keep_per_target = 16;
   // Records younger than this are kept too, unless Dispatch names the key's own window (the
   // longest window its policy looks back over).
   absl::Duration keep_for = absl::Minutes(15);

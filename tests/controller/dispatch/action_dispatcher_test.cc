@@ -216,7 +216,7 @@ TEST_F(DispatcherTest, ResendsUnansweredActionsWithTheSameId) {
 // pruned, and a manual action whose result never came leaked its waiter.
 TEST_F(DispatcherTest, MemoryStaysBoundedAndOutputsLiveOnlyInTheStore) {
   DispatcherOptions options;
-  options.keep_per_key = 8;
+  options.keep_per_target = 8;
   options.keep_for = absl::Minutes(1);
   auto d = Make(options);
   const std::string big(8 << 10, 'x');
@@ -235,6 +235,29 @@ TEST_F(DispatcherTest, MemoryStaysBoundedAndOutputsLiveOnlyInTheStore) {
     EXPECT_TRUE(r.why().empty());
   }
   EXPECT_EQ(store_->GetAction(h->back().action().id())->result().output(), big);
+  // A repair that worked ends the streak: older records of that target are not needed.
+  for (int i = 0; i < 20; ++i) {
+    clock_.Advance(absl::Seconds(10));
+    auto r = d->Dispatch(kKey, {Planned(v1::ACTION_KIND_RESTART_SERVICE, "frontend")}, "w",
+                         absl::InfinitePast());
+    ASSERT_EQ(r.outcome, ActionDispatcher::Outcome::kSent) << i;
+    d->OnResult("h1", Succeeded(r.record.action(), clock_.Now()));
+  }
+  v1::Stack stack;
+  stack.mutable_spec()->add_services()->set_name("frontend");
+  v1::StackObservation healthy;
+  *healthy.mutable_observed_at() = ToProto(clock_.Now() + absl::Seconds(1));
+  v1::ServiceObservation* svc = healthy.add_services();
+  svc->set_name("frontend");
+  svc->set_exists(true);
+  svc->set_running(true);
+  svc->set_health(v1::HEALTH_STATE_HEALTHY);
+  d->Verify(kKey, stack, healthy, v1::Diagnosis());
+  clock_.Advance(absl::Minutes(5));
+  d->Prune();
+  int frontend = 0;
+  for (const auto& r : *d->HistoryOf(kKey)) frontend += r.action().target() == "frontend";
+  EXPECT_EQ(frontend, 1) << "only the fix is needed once it held";
   // A manual action nobody answers: the waiter is gone after the wait.
   v1::Action manual;
   manual.set_kind(v1::ACTION_KIND_COLLECT_LOGS);
