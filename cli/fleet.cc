@@ -320,7 +320,10 @@ int Describe(const Args& a) {
                             : (r.result().id().empty()
                                    ? "pending"
                                    : v1::ActionOutcome_Name(r.result().outcome()).substr(15).c_str()),
-                r.action().reason().c_str(), r.manual() ? " (by hand)" : "");
+                r.action().reason().c_str(),
+                r.manual() ? (r.requested_by().empty() ? " (by hand)"
+                                                       : (" (by " + r.requested_by() + ")").c_str())
+                           : "");
   }
   std::printf("Events:\n");
   for (const auto& e : resp.events()) {
@@ -419,7 +422,10 @@ int Actions(const Args& a) {
     std::printf("%-26s %-8s %-10s %-8s %-18s %-10s %-10s %s\n", r.action().id().c_str(),
                 Age(r.requested_at()).c_str(), r.action().stack().c_str(),
                 r.action().host().c_str(), decision::ActionKindName(r.action().kind()).c_str(),
-                r.action().target().c_str(), outcome.c_str(), r.action().reason().c_str());
+                r.action().target().c_str(), outcome.c_str(),
+                r.requested_by().empty()
+                    ? r.action().reason().c_str()
+                    : absl::StrCat(r.action().reason(), " (by ", r.requested_by(), ")").c_str());
   }
   return 0;
 }

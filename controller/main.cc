@@ -63,7 +63,7 @@ void ApplyDir(const std::string& dir, upkeep::controller::Reconciler* r) {
                {{"dir", dir}, {"note", "nothing applied; what is stored stays"}});
     return;
   }
-  auto applied = r->Apply(result.stacks, false);
+  auto applied = r->Apply(result.stacks, false, "manifests:" + dir);
   if (!applied.ok()) {
     UPKEEP_LOG(error, "apply_failed", {{"error", std::string(applied.status().message())}});
   }

@@ -26,9 +26,20 @@ grpc::Status ToGrpc(const absl::Status& st) {
 
 constexpr size_t kMaxManifestBytes = 4 << 20;
 
+// The caller's identity for the audit log: the authenticated peer identity (certificate) when
+// there is one, else the peer address.
+std::string Caller(const grpc::ServerContext* ctx) {
+  if (ctx == nullptr) return "";
+  auto auth = ctx->auth_context();
+  if (auth != nullptr && auth->IsPeerAuthenticated()) {
+    for (const auto& id : auth->GetPeerIdentity()) return std::string(id.data(), id.size());
+  }
+  return ctx->peer();
+}
+
 }  // namespace
 
-grpc::Status FleetServiceImpl::Apply(grpc::ServerContext*, const v1::ApplyRequest* req,
+grpc::Status FleetServiceImpl::Apply(grpc::ServerContext* ctx, const v1::ApplyRequest* req,
                                      v1::ApplyResponse* resp) {
   if (req->manifests_size() == 0) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no manifests");
@@ -66,7 +77,7 @@ grpc::Status FleetServiceImpl::Apply(grpc::ServerContext*, const v1::ApplyReques
                                      ":", e.line(), ": ", e.field(), ": ", e.message()),
                         resp->SerializeAsString());
   }
-  auto applied = reconciler_->Apply(stacks, req->dry_run());
+  auto applied = reconciler_->Apply(stacks, req->dry_run(), Caller(ctx));
   if (!applied.ok()) return ToGrpc(applied.status());
   *resp = *applied;
   return grpc::Status::OK;
@@ -86,10 +97,10 @@ grpc::Status FleetServiceImpl::ListStacks(grpc::ServerContext*, const v1::ListSt
   return grpc::Status::OK;
 }
 
-grpc::Status FleetServiceImpl::DeleteStack(grpc::ServerContext*,
+grpc::Status FleetServiceImpl::DeleteStack(grpc::ServerContext* ctx,
                                            const v1::DeleteStackRequest* req,
                                            v1::DeleteStackResponse*) {
-  return ToGrpc(reconciler_->Delete(req->name()));
+  return ToGrpc(reconciler_->Delete(req->name(), Caller(ctx)));
 }
 
 grpc::Status FleetServiceImpl::ListHosts(grpc::ServerContext*, const v1::ListHostsRequest*,
@@ -199,19 +210,19 @@ grpc::Status FleetServiceImpl::ListActions(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
-grpc::Status FleetServiceImpl::Pause(grpc::ServerContext*, const v1::PauseRequest* req,
+grpc::Status FleetServiceImpl::Pause(grpc::ServerContext* ctx, const v1::PauseRequest* req,
                                      v1::PauseResponse*) {
-  return ToGrpc(reconciler_->SetPaused(req->stack(), req->host(), true));
+  return ToGrpc(reconciler_->SetPaused(req->stack(), req->host(), true, Caller(ctx)));
 }
 
-grpc::Status FleetServiceImpl::Resume(grpc::ServerContext*, const v1::PauseRequest* req,
+grpc::Status FleetServiceImpl::Resume(grpc::ServerContext* ctx, const v1::PauseRequest* req,
                                       v1::PauseResponse*) {
-  return ToGrpc(reconciler_->SetPaused(req->stack(), req->host(), false));
+  return ToGrpc(reconciler_->SetPaused(req->stack(), req->host(), false, Caller(ctx)));
 }
 
-grpc::Status FleetServiceImpl::RunAction(grpc::ServerContext*, const v1::RunActionRequest* req,
+grpc::Status FleetServiceImpl::RunAction(grpc::ServerContext* ctx, const v1::RunActionRequest* req,
                                          v1::RunActionResponse* resp) {
-  auto r = reconciler_->RunAction(*req, absl::Seconds(30));
+  auto r = reconciler_->RunAction(*req, absl::Seconds(30), Caller(ctx));
   if (!r.ok()) return ToGrpc(r.status());
   *resp->mutable_record() = *r;
   return grpc::Status::OK;

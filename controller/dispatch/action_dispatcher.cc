@@ -182,7 +182,7 @@ ActionDispatcher::Outcome ActionDispatcher::Deliver(const WorkKey& key,
                    absl::StrCat(decision::ActionKindName(record.action().kind()), " ",
                                 record.action().target(), record.manual() ? " (by hand)" : "",
                                 ": ", record.action().reason()),
-                   record.action().id());
+                   record.action().id(), record.requested_by());
   v1::ControllerMessage msg;
   *msg.mutable_action() = record.action();
   if (hub_ == nullptr || !hub_->Send(key.host, std::move(msg))) {
@@ -266,11 +266,13 @@ void ActionDispatcher::RecordWouldDo(const WorkKey& key,
 }
 
 absl::StatusOr<v1::ActionRecord> ActionDispatcher::SendManual(const WorkKey& key,
-                                                              const v1::Action& action) {
+                                                              const v1::Action& action,
+                                                              const std::string& requested_by) {
   v1::ActionRecord record;
   {
     absl::MutexLock lock(&mu_);
     record = NewRecordLocked(key, action, true, "manual");
+    record.set_requested_by(requested_by);
     AppendLocked(key, record);
     manual_waiters_[record.action().id()];  // registered before the agent can answer
   }
@@ -421,7 +423,8 @@ void ActionDispatcher::Verify(const WorkKey& key, const v1::Stack& stack,
 }
 
 void ActionDispatcher::ResetBudgets(const WorkKey& key, const std::vector<std::string>& targets,
-                                    const std::string& reason) {
+                                    const std::string& reason,
+                                    const std::string& requested_by) {
   std::vector<v1::ActionRecord> records;
   {
     absl::MutexLock lock(&mu_);
@@ -436,6 +439,7 @@ void ActionDispatcher::ResetBudgets(const WorkKey& key, const std::vector<std::s
       r.mutable_action()->set_reason(reason);
       *r.mutable_requested_at() = ToProto(now);
       r.set_manual(true);
+      r.set_requested_by(requested_by);
       AppendLocked(key, r);
       records.push_back(std::move(r));
     }

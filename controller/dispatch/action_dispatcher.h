@@ -89,9 +89,11 @@ class ActionDispatcher {
                           absl::Duration keep_for = absl::ZeroDuration());
   // Records "would do" entries for dry-run actions, once per distinct set.
   void RecordWouldDo(const WorkKey& key, const std::vector<upkeep::v1::PlannedAction>& would_do);
-  // A person's action: recorded and sent at once (no in-flight or bucket limit).
+  // A person's action: recorded (with who asked) and sent at once (no in-flight or bucket
+  // limit).
   absl::StatusOr<upkeep::v1::ActionRecord> SendManual(const WorkKey& key,
-                                                      const upkeep::v1::Action& action);
+                                                      const upkeep::v1::Action& action,
+                                                      const std::string& requested_by = "");
   // Waits up to `wait` for the result of manual action `id`; the record as it stands then.
   upkeep::v1::ActionRecord AwaitManual(const upkeep::v1::ActionRecord& sent, absl::Duration wait);
 
@@ -106,7 +108,7 @@ class ActionDispatcher {
               const upkeep::v1::Diagnosis& diagnosis);
   // A person resumed: crash-looping `targets` get their restart budget afresh.
   void ResetBudgets(const WorkKey& key, const std::vector<std::string>& targets,
-                    const std::string& reason);
+                    const std::string& reason, const std::string& requested_by = "");
 
   // Whether a sequence is still queued for `key`.
   bool SequenceRunning(const WorkKey& key) const;

@@ -43,7 +43,7 @@ void EventBus::Publish(v1::Event event) {
 void EventBus::Publish(const std::string& type, const std::string& reason,
                        const std::string& stack, const std::string& host,
                        const std::string& target, const std::string& message,
-                       const std::string& action_id) {
+                       const std::string& action_id, const std::string& requested_by) {
   v1::Event e;
   e.set_type(type);
   e.set_reason(reason);
@@ -52,6 +52,7 @@ void EventBus::Publish(const std::string& type, const std::string& reason,
   e.set_target(target);
   e.set_message(message);
   e.set_action_id(action_id);
+  e.set_requested_by(requested_by);
   Publish(std::move(e));
 }
 

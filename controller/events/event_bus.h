@@ -59,7 +59,7 @@ class EventBus {
   void Publish(upkeep::v1::Event event);
   void Publish(const std::string& type, const std::string& reason, const std::string& stack,
                const std::string& host, const std::string& target, const std::string& message,
-               const std::string& action_id = "");
+               const std::string& action_id = "", const std::string& requested_by = "");
 
   // Events of `stack` (and fleet-wide events, whose stack is empty); every event when `stack`
   // is empty.

@@ -498,7 +498,7 @@ void Reconciler::Reconcile(const WorkKey& key) {
 // ---- FleetService -------------------------------------------------------------------------
 
 absl::StatusOr<v1::ApplyResponse> Reconciler::Apply(const std::vector<v1::Stack>& stacks,
-                                                    bool dry_run) {
+                                                    bool dry_run, const std::string& who) {
   v1::ApplyResponse resp;
   if (dry_run) {
     absl::MutexLock lock(&mu_);
@@ -537,13 +537,15 @@ absl::StatusOr<v1::ApplyResponse> Reconciler::Apply(const std::vector<v1::Stack>
     if (a.change() == "unchanged") continue;
     events_.Publish("Normal", "Applied", a.name(), "", "",
                     absl::StrCat("stack ", a.name(), " ", a.change(), " (generation ",
-                                 a.generation(), ", revision ", a.revision(), ")"));
+                                 a.generation(), ", revision ", a.revision(), ")",
+                                 who.empty() ? "" : " by " + who),
+                    "", who);
   }
   for (const auto& h : hosts) SendDesired(h);
   return resp;
 }
 
-absl::Status Reconciler::Delete(const std::string& name) {
+absl::Status Reconciler::Delete(const std::string& name, const std::string& who) {
   if (absl::Status st = store_->DeleteStack(name); !st.ok()) return st;
   std::vector<std::string> hosts;
   {
@@ -563,7 +565,9 @@ absl::Status Reconciler::Delete(const std::string& name) {
     }
   }
   dispatcher_.Forget(name);
-  events_.Publish("Normal", "Deleted", name, "", "", absl::StrCat("stack ", name, " deleted"));
+  events_.Publish("Normal", "Deleted", name, "", "",
+                  absl::StrCat("stack ", name, " deleted", who.empty() ? "" : " by " + who), "",
+                  who);
   for (const auto& h : hosts) SendDesired(h);
   return absl::OkStatus();
 }
@@ -631,7 +635,7 @@ absl::StatusOr<std::vector<v1::Diagnosis>> Reconciler::Plan(const std::string& s
 }
 
 absl::Status Reconciler::SetPaused(const std::string& stack, const std::string& host,
-                                   bool paused) {
+                                   bool paused, const std::string& who) {
   if (!stack.empty()) {
     if (absl::Status st = store_->SetStackPaused(stack, paused); !st.ok()) return st;
   } else if (!host.empty()) {
@@ -665,7 +669,7 @@ absl::Status Reconciler::SetPaused(const std::string& stack, const std::string& 
     }
   }
   for (const auto& [key, targets] : resets) {
-    dispatcher_.ResetBudgets(key, targets, "resumed by a person");
+    dispatcher_.ResetBudgets(key, targets, "resumed by a person", who);
   }
   {
     absl::MutexLock lock(&mu_);
@@ -674,13 +678,16 @@ absl::Status Reconciler::SetPaused(const std::string& stack, const std::string& 
   }
   events_.Publish("Normal", paused ? "Paused" : "Resumed", stack, host, "",
                   absl::StrCat(stack.empty() ? "host " + host : "stack " + stack,
-                               paused ? " paused: upkeep plans but does not act"
-                                      : " resumed: upkeep acts again"));
+                               paused ? " paused" : " resumed", who.empty() ? "" : " by " + who,
+                               paused ? ": upkeep plans but does not act"
+                                      : ": upkeep acts again"),
+                  "", who);
   return absl::OkStatus();
 }
 
 absl::StatusOr<v1::ActionRecord> Reconciler::RunAction(const v1::RunActionRequest& request,
-                                                       absl::Duration wait) {
+                                                       absl::Duration wait,
+                                                       const std::string& who) {
   WorkKey key;
   v1::Action action;
   {
@@ -718,7 +725,7 @@ absl::StatusOr<v1::ActionRecord> Reconciler::RunAction(const v1::RunActionReques
     *action.mutable_params() = request.params();
     action.set_reason("run by hand (upkeepctl run)");
   }
-  auto sent = dispatcher_.SendManual(key, action);
+  auto sent = dispatcher_.SendManual(key, action, who);
   if (!sent.ok()) return sent.status();
   return dispatcher_.AwaitManual(*sent, wait);
 }

@@ -69,17 +69,20 @@ class Reconciler : public AgentListener {
   void OnDisconnected(const std::string& host_id) override;
 
   // FleetService
+  // `who`: the caller's identity, recorded on the events and actions it causes.
   absl::StatusOr<upkeep::v1::ApplyResponse> Apply(const std::vector<upkeep::v1::Stack>& stacks,
-                                                  bool dry_run);
-  absl::Status Delete(const std::string& name);
+                                                  bool dry_run, const std::string& who = "");
+  absl::Status Delete(const std::string& name, const std::string& who = "");
   std::vector<upkeep::v1::Stack> Stacks();
   absl::StatusOr<upkeep::v1::Stack> GetStack(const std::string& name);
   std::vector<upkeep::v1::Host> Hosts();
   absl::StatusOr<std::vector<upkeep::v1::Diagnosis>> Plan(const std::string& stack,
                                                           const std::string& host);
-  absl::Status SetPaused(const std::string& stack, const std::string& host, bool paused);
+  absl::Status SetPaused(const std::string& stack, const std::string& host, bool paused,
+                         const std::string& who = "");
   absl::StatusOr<upkeep::v1::ActionRecord> RunAction(const upkeep::v1::RunActionRequest& request,
-                                                     absl::Duration wait);
+                                                     absl::Duration wait,
+                                                     const std::string& who = "");
 
   // Events: stored, then delivered to subscribers (see EventBus).
   EventBus* events() { return &events_; }
