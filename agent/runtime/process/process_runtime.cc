@@ -1,4 +1,4 @@
-#include "agent/observe/process_runtime.h"
+#include "agent/runtime/process/process_runtime.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -181,11 +182,13 @@ class ProcessRuntime : public Runtime {
     return out;
   }
 
-  void Watch(std::vector<v1::ServiceSpec> services,
-             std::function<void(const std::string&)> on_change) override {
-    absl::MutexLock lock(&mu_);
-    on_change_ = std::move(on_change);
-    for (const auto& s : services) Load(s.name());
+  std::unique_ptr<Subscription> Watch(std::vector<v1::ServiceSpec> services,
+                                      std::function<void(const std::string&)> on_change) override {
+    {
+      absl::MutexLock lock(&mu_);
+      for (const auto& s : services) Load(s.name());
+    }
+    return watchers_.Add(std::move(services), std::move(on_change));
   }
 
  private:
@@ -353,7 +356,6 @@ class ProcessRuntime : public Runtime {
         (void)!::read(event_fd_, &v, sizeof(v));
       }
       std::vector<std::string> exited;
-      std::function<void(const std::string&)> cb;
       {
         absl::MutexLock lock(&mu_);
         if (stop_) return;
@@ -379,10 +381,14 @@ class ProcessRuntime : public Runtime {
                      {{"service", p.name}, {"exit_code", absl::StrCat(code)}});
         }
         if (!exited.empty()) changed_ = true;
-        cb = on_change_;
       }
-      if (cb) {
-        for (const auto& name : exited) cb(name);
+      if (!exited.empty()) {
+        watchers_.Notify([&](const std::vector<v1::ServiceSpec>& watched,
+                             const ServiceWatchers::Callback& call) {
+          for (const auto& s : watched) {
+            if (std::find(exited.begin(), exited.end(), s.name()) != exited.end()) call(s.name());
+          }
+        });
       }
       if (absl::Now() - last_log_check > absl::Seconds(1)) {
         last_log_check = absl::Now();
@@ -415,7 +421,7 @@ class ProcessRuntime : public Runtime {
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool changed_ ABSL_GUARDED_BY(mu_) = false;
   std::map<std::string, Proc> procs_ ABSL_GUARDED_BY(mu_);
-  std::function<void(const std::string&)> on_change_ ABSL_GUARDED_BY(mu_);
+  ServiceWatchers watchers_;
   std::thread monitor_;
 };
 

@@ -8,15 +8,16 @@
 //   state     "pid starttime_ticks started_at_unix_ms\n" of the running process (absent when
 //             stopped by us); "exit CODE finished_at_unix_ms\n" lines appended on exit
 //   output.log, output.log.1   the service's stdout+stderr, rotated at 1 MiB
-// Thread-safe. Owns one monitor thread, joined in the destructor.
-#ifndef UPKEEP_AGENT_OBSERVE_PROCESS_RUNTIME_H_
-#define UPKEEP_AGENT_OBSERVE_PROCESS_RUNTIME_H_
+// One runtime per stack (RuntimeRegistry::Scope::kStack). Thread-safe. Owns one monitor thread,
+// joined in the destructor.
+#ifndef UPKEEP_AGENT_RUNTIME_PROCESS_PROCESS_RUNTIME_H_
+#define UPKEEP_AGENT_RUNTIME_PROCESS_PROCESS_RUNTIME_H_
 
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "agent/observe/runtime.h"
+#include "agent/runtime/runtime.h"
 
 namespace upkeep::agent {
 
@@ -25,4 +26,4 @@ absl::StatusOr<std::unique_ptr<Runtime>> CreateProcessRuntime(const std::string&
 
 }  // namespace upkeep::agent
 
-#endif  // UPKEEP_AGENT_OBSERVE_PROCESS_RUNTIME_H_
+#endif  // UPKEEP_AGENT_RUNTIME_PROCESS_PROCESS_RUNTIME_H_

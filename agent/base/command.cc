@@ -1,4 +1,4 @@
-#include "agent/observe/command.h"
+#include "agent/base/command.h"
 
 #include <fcntl.h>
 #include <signal.h>

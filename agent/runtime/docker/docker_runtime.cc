@@ -1,6 +1,6 @@
 // DockerRuntime: the Engine API over the unix socket with libcurl (one easy handle per call;
 // the events thread owns its own multi handle), JSON with nlohmann (exceptions caught here).
-#include "agent/docker/docker_runtime.h"
+#include "agent/runtime/docker/docker_runtime.h"
 
 #include <curl/curl.h>
 #include <sys/stat.h>
@@ -158,14 +158,14 @@ class DockerRuntime : public Runtime {
     return DemuxDockerStream(resp->body);
   }
 
-  void Watch(std::vector<ServiceSpec> services,
-             std::function<void(const std::string&)> on_change) override {
+  std::unique_ptr<Subscription> Watch(std::vector<ServiceSpec> services,
+                                      std::function<void(const std::string&)> on_change) override {
+    std::unique_ptr<Subscription> sub = watchers_.Add(std::move(services), std::move(on_change));
     absl::MutexLock lock(&mu_);
-    watched_ = std::move(services);
-    on_change_ = std::move(on_change);
     if (!events_thread_.joinable() && !stopping_) {
       events_thread_ = std::thread([this] { EventsLoop(); });
     }
+    return sub;
   }
 
  private:
@@ -418,31 +418,19 @@ class DockerRuntime : public Runtime {
                      [&](const char* v) { return verb == v; })) {
       return;
     }
-    std::vector<std::string> hits;
-    std::function<void(const std::string&)> cb;
-    {
-      absl::MutexLock lock(&mu_);
-      for (const auto& s : watched_) {
-        if (Matches(s, attrs)) hits.push_back(s.name());
+    watchers_.Notify([&](const std::vector<ServiceSpec>& watched,
+                         const ServiceWatchers::Callback& call) {
+      for (const auto& s : watched) {
+        if (Matches(s, attrs)) call(s.name());
       }
-      cb = on_change_;
-    }
-    if (cb) {
-      for (const auto& name : hits) cb(name);
-    }
+    });
   }
 
   void NotifyAll() {
-    std::vector<std::string> names;
-    std::function<void(const std::string&)> cb;
-    {
-      absl::MutexLock lock(&mu_);
-      for (const auto& s : watched_) names.push_back(s.name());
-      cb = on_change_;
-    }
-    if (cb) {
-      for (const auto& n : names) cb(n);
-    }
+    watchers_.Notify([](const std::vector<ServiceSpec>& watched,
+                        const ServiceWatchers::Callback& call) {
+      for (const auto& s : watched) call(s.name());
+    });
   }
 
   // Streams /events until it breaks or the runtime is destroyed. Returns whether data flowed.
@@ -544,8 +532,7 @@ class DockerRuntime : public Runtime {
   CURLM* multi_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool ever_connected_ ABSL_GUARDED_BY(mu_) = false;
   int connects_ ABSL_GUARDED_BY(mu_) = 0;
-  std::vector<ServiceSpec> watched_ ABSL_GUARDED_BY(mu_);
-  std::function<void(const std::string&)> on_change_ ABSL_GUARDED_BY(mu_);
+  ServiceWatchers watchers_;
   std::thread events_thread_;
 };
 

@@ -8,7 +8,7 @@
 #include <string>
 #include <thread>
 
-#include "agent/docker/docker_runtime.h"
+#include "agent/runtime/docker/docker_runtime.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/support/temp_dir.h"
@@ -122,7 +122,7 @@ TEST(DockerRuntimeErrors, WatchOnGarbageDoesNotCrashAndStopsPromptly) {
   GarbageServer server(dir.Join("d.sock"), Http(200, "not json\n"));
   auto rt = CreateDockerRuntime(dir.Join("d.sock"));
   ASSERT_TRUE(rt.ok());
-  (*rt)->Watch({Spec()}, [](const std::string&) {});
+  auto watch = (*rt)->Watch({Spec()}, [](const std::string&) {});
   const absl::Time t0 = absl::Now();
   rt->reset();
   EXPECT_LT(absl::Now() - t0, absl::Seconds(3));

@@ -1,5 +1,5 @@
 // DockerRuntime against a real, private dockerd running upkeep-sample containers (host network).
-#include "agent/docker/docker_runtime.h"
+#include "agent/runtime/docker/docker_runtime.h"
 
 #include <string>
 #include <vector>
@@ -221,7 +221,7 @@ TEST_F(DockerRuntimeTest, RuntimeHealthFollowsHealthcheck) {
       [&] { return rt_->Inspect(spec).runtime_health() == upkeep::v1::RUNTIME_HEALTH_HEALTHY; },
       absl::Seconds(20)));
   Changes changes;
-  rt_->Watch({spec}, changes.Callback());
+  auto watch = rt_->Watch({spec}, changes.Callback());
   HttpGetStatus("127.0.0.1", port, "/fault/unhealthy");
   EXPECT_TRUE(WaitFor(
       [&] { return rt_->Inspect(spec).runtime_health() == upkeep::v1::RUNTIME_HEALTH_UNHEALTHY; },
@@ -241,7 +241,7 @@ TEST_F(DockerRuntimeTest, WatchSeesCrashAndKill) {
   // An unrelated container's events must not be reported for "web".
   const int other_port = FreePort();
   ASSERT_TRUE(RunSample(Sample(Unique("other"), other_port)).ok());
-  rt_->Watch({spec}, changes.Callback());
+  auto watch = rt_->Watch({spec}, changes.Callback());
   // Let the stream connect: a start of the watched service is seen.
   ASSERT_TRUE(rt_->Restart(spec, absl::Seconds(1)).ok());
   ASSERT_TRUE(WaitFor([&] { return changes.Count() > 0; }));
@@ -273,6 +273,39 @@ TEST_F(DockerRuntimeTest, WatchSeesCrashAndKill) {
   }
 }
 
+// One Docker runtime serves every Docker stack on the host: each stack's watch gets the events
+// of its own services, whichever subscribed last.
+TEST_F(DockerRuntimeTest, TwoStacksWatchingOneRuntimeBothGetTheirEvents) {
+  const int port_a = FreePort(), port_b = FreePort();
+  const std::string project_a = Unique("shop"), project_b = Unique("blog");
+  ASSERT_TRUE(RunSample(Sample(Unique("a"), port_a, project_a, "web")).ok());
+  ASSERT_TRUE(RunSample(Sample(Unique("b"), port_b, project_b, "web")).ok());
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port_a));
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port_b));
+  const ServiceSpec spec_a = ComposeSpec(project_a, "web");
+  const ServiceSpec spec_b = ComposeSpec(project_b, "web");
+  Changes changes_a, changes_b;
+  auto watch_a = rt_->Watch({spec_a}, changes_a.Callback());
+  auto watch_b = rt_->Watch({spec_b}, changes_b.Callback());
+  ASSERT_TRUE(rt_->Restart(spec_a, absl::Seconds(1)).ok());
+  EXPECT_TRUE(WaitFor([&] { return changes_a.Count() > 0; }))
+      << "the first stack's watch no longer gets its events";
+  ASSERT_TRUE(rt_->Restart(spec_b, absl::Seconds(1)).ok());
+  EXPECT_TRUE(WaitFor([&] { return changes_b.Count() > 0; }));
+  {
+    absl::MutexLock lock(&changes_a.mu);
+    for (const auto& [s, t] : changes_a.calls) EXPECT_EQ(s, "web");
+  }
+  // A stack that goes away stops hearing; the other keeps hearing.
+  watch_a.reset();
+  const size_t a_before = changes_a.Count();
+  const absl::Time restart_at = absl::Now();
+  ASSERT_TRUE(rt_->Restart(spec_a, absl::Seconds(1)).ok());
+  ASSERT_TRUE(rt_->Restart(spec_b, absl::Seconds(1)).ok());
+  EXPECT_TRUE(WaitFor([&] { return changes_b.FirstAfter(restart_at).has_value(); }));
+  EXPECT_EQ(changes_a.Count(), a_before) << "an ended watch is never called again";
+}
+
 // Last in the file: restarts the shared dockerd.
 TEST_F(DockerRuntimeTest, WatchReconnectsAfterDaemonRestart) {
   const int port = FreePort();
@@ -281,7 +314,7 @@ TEST_F(DockerRuntimeTest, WatchReconnectsAfterDaemonRestart) {
   ASSERT_TRUE(WaitForPort("127.0.0.1", port));
   const ServiceSpec spec = NameSpec(name);
   Changes changes;
-  rt_->Watch({spec}, changes.Callback());
+  auto watch = rt_->Watch({spec}, changes.Callback());
   ASSERT_TRUE(rt_->Restart(spec, absl::Seconds(1)).ok());
   ASSERT_TRUE(WaitFor([&] { return changes.Count() > 0; }));
 

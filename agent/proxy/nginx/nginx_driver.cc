@@ -1,12 +1,18 @@
-#include "agent/observe/nginx.h"
+#include "agent/proxy/nginx/nginx_driver.h"
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <sys/syscall.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <set>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -17,7 +23,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
-#include "agent/observe/command.h"
+#include "agent/base/command.h"
 #include "core/log.h"
 #include "core/proto_time.h"
 
@@ -94,15 +100,147 @@ bool ParseUpstreamErrorLine(const std::string& line, v1::UpstreamErrorKind* kind
   return true;
 }
 
-NginxDriver::NginxDriver(const v1::NginxSpec& spec) : spec_(spec) {}
+NginxDriver::NginxDriver(const v1::NginxSpec& spec) : spec_(spec) {
+  wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+}
 
-void NginxDriver::SetSpec(const v1::NginxSpec& spec) {
-  absl::MutexLock lock(&mu_);
-  if (spec.error_log() != spec_.error_log()) {
-    log_offset_ = -1;
-    log_inode_ = 0;
+NginxDriver::~NginxDriver() {
+  std::thread t;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    t = std::move(watch_thread_);
   }
-  spec_ = spec;
+  WakeWatcher();
+  if (t.joinable()) t.join();
+  if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+void NginxDriver::SetSpec(const v1::ProxySpec& proxy) {
+  const v1::NginxSpec& spec = proxy.nginx();
+  {
+    absl::MutexLock lock(&mu_);
+    if (spec.error_log() != spec_.error_log()) {
+      log_offset_ = -1;
+      log_inode_ = 0;
+    }
+    spec_ = spec;
+    ++spec_generation_;
+  }
+  WakeWatcher();  // the watched paths may have changed
+}
+
+void NginxDriver::WakeWatcher() {
+  const uint64_t one = 1;
+  if (wake_fd_ >= 0) (void)!::write(wake_fd_, &one, sizeof(one));
+}
+
+std::unique_ptr<Subscription> NginxDriver::Watch(std::function<void(Change)> on_change) {
+  std::unique_ptr<Subscription> sub = watchers_.Add(true, std::move(on_change));
+  absl::MutexLock lock(&mu_);
+  if (!watch_thread_.joinable() && !stopping_) {
+    watch_thread_ = std::thread([this] { WatchLoop(); });
+  }
+  return sub;
+}
+
+namespace {
+
+std::string DirOf(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+}  // namespace
+
+// Waits on inotify (pid file and error log directories), a pidfd of the master and the wake
+// eventfd; never on a timer unless a directory to watch does not exist yet.
+void NginxDriver::WatchLoop() {
+  const int in = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  constexpr uint32_t kMask = IN_CREATE | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO |
+                             IN_MOVED_FROM | IN_DELETE | IN_ATTRIB | IN_DELETE_SELF |
+                             IN_MOVE_SELF;
+  std::map<int, std::string> watches;  // wd -> directory
+  uint64_t armed_generation = ~uint64_t{0};
+  bool all_armed = false;
+  pid_t master = -1;
+  int master_fd = -1;
+  uint64_t errors_notified = 0;
+  bool first = true;
+  auto notify = [&](Change c) {
+    watchers_.Notify([c](const bool&, const std::function<void(Change)>& call) { call(c); });
+  };
+  while (true) {
+    std::string pid_file, error_log;
+    uint64_t generation;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) break;
+      pid_file = spec_.pid_file();
+      error_log = spec_.error_log();
+      generation = spec_generation_;
+    }
+    if (in >= 0 && (generation != armed_generation || !all_armed)) {
+      for (const auto& [wd, dir] : watches) ::inotify_rm_watch(in, wd);
+      watches.clear();
+      all_armed = true;
+      std::set<std::string> dirs;
+      if (!pid_file.empty()) dirs.insert(DirOf(pid_file));
+      if (!error_log.empty()) dirs.insert(DirOf(error_log));
+      for (const auto& d : dirs) {
+        const int wd = ::inotify_add_watch(in, d.c_str(), kMask);
+        if (wd < 0) {
+          all_armed = false;  // not there yet: look again in a second
+        } else {
+          watches[wd] = d;
+        }
+      }
+      armed_generation = generation;
+    }
+    // What may have changed: the master, and the log.
+    const pid_t now_master = MasterPid();
+    if (now_master != master) {
+      if (master_fd >= 0) ::close(master_fd);
+      master_fd = now_master > 0 ? static_cast<int>(::syscall(SYS_pidfd_open, now_master, 0)) : -1;
+      if (!first) notify(Change::kMaster);
+      master = now_master;
+    }
+    PollErrorLog();
+    uint64_t seen;
+    {
+      absl::MutexLock lock(&mu_);
+      seen = errors_seen_;
+    }
+    if (first) {
+      errors_notified = seen;
+    } else if (seen != errors_notified) {
+      errors_notified = seen;
+      notify(Change::kUpstreamError);
+    }
+    first = false;
+
+    std::vector<pollfd> fds = {{wake_fd_, POLLIN, 0}};
+    if (in >= 0) fds.push_back({in, POLLIN, 0});
+    if (master_fd >= 0) fds.push_back({master_fd, POLLIN, 0});
+    ::poll(fds.data(), fds.size(), all_armed && in >= 0 ? -1 : 1000);
+    uint64_t v;
+    (void)!::read(wake_fd_, &v, sizeof(v));
+    if (in >= 0) {
+      alignas(inotify_event) char buf[16 << 10];
+      while (true) {
+        const ssize_t n = ::read(in, buf, sizeof(buf));
+        if (n <= 0) break;
+        for (char* p = buf; p < buf + n;) {
+          const auto* ev = reinterpret_cast<const inotify_event*>(p);
+          if (ev->mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF)) all_armed = false;
+          p += sizeof(inotify_event) + ev->len;
+        }
+      }
+    }
+  }
+  if (master_fd >= 0) ::close(master_fd);
+  if (in >= 0) ::close(in);
 }
 
 std::vector<std::string> NginxDriver::BaseArgs() const {
@@ -214,6 +352,7 @@ bool NginxDriver::PollLocked() {
     rec.set_count(rec.count() + 1);
     *rec.mutable_last_seen() = ToProto(now);
     rec.set_sample(line.substr(0, 512));
+    ++errors_seen_;
     new_error = true;
   }
   return new_error;
@@ -225,7 +364,7 @@ void NginxDriver::ClearErrors() {
   errors_.clear();
 }
 
-void NginxDriver::Fill(v1::ProxyObservation* out) {
+void NginxDriver::Observe(v1::ProxyObservation* out) {
   const pid_t master = MasterPid();
   out->set_master_running(master > 0);
   out->set_master_pid(master);
@@ -238,7 +377,7 @@ void NginxDriver::Fill(v1::ProxyObservation* out) {
   if (started_at_ != absl::InfinitePast()) *out->mutable_started_at() = ToProto(started_at_);
 }
 
-v1::ConfigTest NginxDriver::Test() {
+v1::ConfigTest NginxDriver::TestConfig() {
   std::vector<std::string> args;
   {
     absl::MutexLock lock(&mu_);
@@ -268,7 +407,7 @@ v1::ConfigTest NginxDriver::Test() {
 
 absl::StatusOr<std::string> NginxDriver::Start(absl::Duration timeout) {
   if (const pid_t m = MasterPid(); m > 0) return absl::StrCat("nginx already running (pid ", m, ")");
-  const v1::ConfigTest test = Test();
+  const v1::ConfigTest test = TestConfig();
   if (!test.ok()) {
     return absl::FailedPreconditionError(absl::StrCat("nginx -t failed; not started:\n",
                                                       test.output()));
@@ -299,7 +438,7 @@ absl::StatusOr<std::string> NginxDriver::Start(absl::Duration timeout) {
 absl::StatusOr<std::string> NginxDriver::Reload(absl::Duration timeout) {
   const pid_t master = MasterPid();
   if (master == 0) return absl::FailedPreconditionError("nginx is not running: nothing to reload");
-  const v1::ConfigTest test = Test();
+  const v1::ConfigTest test = TestConfig();
   if (!test.ok()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "nginx -t failed; not reloaded (the running config keeps serving):\n", test.output()));
@@ -322,7 +461,7 @@ absl::StatusOr<std::string> NginxDriver::Reload(absl::Duration timeout) {
 absl::StatusOr<std::string> NginxDriver::Restart(absl::Duration timeout) {
   const pid_t master = MasterPid();
   if (master > 0) {
-    const v1::ConfigTest test = Test();
+    const v1::ConfigTest test = TestConfig();
     if (!test.ok()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "nginx -t failed; not restarted (the running nginx keeps serving):\n", test.output()));
@@ -340,6 +479,10 @@ absl::StatusOr<std::string> NginxDriver::Restart(absl::Duration timeout) {
   auto started = Start(timeout / 2);
   if (!started.ok()) return started.status();
   return absl::StrCat("nginx restarted\n", *started);
+}
+
+std::shared_ptr<ProxyDriver> CreateNginxDriver(const v1::ProxySpec& spec) {
+  return std::make_shared<NginxDriver>(spec.nginx());
 }
 
 }  // namespace upkeep::agent

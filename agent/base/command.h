@@ -1,8 +1,8 @@
 // Runs a command (argv, no shell) with a deadline and returns its exit code and output
 // (stdout+stderr, bounded). Output goes through a memfd, so a command that daemonizes (nginx)
 // returns as soon as the launcher exits.
-#ifndef UPKEEP_AGENT_OBSERVE_COMMAND_H_
-#define UPKEEP_AGENT_OBSERVE_COMMAND_H_
+#ifndef UPKEEP_AGENT_BASE_COMMAND_H_
+#define UPKEEP_AGENT_BASE_COMMAND_H_
 
 #include <string>
 #include <vector>
@@ -22,4 +22,4 @@ absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv,
 
 }  // namespace upkeep::agent
 
-#endif  // UPKEEP_AGENT_OBSERVE_COMMAND_H_
+#endif  // UPKEEP_AGENT_BASE_COMMAND_H_

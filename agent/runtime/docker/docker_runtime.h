@@ -1,22 +1,23 @@
-// DockerRuntime: the Runtime (agent/observe/runtime.h) for Docker containers, over the Docker
+// DockerRuntime: the Runtime (agent/runtime/runtime.h) for Docker containers, over the Docker
 // Engine API on its unix socket (libcurl), with an /events subscription for instant change
 // notification.
-#ifndef UPKEEP_AGENT_DOCKER_DOCKER_RUNTIME_H_
-#define UPKEEP_AGENT_DOCKER_DOCKER_RUNTIME_H_
+#ifndef UPKEEP_AGENT_RUNTIME_DOCKER_DOCKER_RUNTIME_H_
+#define UPKEEP_AGENT_RUNTIME_DOCKER_DOCKER_RUNTIME_H_
 
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "agent/observe/runtime.h"
+#include "agent/runtime/runtime.h"
 
 namespace upkeep::agent {
 
 // Containers are found by compose labels (ServiceSpec.container.compose: project/service, the
 // running one or else the newest) or by name (container.name, else the service name). The API
-// version is min(server ApiVersion, 1.41). Watch runs one thread on GET /events (container
-// events, matched to the watched services client-side) that reconnects with backoff (100ms..2s)
-// and, after a reconnect, reports every watched service as changed.
+// version is min(server ApiVersion, 1.41). One runtime serves every Docker stack on the host:
+// each Watch is its own subscription. The first Watch starts one thread on GET /events
+// (container events, matched to each subscription's services client-side) that reconnects with
+// backoff (100ms..2s) and, after a reconnect, reports every watched service as changed.
 //
 // `socket_path` e.g. /var/run/docker.sock. Fails only on unusable arguments; an unreachable
 // daemon shows up as ServiceObservation.error (and the events stream keeps reconnecting).
@@ -28,4 +29,4 @@ std::string DemuxDockerStream(const std::string& raw);
 
 }  // namespace upkeep::agent
 
-#endif  // UPKEEP_AGENT_DOCKER_DOCKER_RUNTIME_H_
+#endif  // UPKEEP_AGENT_RUNTIME_DOCKER_DOCKER_RUNTIME_H_
