@@ -178,21 +178,19 @@ TEST_F(NginxTest, WatchTellsMasterChangesAndNewUpstreamErrorsAsTheyHappen) {
   const int before = changes.Master();
   const pid_t master = nginx.MasterPid();
   ASSERT_GT(master, 0);
-  NginxDriver probe(spec_);
-  for (pid_t w : [&] {
-         v1::ProxyObservation o;
-         probe.Observe(&o);
-         return std::vector<pid_t>(o.worker_pids().begin(), o.worker_pids().end());
-       }()) {
-    ::kill(w, SIGKILL);
-  }
+  v1::ProxyObservation o;
+  nginx.Observe(&o);
+  ASSERT_EQ(o.worker_pids_size(), 1);
   ::kill(master, SIGKILL);
+  ::kill(o.worker_pids(0), SIGKILL);
   EXPECT_TRUE(WaitFor([&] { return changes.Master() > before; })) << "death seen";
   EXPECT_EQ(nginx.MasterPid(), 0);
   // Once the handle is gone the callback is never called again.
   watch.reset();
   const int after = changes.Master();
-  ASSERT_TRUE(nginx.Start(absl::Seconds(10)).ok());
+  ASSERT_TRUE(WaitFor([&] { return !upkeep::testing::CanConnect("127.0.0.1", port_); }));
+  auto restarted = nginx.Start(absl::Seconds(10));
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
   ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", port_));
   EXPECT_EQ(changes.Master(), after);
 }
