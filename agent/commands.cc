@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "agent/act/executor.h"
+#include "agent/daemon/host.h"
 #include "agent/observe/observer.h"
 #include "core/decision/render.h"
 #include "core/log.h"
@@ -144,11 +145,8 @@ int RunObserveCommand(int argc, char** argv) {
   if (!ParseFlags(argc, argv, &f)) return 2;
   v1::Stack stack;
   if (!LoadStack(f, &stack)) return 1;
-  ObserverOptions options;
-  options.host_id = f.host_id;
-  options.data_dir = f.data;
-  options.docker_socket = f.docker_socket;
-  auto observer = StackObserver::Create(options);
+  std::unique_ptr<Host> host = MakeHost({f.data, f.docker_socket});
+  auto observer = StackObserver::Create({f.host_id}, &host->runtimes, &host->proxies);
   if (!observer.ok()) {
     std::fprintf(stderr, "upkeep-agent observe: %s\n", std::string(observer.status().message()).c_str());
     return 1;
@@ -183,13 +181,8 @@ int RunActCommand(int argc, char** argv) {
     std::fprintf(stderr, "upkeep-agent act: unknown action %s\n", f.positional[0].c_str());
     return 2;
   }
-  ObserverOptions options;
-  options.host_id = f.host_id;
-  options.data_dir = f.data;
-  options.docker_socket = f.docker_socket;
-  auto observer = StackObserver::Create(options);
-  if (!observer.ok()) return 1;
-  auto executor = Executor::Create(f.data, observer->get());
+  std::unique_ptr<Host> host = MakeHost({f.data, f.docker_socket});
+  auto executor = Executor::Create(f.data, &host->runtimes, &host->proxies);
   if (!executor.ok()) {
     std::fprintf(stderr, "upkeep-agent act: %s\n", std::string(executor.status().message()).c_str());
     return 1;

@@ -8,9 +8,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "agent/act/journal.h"
-#include "agent/observe/nginx.h"
-#include "agent/observe/observer.h"
-#include "agent/observe/runtime.h"
+#include "agent/proxy/proxy_drivers.h"
+#include "agent/runtime/registry.h"
 #include "core/log.h"
 #include "core/proto_time.h"
 
@@ -28,8 +27,12 @@ std::string Excerpt(const std::string& s) {
 
 class ExecutorImpl : public Executor {
  public:
-  ExecutorImpl(std::unique_ptr<Journal> journal, StackObserver* observer)
-      : journal_(std::move(journal)), observer_(observer) {}
+  ExecutorImpl(std::unique_ptr<Journal> journal, RuntimeRegistry* runtimes, ProxyDrivers* proxies,
+               std::function<void()> after_action)
+      : journal_(std::move(journal)),
+        runtimes_(runtimes),
+        proxies_(proxies),
+        after_action_(std::move(after_action)) {}
 
   void SetDesired(const std::vector<v1::Stack>& stacks) override {
     absl::MutexLock lock(&mu_);
@@ -86,7 +89,7 @@ class ExecutorImpl : public Executor {
     UPKEEP_LOG(info, "action_finished",
                {{"id", action.id()}, {"outcome", v1::ActionOutcome_Name(outcome)},
                 {"message", result.message()}});
-    if (observer_ != nullptr) observer_->RefreshNow();
+    if (after_action_) after_action_();
     return result;
   }
 
@@ -107,12 +110,14 @@ class ExecutorImpl : public Executor {
   // The agent acts only on targets its desired state names. Empty = allowed.
   std::string Authorize(const v1::Action& action, v1::Stack* stack,
                         const v1::ServiceSpec** service) {
-    absl::MutexLock lock(&mu_);
-    auto it = stacks_.find(action.stack());
-    if (it == stacks_.end()) {
-      return absl::StrCat("stack \"", action.stack(), "\" is not in this agent's desired state");
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = stacks_.find(action.stack());
+      if (it == stacks_.end()) {
+        return absl::StrCat("stack \"", action.stack(), "\" is not in this agent's desired state");
+      }
+      *stack = it->second;
     }
-    *stack = it->second;
     switch (action.kind()) {
       case v1::ACTION_KIND_START_SERVICE:
       case v1::ACTION_KIND_RESTART_SERVICE:
@@ -129,12 +134,14 @@ class ExecutorImpl : public Executor {
       case v1::ACTION_KIND_TEST_PROXY_CONFIG:
       case v1::ACTION_KIND_RELOAD_PROXY:
       case v1::ACTION_KIND_START_PROXY:
-      case v1::ACTION_KIND_RESTART_PROXY:
-        if (!stack->spec().has_proxy() || action.target() != "nginx") {
+      case v1::ACTION_KIND_RESTART_PROXY: {
+        std::shared_ptr<ProxyDriver> proxy = proxies_->For(*stack);
+        if (proxy == nullptr || action.target() != proxy->target()) {
           return absl::StrCat("proxy target \"", action.target(), "\" is not named by stack ",
                               action.stack());
         }
         return "";
+      }
       default:
         return absl::StrCat("unsupported action kind ", v1::ActionKind_Name(action.kind()));
     }
@@ -151,8 +158,12 @@ class ExecutorImpl : public Executor {
       return fallback;
     };
     if (service != nullptr) {
-      Runtime* runtime = observer_->RuntimeFor(stack);
-      if (runtime == nullptr) return absl::UnavailableError("no runtime for this stack");
+      absl::StatusOr<Runtime*> found = runtimes_->Get(stack);
+      if (!found.ok()) {
+        return absl::UnavailableError(
+            absl::StrCat("no runtime for this stack: ", found.status().message()));
+      }
+      Runtime* runtime = *found;
       const absl::Duration stop_timeout =
           std::min(budget, param_ms("stop_timeout_ms",
                                     DurationOr(service->stop_timeout(), absl::Seconds(10))));
@@ -186,20 +197,22 @@ class ExecutorImpl : public Executor {
           break;
       }
     }
-    NginxDriver* nginx = observer_->ProxyFor(stack);
-    if (nginx == nullptr) return absl::FailedPreconditionError("stack has no proxy");
+    // Held until the action is done, whatever the desired state does meanwhile.
+    const std::shared_ptr<ProxyDriver> proxy = proxies_->For(stack);
+    if (proxy == nullptr) return absl::FailedPreconditionError("stack has no proxy");
     absl::StatusOr<std::string> r;
     switch (action.kind()) {
       case v1::ACTION_KIND_TEST_PROXY_CONFIG: {
-        const v1::ConfigTest t = nginx->Test();
+        const v1::ConfigTest t = proxy->TestConfig();
         *output = t.output();
         return t.ok() ? absl::OkStatus()
-                      : absl::FailedPreconditionError("nginx -t failed: the config is invalid");
+                      : absl::FailedPreconditionError(absl::StrCat(
+                            proxy->target(), " config test failed: the config is invalid"));
       }
-      case v1::ACTION_KIND_START_PROXY: r = nginx->Start(std::min(budget, absl::Seconds(10))); break;
-      case v1::ACTION_KIND_RELOAD_PROXY: r = nginx->Reload(std::min(budget, absl::Seconds(10))); break;
+      case v1::ACTION_KIND_START_PROXY: r = proxy->Start(std::min(budget, absl::Seconds(10))); break;
+      case v1::ACTION_KIND_RELOAD_PROXY: r = proxy->Reload(std::min(budget, absl::Seconds(10))); break;
       case v1::ACTION_KIND_RESTART_PROXY:
-        r = nginx->Restart(std::min(budget, absl::Seconds(20)));
+        r = proxy->Restart(std::min(budget, absl::Seconds(20)));
         break;
       default:
         return absl::InvalidArgumentError("unsupported action");
@@ -213,7 +226,9 @@ class ExecutorImpl : public Executor {
   }
 
   std::unique_ptr<Journal> journal_;
-  StackObserver* observer_;
+  RuntimeRegistry* const runtimes_;
+  ProxyDrivers* const proxies_;
+  const std::function<void()> after_action_;
   absl::Mutex mu_;
   std::map<std::string, v1::Stack> stacks_ ABSL_GUARDED_BY(mu_);
 };
@@ -221,12 +236,18 @@ class ExecutorImpl : public Executor {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Executor>> Executor::Create(const std::string& data_dir,
-                                                           StackObserver* observer) {
+                                                           RuntimeRegistry* runtimes,
+                                                           ProxyDrivers* proxies,
+                                                           std::function<void()> after_action) {
+  if (runtimes == nullptr || proxies == nullptr) {
+    return absl::InvalidArgumentError("executor: a runtime registry and proxy drivers are required");
+  }
   std::error_code ec;
   std::filesystem::create_directories(data_dir, ec);
   auto journal = std::make_unique<Journal>(data_dir + "/journal");
   if (absl::Status st = journal->Recover(); !st.ok()) return st;
-  return std::unique_ptr<Executor>(new ExecutorImpl(std::move(journal), observer));
+  return std::unique_ptr<Executor>(
+      new ExecutorImpl(std::move(journal), runtimes, proxies, std::move(after_action)));
 }
 
 }  // namespace upkeep::agent

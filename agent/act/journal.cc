@@ -6,6 +6,8 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <iterator>
+#include <sstream>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -23,7 +25,16 @@ absl::Status Journal::Recover() {
   entries_.clear();
   order_.clear();
   records_ = 0;
-  std::ifstream in(path_);
+  std::string text;
+  {
+    std::ifstream in(path_, std::ios::binary);
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  // Only complete lines are records; a torn tail is cut off below.
+  const size_t complete = text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1;
+  const bool torn = complete < text.size();
+  text.resize(complete);
+  std::istringstream in(text);
   std::string line;
   while (std::getline(in, line)) {
     std::vector<std::string> f = absl::StrSplit(line, ' ');
@@ -36,12 +47,19 @@ absl::Status Journal::Recover() {
       if (!entries_.count(f[1])) order_.push_back(f[1]);
       entries_[f[1]] = result;
     }
-    // Anything else is a torn last line from a crash mid-write: ignored.
+    // A complete line that does not parse (not written by us): skipped.
     ++records_;
   }
   fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
   if (fd_ < 0) {
     return absl::InternalError(absl::StrCat("journal ", path_, ": ", std::strerror(errno)));
+  }
+  size_ = static_cast<off_t>(complete);
+  if (torn) {
+    if (::ftruncate(fd_, size_) != 0 || ::fdatasync(fd_) != 0) {
+      return absl::InternalError(
+          absl::StrCat("journal ", path_, ": cannot cut off a torn record: ", std::strerror(errno)));
+    }
   }
   return absl::OkStatus();
 }
@@ -57,12 +75,16 @@ Journal::State Journal::Lookup(const std::string& id, upkeep::v1::ActionResult* 
 
 absl::Status Journal::Append(const std::string& line) {
   if (fd_ < 0) return absl::FailedPreconditionError("journal not recovered");
-  if (::write(fd_, line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
-    return absl::InternalError(absl::StrCat("journal write: ", std::strerror(errno)));
+  const ssize_t n = ::write(fd_, line.data(), line.size());
+  if (n != static_cast<ssize_t>(line.size())) {
+    const std::string why = n < 0 ? std::strerror(errno) : "short write";
+    (void)!::ftruncate(fd_, size_);  // no torn record left behind for the next append
+    return absl::InternalError(absl::StrCat("journal write: ", why));
   }
   if (::fdatasync(fd_) != 0) {
     return absl::InternalError(absl::StrCat("journal fsync: ", std::strerror(errno)));
   }
+  size_ += n;
   if (++records_ > kCompactAt) return Compact();
   return absl::OkStatus();
 }
@@ -107,6 +129,7 @@ absl::Status Journal::Compact() {
   ::close(fd_);
   fd_ = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
   records_ = order_.size();
+  size_ = static_cast<off_t>(text.size());
   return absl::OkStatus();
 }
 

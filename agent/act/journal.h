@@ -1,14 +1,24 @@
 // Journal: what the agent must not forget across its own restarts — which action ids it has
 // started and finished, with their results — so an id is executed at most once.
 //
-// On-disk layout: DATA/journal, append-only text, one record per line, fsync'd:
+// On-disk layout: DATA/journal, append-only text, one record per line, each record written
+// with one write(2) and fdatasync'd before the call returns:
 //   S <id>\n                         execution started
 //   F <id> <base64(ActionResult)>\n  execution finished, with its result
-// Recover() reads it back; an id with S but no F was interrupted by an agent crash. When the
-// file holds more than kCompactAt records it is rewritten with the newest kKeep results.
-// Thread-safe.
+// A record counts only once its '\n' is on disk.
+//
+// Recovery rule (Recover(), once, before any other call): read every complete line; an id with
+// S but no F was interrupted by an agent crash (it is reported, never run again). Bytes after
+// the last '\n' are a record torn by a crash mid-append: they are cut off (the file is
+// truncated to its last complete line and synced) so the next record starts on a line of its
+// own instead of being glued to the torn one and lost at the following recovery. A complete
+// line that does not parse is skipped. An append that fails half-way is cut off the same way
+// at once. When the file holds more than kCompactAt records it is rewritten (temp file +
+// rename) with the newest kKeep ids. Thread-safe.
 #ifndef UPKEEP_AGENT_ACT_JOURNAL_H_
 #define UPKEEP_AGENT_ACT_JOURNAL_H_
+
+#include <sys/types.h>
 
 #include <deque>
 #include <map>
@@ -48,6 +58,7 @@ class Journal {
   std::map<std::string, std::optional<upkeep::v1::ActionResult>> entries_ ABSL_GUARDED_BY(mu_);
   std::deque<std::string> order_ ABSL_GUARDED_BY(mu_);
   size_t records_ ABSL_GUARDED_BY(mu_) = 0;
+  off_t size_ ABSL_GUARDED_BY(mu_) = 0;  // bytes of complete records in the file
 };
 
 }  // namespace upkeep::agent

@@ -5,10 +5,14 @@
 #include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string>
 
 #include "absl/time/clock.h"
+#include "agent/act/executor.h"
 #include "agent/daemon/agent_client.h"
+#include "agent/daemon/host.h"
+#include "agent/observe/observer.h"
 #include "core/log.h"
 
 namespace upkeep::agent {
@@ -53,7 +57,22 @@ int RunDaemon(int argc, char** argv) {
   ::signal(SIGINT, OnSignal);
   ::signal(SIGTERM, OnSignal);
   ::signal(SIGPIPE, SIG_IGN);
-  AgentClient client(options);
+  // Owned here, destroyed in reverse: the client (its stream and threads), the executor, the
+  // observer (its probes and watches), and last the host's runtimes and proxy drivers.
+  std::unique_ptr<Host> host = MakeHost({options.data_dir, options.docker_socket});
+  auto observer = StackObserver::Create({options.host_id}, &host->runtimes, &host->proxies);
+  if (!observer.ok()) {
+    UPKEEP_LOG(critical, "agent_start_failed", {{"error", std::string(observer.status().message())}});
+    return 1;
+  }
+  StackObserver* obs = observer->get();
+  auto executor = Executor::Create(options.data_dir, &host->runtimes, &host->proxies,
+                                   [obs] { obs->RefreshNow(); });
+  if (!executor.ok()) {
+    UPKEEP_LOG(critical, "agent_start_failed", {{"error", std::string(executor.status().message())}});
+    return 1;
+  }
+  AgentClient client(options, obs, executor->get());
   if (absl::Status st = client.Start(); !st.ok()) {
     UPKEEP_LOG(critical, "agent_start_failed", {{"error", std::string(st.message())}});
     return 1;

@@ -3,15 +3,15 @@
 #include <map>
 #include <memory>
 #include <thread>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "agent/docker/docker_runtime.h"
-#include "agent/observe/nginx.h"
 #include "agent/observe/ports.h"
-#include "agent/observe/process_runtime.h"
 #include "agent/observe/prober.h"
+#include "agent/proxy/proxy_drivers.h"
+#include "agent/runtime/registry.h"
 #include "core/log.h"
 #include "core/observation.h"
 #include "core/proto_time.h"
@@ -23,99 +23,62 @@ namespace v1 = upkeep::v1;
 
 constexpr absl::Duration kResync = absl::Seconds(5);
 constexpr absl::Duration kRoutePeriod = absl::Seconds(1);
-constexpr absl::Duration kTick = absl::Milliseconds(20);
+constexpr absl::Duration kForcedWindow = absl::Seconds(3);
 
-// The latest judged probe state of one target (a service or a route).
+// One probed target (a service or a route) and its latest judged state. The fields below
+// `tracker` are guarded by the observer's mutex; `thread` belongs to the assembler thread.
 struct Target {
   std::string name;  // service name or route path
   bool route = false;
+  const v1::ServiceSpec* spec = nullptr;  // points into StackState::spec; null for a route
   ProbeRequest request;
   absl::Duration period;
   std::unique_ptr<HealthTracker> tracker;
   v1::ProbeResult last;
   v1::HealthState health = v1::HEALTH_STATE_UNSPECIFIED;
   bool poke = false;
+  bool stop = false;
+  std::thread thread;
 };
 
+// One desired stack. Created and destroyed only by the assembler thread; everything but
+// last_sent/last_sent_at and the targets' judged state is immutable once published.
 struct StackState {
   v1::Stack spec;
-  Runtime* runtime = nullptr;  // owned by the observer
-  std::unique_ptr<NginxDriver> nginx;
+  Runtime* runtime = nullptr;  // owned by the registry
+  std::string runtime_error;
+  std::shared_ptr<ProxyDriver> proxy;
   std::map<std::string, std::unique_ptr<Target>> targets;  // "svc:NAME" / "route:PATH"
   std::string last_sent;
   absl::Time last_sent_at = absl::InfinitePast();
-  pid_t nginx_master = -1;  // last seen, to notice nginx stopping or starting at once
+  // Declared last: destroyed first, so no callback runs into a half-destroyed state.
+  std::unique_ptr<Subscription> runtime_watch;
+  std::unique_ptr<Subscription> proxy_watch;
 };
 
+// What Build needs of a target, copied under the lock.
+struct TargetView {
+  v1::ProbeResult last;
+  v1::HealthState health = v1::HEALTH_STATE_UNSPECIFIED;
+  int failures = 0;
+};
 
 class ObserverImpl : public StackObserver {
  public:
-  explicit ObserverImpl(ObserverOptions options) : options_(std::move(options)) {}
+  ObserverImpl(ObserverOptions options, RuntimeRegistry* runtimes, ProxyDrivers* proxies)
+      : options_(std::move(options)), runtimes_(runtimes), proxies_(proxies) {}
   ~ObserverImpl() override { Stop(); }
 
   void SetDesired(const std::vector<v1::Stack>& stacks) override {
-    StopProbes();
     absl::MutexLock lock(&mu_);
-    std::map<std::string, std::unique_ptr<StackState>> next;
-    for (const auto& s : stacks) {
-      auto st = std::make_unique<StackState>();
-      st->spec = s;
-      st->runtime = RuntimeLocked(s);
-      if (s.spec().has_proxy()) {
-        auto old = stacks_.find(s.metadata().name());
-        if (old != stacks_.end() && old->second->nginx != nullptr) {
-          st->nginx = std::move(old->second->nginx);  // keeps its error-log position
-          st->nginx->SetSpec(s.spec().proxy().nginx());
-        } else {
-          st->nginx = std::make_unique<NginxDriver>(s.spec().proxy().nginx());
-        }
-      }
-      for (const auto& svc : s.spec().services()) {
-        auto t = std::make_unique<Target>();
-        t->name = svc.name();
-        t->request = ServiceProbe(svc);
-        t->period = DurationOr(svc.probe().period(), absl::Seconds(1));
-        t->tracker = std::make_unique<HealthTracker>(svc.probe());
-        st->targets["svc:" + svc.name()] = std::move(t);
-      }
-      for (const auto& r : s.spec().proxy().routes()) {
-        if (!r.has_probe()) continue;
-        auto t = std::make_unique<Target>();
-        t->name = r.path();
-        t->route = true;
-        t->request = RouteProbe(r);
-        t->period = kRoutePeriod;
-        st->targets["route:" + r.path()] = std::move(t);
-      }
-      if (st->runtime != nullptr) {
-        std::vector<v1::ServiceSpec> services(s.spec().services().begin(),
-                                              s.spec().services().end());
-        const std::string stack_name = s.metadata().name();
-        st->runtime->Watch(services, [this, stack_name](const std::string& service) {
-          OnRuntimeChange(stack_name, service);
-        });
-      }
-      next[s.metadata().name()] = std::move(st);
-    }
-    stacks_ = std::move(next);
-    if (started_) StartProbesLocked();
-    dirty_ = true;
+    pending_ = stacks;
+    has_pending_ = true;
   }
 
   v1::StackObservation ObserveOnce(const v1::Stack& stack) override {
-    Runtime* runtime;
-    NginxDriver* nginx = nullptr;
-    std::unique_ptr<NginxDriver> own_nginx;
-    {
-      absl::MutexLock lock(&mu_);
-      runtime = RuntimeLocked(stack);
-      auto it = stacks_.find(stack.metadata().name());
-      if (it != stacks_.end()) nginx = it->second->nginx.get();
-    }
-    if (nginx == nullptr && stack.spec().has_proxy()) {
-      own_nginx = std::make_unique<NginxDriver>(stack.spec().proxy().nginx());
-      nginx = own_nginx.get();
-    }
+    std::string runtime_error;
+    Runtime* runtime = ResolveRuntime(stack, &runtime_error);
+    std::shared_ptr<ProxyDriver> proxy = proxies_->For(stack);
     v1::StackObservation o = Header(stack);
     std::vector<ProbeRequest> requests;
     std::vector<int> service_index;
@@ -124,7 +87,7 @@ class ObserverImpl : public StackObserver {
       v1::ServiceObservation* so = o.add_services();
       *so = runtime != nullptr ? runtime->Inspect(svc) : v1::ServiceObservation();
       so->set_name(svc.name());
-      if (runtime == nullptr) so->set_error("no runtime for this stack");
+      if (runtime == nullptr) so->set_error(runtime_error);
       for (const auto& l : ListenersOf(so->pid(), listeners)) *so->add_listening() = l;
       requests.push_back(ServiceProbe(svc));
       service_index.push_back(o.services_size() - 1);
@@ -144,7 +107,7 @@ class ObserverImpl : public StackObserver {
         so->set_consecutive_failures(results[i].ok() ? 0 : 1);
       }
     }
-    if (nginx != nullptr) nginx->Fill(o.mutable_proxy());
+    if (proxy != nullptr) proxy->Observe(o.mutable_proxy());
     for (size_t i = 0; i < route_paths.size(); ++i) {
       v1::RouteObservation* r = o.mutable_proxy()->add_routes();
       r->set_path(route_paths[i]);
@@ -155,37 +118,22 @@ class ObserverImpl : public StackObserver {
 
   void Start(Callback callback) override {
     absl::MutexLock lock(&mu_);
+    if (assembler_.joinable()) return;
     callback_ = std::move(callback);
-    started_ = true;
-    StartProbesLocked();
+    stopping_ = false;
+    dirty_ = true;
     assembler_ = std::thread([this] { AssembleLoop(); });
   }
 
   void Stop() override {
-    StopProbes();
+    std::thread assembler;
     {
       absl::MutexLock lock(&mu_);
       stopping_ = true;
-      started_ = false;
+      assembler = std::move(assembler_);
     }
-    if (assembler_.joinable()) assembler_.join();
-    absl::MutexLock lock(&mu_);
-    stopping_ = false;
-  }
-
-  Runtime* RuntimeFor(const v1::Stack& stack) override {
-    absl::MutexLock lock(&mu_);
-    return RuntimeLocked(stack);
-  }
-
-  NginxDriver* ProxyFor(const v1::Stack& stack) override {
-    absl::MutexLock lock(&mu_);
-    auto it = stacks_.find(stack.metadata().name());
-    if (it != stacks_.end() && it->second->nginx != nullptr) return it->second->nginx.get();
-    if (!stack.spec().has_proxy()) return nullptr;
-    auto& own = detached_nginx_[stack.metadata().name()];
-    if (own == nullptr) own = std::make_unique<NginxDriver>(stack.spec().proxy().nginx());
-    return own.get();
+    // The assembler stops every probe and watch on its way out.
+    if (assembler.joinable()) assembler.join();
   }
 
   void RefreshNow() override {
@@ -193,31 +141,18 @@ class ObserverImpl : public StackObserver {
     for (auto& [name, st] : stacks_) {
       for (auto& [key, t] : st->targets) t->poke = true;
     }
-    forced_until_ = absl::Now() + absl::Seconds(3);
+    forced_until_ = absl::Now() + kForcedWindow;
     dirty_ = true;
   }
 
  private:
-  Runtime* RuntimeLocked(const v1::Stack& stack) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    const std::string key = stack.spec().runtime() == v1::RUNTIME_KIND_DOCKER
-                                ? "docker"
-                                : "process:" + stack.metadata().name();
-    auto it = runtimes_.find(key);
-    if (it != runtimes_.end()) return it->second.get();
-    absl::StatusOr<std::unique_ptr<Runtime>> rt =
-        stack.spec().runtime() == v1::RUNTIME_KIND_DOCKER
-            ? CreateDockerRuntime(options_.docker_socket.empty() ? "/var/run/docker.sock"
-                                                                 : options_.docker_socket)
-            : CreateProcessRuntime(
-                  absl::StrCat(options_.data_dir, "/services/", stack.metadata().name()));
-    if (!rt.ok()) {
-      UPKEEP_LOG(error, "runtime_unavailable",
-                 {{"stack", stack.metadata().name()}, {"error", std::string(rt.status().message())}});
-      return nullptr;
-    }
-    Runtime* raw = rt->get();
-    runtimes_[key] = std::move(*rt);
-    return raw;
+  Runtime* ResolveRuntime(const v1::Stack& stack, std::string* error) {
+    absl::StatusOr<Runtime*> rt = runtimes_->Get(stack);
+    if (rt.ok()) return *rt;
+    *error = absl::StrCat("no runtime for this stack: ", rt.status().message());
+    UPKEEP_LOG(error, "runtime_unavailable",
+               {{"stack", stack.metadata().name()}, {"error", std::string(rt.status().message())}});
+    return nullptr;
   }
 
   v1::StackObservation Header(const v1::Stack& stack) const {
@@ -230,6 +165,7 @@ class ObserverImpl : public StackObserver {
     return o;
   }
 
+  // Runtime watch callback (a runtime thread): re-probe that service now.
   void OnRuntimeChange(const std::string& stack, const std::string& service) {
     absl::MutexLock lock(&mu_);
     auto it = stacks_.find(stack);
@@ -240,180 +176,286 @@ class ObserverImpl : public StackObserver {
     dirty_ = true;
   }
 
-  void StartProbesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    probes_stop_ = false;
-    for (auto& [name, st] : stacks_) {
-      for (auto& [key, t] : st->targets) {
-        probe_threads_.emplace_back([this, s = st.get(), t = t.get()] { ProbeLoop(s, t); });
+  // Proxy watch callback (the driver's thread): a new upstream error probes the routes now.
+  void OnProxyChange(const std::string& stack, ProxyDriver::Change change) {
+    absl::MutexLock lock(&mu_);
+    auto it = stacks_.find(stack);
+    if (it != stacks_.end() && change == ProxyDriver::Change::kUpstreamError) {
+      for (auto& [key, t] : it->second->targets) {
+        if (t->route) t->poke = true;
       }
     }
+    dirty_ = true;
   }
 
-  void StopProbes() {
-    std::vector<std::thread> threads;
+  // On the assembler thread: builds the new stacks (runtime lookups and watches outside the
+  // lock), swaps them in, then stops the old ones' probes and watches.
+  void Apply(const std::vector<v1::Stack>& stacks) {
+    std::map<std::string, std::unique_ptr<StackState>> next;
+    std::vector<std::string> names;
+    for (const auto& s : stacks) {
+      auto st = std::make_unique<StackState>();
+      st->spec = s;
+      const std::string name = s.metadata().name();
+      names.push_back(name);
+      st->runtime = ResolveRuntime(s, &st->runtime_error);
+      st->proxy = proxies_->For(s);
+      for (const auto& svc : st->spec.spec().services()) {
+        auto t = std::make_unique<Target>();
+        t->name = svc.name();
+        t->spec = &svc;
+        t->request = ServiceProbe(svc);
+        t->period = DurationOr(svc.probe().period(), absl::Seconds(1));
+        t->tracker = std::make_unique<HealthTracker>(svc.probe());
+        st->targets["svc:" + svc.name()] = std::move(t);
+      }
+      for (const auto& r : st->spec.spec().proxy().routes()) {
+        if (!r.has_probe()) continue;
+        auto t = std::make_unique<Target>();
+        t->name = r.path();
+        t->route = true;
+        t->request = RouteProbe(r);
+        t->period = kRoutePeriod;
+        st->targets["route:" + r.path()] = std::move(t);
+      }
+      if (st->runtime != nullptr) {
+        std::vector<v1::ServiceSpec> services(s.spec().services().begin(),
+                                              s.spec().services().end());
+        st->runtime_watch = st->runtime->Watch(
+            std::move(services),
+            [this, name](const std::string& service) { OnRuntimeChange(name, service); });
+      }
+      if (st->proxy != nullptr) {
+        st->proxy_watch =
+            st->proxy->Watch([this, name](ProxyDriver::Change c) { OnProxyChange(name, c); });
+      }
+      next[name] = std::move(st);
+    }
+    std::map<std::string, std::unique_ptr<StackState>> old;
     {
       absl::MutexLock lock(&mu_);
-      probes_stop_ = true;
-      threads.swap(probe_threads_);
+      old.swap(stacks_);
+      stacks_ = std::move(next);
+      MarkStoppedLocked(old);
+      for (auto& [name, st] : stacks_) {
+        for (auto& [key, t] : st->targets) {
+          t->thread = std::thread([this, s = st.get(), t = t.get()] { ProbeLoop(s, t); });
+        }
+      }
+      dirty_ = true;
     }
-    for (auto& t : threads) t.join();
+    Retire(std::move(old));
+    proxies_->Retain(names);
   }
 
-  // One loop per target, so a hung upstream only delays its own probes.
-  void ProbeLoop(StackState* st, Target* t) {
-    const v1::ServiceSpec* spec = nullptr;
-    for (const auto& s : st->spec.spec().services()) {
-      if (!t->route && s.name() == t->name) spec = &s;
+  void MarkStoppedLocked(std::map<std::string, std::unique_ptr<StackState>>& stacks)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (auto& [name, st] : stacks) {
+      for (auto& [key, t] : st->targets) t->stop = true;
     }
+  }
+
+  // Joins the probe threads of stacks already out of stacks_ (and marked stopped), then ends
+  // their watches. Never under the lock: probes and watch callbacks take it.
+  static void Retire(std::map<std::string, std::unique_ptr<StackState>> stacks) {
+    for (auto& [name, st] : stacks) {
+      for (auto& [key, t] : st->targets) {
+        if (t->thread.joinable()) t->thread.join();
+      }
+    }
+    stacks.clear();
+  }
+
+  // One loop per target, so a hung upstream only delays its own probes. The runtime call and
+  // the probe run outside the lock.
+  void ProbeLoop(StackState* st, Target* t) {
     while (true) {
       v1::ServiceObservation inspected;
       bool running = true;
-      if (spec != nullptr && st->runtime != nullptr) {
-        inspected = st->runtime->Inspect(*spec);
+      if (t->spec != nullptr && st->runtime != nullptr) {
+        inspected = st->runtime->Inspect(*t->spec);
         running = inspected.running();
       }
       v1::ProbeResult result;
       if (running) result = Probe(t->request);
-      {
-        absl::MutexLock lock(&mu_);
-        if (probes_stop_) return;
-        const v1::HealthState before = t->health;
-        const bool ok_before = t->last.ok();
-        const int status_before = t->last.status_code();
-        if (!running) {
-          t->health = v1::HEALTH_STATE_UNSPECIFIED;
-          t->last = v1::ProbeResult();
-          t->last.set_error("not running");
-          *t->last.mutable_at() = ToProto(absl::Now());
-          if (t->tracker) *t->tracker = HealthTracker(spec->probe());
-        } else {
-          t->last = result;
-          if (t->tracker) {
-            const absl::Time started = inspected.has_started_at()
-                                           ? FromProto(inspected.started_at())
-                                           : absl::InfinitePast();
-            t->health = t->tracker->Update(result, started, absl::Now());
-          }
+      absl::MutexLock lock(&mu_);
+      if (t->stop) return;
+      const v1::HealthState before = t->health;
+      const bool ok_before = t->last.ok();
+      const int status_before = t->last.status_code();
+      if (!running) {
+        t->health = v1::HEALTH_STATE_UNSPECIFIED;
+        t->last = v1::ProbeResult();
+        t->last.set_error("not running");
+        *t->last.mutable_at() = ToProto(absl::Now());
+        if (t->tracker) *t->tracker = HealthTracker(t->spec->probe());
+      } else {
+        t->last = result;
+        if (t->tracker) {
+          const absl::Time started = inspected.has_started_at()
+                                         ? FromProto(inspected.started_at())
+                                         : absl::InfinitePast();
+          t->health = t->tracker->Update(result, started, absl::Now());
         }
-        if (t->health != before || t->last.ok() != ok_before ||
-            t->last.status_code() != status_before || absl::Now() < forced_until_) {
-          dirty_ = true;
-        }
-        const absl::Time next = absl::Now() + t->period;
-        struct Wake {
-          Target* t;
-          bool* stop;
-        } w{t, &probes_stop_};
-        mu_.AwaitWithDeadline(
-            absl::Condition(+[](Wake* x) { return x->t->poke || *x->stop; }, &w), next);
-        t->poke = false;
-        if (probes_stop_) return;
       }
+      if (t->health != before || t->last.ok() != ok_before ||
+          t->last.status_code() != status_before || absl::Now() < forced_until_) {
+        dirty_ = true;
+      }
+      mu_.AwaitWithDeadline(
+          absl::Condition(+[](Target* x) { return x->poke || x->stop; }, t),
+          absl::Now() + t->period);
+      t->poke = false;
+      if (t->stop) return;
     }
   }
 
-  v1::StackObservation Build(StackState* st) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    v1::StackObservation o = Header(st->spec);
+  // Outside the lock: runtime calls (Docker HTTP), /proc and log reads.
+  v1::StackObservation Build(const StackState& st, const std::map<std::string, TargetView>& views) {
+    v1::StackObservation o = Header(st.spec);
     const std::vector<Listener> listeners = ListListeners();
-    for (const auto& svc : st->spec.spec().services()) {
+    for (const auto& svc : st.spec.spec().services()) {
       v1::ServiceObservation* so = o.add_services();
-      if (st->runtime != nullptr) {
-        *so = st->runtime->Inspect(svc);
+      if (st.runtime != nullptr) {
+        *so = st.runtime->Inspect(svc);
       } else {
-        so->set_error("no runtime for this stack");
+        so->set_error(st.runtime_error);
       }
       so->set_name(svc.name());
       for (const auto& l : ListenersOf(so->pid(), listeners)) *so->add_listening() = l;
-      auto it = st->targets.find("svc:" + svc.name());
-      if (it != st->targets.end() && so->running()) {
-        *so->mutable_probe() = it->second->last;
-        so->set_health(it->second->health);
-        so->set_consecutive_failures(it->second->tracker->consecutive_failures());
+      auto it = views.find("svc:" + svc.name());
+      if (it != views.end() && so->running()) {
+        *so->mutable_probe() = it->second.last;
+        so->set_health(it->second.health);
+        so->set_consecutive_failures(it->second.failures);
       }
     }
-    if (st->nginx != nullptr) {
-      st->nginx->Fill(o.mutable_proxy());
-      for (const auto& r : st->spec.spec().proxy().routes()) {
-        auto it = st->targets.find("route:" + r.path());
-        if (it == st->targets.end() || !it->second->last.has_at()) continue;
+    if (st.proxy != nullptr) {
+      st.proxy->Observe(o.mutable_proxy());
+      for (const auto& r : st.spec.spec().proxy().routes()) {
+        auto it = views.find("route:" + r.path());
+        if (it == views.end() || !it->second.last.has_at()) continue;
         v1::RouteObservation* ro = o.mutable_proxy()->add_routes();
         ro->set_path(r.path());
-        *ro->mutable_probe() = it->second->last;
+        *ro->mutable_probe() = it->second.last;
       }
     }
     return o;
   }
 
+  bool WorkOrStopping() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return dirty_ || stopping_ || has_pending_;
+  }
+
   void AssembleLoop() {
     while (true) {
-      std::vector<std::pair<v1::StackObservation, bool>> out;
-      Callback cb;
+      std::vector<v1::Stack> desired;
+      bool apply = false;
       {
         absl::MutexLock lock(&mu_);
-        mu_.AwaitWithTimeout(absl::Condition(this, &ObserverImpl::DirtyOrStopping), kTick);
-        if (stopping_) return;
-        bool log_news = false;
-        for (auto& [name, st] : stacks_) {
-          if (st->nginx != nullptr) {
-            const pid_t master = st->nginx->MasterPid();
-            if (master != st->nginx_master) {
-              st->nginx_master = master;
-              log_news = true;
-            }
-          }
-          if (st->nginx != nullptr && st->nginx->PollErrorLog()) {
-            // An upstream error just appeared in nginx's log: probe the routes now.
-            log_news = true;
-            for (auto& [key, t] : st->targets) {
-              if (t->route) t->poke = true;
-            }
-          }
+        absl::Time next_resync = absl::Now() + kResync;
+        for (const auto& [name, st] : stacks_) {
+          next_resync = std::min(next_resync, st->last_sent_at + kResync);
         }
-        const bool event = dirty_ || log_news;
-        dirty_ = false;
-        const absl::Time now = absl::Now();
-        for (auto& [name, st] : stacks_) {
-          if (!event && now - st->last_sent_at < kResync) continue;
-          v1::StackObservation o = Build(st.get());
-          std::string sem = SemanticKey(o);
-          const bool changed = sem != st->last_sent;
-          const bool forced = now < forced_until_;
-          if (!changed && !forced && now - st->last_sent_at < kResync) continue;
-          st->last_sent = std::move(sem);
-          st->last_sent_at = now;
-          out.emplace_back(std::move(o), event);
+        mu_.AwaitWithDeadline(absl::Condition(this, &ObserverImpl::WorkOrStopping),
+                              next_resync);
+        if (stopping_) break;
+        if (has_pending_) {
+          desired = std::move(pending_);
+          pending_.clear();
+          has_pending_ = false;
+          apply = true;
         }
-        cb = callback_;
       }
-      if (cb) {
-        for (auto& [o, event] : out) cb(o, event);
+      if (apply) {
+        Apply(desired);
+        continue;
       }
+      Assemble();
+    }
+    // Shutting down: stop every probe and watch; keep the desired state for a later Start.
+    std::map<std::string, std::unique_ptr<StackState>> old;
+    {
+      absl::MutexLock lock(&mu_);
+      old.swap(stacks_);
+      MarkStoppedLocked(old);
+      if (!has_pending_) {
+        for (const auto& [name, st] : old) pending_.push_back(st->spec);
+        has_pending_ = !old.empty();
+      }
+    }
+    Retire(std::move(old));
+  }
+
+  void Assemble() {
+    struct Job {
+      StackState* st;
+      std::map<std::string, TargetView> views;
+      v1::StackObservation observation;
+    };
+    std::vector<Job> jobs;
+    bool event;
+    Callback cb;
+    {
+      absl::MutexLock lock(&mu_);
+      event = dirty_;
+      dirty_ = false;
+      const absl::Time now = absl::Now();
+      for (auto& [name, st] : stacks_) {
+        if (!event && now - st->last_sent_at < kResync) continue;
+        Job job{st.get(), {}, {}};
+        for (const auto& [key, t] : st->targets) {
+          job.views[key] = TargetView{t->last, t->health,
+                                      t->tracker ? t->tracker->consecutive_failures() : 0};
+        }
+        jobs.push_back(std::move(job));
+      }
+      cb = callback_;
+    }
+    if (jobs.empty()) return;
+    // Only this thread changes stacks_, so the StackStates stay put while we build.
+    for (auto& job : jobs) job.observation = Build(*job.st, job.views);
+    std::vector<v1::StackObservation> out;
+    {
+      absl::MutexLock lock(&mu_);
+      const absl::Time now = absl::Now();
+      const bool forced = now < forced_until_;
+      for (auto& job : jobs) {
+        std::string sem = SemanticKey(job.observation);
+        const bool changed = sem != job.st->last_sent;
+        if (!changed && !forced && now - job.st->last_sent_at < kResync) continue;
+        job.st->last_sent = std::move(sem);
+        job.st->last_sent_at = now;
+        out.push_back(std::move(job.observation));
+      }
+    }
+    if (cb) {
+      for (const auto& o : out) cb(o, event);
     }
   }
 
-  bool DirtyOrStopping() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return dirty_ || stopping_; }
-
   const ObserverOptions options_;
+  RuntimeRegistry* const runtimes_;
+  ProxyDrivers* const proxies_;
   absl::Mutex mu_;
-  std::map<std::string, std::unique_ptr<Runtime>> runtimes_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::unique_ptr<StackState>> stacks_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, std::unique_ptr<NginxDriver>> detached_nginx_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::Stack> pending_ ABSL_GUARDED_BY(mu_);
+  bool has_pending_ ABSL_GUARDED_BY(mu_) = false;
   Callback callback_ ABSL_GUARDED_BY(mu_);
-  bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  bool probes_stop_ ABSL_GUARDED_BY(mu_) = false;
   bool dirty_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time forced_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
-  std::vector<std::thread> probe_threads_ ABSL_GUARDED_BY(mu_);
-  std::thread assembler_;
+  std::thread assembler_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<StackObserver>> StackObserver::Create(
-    const ObserverOptions& options) {
-  if (options.data_dir.empty()) return absl::InvalidArgumentError("observer: data dir required");
-  return std::unique_ptr<StackObserver>(new ObserverImpl(options));
+    const ObserverOptions& options, RuntimeRegistry* runtimes, ProxyDrivers* proxies) {
+  if (runtimes == nullptr || proxies == nullptr) {
+    return absl::InvalidArgumentError("observer: a runtime registry and proxy drivers are required");
+  }
+  return std::unique_ptr<StackObserver>(new ObserverImpl(options, runtimes, proxies));
 }
 
 }  // namespace upkeep::agent

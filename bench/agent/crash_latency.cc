@@ -20,7 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "agent/docker/docker_runtime.h"
+#include "agent/runtime/docker/docker_runtime.h"
 #include "tests/support/docker/docker_fixture.h"
 #include "tests/support/net.h"
 #include "tests/support/wait.h"
@@ -80,7 +80,7 @@ int main(int argc, char** argv) {
   absl::Mutex mu;
   absl::Time last_change = absl::InfinitePast();
   int changes = 0;
-  rt->Watch({spec}, [&](const std::string&) {
+  auto watch = rt->Watch({spec}, [&](const std::string&) {
     absl::MutexLock lock(&mu);
     last_change = absl::Now();
     ++changes;

@@ -12,8 +12,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "agent/daemon/host.h"
 #include "agent/observe/observer.h"
-#include "agent/observe/runtime.h"
+#include "agent/runtime/runtime.h"
 #include "core/manifest/loader.h"
 
 namespace {
@@ -60,9 +61,10 @@ int main(int argc, char** argv) {
     return 1;
   }
   const upkeep::v1::Stack& stack = loaded.stacks[0];
-  auto observer = upkeep::agent::StackObserver::Create({"h", dir, ""});
+  std::unique_ptr<upkeep::agent::Host> host = upkeep::agent::MakeHost({dir, ""});
+  auto observer = upkeep::agent::StackObserver::Create({"h"}, &host->runtimes, &host->proxies);
   (*observer)->SetDesired({stack});
-  upkeep::agent::Runtime* rt = (*observer)->RuntimeFor(stack);
+  upkeep::agent::Runtime* rt = *host->runtimes.Get(stack);
   for (const auto& s : stack.spec().services()) (void)rt->Start(s);
   int reports = 0;
   (*observer)->Start([&](const upkeep::v1::StackObservation&, bool) { ++reports; });

@@ -1,0 +1,488 @@
+#include "agent/proxy/nginx/nginx_driver.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <sys/syscall.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <set>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "agent/base/command.h"
+#include "core/log.h"
+#include "core/proto_time.h"
+
+namespace upkeep::agent {
+namespace {
+
+namespace v1 = upkeep::v1;
+
+constexpr size_t kExcerptLines = 20;
+
+pid_t ReadPid(const std::string& path) {
+  std::ifstream in(path);
+  std::string text;
+  if (!std::getline(in, text)) return 0;
+  int pid = 0;
+  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(text), &pid)) return 0;
+  return pid;
+}
+
+bool Alive(pid_t pid) {
+  if (pid <= 1) return false;
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  std::string stat;
+  if (!std::getline(in, stat)) return false;
+  const size_t close = stat.rfind(')');
+  return close != std::string::npos && close + 2 < stat.size() && stat[close + 2] != 'Z' &&
+         stat[close + 2] != 'X';
+}
+
+pid_t ParentOf(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  std::string stat;
+  if (!std::getline(in, stat)) return 0;
+  const size_t close = stat.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::istringstream rest(stat.substr(close + 2));
+  std::string state;
+  int ppid = 0;
+  rest >> state >> ppid;
+  return ppid;
+}
+
+}  // namespace
+
+bool ParseUpstreamErrorLine(const std::string& line, v1::UpstreamErrorKind* kind,
+                            std::string* upstream) {
+  if (absl::StrContains(line, "(111: Connection refused)")) {
+    *kind = v1::UPSTREAM_ERROR_KIND_CONNECTION_REFUSED;
+  } else if (absl::StrContains(line, "upstream timed out")) {
+    *kind = v1::UPSTREAM_ERROR_KIND_TIMED_OUT;
+  } else if (absl::StrContains(line, "no live upstreams")) {
+    *kind = v1::UPSTREAM_ERROR_KIND_NO_LIVE_UPSTREAMS;
+  } else if (absl::StrContains(line, "host not found in upstream")) {
+    *kind = v1::UPSTREAM_ERROR_KIND_HOST_NOT_FOUND;
+  } else if (absl::StrContains(line, "while connecting to upstream") ||
+             absl::StrContains(line, "from upstream")) {
+    *kind = v1::UPSTREAM_ERROR_KIND_OTHER;
+  } else {
+    return false;
+  }
+  upstream->clear();
+  const size_t at = line.find("upstream: \"");
+  if (at != std::string::npos) {
+    const size_t start = at + 11;
+    const size_t end = line.find('"', start);
+    if (end != std::string::npos) *upstream = line.substr(start, end - start);
+  } else if (*kind == v1::UPSTREAM_ERROR_KIND_HOST_NOT_FOUND) {
+    const size_t q = line.find("upstream \"");
+    if (q != std::string::npos) {
+      const size_t end = line.find('"', q + 10);
+      if (end != std::string::npos) *upstream = line.substr(q + 10, end - q - 10);
+    }
+  }
+  return true;
+}
+
+NginxDriver::NginxDriver(const v1::NginxSpec& spec) : spec_(spec) {
+  wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+}
+
+NginxDriver::~NginxDriver() {
+  std::thread t;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    t = std::move(watch_thread_);
+  }
+  WakeWatcher();
+  if (t.joinable()) t.join();
+  if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+void NginxDriver::SetSpec(const v1::ProxySpec& proxy) {
+  const v1::NginxSpec& spec = proxy.nginx();
+  {
+    absl::MutexLock lock(&mu_);
+    if (spec.error_log() != spec_.error_log()) {
+      log_offset_ = -1;
+      log_inode_ = 0;
+    }
+    spec_ = spec;
+    ++spec_generation_;
+  }
+  WakeWatcher();  // the watched paths may have changed
+}
+
+void NginxDriver::WakeWatcher() {
+  const uint64_t one = 1;
+  if (wake_fd_ >= 0) (void)!::write(wake_fd_, &one, sizeof(one));
+}
+
+std::unique_ptr<Subscription> NginxDriver::Watch(std::function<void(Change)> on_change) {
+  std::unique_ptr<Subscription> sub = watchers_.Add(true, std::move(on_change));
+  absl::MutexLock lock(&mu_);
+  if (!watch_thread_.joinable() && !stopping_) {
+    watch_thread_ = std::thread([this] { WatchLoop(); });
+  }
+  return sub;
+}
+
+namespace {
+
+std::string DirOf(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+}  // namespace
+
+// Waits on inotify (pid file and error log directories), a pidfd of the master and the wake
+// eventfd; never on a timer unless a directory to watch does not exist yet.
+void NginxDriver::WatchLoop() {
+  const int in = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  constexpr uint32_t kMask = IN_CREATE | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO |
+                             IN_MOVED_FROM | IN_DELETE | IN_ATTRIB | IN_DELETE_SELF |
+                             IN_MOVE_SELF;
+  std::map<int, std::string> watches;  // wd -> directory
+  uint64_t armed_generation = ~uint64_t{0};
+  bool all_armed = false;
+  pid_t master = -1;
+  int master_fd = -1;
+  uint64_t errors_notified = 0;
+  bool first = true;
+  auto notify = [&](Change c) {
+    watchers_.Notify([c](const bool&, const std::function<void(Change)>& call) { call(c); });
+  };
+  while (true) {
+    std::string pid_file, error_log;
+    uint64_t generation;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) break;
+      pid_file = spec_.pid_file();
+      error_log = spec_.error_log();
+      generation = spec_generation_;
+    }
+    if (in >= 0 && (generation != armed_generation || !all_armed)) {
+      for (const auto& [wd, dir] : watches) ::inotify_rm_watch(in, wd);
+      watches.clear();
+      all_armed = true;
+      std::set<std::string> dirs;
+      if (!pid_file.empty()) dirs.insert(DirOf(pid_file));
+      if (!error_log.empty()) dirs.insert(DirOf(error_log));
+      for (const auto& d : dirs) {
+        const int wd = ::inotify_add_watch(in, d.c_str(), kMask);
+        if (wd < 0) {
+          all_armed = false;  // not there yet: look again in a second
+        } else {
+          watches[wd] = d;
+        }
+      }
+      armed_generation = generation;
+    }
+    // What may have changed: the master, and the log.
+    const pid_t now_master = MasterPid();
+    if (now_master != master) {
+      if (master_fd >= 0) ::close(master_fd);
+      master_fd = now_master > 0 ? static_cast<int>(::syscall(SYS_pidfd_open, now_master, 0)) : -1;
+      if (!first) notify(Change::kMaster);
+      master = now_master;
+    }
+    PollErrorLog();
+    uint64_t seen;
+    {
+      absl::MutexLock lock(&mu_);
+      seen = errors_seen_;
+    }
+    if (first) {
+      errors_notified = seen;
+    } else if (seen != errors_notified) {
+      errors_notified = seen;
+      notify(Change::kUpstreamError);
+    }
+    first = false;
+
+    std::vector<pollfd> fds = {{wake_fd_, POLLIN, 0}};
+    if (in >= 0) fds.push_back({in, POLLIN, 0});
+    if (master_fd >= 0) fds.push_back({master_fd, POLLIN, 0});
+    ::poll(fds.data(), fds.size(), all_armed && in >= 0 ? -1 : 1000);
+    uint64_t v;
+    (void)!::read(wake_fd_, &v, sizeof(v));
+    if (in >= 0) {
+      alignas(inotify_event) char buf[16 << 10];
+      while (true) {
+        const ssize_t n = ::read(in, buf, sizeof(buf));
+        if (n <= 0) break;
+        for (char* p = buf; p < buf + n;) {
+          const auto* ev = reinterpret_cast<const inotify_event*>(p);
+          if (ev->mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF)) all_armed = false;
+          p += sizeof(inotify_event) + ev->len;
+        }
+      }
+    }
+  }
+  if (master_fd >= 0) ::close(master_fd);
+  if (in >= 0) ::close(in);
+}
+
+std::vector<std::string> NginxDriver::BaseArgs() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> args = {spec_.binary().empty() ? "nginx" : spec_.binary()};
+  if (!spec_.prefix().empty()) {
+    args.push_back("-p");
+    args.push_back(spec_.prefix());
+  }
+  if (!spec_.config().empty()) {
+    args.push_back("-c");
+    args.push_back(spec_.config());
+  }
+  return args;
+}
+
+pid_t NginxDriver::MasterPid() const {
+  std::string pid_file;
+  {
+    absl::MutexLock lock(&mu_);
+    pid_file = spec_.pid_file();
+  }
+  const pid_t pid = ReadPid(pid_file);
+  return Alive(pid) ? pid : 0;
+}
+
+std::vector<pid_t> NginxDriver::Workers(pid_t master) const {
+  std::vector<pid_t> out;
+  if (master <= 0) return out;
+  DIR* d = opendir("/proc");
+  if (d == nullptr) return out;
+  while (dirent* e = readdir(d)) {
+    int pid = 0;
+    if (!absl::SimpleAtoi(e->d_name, &pid)) continue;
+    if (ParentOf(pid) == master && Alive(pid)) out.push_back(pid);
+  }
+  closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+bool NginxDriver::PollErrorLog() {
+  absl::MutexLock lock(&mu_);
+  return PollLocked();
+}
+
+bool NginxDriver::PollLocked() {
+  if (spec_.error_log().empty()) return false;
+  struct stat st;
+  if (::stat(spec_.error_log().c_str(), &st) != 0) return false;
+  if (log_offset_ < 0) {
+    // First look: start at the end (like tail -f), keeping the last lines as the excerpt.
+    log_inode_ = st.st_ino;
+    log_offset_ = st.st_size > (64 << 10) ? st.st_size - (64 << 10) : 0;
+    std::ifstream in(spec_.error_log());
+    in.seekg(log_offset_);
+    std::string line;
+    while (std::getline(in, line)) {
+      excerpt_.push_back(line);
+      if (excerpt_.size() > kExcerptLines) excerpt_.pop_front();
+    }
+    log_offset_ = st.st_size;
+    return false;
+  }
+  if (st.st_ino != log_inode_ || st.st_size < log_offset_) {
+    // Rotated (new file) or truncated: read the new one from the start.
+    log_inode_ = st.st_ino;
+    log_offset_ = 0;
+    partial_.clear();
+  }
+  if (st.st_size == log_offset_) return false;
+  const int fd = ::open(spec_.error_log().c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const size_t want = static_cast<size_t>(std::min<off_t>(st.st_size - log_offset_, 1 << 20));
+  std::string data(want, '\0');
+  const ssize_t n = ::pread(fd, data.data(), want, log_offset_);
+  ::close(fd);
+  if (n <= 0) return false;
+  data.resize(static_cast<size_t>(n));
+  log_offset_ += n;
+  data = partial_ + data;
+  const size_t last_nl = data.rfind('\n');
+  if (last_nl == std::string::npos) {
+    partial_ = data;
+    return false;
+  }
+  partial_ = data.substr(last_nl + 1);
+  bool new_error = false;
+  std::istringstream lines(data.substr(0, last_nl));
+  std::string line;
+  const absl::Time now = absl::Now();
+  while (std::getline(lines, line)) {
+    excerpt_.push_back(line);
+    if (excerpt_.size() > kExcerptLines) excerpt_.pop_front();
+    v1::UpstreamErrorKind kind;
+    std::string upstream;
+    if (!ParseUpstreamErrorLine(line, &kind, &upstream)) continue;
+    // One record per upstream server (scheme://host:port), whatever the request path.
+    if (const size_t scheme = upstream.find("://"); scheme != std::string::npos) {
+      const size_t path = upstream.find('/', scheme + 3);
+      if (path != std::string::npos) upstream.resize(path);
+    }
+    auto& rec = errors_[{static_cast<int>(kind), upstream}];
+    if (rec.count() == 0) {
+      rec.set_kind(kind);
+      rec.set_upstream(upstream);
+      *rec.mutable_first_seen() = ToProto(now);
+    }
+    rec.set_count(rec.count() + 1);
+    *rec.mutable_last_seen() = ToProto(now);
+    rec.set_sample(line.substr(0, 512));
+    ++errors_seen_;
+    new_error = true;
+  }
+  return new_error;
+}
+
+void NginxDriver::ClearErrors() {
+  absl::MutexLock lock(&mu_);
+  PollLocked();  // what was logged before the reload belongs to the old state
+  errors_.clear();
+}
+
+void NginxDriver::Observe(v1::ProxyObservation* out) {
+  const pid_t master = MasterPid();
+  out->set_master_running(master > 0);
+  out->set_master_pid(master);
+  for (pid_t w : Workers(master)) out->add_worker_pids(w);
+  absl::MutexLock lock(&mu_);
+  PollLocked();
+  *out->mutable_last_config_test() = last_test_;
+  for (const auto& [key, rec] : errors_) *out->add_upstream_errors() = rec;
+  out->set_error_log_excerpt(absl::StrJoin(excerpt_, "\n"));
+  if (started_at_ != absl::InfinitePast()) *out->mutable_started_at() = ToProto(started_at_);
+}
+
+v1::ConfigTest NginxDriver::TestConfig() {
+  std::vector<std::string> args;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!spec_.test_command().empty()) {
+      args.assign(spec_.test_command().begin(), spec_.test_command().end());
+    }
+  }
+  if (args.empty()) {
+    args = BaseArgs();
+    args.insert(args.begin() + 1, "-t");
+  }
+  v1::ConfigTest t;
+  t.set_ran(true);
+  *t.mutable_at() = ToProto(absl::Now());
+  auto r = RunCommand(args, absl::Seconds(10));
+  if (!r.ok()) {
+    t.set_ok(false);
+    t.set_output(std::string(r.status().message()));
+  } else {
+    t.set_ok(r->exit_code == 0);
+    t.set_output(r->output);
+  }
+  absl::MutexLock lock(&mu_);
+  last_test_ = t;
+  return t;
+}
+
+absl::StatusOr<std::string> NginxDriver::Start(absl::Duration timeout) {
+  if (const pid_t m = MasterPid(); m > 0) return absl::StrCat("nginx already running (pid ", m, ")");
+  const v1::ConfigTest test = TestConfig();
+  if (!test.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat("nginx -t failed; not started:\n",
+                                                      test.output()));
+  }
+  std::vector<std::string> args;
+  {
+    absl::MutexLock lock(&mu_);
+    args.assign(spec_.start_command().begin(), spec_.start_command().end());
+  }
+  if (args.empty()) args = BaseArgs();
+  auto r = RunCommand(args, timeout);
+  if (!r.ok()) return r.status();
+  if (r->exit_code != 0) {
+    return absl::InternalError(absl::StrCat("nginx exited ", r->exit_code, ":\n", r->output));
+  }
+  const absl::Time deadline = absl::Now() + timeout;
+  pid_t master = 0;
+  while ((master = MasterPid()) == 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(2));  // waiting for the daemon to write its pid file
+  }
+  if (master == 0) return absl::DeadlineExceededError("nginx did not write its pid file");
+  ClearErrors();
+  absl::MutexLock lock(&mu_);
+  started_at_ = absl::Now();
+  return absl::StrCat("nginx started (master pid ", master, ")\n", test.output());
+}
+
+absl::StatusOr<std::string> NginxDriver::Reload(absl::Duration timeout) {
+  const pid_t master = MasterPid();
+  if (master == 0) return absl::FailedPreconditionError("nginx is not running: nothing to reload");
+  const v1::ConfigTest test = TestConfig();
+  if (!test.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "nginx -t failed; not reloaded (the running config keeps serving):\n", test.output()));
+  }
+  const std::vector<pid_t> before = Workers(master);
+  if (::kill(master, SIGHUP) != 0) return absl::InternalError("cannot signal the nginx master");
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    for (pid_t w : Workers(master)) {
+      if (!std::binary_search(before.begin(), before.end(), w)) {
+        ClearErrors();
+        return absl::StrCat("nginx reloaded: new worker ", w, " (master ", master, ")");
+      }
+    }
+    absl::SleepFor(absl::Milliseconds(1));  // waiting for new workers to appear
+  }
+  return absl::DeadlineExceededError("SIGHUP sent but no new nginx worker appeared");
+}
+
+absl::StatusOr<std::string> NginxDriver::Restart(absl::Duration timeout) {
+  const pid_t master = MasterPid();
+  if (master > 0) {
+    const v1::ConfigTest test = TestConfig();
+    if (!test.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "nginx -t failed; not restarted (the running nginx keeps serving):\n", test.output()));
+    }
+    ::kill(master, SIGTERM);
+    const absl::Time deadline = absl::Now() + timeout / 2;
+    while (Alive(master) && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
+    if (Alive(master)) {
+      for (pid_t w : Workers(master)) ::kill(w, SIGKILL);
+      ::kill(master, SIGKILL);
+      const absl::Time kill_deadline = absl::Now() + absl::Seconds(2);
+      while (Alive(master) && absl::Now() < kill_deadline) absl::SleepFor(absl::Milliseconds(1));
+    }
+  }
+  auto started = Start(timeout / 2);
+  if (!started.ok()) return started.status();
+  return absl::StrCat("nginx restarted\n", *started);
+}
+
+std::shared_ptr<ProxyDriver> CreateNginxDriver(const v1::ProxySpec& spec) {
+  return std::make_shared<NginxDriver>(spec.nginx());
+}
+
+}  // namespace upkeep::agent

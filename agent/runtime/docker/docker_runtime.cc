@@ -1,0 +1,566 @@
+// DockerRuntime: the Engine API over the unix socket with libcurl (one easy handle per call;
+// the events thread owns its own multi handle), JSON with nlohmann (exceptions caught here).
+#include "agent/runtime/docker/docker_runtime.h"
+
+#include <curl/curl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <thread>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "core/log.h"
+#include "core/proto_time.h"
+#include "nlohmann/json.hpp"
+
+namespace upkeep::agent {
+namespace {
+
+using Json = nlohmann::json;
+using upkeep::v1::ServiceObservation;
+using upkeep::v1::ServiceSpec;
+
+constexpr double kMaxApiVersion = 1.41;
+
+struct HttpResponse {
+  long code = 0;
+  std::string body;
+};
+
+size_t AppendBody(char* data, size_t size, size_t n, void* user) {
+  static_cast<std::string*>(user)->append(data, size * n);
+  return size * n;
+}
+
+std::string Shorten(const std::string& s, size_t n = 120) {
+  std::string out = s.size() > n ? s.substr(0, n) + "..." : s;
+  std::replace(out.begin(), out.end(), '\n', ' ');
+  return out;
+}
+
+std::string UrlEncode(const std::string& s) {
+  char* e = curl_easy_escape(nullptr, s.data(), static_cast<int>(s.size()));
+  std::string out = e != nullptr ? e : "";
+  curl_free(e);
+  return out;
+}
+
+// "2024-01-02T03:04:05.123456789Z" -> Time; docker's zero value (year 1) -> nullopt.
+bool ParseDockerTime(const std::string& s, absl::Time* out) {
+  if (s.empty() || s.rfind("0001-", 0) == 0) return false;
+  std::string err;
+  return absl::ParseTime(absl::RFC3339_full, s, out, &err);
+}
+
+// Why the socket cannot be used, when that can be told without connecting.
+std::string SocketProblem(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) {
+    return absl::StrCat("docker socket ", path, ": ", std::strerror(errno));
+  }
+  if (!S_ISSOCK(st.st_mode)) return absl::StrCat("docker socket ", path, " is not a socket");
+  if (access(path.c_str(), R_OK | W_OK) != 0) {
+    return absl::StrCat("docker socket ", path, ": permission denied (", std::strerror(errno), ")");
+  }
+  return "";
+}
+
+std::string ContainerSelector(const ServiceSpec& spec) {
+  const auto& c = spec.container();
+  if (!c.compose().project().empty() || !c.compose().service().empty()) {
+    return absl::StrCat("compose ", c.compose().project(), "/", c.compose().service());
+  }
+  return absl::StrCat("container ", c.name().empty() ? spec.name() : c.name());
+}
+
+class DockerRuntime : public Runtime {
+ public:
+  explicit DockerRuntime(std::string socket_path) : socket_(std::move(socket_path)) {}
+
+  ~DockerRuntime() override {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+      if (multi_ != nullptr) curl_multi_wakeup(multi_);
+    }
+    if (events_thread_.joinable()) events_thread_.join();
+  }
+
+  ServiceObservation Inspect(const ServiceSpec& spec) override {
+    ServiceObservation obs;
+    obs.set_name(spec.name());
+    auto id = FindContainer(spec);
+    if (!id.ok()) {
+      obs.set_error(std::string(id.status().message()));
+      return obs;
+    }
+    if (id->empty()) return obs;  // exists=false
+    auto resp = Call("GET", absl::StrCat("/containers/", *id, "/json"), absl::Seconds(10));
+    if (!resp.ok()) {
+      obs.set_error(std::string(resp.status().message()));
+      return obs;
+    }
+    if (resp->code == 404) return obs;  // removed between list and inspect
+    auto st = FillFromInspect(resp->body, &obs);
+    if (!st.ok()) obs.set_error(absl::StrCat(ContainerSelector(spec), ": ", st.message()));
+    return obs;
+  }
+
+  absl::Status Start(const ServiceSpec& spec) override {
+    return Action(spec, "start", "", absl::Seconds(60));
+  }
+
+  absl::Status Stop(const ServiceSpec& spec, absl::Duration timeout) override {
+    const int64_t t = std::max<int64_t>(0, absl::ToInt64Seconds(timeout));
+    return Action(spec, "stop", absl::StrCat("?t=", t), timeout + absl::Seconds(30));
+  }
+
+  absl::Status Restart(const ServiceSpec& spec, absl::Duration timeout) override {
+    const int64_t t = std::max<int64_t>(0, absl::ToInt64Seconds(timeout));
+    return Action(spec, "restart", absl::StrCat("?t=", t), timeout + absl::Seconds(60));
+  }
+
+  absl::StatusOr<std::string> Logs(const ServiceSpec& spec, int tail) override {
+    auto id = FindContainer(spec);
+    if (!id.ok()) return id.status();
+    if (id->empty())
+      return absl::NotFoundError(absl::StrCat(ContainerSelector(spec), ": no such container"));
+    // TTY containers send raw bytes; the others a multiplexed stream.
+    bool tty = false;
+    auto insp = Call("GET", absl::StrCat("/containers/", *id, "/json"), absl::Seconds(10));
+    if (insp.ok() && insp->code == 200) {
+      try {
+        tty = Json::parse(insp->body).at("Config").value("Tty", false);
+      } catch (const std::exception&) {
+      }
+    }
+    auto resp =
+        Call("GET",
+             absl::StrCat("/containers/", *id, "/logs?stdout=1&stderr=1&tail=", std::max(0, tail)),
+             absl::Seconds(20));
+    if (!resp.ok()) return resp.status();
+    if (resp->code != 200) {
+      return absl::UnavailableError(absl::StrCat(ContainerSelector(spec), ": logs: HTTP ",
+                                                 resp->code, ": ", ErrorMessage(resp->body)));
+    }
+    if (tty) return resp->body;
+    return DemuxDockerStream(resp->body);
+  }
+
+  std::unique_ptr<Subscription> Watch(std::vector<ServiceSpec> services,
+                                      std::function<void(const std::string&)> on_change) override {
+    std::unique_ptr<Subscription> sub = watchers_.Add(std::move(services), std::move(on_change));
+    absl::MutexLock lock(&mu_);
+    if (!events_thread_.joinable() && !stopping_) {
+      events_thread_ = std::thread([this] { EventsLoop(); });
+    }
+    return sub;
+  }
+
+ private:
+  // One request on a fresh easy handle. Transport errors -> Unavailable with a clear reason.
+  absl::StatusOr<HttpResponse> Raw(const std::string& method, const std::string& path,
+                                   absl::Duration timeout) {
+    CURL* h = curl_easy_init();
+    if (h == nullptr) return absl::InternalError("curl_easy_init failed");
+    HttpResponse out;
+    char errbuf[CURL_ERROR_SIZE] = {0};
+    const std::string url = absl::StrCat("http://localhost", path);
+    curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, socket_.c_str());
+    curl_easy_setopt(h, CURLOPT_URL, url.c_str());
+    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method.c_str());
+    if (method == "POST") {
+      curl_easy_setopt(h, CURLOPT_POST, 1L);
+      curl_easy_setopt(h, CURLOPT_POSTFIELDS, "");
+      curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, 0L);
+    }
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, AppendBody);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &out.body);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 2000L);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, static_cast<long>(absl::ToInt64Milliseconds(timeout)));
+    const CURLcode rc = curl_easy_perform(h);
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &out.code);
+    curl_easy_cleanup(h);
+    if (rc != CURLE_OK) {
+      std::string why = SocketProblem(socket_);
+      if (why.empty()) {
+        why = absl::StrCat("docker API ", method, " ", path, " via ", socket_, ": ",
+                           errbuf[0] != 0 ? errbuf : curl_easy_strerror(rc));
+      }
+      return absl::UnavailableError(why);
+    }
+    return out;
+  }
+
+  // The /v1.xx prefix: min(server ApiVersion, 1.41), asked once per successful negotiation.
+  absl::StatusOr<std::string> Prefix() {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!prefix_.empty()) return prefix_;
+    }
+    auto resp = Raw("GET", "/version", absl::Seconds(5));
+    if (!resp.ok()) return resp.status();
+    if (resp->code != 200) {
+      return absl::UnavailableError(absl::StrCat("docker API GET /version via ", socket_, ": HTTP ",
+                                                 resp->code, ": ", Shorten(resp->body)));
+    }
+    std::string version;
+    try {
+      version = Json::parse(resp->body).at("ApiVersion").get<std::string>();
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(
+          absl::StrCat("docker API GET /version via ", socket_,
+                       ": unexpected body (not a Docker Engine API?): ", Shorten(resp->body)));
+    }
+    double v = 0;
+    if (!absl::SimpleAtod(version, &v) || v <= 0) {
+      return absl::UnavailableError(
+          absl::StrCat("docker API GET /version: bad ApiVersion '", version, "'"));
+    }
+    const std::string prefix = v < kMaxApiVersion ? absl::StrCat("/v", version) : "/v1.41";
+    absl::MutexLock lock(&mu_);
+    prefix_ = prefix;
+    return prefix_;
+  }
+
+  absl::StatusOr<HttpResponse> Call(const std::string& method, const std::string& path,
+                                    absl::Duration timeout) {
+    auto prefix = Prefix();
+    if (!prefix.ok()) return prefix.status();
+    auto resp = Raw(method, *prefix + path, timeout);
+    if (!resp.ok()) {
+      absl::MutexLock lock(&mu_);
+      prefix_.clear();  // the daemon may come back as another version
+    }
+    return resp;
+  }
+
+  static std::string ErrorMessage(const std::string& body) {
+    try {
+      return Json::parse(body).at("message").get<std::string>();
+    } catch (const std::exception&) {
+      return Shorten(body);
+    }
+  }
+
+  // The container id for the spec; "" when there is none.
+  absl::StatusOr<std::string> FindContainer(const ServiceSpec& spec) {
+    const auto& c = spec.container();
+    if (c.compose().project().empty() && c.compose().service().empty()) {
+      const std::string name = c.name().empty() ? spec.name() : c.name();
+      if (name.empty()) return absl::InvalidArgumentError("service has no container name");
+      auto resp =
+          Call("GET", absl::StrCat("/containers/", UrlEncode(name), "/json"), absl::Seconds(10));
+      if (!resp.ok()) return resp.status();
+      if (resp->code == 404) return std::string();
+      if (resp->code != 200) {
+        return absl::UnavailableError(absl::StrCat("container ", name, ": HTTP ", resp->code, ": ",
+                                                   ErrorMessage(resp->body)));
+      }
+      try {
+        return Json::parse(resp->body).at("Id").get<std::string>();
+      } catch (const std::exception&) {
+        return absl::UnavailableError(
+            absl::StrCat("container ", name, ": unexpected inspect body: ", Shorten(resp->body)));
+      }
+    }
+    Json labels = Json::array();
+    if (!c.compose().project().empty()) {
+      labels.push_back("com.docker.compose.project=" + c.compose().project());
+    }
+    if (!c.compose().service().empty()) {
+      labels.push_back("com.docker.compose.service=" + c.compose().service());
+    }
+    const Json filters = {{"label", labels}};
+    auto resp = Call("GET", "/containers/json?all=1&filters=" + UrlEncode(filters.dump()),
+                     absl::Seconds(10));
+    if (!resp.ok()) return resp.status();
+    const std::string what = ContainerSelector(spec);
+    if (resp->code != 200) {
+      return absl::UnavailableError(absl::StrCat(what, ": list containers: HTTP ", resp->code, ": ",
+                                                 ErrorMessage(resp->body)));
+    }
+    try {
+      const Json list = Json::parse(resp->body);
+      if (!list.is_array()) throw std::runtime_error("not an array");
+      // Prefer a running container, then the newest.
+      std::string best;
+      bool best_running = false;
+      int64_t best_created = -1;
+      for (const Json& item : list) {
+        const bool running = item.value("State", "") == "running";
+        const int64_t created = item.value("Created", int64_t{0});
+        if (best.empty() || (running && !best_running) ||
+            (running == best_running && created > best_created)) {
+          best = item.at("Id").get<std::string>();
+          best_running = running;
+          best_created = created;
+        }
+      }
+      return best;
+    } catch (const std::exception&) {
+      return absl::UnavailableError(
+          absl::StrCat(what, ": unexpected container list body: ", Shorten(resp->body)));
+    }
+  }
+
+  static absl::Status FillFromInspect(const std::string& body, ServiceObservation* obs) {
+    try {
+      const Json j = Json::parse(body);
+      const Json& state = j.at("State");
+      obs->set_exists(true);
+      obs->set_container_id(j.value("Id", ""));
+      obs->set_running(state.value("Running", false));
+      obs->set_exit_code(state.value("ExitCode", 0));
+      obs->set_oom_killed(state.value("OOMKilled", false));
+      obs->set_restart_count(j.value("RestartCount", 0));
+      obs->set_pid(state.value("Pid", 0));
+      absl::Time t;
+      if (ParseDockerTime(state.value("StartedAt", ""), &t)) {
+        *obs->mutable_started_at() = upkeep::ToProto(t);
+      }
+      if (ParseDockerTime(state.value("FinishedAt", ""), &t)) {
+        *obs->mutable_finished_at() = upkeep::ToProto(t);
+      }
+      if (state.contains("Health") && state["Health"].is_object()) {
+        const std::string h = state["Health"].value("Status", "");
+        if (h == "starting") obs->set_runtime_health(upkeep::v1::RUNTIME_HEALTH_STARTING);
+        if (h == "healthy") obs->set_runtime_health(upkeep::v1::RUNTIME_HEALTH_HEALTHY);
+        if (h == "unhealthy") obs->set_runtime_health(upkeep::v1::RUNTIME_HEALTH_UNHEALTHY);
+      }
+      return absl::OkStatus();
+    } catch (const std::exception&) {
+      obs->set_exists(false);
+      return absl::UnavailableError(
+          absl::StrCat("unexpected container inspect body: ", Shorten(body)));
+    }
+  }
+
+  absl::Status Action(const ServiceSpec& spec, const std::string& verb, const std::string& query,
+                      absl::Duration timeout) {
+    auto id = FindContainer(spec);
+    if (!id.ok()) return id.status();
+    const std::string what = ContainerSelector(spec);
+    if (id->empty()) return absl::NotFoundError(absl::StrCat(what, ": no such container"));
+    auto resp = Call("POST", absl::StrCat("/containers/", *id, "/", verb, query), timeout);
+    if (!resp.ok()) return resp.status();
+    if (resp->code == 204 || resp->code == 304 || resp->code == 200) return absl::OkStatus();
+    if (resp->code == 404) return absl::NotFoundError(absl::StrCat(what, ": no such container"));
+    return absl::UnavailableError(
+        absl::StrCat(what, ": ", verb, ": HTTP ", resp->code, ": ", ErrorMessage(resp->body)));
+  }
+
+  // ---- events ----
+
+  struct StreamState {
+    DockerRuntime* self;
+    std::string buffer;
+  };
+
+  static size_t OnEventsData(char* data, size_t size, size_t n, void* user) {
+    auto* st = static_cast<StreamState*>(user);
+    st->buffer.append(data, size * n);
+    size_t nl;
+    while ((nl = st->buffer.find('\n')) != std::string::npos) {
+      st->self->HandleEvent(st->buffer.substr(0, nl));
+      st->buffer.erase(0, nl + 1);
+    }
+    if (st->buffer.size() > (1 << 20)) st->buffer.clear();  // a runaway line
+    return size * n;
+  }
+
+  static bool Matches(const ServiceSpec& spec, const Json& attrs) {
+    const auto& c = spec.container();
+    auto attr = [&](const char* key) {
+      auto it = attrs.find(key);
+      return it != attrs.end() && it->is_string() ? it->get<std::string>() : std::string();
+    };
+    if (!c.compose().project().empty() || !c.compose().service().empty()) {
+      return (c.compose().project().empty() ||
+              attr("com.docker.compose.project") == c.compose().project()) &&
+             (c.compose().service().empty() ||
+              attr("com.docker.compose.service") == c.compose().service());
+    }
+    const std::string name = c.name().empty() ? spec.name() : c.name();
+    return attr("name") == name;
+  }
+
+  void HandleEvent(const std::string& line) {
+    if (line.empty()) return;
+    std::string action;
+    Json attrs;
+    try {
+      const Json ev = Json::parse(line);
+      if (ev.value("Type", "") != "container") return;
+      action = ev.value("Action", "");
+      attrs = ev.at("Actor").value("Attributes", Json::object());
+    } catch (const std::exception&) {
+      UPKEEP_LOG(warn, "docker_event_unparsable", {{"line", Shorten(line)}});
+      return;
+    }
+    const std::string verb = action.substr(0, action.find(':'));
+    static const char* kInteresting[] = {"die",           "start", "stop",    "restart", "kill",
+                                         "health_status", "oom",   "destroy", "pause",   "unpause"};
+    if (std::none_of(std::begin(kInteresting), std::end(kInteresting),
+                     [&](const char* v) { return verb == v; })) {
+      return;
+    }
+    watchers_.Notify([&](const std::vector<ServiceSpec>& watched,
+                         const ServiceWatchers::Callback& call) {
+      for (const auto& s : watched) {
+        if (Matches(s, attrs)) call(s.name());
+      }
+    });
+  }
+
+  void NotifyAll() {
+    watchers_.Notify([](const std::vector<ServiceSpec>& watched,
+                        const ServiceWatchers::Callback& call) {
+      for (const auto& s : watched) call(s.name());
+    });
+  }
+
+  // Streams /events until it breaks or the runtime is destroyed. Returns whether data flowed.
+  bool StreamOnce() {
+    auto prefix = Prefix();
+    if (!prefix.ok()) return false;
+    const Json filters = {{"type", Json::array({"container"})}};
+    const std::string url =
+        absl::StrCat("http://localhost", *prefix, "/events?filters=", UrlEncode(filters.dump()));
+    CURL* h = curl_easy_init();
+    CURLM* m = curl_multi_init();
+    StreamState st{this, ""};
+    curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, socket_.c_str());
+    curl_easy_setopt(h, CURLOPT_URL, url.c_str());
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, OnEventsData);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &st);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 2000L);
+    curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_multi_add_handle(m, h);
+    {
+      absl::MutexLock lock(&mu_);
+      multi_ = m;
+    }
+    bool connected = false;
+    bool ok_status = true;
+    while (true) {
+      {
+        absl::MutexLock lock(&mu_);
+        if (stopping_) break;
+      }
+      int running = 0;
+      curl_multi_perform(m, &running);
+      if (!connected) {
+        long code = 0;
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
+        if (code == 200) {
+          connected = true;
+          OnConnected();
+        } else if (code != 0) {
+          ok_status = false;
+          UPKEEP_LOG(warn, "docker_events_http_error", {{"code", std::to_string(code)}});
+          break;
+        }
+      }
+      if (running == 0) break;
+      curl_multi_poll(m, nullptr, 0, 1000, nullptr);
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      multi_ = nullptr;
+    }
+    curl_multi_remove_handle(m, h);
+    curl_easy_cleanup(h);
+    curl_multi_cleanup(m);
+    return connected && ok_status;
+  }
+
+  void OnConnected() {
+    bool reconnect;
+    {
+      absl::MutexLock lock(&mu_);
+      reconnect = ever_connected_;
+      ever_connected_ = true;
+      ++connects_;
+    }
+    UPKEEP_LOG(info, "docker_events_connected", {{"socket", socket_}});
+    // Changes may have happened while the stream was down: have everything re-inspected.
+    if (reconnect) NotifyAll();
+  }
+
+  void EventsLoop() {
+    absl::Duration backoff = absl::Milliseconds(100);
+    while (true) {
+      {
+        absl::MutexLock lock(&mu_);
+        if (stopping_) return;
+      }
+      const bool had_data = StreamOnce();
+      if (had_data) backoff = absl::Milliseconds(100);
+      {
+        absl::MutexLock lock(&mu_);
+        if (stopping_) return;
+        prefix_.clear();
+      }
+      UPKEEP_LOG(info, "docker_events_reconnecting",
+                 {{"socket", socket_}, {"in", absl::FormatDuration(backoff)}});
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithTimeout(absl::Condition(&stopping_), backoff);
+      if (stopping_) return;
+      backoff = std::min(backoff * 2, absl::Seconds(2));
+    }
+  }
+
+  const std::string socket_;
+  absl::Mutex mu_;
+  std::string prefix_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  CURLM* multi_ ABSL_GUARDED_BY(mu_) = nullptr;
+  bool ever_connected_ ABSL_GUARDED_BY(mu_) = false;
+  int connects_ ABSL_GUARDED_BY(mu_) = 0;
+  ServiceWatchers watchers_;
+  std::thread events_thread_;
+};
+
+}  // namespace
+
+std::string DemuxDockerStream(const std::string& raw) {
+  std::string out;
+  size_t off = 0;
+  while (off + 8 <= raw.size()) {
+    const auto* h = reinterpret_cast<const unsigned char*>(raw.data() + off);
+    if (h[0] > 2 || h[1] != 0 || h[2] != 0 || h[3] != 0) {
+      out.append(raw, off, std::string::npos);  // not multiplexed after all
+      return out;
+    }
+    const size_t len = (size_t{h[4]} << 24) | (size_t{h[5]} << 16) | (size_t{h[6]} << 8) | h[7];
+    off += 8;
+    out.append(raw, off, std::min(len, raw.size() - off));
+    off += len;
+  }
+  if (off < raw.size()) out.append(raw, off, std::string::npos);
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<Runtime>> CreateDockerRuntime(const std::string& socket_path) {
+  if (socket_path.empty()) return absl::InvalidArgumentError("docker socket path is empty");
+  static const bool curl_ready = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK;
+  if (!curl_ready) return absl::InternalError("curl_global_init failed");
+  return std::unique_ptr<Runtime>(new DockerRuntime(socket_path));
+}
+
+}  // namespace upkeep::agent

@@ -1,0 +1,199 @@
+// NginxDriver against a real nginx under a temp prefix, proxying to a sample service.
+#include "agent/proxy/nginx/nginx_driver.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "tests/support/net.h"
+#include "tests/support/subprocess.h"
+#include "tests/support/temp_dir.h"
+#include "tests/support/wait.h"
+
+namespace upkeep::agent {
+namespace {
+
+namespace v1 = upkeep::v1;
+using upkeep::testing::FreePort;
+using upkeep::testing::WaitFor;
+
+// A real nginx under a temp prefix, proxying to a sample service.
+class NginxTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    // nginx workers run as an unprivileged user and reopen the log themselves on USR1.
+    ::chmod(dir_.path().c_str(), 0755);
+    port_ = FreePort();
+    upstream_port_ = FreePort();
+    upstream_ = std::move(*upkeep::testing::Subprocess::Start(
+        {upkeep::testing::BinPath("upkeep-sample-service"), "--port", absl::StrCat(upstream_port_)},
+        "/dev/null"));
+    ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", upstream_port_));
+    WriteConfig(true);
+    spec_.set_config(dir_.Join("nginx.conf"));
+    spec_.set_prefix(dir_.path());
+    spec_.set_pid_file(dir_.Join("nginx.pid"));
+    spec_.set_error_log(dir_.Join("error.log"));
+    spec_.set_binary("nginx");
+  }
+  void TearDown() override {
+    NginxDriver d(spec_);
+    if (pid_t m = d.MasterPid(); m > 0) {
+      ::kill(m, SIGTERM);
+      WaitFor([&] { return d.MasterPid() == 0; });
+    }
+  }
+  void WriteConfig(bool valid, int upstream_port = 0) {
+    std::ofstream(dir_.Join("nginx.conf")) << absl::StrCat(
+        "worker_processes 1;\npid ", dir_.Join("nginx.pid"), ";\nerror_log ",
+        dir_.Join("error.log"), " error;\nevents {}\nhttp {\n access_log off;\n",
+        valid ? "" : " this_is_not_a_directive;\n",
+        " server { listen 127.0.0.1:", port_, "; location / { proxy_pass http://127.0.0.1:",
+        upstream_port == 0 ? upstream_port_ : upstream_port, "; } }\n}\n");
+  }
+
+  upkeep::testing::TempDir dir_;
+  int port_ = 0, upstream_port_ = 0;
+  std::unique_ptr<upkeep::testing::Subprocess> upstream_;
+  v1::NginxSpec spec_;
+};
+
+TEST_F(NginxTest, StartsReloadsAndRestartsAndReportsABrokenConfig) {
+  NginxDriver nginx(spec_);
+  auto started = nginx.Start(absl::Seconds(10));
+  ASSERT_TRUE(started.ok()) << started.status();
+  const pid_t master = nginx.MasterPid();
+  ASSERT_GT(master, 0);
+  ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", port_));
+  EXPECT_EQ(upkeep::testing::HttpGetStatus("127.0.0.1", port_, "/"), 200);
+  v1::ProxyObservation before;
+  nginx.Observe(&before);
+  ASSERT_EQ(before.worker_pids_size(), 1);
+  // A good reload: new workers, same master.
+  auto reloaded = nginx.Reload(absl::Seconds(10));
+  ASSERT_TRUE(reloaded.ok()) << reloaded.status();
+  v1::ProxyObservation after;
+  nginx.Observe(&after);
+  EXPECT_EQ(after.master_pid(), master);
+  EXPECT_TRUE(WaitFor([&] {
+    v1::ProxyObservation o;
+    nginx.Observe(&o);
+    return o.worker_pids_size() == 1 && o.worker_pids(0) != before.worker_pids(0);
+  }));
+  // A broken config: the reload is refused with nginx -t's output; the old config serves.
+  WriteConfig(false);
+  auto broken = nginx.Reload(absl::Seconds(10));
+  EXPECT_FALSE(broken.ok());
+  EXPECT_TRUE(absl::StrContains(broken.status().message(), "this_is_not_a_directive"))
+      << broken.status();
+  EXPECT_EQ(upkeep::testing::HttpGetStatus("127.0.0.1", port_, "/"), 200);
+  v1::ProxyObservation o;
+  nginx.Observe(&o);
+  EXPECT_TRUE(o.last_config_test().ran());
+  EXPECT_FALSE(o.last_config_test().ok());
+  // Restart with a good config: a new master.
+  WriteConfig(true);
+  auto restarted = nginx.Restart(absl::Seconds(20));
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  EXPECT_NE(nginx.MasterPid(), master);
+  EXPECT_TRUE(WaitFor([&] { return upkeep::testing::HttpGetStatus("127.0.0.1", port_, "/") == 200; }));
+}
+
+TEST_F(NginxTest, TailsUpstreamErrorsAcrossRotation) {
+  // Point nginx at a port where nothing listens.
+  WriteConfig(true, FreePort());
+  NginxDriver nginx(spec_);
+  ASSERT_TRUE(nginx.Start(absl::Seconds(10)).ok());
+  ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", port_));
+  nginx.PollErrorLog();  // start tailing
+  EXPECT_EQ(upkeep::testing::HttpGetStatus("127.0.0.1", port_, "/x"), 502);
+  ASSERT_TRUE(WaitFor([&] { return nginx.PollErrorLog() || [&] {
+    v1::ProxyObservation o;
+    nginx.Observe(&o);
+    return o.upstream_errors_size() > 0;
+  }(); }));
+  v1::ProxyObservation o;
+  nginx.Observe(&o);
+  ASSERT_EQ(o.upstream_errors_size(), 1);
+  EXPECT_EQ(o.upstream_errors(0).kind(), v1::UPSTREAM_ERROR_KIND_CONNECTION_REFUSED);
+  // Rotate like logrotate: move the file away, nginx reopens on USR1.
+  ASSERT_EQ(::rename(dir_.Join("error.log").c_str(), dir_.Join("error.log.1").c_str()), 0);
+  ::kill(nginx.MasterPid(), SIGUSR1);
+  ASSERT_TRUE(WaitFor([&] { return ::access(dir_.Join("error.log").c_str(), F_OK) == 0; }));
+  // (workers reopen the log a moment after the master: keep asking until one lands there)
+  EXPECT_TRUE(WaitFor([&] {
+    EXPECT_EQ(upkeep::testing::HttpGetStatus("127.0.0.1", port_, "/y"), 502);
+    v1::ProxyObservation p;
+    nginx.Observe(&p);
+    return p.upstream_errors_size() == 1 && p.upstream_errors(0).count() >= 2;
+  })) << "errors after rotation are counted";
+}
+
+
+// Records the driver's change notifications.
+struct ProxyChanges {
+  absl::Mutex mu;
+  int master ABSL_GUARDED_BY(mu) = 0;
+  int upstream ABSL_GUARDED_BY(mu) = 0;
+  std::function<void(ProxyDriver::Change)> Callback() {
+    return [this](ProxyDriver::Change c) {
+      absl::MutexLock lock(&mu);
+      (c == ProxyDriver::Change::kMaster ? master : upstream)++;
+    };
+  }
+  int Master() {
+    absl::MutexLock lock(&mu);
+    return master;
+  }
+  int Upstream() {
+    absl::MutexLock lock(&mu);
+    return upstream;
+  }
+};
+
+// The pid file and the error log are watched (inotify, a pidfd on the master): a master that
+// starts or dies and a new upstream error are told without anyone polling the driver.
+TEST_F(NginxTest, WatchTellsMasterChangesAndNewUpstreamErrorsAsTheyHappen) {
+  WriteConfig(true, FreePort());  // nothing listens upstream: every request is a 502
+  NginxDriver nginx(spec_);
+  ProxyChanges changes;
+  auto watch = nginx.Watch(changes.Callback());
+  ASSERT_TRUE(nginx.Start(absl::Seconds(10)).ok());
+  EXPECT_TRUE(WaitFor([&] { return changes.Master() >= 1; })) << "start seen";
+  ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", port_));
+  EXPECT_EQ(changes.Upstream(), 0);
+  EXPECT_EQ(upkeep::testing::HttpGetStatus("127.0.0.1", port_, "/x"), 502);
+  EXPECT_TRUE(WaitFor([&] { return changes.Upstream() >= 1; })) << "upstream error seen";
+  // SIGKILL leaves the pid file behind: only the pidfd can tell.
+  const int before = changes.Master();
+  const pid_t master = nginx.MasterPid();
+  ASSERT_GT(master, 0);
+  v1::ProxyObservation o;
+  nginx.Observe(&o);
+  ASSERT_EQ(o.worker_pids_size(), 1);
+  ::kill(master, SIGKILL);
+  ::kill(o.worker_pids(0), SIGKILL);
+  EXPECT_TRUE(WaitFor([&] { return changes.Master() > before; })) << "death seen";
+  EXPECT_EQ(nginx.MasterPid(), 0);
+  // Once the handle is gone the callback is never called again.
+  watch.reset();
+  const int after = changes.Master();
+  ASSERT_TRUE(WaitFor([&] { return !upkeep::testing::CanConnect("127.0.0.1", port_); }));
+  auto restarted = nginx.Start(absl::Seconds(10));
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", port_));
+  EXPECT_EQ(changes.Master(), after);
+}
+
+}  // namespace
+}  // namespace upkeep::agent

@@ -1,0 +1,333 @@
+// DockerRuntime against a real, private dockerd running upkeep-sample containers (host network).
+#include "agent/runtime/docker/docker_runtime.h"
+
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "core/proto_time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/support/docker/docker_fixture.h"
+#include "tests/support/net.h"
+#include "tests/support/wait.h"
+
+namespace upkeep::agent {
+namespace {
+
+using ::testing::HasSubstr;
+using upkeep::testing::FreePort;
+using upkeep::testing::HttpGetStatus;
+using upkeep::testing::SampleContainer;
+using upkeep::testing::WaitFor;
+using upkeep::testing::WaitForPort;
+using upkeep::v1::ServiceSpec;
+
+ServiceSpec ComposeSpec(const std::string& project, const std::string& service) {
+  ServiceSpec s;
+  s.set_name(service);
+  s.mutable_container()->mutable_compose()->set_project(project);
+  s.mutable_container()->mutable_compose()->set_service(service);
+  return s;
+}
+
+SampleContainer Sample(const std::string& name, int port, const std::string& project = "",
+                       const std::string& service = "", bool health_check = false) {
+  SampleContainer c;
+  c.name = name;
+  c.port = port;
+  c.project = project;
+  c.service = service;
+  c.health_check = health_check;
+  return c;
+}
+
+ServiceSpec NameSpec(const std::string& name) {
+  ServiceSpec s;
+  s.set_name(name);
+  s.mutable_container()->set_name(name);
+  return s;
+}
+
+// Records on_change calls with their time.
+struct Changes {
+  absl::Mutex mu;
+  std::vector<std::pair<std::string, absl::Time>> calls ABSL_GUARDED_BY(mu);
+  std::function<void(const std::string&)> Callback() {
+    return [this](const std::string& s) {
+      absl::MutexLock lock(&mu);
+      calls.emplace_back(s, absl::Now());
+    };
+  }
+  size_t Count() {
+    absl::MutexLock lock(&mu);
+    return calls.size();
+  }
+  // No call for `d` (the events of an earlier action have all arrived).
+  bool QuietFor(absl::Duration d) {
+    absl::MutexLock lock(&mu);
+    return calls.empty() || absl::Now() - calls.back().second >= d;
+  }
+  // The first call at or after `since`.
+  std::optional<absl::Time> FirstAfter(absl::Time since) {
+    absl::MutexLock lock(&mu);
+    for (const auto& [s, t] : calls) {
+      if (t >= since) return t;
+    }
+    return std::nullopt;
+  }
+};
+
+class DockerRuntimeTest : public upkeep::testing::DockerFixture {
+ protected:
+  void SetUp() override {
+    DockerFixture::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    auto rt = CreateDockerRuntime(socket());
+    ASSERT_TRUE(rt.ok()) << rt.status();
+    rt_ = std::move(*rt);
+  }
+  void TearDown() override {
+    rt_.reset();
+    DockerFixture::TearDown();
+  }
+  std::string Unique(const std::string& base) {
+    static int n = 0;
+    return absl::StrCat(base, "-", getpid(), "-", ++n);
+  }
+
+  std::unique_ptr<Runtime> rt_;
+};
+
+TEST_F(DockerRuntimeTest, InspectByComposeLabels) {
+  const int port = FreePort();
+  const std::string project = Unique("proj");
+  auto id = RunSample(Sample(Unique("web"), port, project, "web"));
+  ASSERT_TRUE(id.ok()) << id.status();
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  const auto obs = rt_->Inspect(ComposeSpec(project, "web"));
+  EXPECT_EQ(obs.error(), "");
+  EXPECT_TRUE(obs.exists());
+  EXPECT_TRUE(obs.running());
+  EXPECT_EQ(obs.container_id(), *id);
+  EXPECT_GT(obs.pid(), 0);
+  EXPECT_FALSE(obs.oom_killed());
+  EXPECT_EQ(obs.restart_count(), 0);
+  EXPECT_EQ(obs.runtime_health(), upkeep::v1::RUNTIME_HEALTH_UNSPECIFIED);
+  const absl::Time started = upkeep::FromProto(obs.started_at());
+  EXPECT_LT(absl::AbsDuration(absl::Now() - started), absl::Minutes(1));
+  // Another service of the project is not there.
+  const auto other = rt_->Inspect(ComposeSpec(project, "db"));
+  EXPECT_EQ(other.error(), "");
+  EXPECT_FALSE(other.exists());
+}
+
+TEST_F(DockerRuntimeTest, InspectByNameSeesExitCode) {
+  const int port = FreePort();
+  const std::string name = Unique("exiter");
+  ASSERT_TRUE(RunSample(Sample(name, port)).ok());
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  HttpGetStatus("127.0.0.1", port, "/fault/exit?code=3");
+  upkeep::v1::ServiceObservation obs;
+  ASSERT_TRUE(WaitFor([&] {
+    obs = rt_->Inspect(NameSpec(name));
+    return obs.exists() && !obs.running();
+  }));
+  EXPECT_EQ(obs.exit_code(), 3);
+  EXPECT_FALSE(obs.oom_killed());
+  EXPECT_GE(upkeep::FromProto(obs.finished_at()), upkeep::FromProto(obs.started_at()));
+}
+
+TEST_F(DockerRuntimeTest, RestartCountFollowsRestartPolicy) {
+  const int port = FreePort();
+  const std::string name = Unique("always");
+  SampleContainer c = Sample(name, port);
+  c.restart = "always";
+  ASSERT_TRUE(RunSample(c).ok());
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  EXPECT_EQ(rt_->Inspect(NameSpec(name)).restart_count(), 0);
+  HttpGetStatus("127.0.0.1", port, "/fault/exit?code=2");
+  upkeep::v1::ServiceObservation obs;
+  EXPECT_TRUE(WaitFor([&] {
+    obs = rt_->Inspect(NameSpec(name));
+    return obs.restart_count() == 1 && obs.running();
+  })) << obs.DebugString();
+  EXPECT_EQ(obs.exit_code(), 2);  // running again, but Docker keeps the last exit code
+}
+
+TEST_F(DockerRuntimeTest, MissingContainerDoesNotExist) {
+  const auto obs = rt_->Inspect(NameSpec("no-such-container-here"));
+  EXPECT_EQ(obs.error(), "");
+  EXPECT_FALSE(obs.exists());
+  const auto st = rt_->Start(NameSpec("no-such-container-here"));
+  EXPECT_TRUE(absl::IsNotFound(st)) << st;
+}
+
+TEST_F(DockerRuntimeTest, StartStopRestart) {
+  const int port = FreePort();
+  const std::string name = Unique("ssr");
+  ASSERT_TRUE(RunSample(Sample(name, port)).ok());
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  const ServiceSpec spec = NameSpec(name);
+  EXPECT_TRUE(rt_->Start(spec).ok());  // already running: 304 is success
+
+  ASSERT_TRUE(rt_->Stop(spec, absl::Seconds(5)).ok());
+  auto obs = rt_->Inspect(spec);
+  EXPECT_FALSE(obs.running());
+  EXPECT_EQ(obs.exit_code(), 0);  // SIGTERM -> clean exit
+  EXPECT_FALSE(upkeep::testing::CanConnect("127.0.0.1", port));
+
+  ASSERT_TRUE(rt_->Start(spec).ok());
+  EXPECT_TRUE(rt_->Inspect(spec).running());
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  const auto before = rt_->Inspect(spec).started_at();
+
+  ASSERT_TRUE(rt_->Restart(spec, absl::Seconds(5)).ok());
+  obs = rt_->Inspect(spec);
+  EXPECT_TRUE(obs.running());
+  EXPECT_GT(upkeep::FromProto(obs.started_at()), upkeep::FromProto(before));
+  EXPECT_TRUE(WaitForPort("127.0.0.1", port));
+}
+
+TEST_F(DockerRuntimeTest, LogsReturnRequestLines) {
+  const int port = FreePort();
+  const std::string name = Unique("logs");
+  ASSERT_TRUE(RunSample(Sample(name, port)).ok());
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  EXPECT_EQ(HttpGetStatus("127.0.0.1", port, "/health"), 200);
+  std::string logs;
+  ASSERT_TRUE(WaitFor([&] {
+    auto l = rt_->Logs(NameSpec(name), 50);
+    if (!l.ok()) return false;
+    logs = *l;
+    return logs.find("GET /health 200") != std::string::npos;
+  })) << logs;
+  EXPECT_THAT(logs, HasSubstr("listening on 127.0.0.1:"));
+  // Decoded: no frame headers left in the text.
+  EXPECT_EQ(logs.find('\x01'), std::string::npos);
+  auto tail1 = rt_->Logs(NameSpec(name), 1);
+  ASSERT_TRUE(tail1.ok());
+  EXPECT_EQ(std::count(tail1->begin(), tail1->end(), '\n'), 1) << *tail1;
+}
+
+TEST_F(DockerRuntimeTest, RuntimeHealthFollowsHealthcheck) {
+  const int port = FreePort();
+  const std::string project = Unique("hc");
+  ASSERT_TRUE(RunSample(Sample(Unique("hc"), port, project, "api", /*health_check=*/true)).ok());
+  const ServiceSpec spec = ComposeSpec(project, "api");
+  EXPECT_TRUE(WaitFor(
+      [&] { return rt_->Inspect(spec).runtime_health() == upkeep::v1::RUNTIME_HEALTH_HEALTHY; },
+      absl::Seconds(20)));
+  Changes changes;
+  auto watch = rt_->Watch({spec}, changes.Callback());
+  HttpGetStatus("127.0.0.1", port, "/fault/unhealthy");
+  EXPECT_TRUE(WaitFor(
+      [&] { return rt_->Inspect(spec).runtime_health() == upkeep::v1::RUNTIME_HEALTH_UNHEALTHY; },
+      absl::Seconds(20)));
+  // health_status events reach the watcher.
+  EXPECT_TRUE(WaitFor([&] { return changes.Count() > 0; }));
+}
+
+TEST_F(DockerRuntimeTest, WatchSeesCrashAndKill) {
+  const int port = FreePort();
+  const std::string project = Unique("w");
+  const std::string name = Unique("crashy");
+  ASSERT_TRUE(RunSample(Sample(name, port, project, "web")).ok());
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  const ServiceSpec spec = ComposeSpec(project, "web");
+  Changes changes;
+  // An unrelated container's events must not be reported for "web".
+  const int other_port = FreePort();
+  ASSERT_TRUE(RunSample(Sample(Unique("other"), other_port)).ok());
+  auto watch = rt_->Watch({spec}, changes.Callback());
+  // Let the stream connect: a start of the watched service is seen.
+  ASSERT_TRUE(rt_->Restart(spec, absl::Seconds(1)).ok());
+  ASSERT_TRUE(WaitFor([&] { return changes.Count() > 0; }));
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  // So that the latency below is not that of a late restart event.
+  ASSERT_TRUE(WaitFor([&] { return changes.QuietFor(absl::Milliseconds(200)); }));
+
+  const absl::Time crash_at = absl::Now();
+  HttpGetStatus("127.0.0.1", port, "/fault/crash");
+  ASSERT_TRUE(WaitFor([&] { return changes.FirstAfter(crash_at).has_value(); }));
+  std::cout << "crash (POST /fault/crash) -> on_change: "
+            << absl::FormatDuration(*changes.FirstAfter(crash_at) - crash_at) << "\n";
+  ASSERT_TRUE(WaitFor([&] { return !rt_->Inspect(spec).running(); }));
+  // Killed by a signal. As PID 1 of its container, abort()'s SIGABRT is ignored and glibc
+  // falls back to a fatal fault, so the code is 128+SIGSEGV rather than 128+SIGABRT.
+  EXPECT_GT(rt_->Inspect(spec).exit_code(), 128);
+
+  ASSERT_TRUE(rt_->Start(spec).ok());
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  ASSERT_TRUE(WaitFor([&] { return changes.QuietFor(absl::Milliseconds(200)); }));
+  const absl::Time kill_at = absl::Now();
+  ASSERT_TRUE(Docker({"kill", name}).ok());
+  ASSERT_TRUE(WaitFor([&] { return changes.FirstAfter(kill_at).has_value(); }));
+  std::cout << "docker kill -> on_change: "
+            << absl::FormatDuration(*changes.FirstAfter(kill_at) - kill_at) << "\n";
+  {
+    absl::MutexLock lock(&changes.mu);
+    for (const auto& [s, t] : changes.calls) EXPECT_EQ(s, "web");
+  }
+}
+
+// One Docker runtime serves every Docker stack on the host: each stack's watch gets the events
+// of its own services, whichever subscribed last.
+TEST_F(DockerRuntimeTest, TwoStacksWatchingOneRuntimeBothGetTheirEvents) {
+  const int port_a = FreePort(), port_b = FreePort();
+  const std::string project_a = Unique("shop"), project_b = Unique("blog");
+  ASSERT_TRUE(RunSample(Sample(Unique("a"), port_a, project_a, "web")).ok());
+  ASSERT_TRUE(RunSample(Sample(Unique("b"), port_b, project_b, "web")).ok());
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port_a));
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port_b));
+  const ServiceSpec spec_a = ComposeSpec(project_a, "web");
+  const ServiceSpec spec_b = ComposeSpec(project_b, "web");
+  Changes changes_a, changes_b;
+  auto watch_a = rt_->Watch({spec_a}, changes_a.Callback());
+  auto watch_b = rt_->Watch({spec_b}, changes_b.Callback());
+  ASSERT_TRUE(rt_->Restart(spec_a, absl::Seconds(1)).ok());
+  EXPECT_TRUE(WaitFor([&] { return changes_a.Count() > 0; }))
+      << "the first stack's watch no longer gets its events";
+  ASSERT_TRUE(rt_->Restart(spec_b, absl::Seconds(1)).ok());
+  EXPECT_TRUE(WaitFor([&] { return changes_b.Count() > 0; }));
+  {
+    absl::MutexLock lock(&changes_a.mu);
+    for (const auto& [s, t] : changes_a.calls) EXPECT_EQ(s, "web");
+  }
+  // A stack that goes away stops hearing; the other keeps hearing.
+  watch_a.reset();
+  const size_t a_before = changes_a.Count();
+  const absl::Time restart_at = absl::Now();
+  ASSERT_TRUE(rt_->Restart(spec_a, absl::Seconds(1)).ok());
+  ASSERT_TRUE(rt_->Restart(spec_b, absl::Seconds(1)).ok());
+  EXPECT_TRUE(WaitFor([&] { return changes_b.FirstAfter(restart_at).has_value(); }));
+  EXPECT_EQ(changes_a.Count(), a_before) << "an ended watch is never called again";
+}
+
+// Last in the file: restarts the shared dockerd.
+TEST_F(DockerRuntimeTest, WatchReconnectsAfterDaemonRestart) {
+  const int port = FreePort();
+  const std::string name = Unique("survivor");
+  ASSERT_TRUE(RunSample(Sample(name, port)).ok());
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  const ServiceSpec spec = NameSpec(name);
+  Changes changes;
+  auto watch = rt_->Watch({spec}, changes.Callback());
+  ASSERT_TRUE(rt_->Restart(spec, absl::Seconds(1)).ok());
+  ASSERT_TRUE(WaitFor([&] { return changes.Count() > 0; }));
+
+  ASSERT_TRUE(daemon()->Restart().ok());
+  // While the daemon is away and after: errors, then a reconnect reports the service.
+  const absl::Time back = absl::Now();
+  ASSERT_TRUE(WaitFor([&] { return changes.FirstAfter(back).has_value(); }, absl::Seconds(20)));
+  // The stream is live again: a start is seen.
+  const absl::Time start_at = absl::Now();
+  ASSERT_TRUE(rt_->Start(spec).ok());
+  EXPECT_TRUE(WaitFor([&] { return changes.FirstAfter(start_at).has_value(); }));
+  EXPECT_TRUE(rt_->Inspect(spec).running());
+}
+
+}  // namespace
+}  // namespace upkeep::agent
