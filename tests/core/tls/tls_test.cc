@@ -11,6 +11,7 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <tuple>
 
 #include "absl/synchronization/mutex.h"
@@ -36,6 +37,8 @@ class RecordingFleet : public upkeep::v1::FleetService::Service {
                           upkeep::v1::ListStacksResponse*) override {
     absl::MutexLock lock(&mu_);
     last_peer_uris_.clear();
+    auto pems = ctx->auth_context()->FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME);
+    last_peer_pem_ = pems.empty() ? "" : std::string(pems[0].data(), pems[0].size());
     for (const auto& v : ctx->auth_context()->FindPropertyValues(GRPC_PEER_URI_PROPERTY_NAME)) {
       last_peer_uris_.emplace_back(v.data(), v.size());
     }
@@ -68,6 +71,10 @@ class RecordingFleet : public upkeep::v1::FleetService::Service {
     absl::MutexLock lock(&mu_);
     events_.push_back(e);
   }
+  std::string last_peer_pem() {
+    absl::MutexLock lock(&mu_);
+    return last_peer_pem_;
+  }
   std::vector<std::string> last_peer_uris() {
     absl::MutexLock lock(&mu_);
     return last_peer_uris_;
@@ -76,6 +83,7 @@ class RecordingFleet : public upkeep::v1::FleetService::Service {
  private:
   absl::Mutex mu_;
   std::vector<std::string> last_peer_uris_ ABSL_GUARDED_BY(mu_);
+  std::string last_peer_pem_ ABSL_GUARDED_BY(mu_);
   std::deque<upkeep::v1::Event> events_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -355,6 +363,35 @@ TEST_F(TlsTest, RotatedServerFilesServeNewConnectionsWhileAnOpenStreamStaysUp) {
   EXPECT_EQ(e.reason(), "after");
   stream_ctx.TryCancel();
   reader->Finish();
+}
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+TEST_F(TlsTest, RotatedClientFilesAreUsedByTheNextConnectionOfTheSameCredentials) {
+  StartServer(controller_.cert, controller_.key);
+  const std::string cert = dir_.Join("client.crt");
+  const std::string key = dir_.Join("client.key");
+  CopyAtomically(agent_.key, key);
+  CopyAtomically(agent_.cert, cert);
+  ChannelTlsOptions options;
+  options.refresh = absl::Seconds(1);
+  auto creds = ChannelCredentials(Ca(), cert, key, options);
+  ASSERT_TRUE(creds.ok()) << creds.status();
+  ASSERT_TRUE(Call(Dial(*creds)).ok());
+  EXPECT_EQ(fleet_.last_peer_pem(), Slurp(agent_.cert));
+
+  auto renewed = Issue(dir_.path(), IssueRequest::Agent("web-1"));  // same name, new key
+  ASSERT_TRUE(renewed.ok());
+  CopyAtomically(renewed->key, key);
+  CopyAtomically(renewed->cert, cert);
+  const std::string want = Slurp(renewed->cert);
+  EXPECT_TRUE(WaitFor([&] { return Call(Dial(*creds)).ok() && fleet_.last_peer_pem() == want; },
+                      absl::Seconds(20), absl::Milliseconds(200)));
 }
 
 // Not a check: prints what a fresh connection (handshake + first unary call) costs with mutual
