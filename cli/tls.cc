@@ -59,8 +59,8 @@ int RunTls(int argc, char** argv) {
     } else {
       return Usage("--" + arg + " needs a value");
     }
-    static const char* const kKnown[] = {"dir", "controller", "agent", "user", "role", "san",
-                                         "days"};
+    static const char* const kKnown[] = {"dir",  "controller", "agent", "user",
+                                         "role", "san",        "days"};
     bool known = false;
     for (const char* k : kKnown) known = known || arg == k;
     if (!known || (sub == "init" && arg != "dir")) return Usage("unknown flag --" + arg);
@@ -78,8 +78,7 @@ int RunTls(int argc, char** argv) {
   }
 
   const int kinds = static_cast<int>(flags.count("controller")) +
-                    static_cast<int>(flags.count("agent")) +
-                    static_cast<int>(flags.count("user"));
+                    static_cast<int>(flags.count("agent")) + static_cast<int>(flags.count("user"));
   if (kinds != 1) return Usage("give exactly one of --controller, --agent, --user");
   tls::IssueRequest request;
   if (flags.count("controller")) {

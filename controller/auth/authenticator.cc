@@ -45,7 +45,8 @@ const char* KindWord(Principal::Kind kind) {
 absl::StatusOr<Principal> FromCertificate(const grpc::AuthContext& auth) {
   std::vector<std::string> ours;
   for (const auto& v : auth.FindPropertyValues(GRPC_PEER_URI_PROPERTY_NAME)) {
-    if (absl::StartsWith(absl::string_view(v.data(), v.size()), "upkeep://")) ours.push_back(Str(v));
+    if (absl::StartsWith(absl::string_view(v.data(), v.size()), "upkeep://"))
+      ours.push_back(Str(v));
   }
   if (ours.empty()) {
     // A certificate from our CA always names an identity; a client without a certificate has
@@ -79,8 +80,7 @@ absl::StatusOr<Principal> Authenticate(const grpc::AuthContext& auth,
   return FromCertificate(auth);
 }
 
-grpc::Status AuthProcessor::Process(const InputMetadata& auth_metadata,
-                                    grpc::AuthContext* context,
+grpc::Status AuthProcessor::Process(const InputMetadata& auth_metadata, grpc::AuthContext* context,
                                     OutputMetadata* consumed_auth_metadata,
                                     OutputMetadata* response_metadata) {
   std::string method;
@@ -101,8 +101,7 @@ grpc::Status AuthProcessor::Process(const InputMetadata& auth_metadata,
     return grpc::Status(grpc::StatusCode::INTERNAL, "auth: the call carries no method (:path)");
   }
   absl::StatusOr<Principal> principal = Authenticate(*context, authorization, tokens_);
-  absl::Status allowed =
-      principal.ok() ? Authorize(*principal, method) : principal.status();
+  absl::Status allowed = principal.ok() ? Authorize(*principal, method) : principal.status();
   if (!allowed.ok()) {
     UPKEEP_LOG(warn, "call_refused",
                {{"method", method},

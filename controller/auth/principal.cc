@@ -130,8 +130,9 @@ absl::Status Authorize(const Principal& principal, absl::string_view full_method
   using Kind = Principal::Kind;
   switch (principal.kind) {
     case Kind::kAnonymous:
-      return absl::UnauthenticatedError(absl::StrCat(
-          full_method, " needs a client certificate from the fleet's CA or a bearer token "
+      return absl::UnauthenticatedError(
+          absl::StrCat(full_method,
+                       " needs a client certificate from the fleet's CA or a bearer token "
                        "(upkeepctl --token, or UPKEEP_TOKEN)"));
     case Kind::kAgent:
       if (full_method == kAgentConnect) return absl::OkStatus();
@@ -139,15 +140,14 @@ absl::Status Authorize(const Principal& principal, absl::string_view full_method
                                                       kAgentConnect, ", not ", full_method));
     case Kind::kController:
       if (absl::StartsWith(full_method, "/grpc.health.v1.Health/")) return absl::OkStatus();
-      return absl::PermissionDeniedError(
-          absl::StrCat(principal.ToString(), " is a controller identity; it may not call ",
-                       full_method));
+      return absl::PermissionDeniedError(absl::StrCat(
+          principal.ToString(), " is a controller identity; it may not call ", full_method));
     case Kind::kUser:
       break;
   }
   if (absl::StartsWith(full_method, kAgentServicePrefix)) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        principal.ToString(), " is not an agent; ", full_method, " needs an agent certificate"));
+    return absl::PermissionDeniedError(absl::StrCat(principal.ToString(), " is not an agent; ",
+                                                    full_method, " needs an agent certificate"));
   }
   const std::optional<Role> needed = RequiredRole(full_method);
   if (!needed) {

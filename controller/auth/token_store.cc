@@ -1,17 +1,15 @@
 #include "controller/auth/token_store.h"
 
-#include <sqlite3.h>
 #include <fcntl.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <sqlite3.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-
 #include <filesystem>
-
-#include <openssl/evp.h>
-#include <openssl/rand.h>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -89,8 +87,8 @@ absl::StatusOr<std::unique_ptr<TokenStore>> TokenStore::Open(const std::string& 
   ::fchmod(fd, 0600);
   ::close(fd);
   sqlite3* db = nullptr;
-  const int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
-                                 nullptr);
+  const int rc =
+      sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
   if (rc != SQLITE_OK) {
     const std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
     sqlite3_close(db);
@@ -117,8 +115,8 @@ TokenStore::~TokenStore() { sqlite3_close(db_); }
 
 absl::StatusOr<std::string> TokenStore::Create(const std::string& name, Role role) {
   if (!ValidName(name)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "token name \"", name, "\" must be 1-128 letters, digits, '.', '_' or '-'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("token name \"", name, "\" must be 1-128 letters, digits, '.', '_' or '-'"));
   }
   if (role == Role::kNone) return absl::InvalidArgumentError("a token needs a role");
   unsigned char raw[32];

@@ -1,6 +1,13 @@
 #include "core/tls/tls.h"
 
 #include <fcntl.h>
+#include <openssl/bio.h>
+#include <openssl/bn.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,14 +17,6 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-
-#include <openssl/bio.h>
-#include <openssl/bn.h>
-#include <openssl/err.h>
-#include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/x509.h>
-#include <openssl/x509v3.h>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -117,7 +116,8 @@ absl::StatusOr<PkeyPtr> NewKey() {
 
 absl::StatusOr<std::string> KeyPem(EVP_PKEY* key) {
   BioPtr bio(BIO_new(BIO_s_mem()));
-  if (!bio || PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr) != 1) {
+  if (!bio ||
+      PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr) != 1) {
     return SslError("encoding a private key");
   }
   char* data = nullptr;
@@ -160,8 +160,7 @@ absl::Status AddExtension(X509* cert, X509* issuer, int nid, const std::string& 
   X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value.c_str());
   if (ext == nullptr) {
     return absl::InvalidArgumentError(
-        absl::StrCat("bad certificate extension ", OBJ_nid2sn(nid), "=", value, ": ",
-                     SslErrors()));
+        absl::StrCat("bad certificate extension ", OBJ_nid2sn(nid), "=", value, ": ", SslErrors()));
   }
   const int ok = X509_add_ext(cert, ext, -1);
   X509_EXTENSION_free(ext);
@@ -170,8 +169,8 @@ absl::Status AddExtension(X509* cert, X509* issuer, int nid, const std::string& 
 }
 
 // A certificate with a random 127-bit serial, the given subject CN, validity and public key.
-absl::StatusOr<X509Ptr> NewCert(const std::string& cn, absl::Time not_before,
-                                absl::Time not_after, EVP_PKEY* key) {
+absl::StatusOr<X509Ptr> NewCert(const std::string& cn, absl::Time not_before, absl::Time not_after,
+                                EVP_PKEY* key) {
   X509Ptr cert(X509_new());
   if (!cert || X509_set_version(cert.get(), 2) != 1) return SslError("creating a certificate");
   BIGNUM* bn = BN_new();
@@ -206,8 +205,7 @@ absl::Status Sign(X509* cert, EVP_PKEY* ca_key) {
 bool ValidName(const std::string& name) {
   if (name.empty() || name.size() > 128 || name[0] == '.') return false;
   for (char c : name) {
-    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' &&
-        c != '-') {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') {
       return false;
     }
   }
@@ -231,8 +229,7 @@ bool LooksLikeIp(const std::string& s) {
 bool ValidDnsName(const std::string& s) {
   if (s.empty() || s.size() > 253) return false;
   for (char c : s) {
-    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' &&
-        c != '*') {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != '*') {
       return false;
     }
   }
@@ -322,14 +319,16 @@ std::vector<std::string> SplitSans(const std::string& comma_separated) {
 absl::Status InitCa(const std::string& dir, const CaOptions& options) {
   std::error_code ec;
   fs::create_directories(dir, ec);
-  if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  if (ec)
+    return absl::PermissionDeniedError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
   const std::string crt = dir + "/ca.crt";
   const std::string key_path = dir + "/ca.key";
   if (fs::exists(crt, ec) || fs::exists(key_path, ec)) {
-    return absl::AlreadyExistsError(absl::StrCat(
-        dir, " already holds a CA (ca.crt or ca.key); refusing to replace it, since every "
-             "certificate it issued would stop being trusted. Use another --dir, or remove "
-             "both files on purpose."));
+    return absl::AlreadyExistsError(
+        absl::StrCat(dir,
+                     " already holds a CA (ca.crt or ca.key); refusing to replace it, since every "
+                     "certificate it issued would stop being trusted. Use another --dir, or remove "
+                     "both files on purpose."));
   }
   ASSIGN_OR_RETURN(PkeyPtr key, NewKey());
   const absl::Time now = absl::Now();
@@ -338,8 +337,8 @@ absl::Status InitCa(const std::string& dir, const CaOptions& options) {
   if (X509_set_issuer_name(cert.get(), X509_get_subject_name(cert.get())) != 1) {
     return SslError("setting the issuer");
   }
-  RETURN_IF_ERROR(AddExtension(cert.get(), cert.get(), NID_basic_constraints,
-                               "critical,CA:TRUE,pathlen:0"));
+  RETURN_IF_ERROR(
+      AddExtension(cert.get(), cert.get(), NID_basic_constraints, "critical,CA:TRUE,pathlen:0"));
   RETURN_IF_ERROR(
       AddExtension(cert.get(), cert.get(), NID_key_usage, "critical,keyCertSign,cRLSign"));
   RETURN_IF_ERROR(AddExtension(cert.get(), cert.get(), NID_subject_key_identifier, "hash"));
@@ -352,16 +351,16 @@ absl::Status InitCa(const std::string& dir, const CaOptions& options) {
 
 absl::StatusOr<IssuedFiles> Issue(const std::string& dir, const IssueRequest& request) {
   if (!ValidName(request.name)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "name \"", request.name,
-        "\" must be 1-128 letters, digits, '.', '_' or '-' and not start with '.'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("name \"", request.name,
+                     "\" must be 1-128 letters, digits, '.', '_' or '-' and not start with '.'"));
   }
   std::vector<std::string> san_parts;
   switch (request.kind) {
     case IdentityKind::kUser:
       if (!ValidRole(request.role)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "role \"", request.role, "\" must be one of viewer, operator, admin"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("role \"", request.role, "\" must be one of viewer, operator, admin"));
       }
       break;
     case IdentityKind::kController:
@@ -404,9 +403,9 @@ absl::StatusOr<IssuedFiles> Issue(const std::string& dir, const IssueRequest& re
   X509* ca = ca_cert.get();
   RETURN_IF_ERROR(AddExtension(c, ca, NID_basic_constraints, "critical,CA:FALSE"));
   RETURN_IF_ERROR(AddExtension(c, ca, NID_key_usage, "critical,digitalSignature"));
-  RETURN_IF_ERROR(AddExtension(c, ca, NID_ext_key_usage,
-                               request.kind == IdentityKind::kController ? "serverAuth"
-                                                                         : "clientAuth"));
+  RETURN_IF_ERROR(
+      AddExtension(c, ca, NID_ext_key_usage,
+                   request.kind == IdentityKind::kController ? "serverAuth" : "clientAuth"));
   RETURN_IF_ERROR(AddExtension(c, ca, NID_subject_key_identifier, "hash"));
   RETURN_IF_ERROR(AddExtension(c, ca, NID_authority_key_identifier, "keyid:always"));
   RETURN_IF_ERROR(AddExtension(c, ca, NID_subject_alt_name, absl::StrJoin(san_parts, ",")));
@@ -474,8 +473,8 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
   std::shared_ptr<grpc::ChannelCredentials> creds = grpc::experimental::TlsCredentials(tls);
   if (!creds) return absl::InternalError("gRPC refused the TLS channel options");
   if (!options.bearer_token.empty()) {
-    creds = grpc::CompositeChannelCredentials(
-        creds, grpc::AccessTokenCredentials(options.bearer_token));
+    creds = grpc::CompositeChannelCredentials(creds,
+                                              grpc::AccessTokenCredentials(options.bearer_token));
   }
   return creds;
 }

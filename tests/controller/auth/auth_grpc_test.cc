@@ -18,8 +18,8 @@
 namespace upkeep::controller_auth {
 namespace {
 
-using ::upkeep::testing::TempDir;
 using tls::IssueRequest;
+using ::upkeep::testing::TempDir;
 
 // Records who each handler saw, and whether the token reached it.
 struct Seen {
@@ -93,9 +93,9 @@ class AuthGrpcTest : public ::testing::Test {
     ASSERT_TRUE(tls::InitCa(certs_.path()).ok());
     auto c = tls::Issue(certs_.path(), IssueRequest::Controller("c1", {"127.0.0.1"}));
     ASSERT_TRUE(c.ok());
-    for (const auto& r : {IssueRequest::Agent("web-1"), IssueRequest::User("vera", "viewer"),
-                          IssueRequest::User("otto", "operator"),
-                          IssueRequest::User("ada", "admin")}) {
+    for (const auto& r :
+         {IssueRequest::Agent("web-1"), IssueRequest::User("vera", "viewer"),
+          IssueRequest::User("otto", "operator"), IssueRequest::User("ada", "admin")}) {
       ASSERT_TRUE(tls::Issue(certs_.path(), r).ok());
     }
     auto tokens = TokenStore::Open(data_.path());
@@ -233,8 +233,7 @@ TEST_F(AuthGrpcTest, TokenGrantsItsRoleAndNeverReachesTheHandler) {
 
 TEST_F(AuthGrpcTest, UnknownTokenIsUnauthenticatedEvenWithACertificate) {
   EXPECT_EQ(List(Channel("", "upk_nope")).error_code(), grpc::StatusCode::UNAUTHENTICATED);
-  EXPECT_EQ(List(Channel("user-ada", "upk_nope")).error_code(),
-            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(List(Channel("user-ada", "upk_nope")).error_code(), grpc::StatusCode::UNAUTHENTICATED);
 }
 
 TEST_F(AuthGrpcTest, RevokedTokenStopsWorkingAtTheNextCallOnTheSameConnection) {

@@ -1,8 +1,8 @@
 // The role table and identity parsing, as data.
 #include "controller/auth/principal.h"
 
-#include "gtest/gtest.h"
 #include "google/protobuf/descriptor.h"
+#include "gtest/gtest.h"
 #include "upkeep/v1/fleet_service.pb.h"
 
 namespace upkeep::controller_auth {
@@ -107,9 +107,9 @@ TEST(PrincipalFromUri, ParsesTheThreeKindsAndRefusesTheRest) {
   auto c = PrincipalFromUri("upkeep://controller/c1");
   ASSERT_TRUE(c.ok());
   EXPECT_EQ(*c, Controller("c1"));
-  for (const char* bad : {"spiffe://agent/web-1", "upkeep://agent/", "upkeep://agent/a/b",
-                          "upkeep://user/ann", "upkeep://user/ann?role=root",
-                          "upkeep://agent/web-1?role=admin", "upkeep://admin/x"}) {
+  for (const char* bad :
+       {"spiffe://agent/web-1", "upkeep://agent/", "upkeep://agent/a/b", "upkeep://user/ann",
+        "upkeep://user/ann?role=root", "upkeep://agent/web-1?role=admin", "upkeep://admin/x"}) {
     EXPECT_FALSE(PrincipalFromUri(bad).ok()) << bad;
   }
 }

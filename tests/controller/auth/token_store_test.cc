@@ -79,12 +79,10 @@ TEST(TokenStore, NamesAreUniqueAndValidated) {
   auto store = TokenStore::Open(dir.path());
   ASSERT_TRUE(store.ok());
   ASSERT_TRUE((*store)->Create("ci", Role::kViewer).ok());
-  EXPECT_EQ((*store)->Create("ci", Role::kAdmin).status().code(),
-            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ((*store)->Create("ci", Role::kAdmin).status().code(), absl::StatusCode::kAlreadyExists);
   EXPECT_EQ((*store)->Create("a b", Role::kAdmin).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ((*store)->Create("x", Role::kNone).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*store)->Create("x", Role::kNone).status().code(), absl::StatusCode::kInvalidArgument);
   ASSERT_TRUE((*store)->Create("bot", Role::kAdmin).ok());
   auto list = (*store)->List();
   ASSERT_TRUE(list.ok());
@@ -108,9 +106,10 @@ int RunCommand(std::vector<std::string> args, std::string* out) {
 TEST(TokenCommand, CreateListRevoke) {
   TempDir dir;
   std::string out;
-  ASSERT_EQ(RunCommand({"token", "create", "--data", dir.path(), "--name", "ci", "--role", "viewer"},
-                &out),
-            0);
+  ASSERT_EQ(
+      RunCommand({"token", "create", "--data", dir.path(), "--name", "ci", "--role", "viewer"},
+                 &out),
+      0);
   const std::string token = out.substr(0, out.find('\n'));
   EXPECT_THAT(token, ::testing::StartsWith("upk_"));
   ASSERT_EQ(RunCommand({"token", "list", "--data=" + dir.path()}, &out), 0);
@@ -129,9 +128,9 @@ TEST(TokenCommand, UsageErrorsExitTwo) {
   std::string out;
   EXPECT_EQ(RunCommand({"token"}, &out), 2);
   EXPECT_EQ(RunCommand({"token", "create", "--data", dir.path(), "--name", "ci"}, &out), 2);
-  EXPECT_EQ(RunCommand({"token", "create", "--data", dir.path(), "--name", "ci", "--role", "root"},
-                &out),
-            2);
+  EXPECT_EQ(
+      RunCommand({"token", "create", "--data", dir.path(), "--name", "ci", "--role", "root"}, &out),
+      2);
   EXPECT_EQ(RunCommand({"token", "revoke", "--data", dir.path()}, &out), 2);
   EXPECT_EQ(RunCommand({"token", "frobnicate", "--data", dir.path()}, &out), 2);
   EXPECT_EQ(RunCommand({"token", "list", "--bogus", "x"}, &out), 2);

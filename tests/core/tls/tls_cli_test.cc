@@ -48,8 +48,8 @@ TEST(UpkeepctlTls, InitAndIssueWriteAWorkingFleet) {
   EXPECT_EQ(Upkeepctl(dir, {"issue", "--dir", pki, "--user", "bob"}), 2);
   EXPECT_EQ(Upkeepctl(dir, {"issue", "--dir", pki, "--controller", "c2"}), 2);
 
-  auto server_creds = tls::ServerCredentials(pki + "/controller-c1.crt",
-                                             pki + "/controller-c1.key", pki + "/ca.crt");
+  auto server_creds = tls::ServerCredentials(pki + "/controller-c1.crt", pki + "/controller-c1.key",
+                                             pki + "/ca.crt");
   ASSERT_TRUE(server_creds.ok()) << server_creds.status();
   Fleet fleet;
   int port = 0;

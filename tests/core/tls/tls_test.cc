@@ -51,10 +51,10 @@ class RecordingFleet : public upkeep::v1::FleetService::Service {
       upkeep::v1::Event e;
       {
         absl::MutexLock lock(&mu_);
-        if (!mu_.AwaitWithTimeout(absl::Condition(
-                                      +[](std::deque<upkeep::v1::Event>* q) { return !q->empty(); },
-                                      &events_),
-                                  absl::Milliseconds(100))) {
+        if (!mu_.AwaitWithTimeout(
+                absl::Condition(
+                    +[](std::deque<upkeep::v1::Event>* q) { return !q->empty(); }, &events_),
+                absl::Milliseconds(100))) {
           continue;
         }
         e = events_.front();
@@ -105,8 +105,7 @@ class TlsTest : public ::testing::Test {
 
   std::string Ca() const { return dir_.Join("ca.crt"); }
 
-  void StartServer(const std::string& cert, const std::string& key,
-                   ServerTlsOptions options = {}) {
+  void StartServer(const std::string& cert, const std::string& key, ServerTlsOptions options = {}) {
     auto creds = ServerCredentials(cert, key, Ca(), options);
     ASSERT_TRUE(creds.ok()) << creds.status();
     grpc::ServerBuilder b;
@@ -407,7 +406,8 @@ TEST_F(TlsTest, DISABLED_MeasureConnectCost) {
   auto measure = [&](std::shared_ptr<grpc::ChannelCredentials> creds, int port) {
     constexpr int kRuns = 200;
     std::vector<absl::Duration> d;
-    struct rusage before {}, after {};
+    struct rusage before {
+    }, after{};
     ::getrusage(RUSAGE_SELF, &before);
     for (int i = 0; i < kRuns; ++i) {
       const absl::Time start = absl::Now();
@@ -434,7 +434,8 @@ TEST_F(TlsTest, DISABLED_MeasureConnectCost) {
   std::printf(
       "connect+first call, loopback (client and server CPU together):\n"
       "  mTLS      p50=%s p99=%s cpu/connection=%s\n  plaintext p50=%s p99=%s cpu/connection=%s\n",
-      absl::FormatDuration(std::get<0>(tls)).c_str(), absl::FormatDuration(std::get<1>(tls)).c_str(),
+      absl::FormatDuration(std::get<0>(tls)).c_str(),
+      absl::FormatDuration(std::get<1>(tls)).c_str(),
       absl::FormatDuration(std::get<2>(tls)).c_str(),
       absl::FormatDuration(std::get<0>(clear)).c_str(),
       absl::FormatDuration(std::get<1>(clear)).c_str(),
