@@ -162,4 +162,23 @@ absl::Status Authorize(const Principal& principal, absl::string_view full_method
   return absl::OkStatus();
 }
 
+absl::Status AuthorizeHello(const Principal& principal, absl::string_view host_id,
+                            bool identity_required) {
+  switch (principal.kind) {
+    case Principal::Kind::kAgent:
+      if (principal.name == host_id) return absl::OkStatus();
+      return absl::PermissionDeniedError(absl::StrCat("the certificate of agent ", principal.name,
+                                                      " may not say hello as host ", host_id));
+    case Principal::Kind::kAnonymous:
+      if (!identity_required) return absl::OkStatus();
+      return absl::UnauthenticatedError(
+          absl::StrCat("hello as host ", host_id, " without an agent certificate"));
+    case Principal::Kind::kUser:
+    case Principal::Kind::kController:
+      break;
+  }
+  return absl::PermissionDeniedError(
+      absl::StrCat(principal.ToString(), " is not an agent and may not say hello"));
+}
+
 }  // namespace upkeep::controller_auth

@@ -61,6 +61,15 @@ std::optional<Role> RequiredRole(absl::string_view full_method);
 // message that says who, what, and what would be needed.
 absl::Status Authorize(const Principal& principal, absl::string_view full_method);
 
+// The AgentService rule for a hello: an agent identity says hello only as its own host (else
+// PERMISSION_DENIED; the caller must then finish only this stream and leave the real host's
+// alone). `identity_required` is true on a TLS port — AuthProcessor has already refused
+// anonymous callers there, so an anonymous principal means the port is mis-wired and is
+// refused (UNAUTHENTICATED) — and false on a plaintext loopback port, where nobody has an
+// identity and any hello is accepted. Users and controllers are PERMISSION_DENIED.
+absl::Status AuthorizeHello(const Principal& principal, absl::string_view host_id,
+                            bool identity_required);
+
 }  // namespace upkeep::controller_auth
 
 #endif  // UPKEEP_CONTROLLER_AUTH_PRINCIPAL_H_

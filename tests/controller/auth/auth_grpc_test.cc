@@ -4,11 +4,13 @@
 #include <atomic>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "controller/auth/authenticator.h"
 #include "controller/auth/token_store.h"
 #include "core/tls/tls.h"
 #include "gmock/gmock.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "tests/support/temp_dir.h"
@@ -63,24 +65,36 @@ class StubFleet : public upkeep::v1::FleetService::Service {
   Seen* seen_;
 };
 
-// Reads the hello and finishes OK.
+// Reads the hello, checks it against the caller's certificate as the real AgentService is to
+// (AuthorizeHello), and finishes with the verdict.
 class StubAgents : public upkeep::v1::AgentService::CallbackService {
  public:
   explicit StubAgents(Seen* seen) : seen_(seen) {}
   grpc::ServerBidiReactor<upkeep::v1::AgentMessage, upkeep::v1::ControllerMessage>* Connect(
       grpc::CallbackServerContext* ctx) override {
     seen_->Record("Connect", *ctx);
+    const Principal principal = PrincipalOf(*ctx);
     class Reactor
         : public grpc::ServerBidiReactor<upkeep::v1::AgentMessage, upkeep::v1::ControllerMessage> {
      public:
-      Reactor() { StartRead(&msg_); }
-      void OnReadDone(bool) override { Finish(grpc::Status::OK); }
+      explicit Reactor(Principal principal) : principal_(std::move(principal)) { StartRead(&msg_); }
+      void OnReadDone(bool ok) override {
+        if (!ok || !msg_.has_hello()) {
+          Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "hello first"));
+          return;
+        }
+        const absl::Status s = AuthorizeHello(principal_, msg_.hello().host_id(), true);
+        Finish(s.ok() ? grpc::Status::OK
+                      : grpc::Status(static_cast<grpc::StatusCode>(s.code()),
+                                     std::string(s.message())));
+      }
       void OnDone() override { delete this; }
 
      private:
+      const Principal principal_;
       upkeep::v1::AgentMessage msg_;
     };
-    return new Reactor();
+    return new Reactor(principal);
   }
 
  private:
@@ -105,6 +119,7 @@ class AuthGrpcTest : public ::testing::Test {
     auto creds = tls::ServerCredentials(c->cert, c->key, certs_.Join("ca.crt"));
     ASSERT_TRUE(creds.ok()) << creds.status();
     (*creds)->SetAuthMetadataProcessor(std::make_shared<AuthProcessor>(tokens_.get()));
+    grpc::EnableDefaultHealthCheckService(true);
     grpc::ServerBuilder b;
     b.AddListeningPort("127.0.0.1:0", *creds, &port_);
     b.RegisterService(&fleet_);
@@ -166,6 +181,25 @@ class AuthGrpcTest : public ::testing::Test {
     return stream->Finish();
   }
 
+  // grpc.health.v1.Health/Check for the whole server (an empty request), through a generic stub.
+  grpc::Status HealthCheck(std::shared_ptr<grpc::Channel> ch) {
+    grpc::GenericStub stub(ch);
+    grpc::ClientContext ctx;
+    Deadline(&ctx);
+    grpc::Slice empty("");  // HealthCheckRequest{service: ""} encodes to nothing
+    grpc::ByteBuffer request(&empty, 1);
+    grpc::ByteBuffer response;
+    grpc::Status status;
+    absl::Notification done;
+    stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                   [&](grpc::Status s) {
+                     status = std::move(s);
+                     done.Notify();
+                   });
+    done.WaitForNotification();
+    return status;
+  }
+
   TempDir certs_;
   TempDir data_;
   std::unique_ptr<TokenStore> tokens_;
@@ -180,6 +214,11 @@ TEST_F(AuthGrpcTest, AgentCertificateConnectsAndTheReactorSeesItsHost) {
   const grpc::Status s = Connect(Channel("agent-web-1"), "web-1");
   EXPECT_TRUE(s.ok()) << s.error_message();
   EXPECT_THAT(seen_.Calls(), ::testing::ElementsAre("Connect agent:web-1"));
+}
+
+TEST_F(AuthGrpcTest, AgentCertificateSayingHelloAsAnotherHostIsPermissionDenied) {
+  const grpc::Status s = Connect(Channel("agent-web-1"), "web-2");
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
 }
 
 TEST_F(AuthGrpcTest, AgentCertificateMayNotCallFleetService) {
@@ -218,6 +257,12 @@ TEST_F(AuthGrpcTest, NoCertificateAndNoTokenIsUnauthenticated) {
   EXPECT_EQ(List(ch).error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_EQ(Connect(ch, "web-1").error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_THAT(seen_.Calls(), ::testing::IsEmpty());
+}
+
+TEST_F(AuthGrpcTest, HealthChecksNeedAViewerAndAreClosedToAgentsAndStrangers) {
+  EXPECT_TRUE(HealthCheck(Channel("user-vera")).ok());
+  EXPECT_EQ(HealthCheck(Channel("")).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(HealthCheck(Channel("agent-web-1")).error_code(), grpc::StatusCode::PERMISSION_DENIED);
 }
 
 TEST_F(AuthGrpcTest, TokenGrantsItsRoleAndNeverReachesTheHandler) {

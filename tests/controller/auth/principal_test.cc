@@ -95,6 +95,28 @@ TEST(Authorize, EveryFleetServiceMethodHasARole) {
   }
 }
 
+TEST(AuthorizeHello, AnAgentSaysHelloOnlyAsItsOwnHost) {
+  struct Case {
+    Principal who;
+    const char* host;
+    bool identity_required;
+    absl::StatusCode want;
+  };
+  const std::vector<Case> cases = {
+      {Agent("web-1"), "web-1", true, kOk},
+      {Agent("web-1"), "web-2", true, kDenied},
+      {Agent("web-1"), "web-2", false, kDenied},
+      {Principal{}, "web-1", true, kUnauth},
+      {Principal{}, "web-1", false, kOk},
+      {User("ada", Role::kAdmin), "web-1", true, kDenied},
+      {Controller("c1"), "web-1", true, kDenied},
+  };
+  for (const Case& c : cases) {
+    EXPECT_EQ(AuthorizeHello(c.who, c.host, c.identity_required).code(), c.want)
+        << c.who.ToString() << " as " << c.host;
+  }
+}
+
 TEST(PrincipalFromUri, ParsesTheThreeKindsAndRefusesTheRest) {
   auto a = PrincipalFromUri("upkeep://agent/web-1");
   ASSERT_TRUE(a.ok());
