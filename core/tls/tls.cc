@@ -318,9 +318,12 @@ std::vector<std::string> SplitSans(const std::string& comma_separated) {
 
 absl::Status InitCa(const std::string& dir, const CaOptions& options) {
   std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec)
+  if (fs::create_directories(dir, ec)) {
+    fs::permissions(dir, fs::perms::owner_all, fs::perm_options::replace, ec);
+  }
+  if (ec) {
     return absl::PermissionDeniedError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  }
   const std::string crt = dir + "/ca.crt";
   const std::string key_path = dir + "/ca.key";
   if (fs::exists(crt, ec) || fs::exists(key_path, ec)) {

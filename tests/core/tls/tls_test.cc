@@ -169,6 +169,14 @@ TEST_F(TlsTest, InitCaRefusesToReplaceAnExistingCa) {
   EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists) << s;
 }
 
+TEST_F(TlsTest, InitCaCreatesAPrivateDirectory) {
+  const std::string fresh = dir_.Join("new/pki");
+  ASSERT_TRUE(InitCa(fresh).ok());
+  EXPECT_EQ(Mode(fresh), 0700u);
+  EXPECT_EQ(Mode(fresh + "/ca.key"), 0600u);
+  EXPECT_EQ(Mode(fresh + "/ca.crt"), 0644u);
+}
+
 TEST_F(TlsTest, KeysArePrivateAndFilesAreNamedByKindAndName) {
   EXPECT_EQ(Mode(dir_.Join("ca.key")), 0600u);
   EXPECT_EQ(controller_.cert, dir_.Join("controller-c1.crt"));
