@@ -123,6 +123,16 @@ grpc::Status AuthProcessor::Process(const InputMetadata& auth_metadata, grpc::Au
   return grpc::Status::OK;
 }
 
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> SecureServerCredentials(
+    const std::string& cert, const std::string& key, const std::string& ca, TokenStore* tokens,
+    const tls::ServerTlsOptions& options) {
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> creds =
+      tls::ServerCredentials(cert, key, ca, options);
+  if (!creds.ok()) return creds.status();
+  (*creds)->SetAuthMetadataProcessor(std::make_shared<AuthProcessor>(tokens));
+  return creds;
+}
+
 Principal PrincipalOf(const grpc::ServerContextBase& context) {
   std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
   if (auth == nullptr) return Principal{};

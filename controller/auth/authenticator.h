@@ -1,7 +1,7 @@
 // Authentication and authorization of every call on the controller's TLS port.
 //
-// AuthProcessor is a grpc::AuthMetadataProcessor: installed on the server credentials with
-//   creds->SetAuthMetadataProcessor(std::make_shared<AuthProcessor>(tokens));
+// AuthProcessor is a grpc::AuthMetadataProcessor, installed on the server credentials (use
+// SecureServerCredentials below, which does it, or creds->SetAuthMetadataProcessor(...)).
 // gRPC runs it for every call on that port, after the TLS handshake and before any handler,
 // whatever API serves the method (the sync FleetService, the callback AgentService, the health
 // service). It reads the principal (bearer token if one is sent, else the client certificate),
@@ -31,6 +31,7 @@
 #include "absl/strings/string_view.h"
 #include "controller/auth/principal.h"
 #include "controller/auth/token_store.h"
+#include "core/tls/tls.h"
 #include "grpcpp/security/auth_context.h"
 #include "grpcpp/security/auth_metadata_processor.h"
 #include "grpcpp/server_context.h"
@@ -59,6 +60,14 @@ class AuthProcessor final : public grpc::AuthMetadataProcessor {
  private:
   TokenStore* const tokens_;
 };
+
+// The controller's TLS server credentials (core/tls ServerCredentials: client certificates
+// optional, verified against `ca` when given) with an AuthProcessor over `tokens` installed, so
+// that no call on the port skips authentication. `tokens` may be null; it must outlive the
+// server.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> SecureServerCredentials(
+    const std::string& cert, const std::string& key, const std::string& ca, TokenStore* tokens,
+    const tls::ServerTlsOptions& options = {});
 
 // The principal AuthProcessor recorded for this call. Without one (a port with no processor),
 // the verified client certificate's identity if there is one, else anonymous.

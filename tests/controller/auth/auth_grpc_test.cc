@@ -116,9 +116,8 @@ class AuthGrpcTest : public ::testing::Test {
     ASSERT_TRUE(tokens.ok());
     tokens_ = std::move(*tokens);
 
-    auto creds = tls::ServerCredentials(c->cert, c->key, certs_.Join("ca.crt"));
+    auto creds = SecureServerCredentials(c->cert, c->key, certs_.Join("ca.crt"), tokens_.get());
     ASSERT_TRUE(creds.ok()) << creds.status();
-    (*creds)->SetAuthMetadataProcessor(std::make_shared<AuthProcessor>(tokens_.get()));
     grpc::EnableDefaultHealthCheckService(true);
     grpc::ServerBuilder b;
     b.AddListeningPort("127.0.0.1:0", *creds, &port_);
