@@ -4,6 +4,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/tls.h"
 
 namespace {
 
@@ -12,6 +13,7 @@ constexpr char kUsage[] =
     "offline:\n"
     "  validate -f FILE|DIR                       check manifests\n"
     "  plan -f STACK.yaml --observed SNAP.json    diagnose a snapshot [-o json|text]\n"
+    "  tls init|issue --dir DIR ...               the fleet's CA and certificates\n"
     "against a controller (--controller ADDR, default $UPKEEP_CONTROLLER or localhost:7400):\n"
     "  apply -f FILE|DIR       get stacks|hosts      describe stack NAME\n"
     "  explain stack NAME      plan stack NAME       events [--watch] [--stack NAME]\n"
@@ -36,6 +38,7 @@ int main(int argc, char** argv) {
   }
   const std::string cmd = argv[1];
   if (cmd == "validate") return upkeep::cli::RunValidate(argc - 1, argv + 1);
+  if (cmd == "tls") return upkeep::cli::RunTls(argc - 1, argv + 1);
   if (cmd == "plan" && HasFlag(argc, argv, "--observed")) {
     return upkeep::cli::RunPlanOffline(argc - 1, argv + 1);
   }

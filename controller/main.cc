@@ -14,6 +14,7 @@
 #include "absl/time/clock.h"
 #include "controller/api/agent_service.h"
 #include "controller/api/fleet_service.h"
+#include "controller/auth/token_command.h"
 #include "controller/metrics/metrics.h"
 #include "controller/reconcile/reconciler.h"
 #include "controller/store/store.h"
@@ -72,6 +73,10 @@ void ApplyDir(const std::string& dir, upkeep::controller::Reconciler* r) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // `upkeep-controller token ...` manages bearer tokens; it has flags of its own.
+  if (argc > 1 && std::string(argv[1]) == "token") {
+    return upkeep::controller_auth::RunTokenCommand(argc - 1, argv + 1);
+  }
   absl::SetProgramUsageMessage("upkeep-controller --data DIR --listen ADDR [--manifests DIR]");
   absl::ParseCommandLine(argc, argv);
   upkeep::InitLogging("controller", absl::GetFlag(FLAGS_log_json), spdlog::level::info);
