@@ -17,6 +17,7 @@
 #include "core/proto_time.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/grpcpp.h"
+#include "core/tls/tls.h"
 #include "nlohmann/json.hpp"
 #include "upkeep/v1/fleet_service.grpc.pb.h"
 #include "yaml-cpp/yaml.h"
@@ -33,6 +34,9 @@ struct Args {
   std::string stack;
   std::string host;
   std::string target;
+  // Mutual TLS (core/tls) and a bearer token; from flags, else $UPKEEP_TLS_DIR (ca.crt,
+  // client.crt, client.key) and $UPKEEP_TOKEN.
+  std::string tls_ca, tls_cert, tls_key, token;
   bool watch = false;
   int limit = 50;
   std::vector<std::string> positional;
@@ -48,6 +52,14 @@ Args Parse(int argc, char** argv) {
   Args a;
   const char* env = std::getenv("UPKEEP_CONTROLLER");
   a.controller = env != nullptr && *env ? env : "localhost:7400";
+  if (const char* dir = std::getenv("UPKEEP_TLS_DIR"); dir != nullptr && *dir) {
+    a.tls_ca = absl::StrCat(dir, "/ca.crt");
+    if (std::ifstream(absl::StrCat(dir, "/client.crt")).good()) {
+      a.tls_cert = absl::StrCat(dir, "/client.crt");
+      a.tls_key = absl::StrCat(dir, "/client.key");
+    }
+  }
+  if (const char* t = std::getenv("UPKEEP_TOKEN"); t != nullptr && *t) a.token = t;
   for (int i = 1; i < argc; ++i) {
     const std::string s = argv[i];
     auto value = [&]() -> std::string {
@@ -61,6 +73,10 @@ Args Parse(int argc, char** argv) {
     else if (s == "--host") a.host = value();
     else if (s == "--target") a.target = value();
     else if (s == "--watch" || s == "-w") a.watch = true;
+    else if (s == "--tls-ca") a.tls_ca = value();
+    else if (s == "--tls-cert") a.tls_cert = value();
+    else if (s == "--tls-key") a.tls_key = value();
+    else if (s == "--token") a.token = value();
     else if (s == "--limit") a.limit = std::atoi(value().c_str());
     else if (s == "--param") {
       const std::string kv = value();
@@ -80,8 +96,17 @@ Args Parse(int argc, char** argv) {
 }
 
 std::unique_ptr<v1::FleetService::Stub> Connect(const Args& a) {
-  return v1::FleetService::NewStub(
-      grpc::CreateChannel(a.controller, grpc::InsecureChannelCredentials()));
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  if (!a.tls_ca.empty()) {
+    tls::ChannelTlsOptions options;
+    options.bearer_token = a.token;
+    auto tls_creds = tls::ChannelCredentials(a.tls_ca, a.tls_cert, a.tls_key, options);
+    if (!tls_creds.ok()) Fail(std::string(tls_creds.status().message()));
+    creds = *tls_creds;
+  } else if (!a.token.empty()) {
+    Fail("a token is only sent over TLS: give --tls-ca (or UPKEEP_TLS_DIR)", 2);
+  }
+  return v1::FleetService::NewStub(grpc::CreateChannel(a.controller, creds));
 }
 
 std::unique_ptr<grpc::ClientContext> Ctx(absl::Duration timeout = absl::Seconds(10)) {

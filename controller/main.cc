@@ -14,7 +14,11 @@
 #include "absl/time/clock.h"
 #include "controller/api/agent_service.h"
 #include "controller/api/fleet_service.h"
+#include "controller/auth/authenticator.h"
+#include "controller/auth/principal.h"
 #include "controller/auth/token_command.h"
+#include "controller/auth/token_store.h"
+#include "core/flags.h"
 #include "controller/metrics/metrics.h"
 #include "controller/reconcile/reconciler.h"
 #include "controller/store/store.h"
@@ -28,6 +32,11 @@ ABSL_FLAG(std::string, listen, "127.0.0.1:7400", "gRPC address (AgentService, Fl
 ABSL_FLAG(std::string, manifests, "", "directory of manifests applied at start and on change");
 ABSL_FLAG(std::string, metrics, "", "HTTP address for /metrics (empty: off)");
 ABSL_FLAG(bool, log_json, false, "log JSON lines");
+ABSL_FLAG(std::string, tls_cert, "", "the controller's certificate (upkeepctl tls issue --controller)");
+ABSL_FLAG(std::string, tls_key, "", "its key");
+ABSL_FLAG(std::string, tls_ca, "", "the fleet CA that client certificates are verified against");
+ABSL_FLAG(bool, insecure, false,
+          "allow plaintext gRPC on a non-loopback address (anyone who reaches it is admin)");
 ABSL_FLAG(int, max_message_bytes, 4 << 20, "largest gRPC message accepted");
 ABSL_FLAG(absl::Duration, retain_events_for, absl::Hours(24 * 7),
           "events older than this are deleted from the store");
@@ -78,6 +87,7 @@ int main(int argc, char** argv) {
     return upkeep::controller_auth::RunTokenCommand(argc - 1, argv + 1);
   }
   absl::SetProgramUsageMessage("upkeep-controller --data DIR --listen ADDR [--manifests DIR]");
+  upkeep::NormalizeFlagDashes(argc, argv);
   absl::ParseCommandLine(argc, argv);
   upkeep::InitLogging("controller", absl::GetFlag(FLAGS_log_json), spdlog::level::info);
   ::signal(SIGINT, OnSignal);
@@ -102,14 +112,61 @@ int main(int argc, char** argv) {
                {{"error", std::string(reconciler.status().message())}});
     return 1;
   }
-  upkeep::controller::AgentServiceImpl agents(reconciler->get());
+  // Nothing listens off loopback without mutual TLS, unless the operator insists.
+  const std::string listen = absl::GetFlag(FLAGS_listen);
+  const bool tls = !absl::GetFlag(FLAGS_tls_cert).empty();
+  if (tls && (absl::GetFlag(FLAGS_tls_key).empty() || absl::GetFlag(FLAGS_tls_ca).empty())) {
+    UPKEEP_LOG(critical, "tls_flags", {{"error", "--tls-cert, --tls-key and --tls-ca go together"}});
+    return 1;
+  }
+  if (!tls && !upkeep::IsLoopbackAddress(listen)) {
+    if (!absl::GetFlag(FLAGS_insecure)) {
+      UPKEEP_LOG(critical, "refusing_plaintext",
+                 {{"listen", listen},
+                  {"error", "not loopback and no TLS: give --tls-cert/--tls-key/--tls-ca "
+                            "(upkeepctl tls), or --insecure to accept the risk"}});
+      return 1;
+    }
+    UPKEEP_LOG(warn, "insecure_listen",
+               {{"listen", listen},
+                {"note", "plaintext gRPC off loopback: anyone who reaches it can run commands"}});
+  }
+  std::unique_ptr<upkeep::controller_auth::TokenStore> tokens;
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (tls) {
+    auto opened = upkeep::controller_auth::TokenStore::Open(absl::GetFlag(FLAGS_data));
+    if (!opened.ok()) {
+      UPKEEP_LOG(critical, "tokens_open_failed", {{"error", std::string(opened.status().message())}});
+      return 1;
+    }
+    tokens = std::move(*opened);
+    auto creds = upkeep::controller_auth::SecureServerCredentials(
+        absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_ca),
+        tokens.get());
+    if (!creds.ok()) {
+      UPKEEP_LOG(critical, "tls_failed", {{"error", std::string(creds.status().message())}});
+      return 1;
+    }
+    credentials = *creds;
+  }
+  upkeep::controller::AgentServiceOptions agent_options;
+  agent_options.authorize_hello = [tls](grpc::CallbackServerContext* ctx,
+                                        const std::string& host) {
+    absl::Status st = upkeep::controller_auth::AuthorizeHello(
+        upkeep::controller_auth::PrincipalOf(*ctx), host, tls);
+    if (st.ok()) return grpc::Status::OK;
+    return grpc::Status(absl::IsUnauthenticated(st) ? grpc::StatusCode::UNAUTHENTICATED
+                                                    : grpc::StatusCode::PERMISSION_DENIED,
+                        std::string(st.message()));
+  };
+  upkeep::controller::AgentServiceImpl agents(reconciler->get(), agent_options);
   (*reconciler)->SetHub(&agents);
   upkeep::controller::FleetServiceImpl fleet(reconciler->get(), store->get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(listen, credentials, &port);
   builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);

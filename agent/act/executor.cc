@@ -166,7 +166,7 @@ class ExecutorImpl : public Executor {
       Runtime* runtime = *found;
       const absl::Duration stop_timeout =
           std::min(budget, param_ms("stop_timeout_ms",
-                                    DurationOr(service->stop_timeout(), absl::Seconds(10))));
+                                    FromProto(service->stop_timeout())));
       switch (action.kind()) {
         case v1::ACTION_KIND_START_SERVICE: {
           absl::Status st = runtime->Start(*service);

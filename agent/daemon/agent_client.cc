@@ -1,11 +1,14 @@
 #include "agent/daemon/agent_client.h"
 
+#include "core/tls/tls.h"
+
 #include <algorithm>
 #include <random>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "core/log.h"
+#include "core/tls/tls.h"
 
 namespace upkeep::agent {
 
@@ -132,8 +135,14 @@ absl::Status AgentClient::Start() {
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
   args.SetMaxReceiveMessageSize(16 << 20);
-  channel_ = grpc::CreateCustomChannel(options_.controller, grpc::InsecureChannelCredentials(),
-                                       args);
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  if (!options_.tls_ca.empty()) {
+    // Created once and kept by the channel across reconnects (it watches its files).
+    auto tls = tls::ChannelCredentials(options_.tls_ca, options_.tls_cert, options_.tls_key);
+    if (!tls.ok()) return tls.status();
+    creds = *tls;
+  }
+  channel_ = grpc::CreateCustomChannel(options_.controller, creds, args);
   stub_ = v1::AgentService::NewStub(channel_);
   observer_->Start(
       [this](const v1::StackObservation& o, bool event) { OnObservation(o, event); });

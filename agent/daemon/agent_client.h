@@ -36,6 +36,8 @@ struct AgentClientOptions {
   std::string docker_socket;
   std::string version = "0.1.0";
   size_t max_outbound_queue = 1024;
+  // Mutual TLS to the controller (core/tls): all three set, or none (plaintext, loopback).
+  std::string tls_ca, tls_cert, tls_key;
 };
 
 class AgentClient {

@@ -38,12 +38,16 @@ int RunDaemon(int argc, char** argv) {
     else if (a == "--host-id") ok = value(&options.host_id);
     else if (a == "--data") ok = value(&options.data_dir);
     else if (a == "--docker-socket") ok = value(&options.docker_socket);
+    else if (a == "--tls-ca") ok = value(&options.tls_ca);
+    else if (a == "--tls-cert") ok = value(&options.tls_cert);
+    else if (a == "--tls-key") ok = value(&options.tls_key);
     else if (a == "--log-json") json = true;
     else ok = false;
     if (!ok) {
       std::fprintf(stderr,
                    "usage: upkeep-agent --controller ADDR --host-id ID --data DIR "
-                   "[--docker-socket PATH] [--log-json]\n"
+                   "[--docker-socket PATH] [--tls-ca F --tls-cert F --tls-key F] "
+                   "[--log-json]\n"
                    "       upkeep-agent observe -f STACK.yaml [-o json|text]\n"
                    "       upkeep-agent act -f STACK.yaml ACTION TARGET\n");
       return 2;
@@ -51,6 +55,12 @@ int RunDaemon(int argc, char** argv) {
   }
   if (options.controller.empty() || options.host_id.empty() || options.data_dir.empty()) {
     std::fprintf(stderr, "upkeep-agent: --controller, --host-id and --data are required\n");
+    return 2;
+  }
+  const int tls_set = !options.tls_ca.empty() + !options.tls_cert.empty() +
+                      !options.tls_key.empty();
+  if (tls_set != 0 && tls_set != 3) {
+    std::fprintf(stderr, "upkeep-agent: --tls-ca, --tls-cert and --tls-key go together\n");
     return 2;
   }
   InitLogging("agent", json, spdlog::level::info);

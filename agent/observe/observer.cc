@@ -205,7 +205,7 @@ class ObserverImpl : public StackObserver {
         t->name = svc.name();
         t->spec = &svc;
         t->request = ServiceProbe(svc);
-        t->period = DurationOr(svc.probe().period(), absl::Seconds(1));
+        t->period = FromProto(svc.probe().period());
         t->tracker = std::make_unique<HealthTracker>(svc.probe());
         st->targets["svc:" + svc.name()] = std::move(t);
       }

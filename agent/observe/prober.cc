@@ -43,7 +43,7 @@ ProbeRequest ServiceProbe(const v1::ServiceSpec& spec) {
   const std::string address = spec.address().empty() ? "127.0.0.1" : spec.address();
   const std::string host =
       (address == "0.0.0.0") ? "127.0.0.1" : (address == "::" ? "::1" : address);
-  r.timeout = DurationOr(spec.probe().timeout(), absl::Seconds(1));
+  r.timeout = FromProto(spec.probe().timeout());
   if (spec.probe().has_http()) {
     const auto& h = spec.probe().http();
     r.url = absl::StrCat(h.scheme().empty() ? "http" : h.scheme(), "://", Host(host), ":",
@@ -61,7 +61,7 @@ ProbeRequest RouteProbe(const v1::RouteSpec& spec) {
   ProbeRequest r;
   r.url = spec.probe().url();
   r.host_header = spec.probe().host();
-  r.timeout = DurationOr(spec.probe().timeout(), absl::Seconds(2));
+  r.timeout = FromProto(spec.probe().timeout());
   r.expected_status.assign(spec.probe().expected_status().begin(),
                            spec.probe().expected_status().end());
   return r;
@@ -155,7 +155,7 @@ v1::HealthState HealthTracker::Update(const v1::ProbeResult& result, absl::Time 
   }
   const int fail_threshold = spec_.failure_threshold() > 0 ? spec_.failure_threshold() : 3;
   const int ok_threshold = spec_.success_threshold() > 0 ? spec_.success_threshold() : 1;
-  const absl::Duration start_period = DurationOr(spec_.start_period(), absl::ZeroDuration());
+  const absl::Duration start_period = FromProto(spec_.start_period());
   if (result.ok()) {
     failures_ = 0;
     if (++successes_ >= ok_threshold) state_ = v1::HEALTH_STATE_HEALTHY;

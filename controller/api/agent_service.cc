@@ -108,8 +108,8 @@ class AgentServiceImpl::Impl {
 // in OnDone.
 class Stream : public grpc::ServerBidiReactor<v1::AgentMessage, v1::ControllerMessage> {
  public:
-  explicit Stream(AgentServiceImpl::Impl* svc)
-      : svc_(svc), handle_(std::make_shared<StreamHandle>()) {
+  Stream(AgentServiceImpl::Impl* svc, grpc::CallbackServerContext* context)
+      : svc_(svc), context_(context), handle_(std::make_shared<StreamHandle>()) {
     {
       absl::MutexLock lock(&handle_->mu);
       handle_->reactor = this;
@@ -186,6 +186,11 @@ class Stream : public grpc::ServerBidiReactor<v1::AgentMessage, v1::ControllerMe
         return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                             "hello.host_id must be 1-253 characters of [A-Za-z0-9._-]");
       }
+      if (svc_->options_.authorize_hello) {
+        // Before Claim: a refused hello never replaces the host's real stream.
+        grpc::Status allowed = svc_->options_.authorize_hello(context_, msg.hello().host_id());
+        if (!allowed.ok()) return allowed;
+      }
       host_ = msg.hello().host_id();
       hello_done_ = true;
       {
@@ -235,6 +240,7 @@ class Stream : public grpc::ServerBidiReactor<v1::AgentMessage, v1::ControllerMe
   }
 
   AgentServiceImpl::Impl* const svc_;
+  grpc::CallbackServerContext* const context_;
   std::shared_ptr<StreamHandle> handle_;
   v1::AgentMessage in_;
   std::string host_;
@@ -286,7 +292,7 @@ AgentServiceImpl::~AgentServiceImpl() = default;
 
 grpc::ServerBidiReactor<v1::AgentMessage, v1::ControllerMessage>* AgentServiceImpl::Connect(
     grpc::CallbackServerContext* context) {
-  return new Stream(impl_.get());
+  return new Stream(impl_.get(), context);
 }
 
 bool AgentServiceImpl::Send(const std::string& host_id, v1::ControllerMessage message) {

@@ -7,6 +7,7 @@
 #define UPKEEP_CONTROLLER_API_AGENT_SERVICE_H_
 
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,6 +22,11 @@ struct AgentServiceOptions {
   int hello_timeout_ms = 10000;
   // Outbound messages queued per stream before the stream is considered stuck and finished.
   size_t max_outbound_queue = 1024;
+  // Called with each stream's hello before it is accepted (e.g. "an agent certificate says
+  // hello only as its own host"). A non-OK status finishes that stream only; the host's
+  // current stream is not touched. Unset: every well-formed hello is accepted.
+  std::function<grpc::Status(grpc::CallbackServerContext* context, const std::string& host_id)>
+      authorize_hello;
 };
 
 class AgentServiceImpl : public upkeep::v1::AgentService::CallbackService, public AgentHub {

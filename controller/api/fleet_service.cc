@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "controller/auth/authenticator.h"
 #include "core/manifest/loader.h"
 
 namespace upkeep::controller {
@@ -26,14 +27,12 @@ grpc::Status ToGrpc(const absl::Status& st) {
 
 constexpr size_t kMaxManifestBytes = 4 << 20;
 
-// The caller's identity for the audit log: the authenticated peer identity (certificate) when
-// there is one, else the peer address.
+// The caller's identity for the audit log: who the auth layer says it is ("user:ann",
+// "token:ci"), or on a plaintext loopback port the peer address.
 std::string Caller(const grpc::ServerContext* ctx) {
   if (ctx == nullptr) return "";
-  auto auth = ctx->auth_context();
-  if (auth != nullptr && auth->IsPeerAuthenticated()) {
-    for (const auto& id : auth->GetPeerIdentity()) return std::string(id.data(), id.size());
-  }
+  const controller_auth::Principal p = controller_auth::PrincipalOf(*ctx);
+  if (p.kind != controller_auth::Principal::Kind::kAnonymous) return p.RequestedBy();
   return ctx->peer();
 }
 
