@@ -219,6 +219,7 @@ INSTANTIATE_TEST_SUITE_P(
     YamlCppHangs, FuzzerFoundInputs,
     ::testing::Values(HangCase{"CommaThenTag", "yaml-cpp-hang-comma"},                // ",!!"
                       HangCase{"CommaAfterSequenceEntry", "yaml-cpp-hang-seq-comma"},  // "-\n,"
+                      HangCase{"CommaAfterSequenceEntryUtf8", "yaml-cpp-hang-seq-comma-utf8"},
                       HangCase{"CommaAfterTag", "yaml-cpp-hang-tag-comma"},            // "!,"
                       HangCase{"CommaAndBrokenUtf8", "yaml-cpp-hang-utf8-comma"},
                       HangCase{"CommaOnly", "comma-only"},
