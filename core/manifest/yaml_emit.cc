@@ -24,9 +24,7 @@ std::string Scalar(const nlohmann::json& j) {
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-bool IsInline(const nlohmann::json& j) {
-  return !(j.is_object() || j.is_array()) || j.empty();
-}
+bool IsInline(const nlohmann::json& j) { return !(j.is_object() || j.is_array()) || j.empty(); }
 
 std::string Inline(const nlohmann::json& j) {
   if (j.is_object()) return "{}";

@@ -66,7 +66,8 @@ class YamlStreamBuilder {
         const int line =
             1 + static_cast<int>(std::count(text_.begin(), text_.begin() + offset, '\n'));
         std::string msg = absl::StrCat("invalid YAML: ", problem);
-        if (p.problem_value != -1) absl::StrAppend(&msg, " (byte 0x", absl::Hex(p.problem_value), ")");
+        if (p.problem_value != -1)
+          absl::StrAppend(&msg, " (byte 0x", absl::Hex(p.problem_value), ")");
         absl::StrAppend(&msg, " at byte ", offset, "; manifests are UTF-8 text");
         Fail(line, msg);
         return;
@@ -123,9 +124,10 @@ class YamlStreamBuilder {
     }
     doc_expanded_ = SaturatingAdd(doc_expanded_, nodes);
     if (doc_expanded_ > limits_.max_expanded_nodes) {
-      Fail(line, absl::StrCat("aliases expand this document to more than ",
-                              limits_.max_expanded_nodes, " nodes (a \"billion laughs\"?); the "
-                              "limit is ", limits_.max_expanded_nodes));
+      Fail(line, absl::StrCat("this document holds more than ", limits_.max_expanded_nodes,
+                              " nodes, an alias counting as all the nodes it names (a \"billion "
+                              "laughs\"?); the limit is ",
+                              limits_.max_expanded_nodes));
     }
   }
 

@@ -46,8 +46,8 @@ class YamlNode {
   friend class YamlStreamBuilder;
   Kind kind_ = Kind::kNull;
   int line_ = 0;
-  bool open_ = false;       // a collection still being read (an alias to it is a cycle)
-  int64_t expanded_ = 1;    // nodes when every alias below is expanded (saturating)
+  bool open_ = false;     // a collection still being read (an alias to it is a cycle)
+  int64_t expanded_ = 1;  // nodes when every alias below is expanded (saturating)
   std::string scalar_;
   std::vector<const YamlNode*> items_;
   std::vector<Entry> entries_;

@@ -50,8 +50,8 @@ class LiveController {
     b.RegisterService(fleet_.get());
     server_ = b.BuildAndStart();
     reconciler_->Start();
-    stub_ = v1::FleetService::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_),
-                                                          grpc::InsecureChannelCredentials()));
+    stub_ = v1::FleetService::NewStub(
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials()));
   }
   ~LiveController() {
     agents_->Shutdown();

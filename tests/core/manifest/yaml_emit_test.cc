@@ -15,8 +15,10 @@ using nlohmann::json;
 // The tree as JSON, every scalar a string (the parser keeps text, not types).
 json ToJson(const YamlNode& n) {
   switch (n.kind()) {
-    case YamlNode::Kind::kNull: return nullptr;
-    case YamlNode::Kind::kScalar: return n.scalar();
+    case YamlNode::Kind::kNull:
+      return nullptr;
+    case YamlNode::Kind::kScalar:
+      return n.scalar();
     case YamlNode::Kind::kSequence: {
       json out = json::array();
       for (const YamlNode* i : n.items()) out.push_back(ToJson(*i));
@@ -68,10 +70,11 @@ TEST(EmitYaml, RoundTripsThroughTheParser) {
 }
 
 TEST(EmitYaml, QuotesStringsThatWouldReadAsSomethingElse) {
-  for (const char* s : {"true", "No", "null", "~", "", "123", "1.5", "-", "- x", "a: b", "#x",
-                        "x #y", "*a", "&a", "!t", "[1]", "{a}", "'q'", "\"dq\"", "line\nbreak",
-                        "tab\there", " lead", "trail ", "%x", "@x", "`x", "|", ">", "?", ",",
-                        "caf\xc3\xa9", "---", "...", "\x01"}) {
+  for (const char* s :
+       {"true",   "No",          "null",      "~",           "",       "123", "1.5", "-",   "- x",
+        "a: b",   "#x",          "x #y",      "*a",          "&a",     "!t",  "[1]", "{a}", "'q'",
+        "\"dq\"", "line\nbreak", "tab\there", " lead",       "trail ", "%x",  "@x",  "`x",  "|",
+        ">",      "?",           ",",         "caf\xc3\xa9", "---",    "...", "\x01"}) {
     const json j = {{"k", s}, {"list", {s}}};
     EXPECT_EQ(RoundTrip(j), j) << EmitYaml(j);
   }
@@ -80,8 +83,9 @@ TEST(EmitYaml, QuotesStringsThatWouldReadAsSomethingElse) {
 TEST(EmitYaml, WritesPlainBlockYaml) {
   const json j = json::parse(R"({"name": "shop", "hosts": ["web-1"], "port": 80,
                                   "routes": [{"path": "/api/", "upstream": "api"}]})");
-  EXPECT_EQ(EmitYaml(j),
-            "hosts:\n  - web-1\nname: shop\nport: 80\nroutes:\n  - path: /api/\n    upstream: api\n");
+  EXPECT_EQ(
+      EmitYaml(j),
+      "hosts:\n  - web-1\nname: shop\nport: 80\nroutes:\n  - path: /api/\n    upstream: api\n");
   EXPECT_EQ(EmitYaml(json::object()), "{}\n");
   EXPECT_EQ(EmitYaml("x"), "x\n");
 }
