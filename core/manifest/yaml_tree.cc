@@ -66,8 +66,7 @@ class YamlStreamBuilder {
         const int line =
             1 + static_cast<int>(std::count(text_.begin(), text_.begin() + offset, '\n'));
         std::string msg = absl::StrCat("invalid YAML: ", problem);
-        if (p.problem_value != -1)
-          absl::StrAppend(&msg, " (byte 0x", absl::Hex(p.problem_value), ")");
+        if (p.problem_value != -1) absl::StrAppend(&msg, " (0x", absl::Hex(p.problem_value), ")");
         absl::StrAppend(&msg, " at byte ", offset, "; manifests are UTF-8 text");
         Fail(line, msg);
         return;
