@@ -14,13 +14,13 @@
 #include "absl/time/clock.h"
 #include "cli/commands.h"
 #include "core/decision/render.h"
+#include "core/manifest/yaml_emit.h"
 #include "core/proto_time.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/grpcpp.h"
 #include "core/tls/tls.h"
 #include "nlohmann/json.hpp"
 #include "upkeep/v1/fleet_service.grpc.pb.h"
-#include "yaml-cpp/yaml.h"
 
 namespace upkeep::cli {
 namespace {
@@ -132,31 +132,6 @@ std::string ToJson(const google::protobuf::Message& m) {
   return out;
 }
 
-void EmitYaml(YAML::Emitter& out, const nlohmann::json& j) {
-  if (j.is_object()) {
-    out << YAML::BeginMap;
-    for (auto it = j.begin(); it != j.end(); ++it) {
-      out << YAML::Key << it.key() << YAML::Value;
-      EmitYaml(out, it.value());
-    }
-    out << YAML::EndMap;
-  } else if (j.is_array()) {
-    out << YAML::BeginSeq;
-    for (const auto& v : j) EmitYaml(out, v);
-    out << YAML::EndSeq;
-  } else if (j.is_string()) {
-    out << j.get<std::string>();
-  } else if (j.is_boolean()) {
-    out << j.get<bool>();
-  } else if (j.is_number_integer()) {
-    out << j.get<int64_t>();
-  } else if (j.is_number()) {
-    out << j.get<double>();
-  } else {
-    out << YAML::Null;
-  }
-}
-
 // Prints `m` as JSON or YAML when asked; false when the caller should print a table.
 bool PrintStructured(const google::protobuf::Message& m, const Args& a) {
   if (a.output == "json") {
@@ -164,9 +139,7 @@ bool PrintStructured(const google::protobuf::Message& m, const Args& a) {
     return true;
   }
   if (a.output == "yaml") {
-    YAML::Emitter out;
-    EmitYaml(out, nlohmann::json::parse(ToJson(m)));
-    std::printf("%s\n", out.c_str());
+    std::printf("%s", manifest::EmitYaml(nlohmann::json::parse(ToJson(m))).c_str());
     return true;
   }
   return false;

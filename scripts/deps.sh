@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake ninja-build pkg-config ccache
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev libyaml-cpp-dev nlohmann-json3-dev libcurl4-openssl-dev libcpp-httplib-dev
+  libabsl-dev libyaml-dev nlohmann-json3-dev libcurl4-openssl-dev libcpp-httplib-dev
   libspdlog-dev libsqlite3-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev
   clang libclang-rt-14-dev
   nginx docker.io monit curl iproute2 procps

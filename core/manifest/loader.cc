@@ -7,7 +7,6 @@
 #include <map>
 #include <optional>
 #include <set>
-#include <sstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -17,7 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "core/proto_time.h"
-#include "yaml-cpp/yaml.h"
+#include "core/manifest/yaml_tree.h"
 
 namespace upkeep::manifest {
 namespace {
@@ -28,95 +27,52 @@ constexpr size_t kMaxFileBytes = 1 << 20;
 constexpr int kMaxDepth = 64;
 constexpr int kMaxNodes = 100000;
 
-// Nesting depth of the raw text (block indentation levels, "- " sequence markers, and flow
-// brackets), measured before yaml-cpp parses it: its parser recurses per level.
-int TextDepth(absl::string_view text) {
-  int max_depth = 0;
-  std::vector<int> indents;
-  int flow = 0;
-  for (absl::string_view line : absl::StrSplit(text, '\n')) {
-    size_t i = 0;
-    while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
-    if (i == line.size() || line[i] == '#') continue;
-    const int indent = static_cast<int>(i);
-    while (!indents.empty() && indents.back() > indent) indents.pop_back();
-    if (indents.empty() || indents.back() < indent) indents.push_back(indent);
-    int dashes = 0;
-    while (i + 1 < line.size() && line[i] == '-' && line[i + 1] == ' ') {
-      ++dashes;
-      i += 2;
-      while (i < line.size() && line[i] == ' ') ++i;
-    }
-    char quote = 0;
-    for (; i < line.size(); ++i) {
-      const char c = line[i];
-      if (quote != 0) {
-        if (c == quote) quote = 0;
-        continue;
-      }
-      if (c == '"' || c == '\'') quote = c;
-      else if (c == '#' && i > 0 && line[i - 1] == ' ') break;
-      else if (c == '[' || c == '{') max_depth = std::max(max_depth, static_cast<int>(indents.size()) + dashes + ++flow);
-      else if ((c == ']' || c == '}') && flow > 0) --flow;
-    }
-    max_depth = std::max(max_depth, static_cast<int>(indents.size()) + dashes + flow);
+// A handle on a node that may be absent (a key not written), asking what the walk asks.
+class Node {
+ public:
+  Node() = default;
+  explicit Node(const YamlNode* n) : n_(n) {}
+  explicit operator bool() const { return n_ != nullptr; }
+  bool IsNull() const { return n_ != nullptr && n_->IsNull(); }
+  bool IsScalar() const { return n_ != nullptr && n_->IsScalar(); }
+  bool IsSequence() const { return n_ != nullptr && n_->IsSequence(); }
+  bool IsMap() const { return n_ != nullptr && n_->IsMap(); }
+  const std::string& Scalar() const {
+    static const std::string* const kEmpty = new std::string();
+    return n_ != nullptr ? n_->scalar() : *kEmpty;
   }
-  return max_depth;
-}
-
-// yaml-cpp 0.7 never returns when a block-context node starts with ',' (found by the fuzzer:
-// the three bytes ",!!", and "-\n,"). Returns the 1-based line of the first such line, or 0.
-// Inside flow collections ("[a\n, b]") a leading ',' is fine and allowed.
-int LineStartingWithComma(absl::string_view text) {
-  int line_no = 0;
-  int flow = 0;
-  for (absl::string_view line : absl::StrSplit(text, '\n')) {
-    ++line_no;
-    absl::string_view rest = absl::StripLeadingAsciiWhitespace(line);
-    if (absl::StartsWith(rest, "---")) rest.remove_prefix(3);
-    while (true) {
-      rest = absl::StripLeadingAsciiWhitespace(rest);
-      if (absl::StartsWith(rest, "- ") || rest == "-") {
-        rest.remove_prefix(1);
-        continue;
-      }
-      if (absl::StartsWith(rest, "? ") || absl::StartsWith(rest, ": ")) {
-        rest.remove_prefix(1);
-        continue;
-      }
-      // Node properties (a tag "!x", an anchor "&a") before the node itself ("!," hangs too).
-      if (!rest.empty() && (rest[0] == '!' || rest[0] == '&')) {
-        size_t end = 1;
-        while (end < rest.size() && rest[end] != ' ' && rest[end] != ',') ++end;
-        rest.remove_prefix(end);
-        continue;
-      }
-      break;
-    }
-    if (flow == 0 && !rest.empty() && rest[0] == ',') return line_no;
-    char quote = 0;
-    for (size_t i = 0; i < line.size(); ++i) {
-      const char c = line[i];
-      if (quote != 0) {
-        if (c == quote) quote = 0;
-      } else if (c == '"' || c == '\'') {
-        quote = c;
-      } else if (c == '#' && (i == 0 || line[i - 1] == ' ')) {
-        break;
-      } else if (c == '[' || c == '{') {
-        ++flow;
-      } else if ((c == ']' || c == '}') && flow > 0) {
-        --flow;
-      }
-    }
+  int line() const { return n_ != nullptr ? n_->line() : 0; }
+  Node operator[](absl::string_view key) const {
+    return Node(IsMap() ? n_->Get(key) : nullptr);
   }
-  return 0;
-}
+  Node operator[](size_t i) const {
+    return Node(IsSequence() && i < n_->items().size() ? n_->items()[i] : nullptr);
+  }
+  size_t size() const {
+    if (IsSequence()) return n_->items().size();
+    if (IsMap()) return n_->entries().size();
+    return 0;
+  }
+  std::vector<Node> items() const {
+    std::vector<Node> out;
+    if (IsSequence()) {
+      for (const YamlNode* i : n_->items()) out.emplace_back(i);
+    }
+    return out;
+  }
+  std::vector<std::pair<Node, Node>> entries() const {
+    std::vector<std::pair<Node, Node>> out;
+    if (IsMap()) {
+      for (const auto& [k, v] : n_->entries()) out.emplace_back(Node(k), Node(v));
+    }
+    return out;
+  }
 
-int LineOf(const YAML::Node& n) {
-  const YAML::Mark m = n.Mark();
-  return m.line >= 0 ? m.line + 1 : 0;
-}
+ private:
+  const YamlNode* n_ = nullptr;
+};
+
+int LineOf(const Node& n) { return n.line(); }
 
 // Walks one document, collecting errors with their line and field path.
 class Walker {
@@ -124,7 +80,7 @@ class Walker {
   Walker(std::string file, std::vector<ManifestError>* errors)
       : file_(std::move(file)), errors_(errors) {}
 
-  void Error(const YAML::Node& at, const std::string& path, const std::string& message) {
+  void Error(const Node& at, const std::string& path, const std::string& message) {
     errors_->push_back({file_, LineOf(at), path, message});
   }
   void ErrorLine(int line, const std::string& path, const std::string& message) {
@@ -133,19 +89,25 @@ class Walker {
   bool Budget() { return ++nodes_ <= kMaxNodes; }
 
   // Unknown keys are errors (with a suggestion); returns false when `n` is not a map.
-  bool CheckMap(const YAML::Node& n, const std::string& path,
+  bool CheckMap(const Node& n, const std::string& path,
                 const std::vector<std::string>& known) {
     if (!n.IsMap()) {
       Error(n, path, "must be a mapping");
       return false;
     }
-    for (const auto& kv : n) {
+    std::map<std::string, int> seen;  // key -> line
+    for (const auto& kv : n.entries()) {
       if (!Budget()) return false;
       if (!kv.first.IsScalar()) {
         Error(kv.first, path, "keys must be strings");
         continue;
       }
       const std::string key = kv.first.Scalar();
+      if (auto [it, inserted] = seen.emplace(key, LineOf(kv.first)); !inserted) {
+        Error(kv.first, Join(path, key),
+              absl::StrCat("duplicate key \"", key, "\" (also at line ", it->second, ")"));
+        continue;
+      }
       if (std::find(known.begin(), known.end(), key) == known.end()) {
         std::string msg = absl::StrCat("unknown field \"", key, "\"");
         if (auto s = Suggest(key, known)) absl::StrAppend(&msg, " (did you mean \"", *s, "\"?)");
@@ -159,7 +121,7 @@ class Walker {
     return path.empty() ? key : absl::StrCat(path, ".", key);
   }
 
-  std::optional<std::string> String(const YAML::Node& n, const std::string& path) {
+  std::optional<std::string> String(const Node& n, const std::string& path) {
     if (!n.IsScalar()) {
       Error(n, path, "must be a string");
       return std::nullopt;
@@ -167,7 +129,7 @@ class Walker {
     return n.Scalar();
   }
 
-  std::optional<int64_t> Int(const YAML::Node& n, const std::string& path, int64_t min,
+  std::optional<int64_t> Int(const Node& n, const std::string& path, int64_t min,
                              int64_t max) {
     int64_t v = 0;
     if (!n.IsScalar() || !absl::SimpleAtoi(n.Scalar(), &v)) {
@@ -181,7 +143,7 @@ class Walker {
     return v;
   }
 
-  std::optional<absl::Duration> Duration(const YAML::Node& n, const std::string& path,
+  std::optional<absl::Duration> Duration(const Node& n, const std::string& path,
                                          bool allow_zero = false) {
     if (!n.IsScalar()) {
       Error(n, path, "must be a duration such as 500ms, 2s, 10m");
@@ -201,14 +163,14 @@ class Walker {
     return d;
   }
 
-  std::vector<std::string> StringList(const YAML::Node& n, const std::string& path) {
+  std::vector<std::string> StringList(const Node& n, const std::string& path) {
     std::vector<std::string> out;
     if (!n.IsSequence()) {
       Error(n, path, "must be a list of strings");
       return out;
     }
     int i = 0;
-    for (const auto& item : n) {
+    for (const auto& item : n.items()) {
       if (!Budget()) break;
       if (auto s = String(item, absl::StrCat(path, "[", i, "]"))) out.push_back(*s);
       ++i;
@@ -216,14 +178,14 @@ class Walker {
     return out;
   }
 
-  std::vector<int32_t> StatusList(const YAML::Node& n, const std::string& path) {
+  std::vector<int32_t> StatusList(const Node& n, const std::string& path) {
     std::vector<int32_t> out;
     if (!n.IsSequence()) {
       Error(n, path, "must be a list of HTTP status codes");
       return out;
     }
     int i = 0;
-    for (const auto& item : n) {
+    for (const auto& item : n.items()) {
       if (!Budget()) break;
       if (auto v = Int(item, absl::StrCat(path, "[", i, "]"), 100, 599)) out.push_back(*v);
       ++i;
@@ -288,7 +250,7 @@ bool IsHostId(const std::string& s) {
   return true;
 }
 
-void ParseHttpProbe(Walker& w, const YAML::Node& n, const std::string& path,
+void ParseHttpProbe(Walker& w, const Node& n, const std::string& path,
                     v1::HttpProbeSpec* out) {
   if (n.IsNull()) return;
   if (!w.CheckMap(n, path, {"path", "scheme", "host", "expectedStatus"})) return;
@@ -316,7 +278,7 @@ void ParseHttpProbe(Walker& w, const YAML::Node& n, const std::string& path,
   }
 }
 
-void ParseProbe(Walker& w, const YAML::Node& n, const std::string& path, v1::ProbeSpec* out) {
+void ParseProbe(Walker& w, const Node& n, const std::string& path, v1::ProbeSpec* out) {
   if (!w.CheckMap(n, path,
                   {"http", "tcp", "period", "timeout", "failureThreshold", "successThreshold",
                    "startPeriod"})) {
@@ -351,7 +313,7 @@ void ParseProbe(Walker& w, const YAML::Node& n, const std::string& path, v1::Pro
   }
 }
 
-void ParseService(Walker& w, const YAML::Node& n, const std::string& path,
+void ParseService(Walker& w, const Node& n, const std::string& path,
                   v1::ServiceSpec* out) {
   if (!w.CheckMap(n, path,
                   {"name", "container", "process", "port", "address", "probe", "logs",
@@ -369,13 +331,13 @@ void ParseService(Walker& w, const YAML::Node& n, const std::string& path,
   }
   if (n["container"]) {
     const std::string p = path + ".container";
-    const YAML::Node c = n["container"];
+    const Node c = n["container"];
     if (w.CheckMap(c, p, {"name", "compose"})) {
       if (c["name"]) {
         if (auto s = w.String(c["name"], p + ".name")) out->mutable_container()->set_name(*s);
       }
       if (c["compose"] && w.CheckMap(c["compose"], p + ".compose", {"project", "service"})) {
-        const YAML::Node cc = c["compose"];
+        const Node cc = c["compose"];
         auto* compose = out->mutable_container()->mutable_compose();
         for (const char* key : {"project", "service"}) {
           if (!cc[key]) {
@@ -390,7 +352,7 @@ void ParseService(Walker& w, const YAML::Node& n, const std::string& path,
   }
   if (n["process"]) {
     const std::string p = path + ".process";
-    const YAML::Node pr = n["process"];
+    const Node pr = n["process"];
     if (w.CheckMap(pr, p, {"command", "env", "workdir"})) {
       if (!pr["command"]) {
         w.Error(pr, p + ".command", "required");
@@ -409,7 +371,7 @@ void ParseService(Walker& w, const YAML::Node& n, const std::string& path,
       }
       if (pr["env"] && !pr["env"].IsMap()) w.Error(pr["env"], p + ".env", "must be a mapping");
       if (pr["env"] && pr["env"].IsMap()) {
-        for (const auto& kv : pr["env"]) {
+        for (const auto& kv : pr["env"].entries()) {
           if (kv.first.IsScalar() && kv.second.IsScalar()) {
             (*out->mutable_process()->mutable_env())[kv.first.Scalar()] = kv.second.Scalar();
           }
@@ -444,13 +406,13 @@ void ParseService(Walker& w, const YAML::Node& n, const std::string& path,
   }
 }
 
-void ParseProxy(Walker& w, const YAML::Node& n, const std::string& path, v1::ProxySpec* out) {
+void ParseProxy(Walker& w, const Node& n, const std::string& path, v1::ProxySpec* out) {
   if (!w.CheckMap(n, path, {"nginx", "routes"})) return;
   if (!n["nginx"]) {
     w.Error(n, path + ".nginx", "required");
   } else {
     const std::string p = path + ".nginx";
-    const YAML::Node g = n["nginx"];
+    const Node g = n["nginx"];
     if (w.CheckMap(g, p,
                    {"config", "binary", "prefix", "pidFile", "errorLog", "startCommand",
                     "testCommand", "proxyReadTimeout"})) {
@@ -486,13 +448,13 @@ void ParseProxy(Walker& w, const YAML::Node& n, const std::string& path, v1::Pro
     }
   }
   if (n["routes"]) {
-    const YAML::Node routes = n["routes"];
+    const Node routes = n["routes"];
     if (!routes.IsSequence()) {
       w.Error(routes, path + ".routes", "must be a list");
       return;
     }
     int i = 0;
-    for (const auto& r : routes) {
+    for (const auto& r : routes.items()) {
       if (!w.Budget()) break;
       const std::string p = absl::StrCat(path, ".routes[", i++, "]");
       auto* route = out->add_routes();
@@ -509,7 +471,7 @@ void ParseProxy(Walker& w, const YAML::Node& n, const std::string& path, v1::Pro
         route->set_upstream(*s);
       }
       if (r["probe"]) {
-        const YAML::Node pr = r["probe"];
+        const Node pr = r["probe"];
         const std::string pp = p + ".probe";
         if (w.CheckMap(pr, pp, {"url", "host", "expectedStatus", "timeout"})) {
           auto* probe = route->mutable_probe();
@@ -540,7 +502,7 @@ void ParseProxy(Walker& w, const YAML::Node& n, const std::string& path, v1::Pro
   }
 }
 
-void ParsePolicy(Walker& w, const YAML::Node& n, const std::string& path, v1::PolicySpec* out) {
+void ParsePolicy(Walker& w, const Node& n, const std::string& path, v1::PolicySpec* out) {
   if (!w.CheckMap(n, path,
                   {"mode", "restartBudget", "backoff", "healthyReset", "maxActionsPerMinute",
                    "staleAfter"})) {
@@ -555,7 +517,7 @@ void ParsePolicy(Walker& w, const YAML::Node& n, const std::string& path, v1::Po
   }
   if (n["restartBudget"] && w.CheckMap(n["restartBudget"], path + ".restartBudget",
                                        {"max", "window"})) {
-    const YAML::Node b = n["restartBudget"];
+    const Node b = n["restartBudget"];
     if (b["max"]) {
       if (auto v = w.Int(b["max"], path + ".restartBudget.max", 1, 10000)) {
         out->mutable_restart_budget()->set_max(*v);
@@ -568,7 +530,7 @@ void ParsePolicy(Walker& w, const YAML::Node& n, const std::string& path, v1::Po
     }
   }
   if (n["backoff"] && w.CheckMap(n["backoff"], path + ".backoff", {"initial", "max"})) {
-    const YAML::Node b = n["backoff"];
+    const Node b = n["backoff"];
     std::optional<absl::Duration> initial, max;
     if (b["initial"]) {
       if ((initial = w.Duration(b["initial"], path + ".backoff.initial"))) {
@@ -602,11 +564,11 @@ void ParsePolicy(Walker& w, const YAML::Node& n, const std::string& path, v1::Po
 }
 
 // Cross-field checks: duplicates, references, cycles, runtime handles.
-void CheckStack(Walker& w, const YAML::Node& spec_node, const v1::Stack& stack) {
+void CheckStack(Walker& w, const Node& spec_node, const v1::Stack& stack) {
   const auto& spec = stack.spec();
   std::map<std::string, int> index;
-  const YAML::Node services = spec_node["services"];
-  auto svc_node = [&](int i) -> YAML::Node {
+  const Node services = spec_node["services"];
+  auto svc_node = [&](int i) -> Node {
     return services && services.IsSequence() && i < static_cast<int>(services.size())
                ? services[i]
                : spec_node;
@@ -670,12 +632,12 @@ void CheckStack(Walker& w, const YAML::Node& spec_node, const v1::Stack& stack) 
   for (const auto& [name, i] : index) {
     if (colour[name] == 0) visit(name);
   }
-  const YAML::Node routes =
-      spec_node["proxy"] && spec_node["proxy"].IsMap() ? spec_node["proxy"]["routes"] : YAML::Node();
+  const Node routes =
+      spec_node["proxy"] && spec_node["proxy"].IsMap() ? spec_node["proxy"]["routes"] : Node();
   std::set<std::string> paths;
   for (int i = 0; i < spec.proxy().routes_size(); ++i) {
     const auto& r = spec.proxy().routes(i);
-    const YAML::Node rn = routes && routes.IsSequence() && i < static_cast<int>(routes.size())
+    const Node rn = routes && routes.IsSequence() && i < static_cast<int>(routes.size())
                               ? routes[i]
                               : spec_node;
     const std::string p = absl::StrCat("spec.proxy.routes[", i, "]");
@@ -688,7 +650,7 @@ void CheckStack(Walker& w, const YAML::Node& spec_node, const v1::Stack& stack) 
   }
 }
 
-void ParseDocument(Walker& w, const YAML::Node& doc, LoadResult* result,
+void ParseDocument(Walker& w, const Node& doc, LoadResult* result,
                    const std::string& filename) {
   if (!w.CheckMap(doc, "", {"apiVersion", "kind", "metadata", "spec", "status"})) return;
   v1::Stack stack;
@@ -706,7 +668,7 @@ void ParseDocument(Walker& w, const YAML::Node& doc, LoadResult* result,
     if (*s != "Stack") w.Error(doc["kind"], "kind", absl::StrCat("\"", *s, "\": must be Stack"));
     stack.set_kind(*s);
   }
-  const YAML::Node meta = doc["metadata"];
+  const Node meta = doc["metadata"];
   if (!meta) {
     w.Error(doc, "metadata", "required");
   } else if (w.CheckMap(meta, "metadata", {"name", "labels"})) {
@@ -720,7 +682,7 @@ void ParseDocument(Walker& w, const YAML::Node& doc, LoadResult* result,
       stack.mutable_metadata()->set_name(*s);
     }
     if (meta["labels"] && meta["labels"].IsMap()) {
-      for (const auto& kv : meta["labels"]) {
+      for (const auto& kv : meta["labels"].entries()) {
         if (kv.first.IsScalar() && kv.second.IsScalar()) {
           (*stack.mutable_metadata()->mutable_labels())[kv.first.Scalar()] = kv.second.Scalar();
         }
@@ -730,7 +692,7 @@ void ParseDocument(Walker& w, const YAML::Node& doc, LoadResult* result,
     }
   }
   stack.mutable_metadata()->set_source(filename);
-  const YAML::Node spec = doc["spec"];
+  const Node spec = doc["spec"];
   if (!spec) {
     w.Error(doc, "spec", "required");
   } else if (w.CheckMap(spec, "spec", {"hosts", "runtime", "services", "proxy", "policy"})) {
@@ -760,7 +722,7 @@ void ParseDocument(Walker& w, const YAML::Node& doc, LoadResult* result,
       w.Error(spec["services"], "spec.services", "must be a non-empty list");
     } else {
       int i = 0;
-      for (const auto& s : spec["services"]) {
+      for (const auto& s : spec["services"].items()) {
         if (!w.Budget()) break;
         ParseService(w, s, absl::StrCat("spec.services[", i++, "]"), out->add_services());
       }
@@ -834,52 +796,33 @@ LoadResult LoadString(absl::string_view content, absl::string_view filename) {
                                                        " bytes; the limit is 1 MiB")});
     return result;
   }
-  if (content.find('\0') != absl::string_view::npos) {
-    result.errors.push_back({file, 0, "", "file holds NUL bytes: not a YAML text file"});
+  if (const size_t nul = content.find('\0'); nul != absl::string_view::npos) {
+    const int line = 1 + static_cast<int>(std::count(content.begin(), content.begin() + nul, '\n'));
+    result.errors.push_back({file, line, "", "file holds NUL bytes: not a YAML text file"});
     return result;
   }
-  if (const int depth = TextDepth(content); depth > kMaxDepth) {
-    result.errors.push_back({file, 0, "", absl::StrCat("nesting is ", depth,
-                                                       " levels deep; the limit is ", kMaxDepth)});
-    return result;
-  }
-  if (const int line = LineStartingWithComma(content); line > 0) {
-    result.errors.push_back({file, line, "", "invalid YAML: a node cannot start with ','"});
-    return result;
-  }
-  std::vector<YAML::Node> docs;
-  try {
-    docs = YAML::LoadAll(std::string(content));
-  } catch (const YAML::Exception& e) {
-    result.errors.push_back({file, e.mark.line >= 0 ? e.mark.line + 1 : 0, "",
-                             absl::StrCat("invalid YAML: ", e.msg)});
-    return result;
-  } catch (const std::exception& e) {
-    result.errors.push_back({file, 0, "", absl::StrCat("invalid YAML: ", e.what())});
+  const YamlStream yaml = YamlStream::Parse(content, {kMaxDepth, kMaxNodes});
+  if (!yaml.ok()) {
+    result.errors.push_back({file, yaml.error().line, "", yaml.error().message});
     return result;
   }
   Walker w(file, &result.errors);
   std::map<std::string, int> names;
-  int doc_index = 0;
-  for (const auto& doc : docs) {
-    ++doc_index;
+  for (const YamlStream::Document& d : yaml.documents()) {
+    const Node doc(d.root);
     if (doc.IsNull()) continue;  // an empty document (e.g. a trailing ---)
-    try {
-      const size_t before = result.stacks.size();
-      ParseDocument(w, doc, &result, file);
-      if (result.stacks.size() > before) {
-        const std::string& name = result.stacks.back().metadata().name();
-        if (!name.empty() && !names.emplace(name, LineOf(doc)).second) {
-          w.Error(doc["metadata"] ? doc["metadata"]["name"] : doc, "metadata.name",
-                  absl::StrCat("duplicate stack name \"", name, "\" (also at line ", names[name],
-                               ")"));
-        }
+    const size_t before = result.stacks.size();
+    ParseDocument(w, doc, &result, file);
+    if (result.stacks.size() > before) {
+      const std::string& name = result.stacks.back().metadata().name();
+      if (!name.empty() && !names.emplace(name, doc.line()).second) {
+        w.Error(doc["metadata"] ? doc["metadata"]["name"] : doc, "metadata.name",
+                absl::StrCat("duplicate stack name \"", name, "\" (also at line ", names[name],
+                             ")"));
       }
-    } catch (const std::exception& e) {
-      w.ErrorLine(LineOf(doc), "", absl::StrCat("cannot read document ", doc_index, ": ", e.what()));
     }
   }
-  if (docs.empty() || result.stacks.empty()) {
+  if (result.stacks.empty()) {
     if (result.errors.empty()) result.errors.push_back({file, 0, "", "no Stack documents"});
   }
   if (!result.errors.empty()) result.stacks.clear();

@@ -7,6 +7,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "core/proto_time.h"
 #include "gtest/gtest.h"
 #include "tests/support/subprocess.h"
@@ -174,7 +175,7 @@ TEST(Loader, RejectsDeepNestingHugeInputAndBinaryJunk) {
   EXPECT_FALSE(LoadString(block, "block.yaml").ok());
   EXPECT_FALSE(LoadString(std::string(2 << 20, 'a'), "huge.yaml").ok());
   EXPECT_FALSE(LoadString(std::string("\0\1\2\3", 4), "junk.yaml").ok());
-  // Found by the fuzzer: yaml-cpp never returns on a document starting with ','.
+  // Found by the fuzzer: yaml-cpp 0.7 never returned on a document starting with ','.
   EXPECT_FALSE(LoadString(",!!", "hang.yaml").ok());
   EXPECT_EQ(LoadString("a: 1\n--- ,\n", "hang.yaml").errors.at(0).line, 2);
   // A billion laughs: aliases are followed, but the walk is bounded.
@@ -185,6 +186,157 @@ TEST(Loader, RejectsDeepNestingHugeInputAndBinaryJunk) {
   }
   laughs += "apiVersion: upkeep/v1\n";
   EXPECT_FALSE(LoadString(laughs, "laughs.yaml").ok());
+}
+
+// Every input on which a parser we used never returned (tests/fuzz/corpus/manifest/yaml-cpp-*):
+// each is rejected with an error at once.
+struct HangCase {
+  std::string name;
+  std::string corpus_file;
+};
+
+class FuzzerFoundInputs : public ::testing::TestWithParam<HangCase> {};
+
+std::string ReadCorpus(const std::string& name) {
+  std::ifstream in(upkeep::testing::SourcePath("tests/fuzz/corpus/manifest/" + name),
+                   std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+TEST_P(FuzzerFoundInputs, AreRejectedPromptlyWithAnError) {
+  const std::string text = ReadCorpus(GetParam().corpus_file);
+  ASSERT_FALSE(text.empty()) << GetParam().corpus_file;
+  const absl::Time start = absl::Now();
+  const LoadResult r = LoadString(text, "found.yaml");
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1));
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(r.stacks.empty());
+  EXPECT_TRUE(absl::StartsWith(r.errors[0].ToString(), "found.yaml:")) << r.errors[0].ToString();
+  EXPECT_FALSE(r.errors[0].message.empty());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    YamlCppHangs, FuzzerFoundInputs,
+    ::testing::Values(HangCase{"CommaThenTag", "yaml-cpp-hang-comma"},                // ",!!"
+                      HangCase{"CommaAfterSequenceEntry", "yaml-cpp-hang-seq-comma"},  // "-\n,"
+                      HangCase{"CommaAfterSequenceEntryUtf8", "yaml-cpp-hang-seq-comma-utf8"},
+                      HangCase{"CommaAfterTag", "yaml-cpp-hang-tag-comma"},            // "!,"
+                      HangCase{"CommaAndBrokenUtf8", "yaml-cpp-hang-utf8-comma"},
+                      HangCase{"CommaOnly", "comma-only"},
+                      HangCase{"CommaInSecondDocument", "comma-second-doc"}),
+    [](const ::testing::TestParamInfo<HangCase>& info) { return info.param.name; });
+
+TEST(Loader, TheTenByteYamlCppHangIsAnInvalidUtf8Error) {
+  const LoadResult r = LoadString(std::string("'',\xe3\x35\xb2,\xe3\x35\xb2", 10), "u.yaml");
+  ASSERT_EQ(r.errors.size(), 1u);
+  EXPECT_EQ(r.errors[0].line, 1);
+  EXPECT_TRUE(absl::StrContains(r.errors[0].message, "UTF-8")) << r.errors[0].ToString();
+}
+
+// The limits, each with an error that names it.
+struct LimitCase {
+  std::string name;
+  std::string text;
+  int line;
+  std::string message;  // a fragment
+};
+
+class LoaderLimits : public ::testing::TestWithParam<LimitCase> {};
+
+TEST_P(LoaderLimits, RejectWithAClearError) {
+  const LimitCase& c = GetParam();
+  const absl::Time start = absl::Now();
+  const LoadResult r = LoadString(c.text, "limit.yaml");
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+  ASSERT_EQ(r.errors.size(), 1u) << r.errors[0].ToString();
+  EXPECT_EQ(r.errors[0].line, c.line) << r.errors[0].ToString();
+  EXPECT_TRUE(absl::StrContains(r.errors[0].message, c.message)) << r.errors[0].ToString();
+}
+
+std::string Laughs() {
+  std::string laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\n";
+  for (char c = 'b'; c <= 'k'; ++c) {
+    laughs += std::string(1, c) + ": &" + c + " [*" + static_cast<char>(c - 1) + ", *" +
+              static_cast<char>(c - 1) + ", *" + static_cast<char>(c - 1) + "]\n";
+  }
+  return laughs;
+}
+
+std::string Nested(int levels) {
+  std::string block;
+  for (int i = 0; i < levels; ++i) block += std::string(i, ' ') + "a:\n";
+  return block;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Limits, LoaderLimits,
+    ::testing::Values(
+        LimitCase{"Size", std::string((1 << 20) + 1, 'a'), 0, "the limit is 1 MiB"},
+        LimitCase{"NulByte", std::string("a: 1\nb: \0\n", 10), 2, "NUL bytes"},
+        LimitCase{"DeepFlow", std::string(1 << 20, '['), 1, "the limit is 64"},
+        LimitCase{"DeepBlock", Nested(200), 65, "the limit is 64"},
+        LimitCase{"AliasBomb", Laughs(), 9, "billion laughs"},
+        LimitCase{"AliasCycle", "a: &a [1, *a]\n", 1, "cycle"},
+        LimitCase{"UnknownAlias", "a: *nope\n", 1, "names no anchor"},
+        LimitCase{"BrokenUtf8", "a: \xff\n", 1, "UTF-8"}),
+    [](const ::testing::TestParamInfo<LimitCase>& info) { return info.param.name; });
+
+TEST(Loader, SixtyFourLevelsAreFine) {
+  // Only the parser's limit is under test: the document is then rejected as a manifest.
+  const LoadResult r = LoadString(Nested(64), "deep.yaml");
+  ASSERT_FALSE(r.ok());
+  EXPECT_FALSE(absl::StrContains(r.errors[0].message, "limit")) << r.errors[0].ToString();
+}
+
+TEST(Loader, AliasesWithinTheLimitAreFollowed) {
+  std::string text = kGood;
+  text.replace(text.find("hosts: [web-1]"), 14, "hosts: &h [web-1]\n  x-hosts: *h");
+  const LoadResult r = LoadString(text, "alias.yaml");
+  ASSERT_FALSE(r.ok());  // x-hosts is unknown, but the alias itself parsed
+  EXPECT_TRUE(absl::StartsWith(r.errors[0].ToString(),
+                               "alias.yaml:6: spec.x-hosts: unknown field \"x-hosts\""))
+      << r.errors[0].ToString();
+  text = kGood;
+  text.replace(text.find("hosts: [web-1]"), 14, "hosts: *h");
+  text.replace(text.find("metadata: {name: shop}"), 22, "metadata: {name: &h shop}");
+  const LoadResult ok = LoadString(text, "alias.yaml");
+  ASSERT_FALSE(ok.ok());  // hosts must be a list; the alias read as the scalar it names
+  EXPECT_EQ(ok.errors[0].ToString(), "alias.yaml:3: spec.hosts: must be a list of strings");
+}
+
+TEST(Loader, DuplicateKeysAreErrors) {
+  std::string text = kGood;
+  text.replace(text.find("      port: 8080"), 16, "      port: 8080\n      port: 8081");
+  const LoadResult r = LoadString(text, "dup.yaml");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.errors[0].ToString(),
+            "dup.yaml:11: spec.services[0].port: duplicate key \"port\" (also at line 10)");
+}
+
+TEST(Loader, SuggestsTheFieldMeant) {
+  std::string text = kGood;
+  text.replace(text.find("  runtime: process"), 18, "  Runtime: process");
+  const LoadResult r = LoadString(text, "typo.yaml");
+  std::string all;
+  for (const auto& e : r.errors) all += e.ToString() + "\n";
+  EXPECT_TRUE(absl::StrContains(all, "typo.yaml:6: spec.Runtime: unknown field \"Runtime\" (did "
+                                     "you mean \"runtime\"?)"))
+      << all;
+}
+
+TEST(UpkeepctlValidate, ReturnsPromptlyOnEveryInputTheFuzzerFound) {
+  upkeep::testing::TempDir dir;
+  for (const char* name : {"yaml-cpp-hang-comma", "yaml-cpp-hang-seq-comma",
+                           "yaml-cpp-hang-tag-comma", "yaml-cpp-hang-utf8-comma"}) {
+    auto p = upkeep::testing::Subprocess::Start(
+        {upkeep::testing::BinPath("upkeepctl"), "validate", "-f",
+         upkeep::testing::SourcePath(absl::StrCat("tests/fuzz/corpus/manifest/", name))},
+        dir.Join("out.txt"));
+    ASSERT_TRUE(p.ok());
+    const auto st = (*p)->Wait(absl::Seconds(20));
+    ASSERT_TRUE(st.has_value()) << name << ": upkeepctl validate did not return";
+    EXPECT_EQ(WEXITSTATUS(*st), 1) << name;
+  }
 }
 
 TEST(ParseDuration, AcceptsUnitsAndRejectsTheRest) {
