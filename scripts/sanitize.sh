@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `make sanitize`: builds with ASan+UBSan (build-asan) and runs every test, then builds with
 # TSan (build-tsan) and runs the agent and controller tests. Fails on a failing test and on any
-# sanitizer report, including one from a daemon a test started (upkeep-agent,
-# upkeep-controller, upkeep-sample-service are instrumented too): every process writes its
-# reports to <build>/sanitizer-logs/, which is checked after the run.
+# sanitizer report, including one from a daemon a test started (upkeep-agent and
+# upkeep-controller are instrumented too; upkeep-sample-service, static for its Docker image,
+# gets UBSan only): every process writes its reports to <build>/sanitizer-logs/, which is
+# checked after the run.
 #
 #   scripts/sanitize.sh [asan|tsan]...   (default: both)
 # Environment: JOBS (default nproc), CTEST_ARGS (extra ctest arguments, e.g. -R agent),
