@@ -17,15 +17,23 @@ JOBS=${JOBS:-$(nproc)}
 TSAN_LABELS=${TSAN_LABELS:-'^(agent|controller)$'}
 read -r -a EXTRA <<<"${CTEST_ARGS:-}"
 
-# Configures and builds `dir` with -DUPKEEP_SANITIZE=`sanitizers`.
+# Configures `dir` with -DUPKEEP_SANITIZE=`sanitizers` and builds what the tests selected by
+# the ctest arguments that follow need: their executables (a test is named after its
+# executable) and the binaries tests start. Benchmarks and the demo are not built.
 build() {
-  local dir=$1 sanitizers=$2
+  local dir=$1 sanitizers=$2; shift 2
   if [ ! -f "$dir/build.ninja" ] ||
      ! grep -q "^UPKEEP_SANITIZE:STRING=$sanitizers\$" "$dir/CMakeCache.txt"; then
     cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
       -DUPKEEP_SANITIZE="$sanitizers"
   fi
-  cmake --build "$dir" -j "$JOBS"
+  local known targets=()
+  known=$(ninja -C "$dir" -t targets all | sed -n 's/^\([A-Za-z0-9_.-]*\): phony$/\1/p')
+  for t in $( (cd "$dir" && ctest -N "$@" "${EXTRA[@]}") | sed -n 's/^ *Test *#[0-9]*: //p') \
+           upkeep-agent upkeep-controller upkeep-sample-service upkeepctl; do
+    grep -qx -- "$t" <<<"$known" && targets+=("$t")
+  done
+  cmake --build "$dir" -j "$JOBS" --target "${targets[@]}"
 }
 
 # Runs ctest in `dir` with the given arguments, then fails if any process left a report.
@@ -63,7 +71,7 @@ asan() {
 
 tsan() {
   local dir=build-tsan
-  build "$dir" thread
+  build "$dir" thread -L "$TSAN_LABELS"
   TSAN_OPTIONS="log_path=$ROOT/$dir/sanitizer-logs/tsan:halt_on_error=1:second_deadlock_stack=1:suppressions=$SUPP/tsan.supp:print_suppressions=0" \
     run "$dir" -L "$TSAN_LABELS"
 }
