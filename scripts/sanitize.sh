@@ -8,13 +8,14 @@
 #
 #   scripts/sanitize.sh [asan|tsan]...   (default: both)
 # Environment: JOBS (default nproc), CTEST_ARGS (extra ctest arguments, e.g. -R agent),
-# TSAN_LABELS (ctest -L regex for the TSan run, default '^(agent|controller)$').
+# TSAN_LABELS (ctest -L regex for the TSan run, default '^(agent|controller|sanitizers)$':
+# the agent and controller tests, and the check of the TSan absl shim).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 SUPP=$ROOT/scripts/sanitizers
 JOBS=${JOBS:-$(nproc)}
-TSAN_LABELS=${TSAN_LABELS:-'^(agent|controller)$'}
+TSAN_LABELS=${TSAN_LABELS:-'^(agent|controller|sanitizers)$'}
 read -r -a EXTRA <<<"${CTEST_ARGS:-}"
 
 # Configures `dir` with -DUPKEEP_SANITIZE=`sanitizers` and builds what the tests selected by

@@ -10,7 +10,9 @@
 // alike. Each one forwards to the real function (dlsym RTLD_NEXT) and tells TSan about the
 // edge: __tsan_release before a mutex can pass to another thread, __tsan_acquire after it has
 // been (re)taken. Conditions are wrapped so that their evaluation, which abseil may run on
-// another thread or before the lock call returns, also acquires first. Only edges are added,
+// another thread or before the lock call returns, also acquires first. This file is compiled
+// without -fsanitize=thread (the wrapper objects it hands to abseil live on the waiter's stack
+// and are read by other threads through abseil's own, invisible, queue). Only edges are added,
 // never removed: the shim can hide a race between two holders of the same mutex (there is
 // none) but cannot invent one. It contains no logic of ours and is not linked into normal
 // builds.
@@ -61,10 +63,19 @@ struct Guarded {
   absl::Mutex* mu;
 };
 
+// Runs, with the mutex held, on whichever thread abseil evaluates the condition on. The waiter
+// built `cond` (a release on its address, below) and other holders wrote what it reads (the
+// mutex); the next holder must see these reads as before its writes (abseil may drop the
+// mutex right after a false evaluation, without passing through Unlock).
 bool EvalAfterAcquire(Guarded* g) {
+  __tsan_acquire(const_cast<absl::Condition*>(g->cond));
   __tsan_acquire(g->mu);
-  return g->cond->Eval();
+  const bool holds = g->cond->Eval();
+  __tsan_release(g->mu);
+  return holds;
 }
+
+void Publish(const absl::Condition& cond) { __tsan_release(const_cast<absl::Condition*>(&cond)); }
 
 }  // namespace
 
@@ -113,6 +124,7 @@ void Mutex::ReaderUnlock() {
 void Mutex::LockWhen(const Condition& cond) {
   REAL(void (*)(Mutex*, const Condition&), "5Mutex", "8LockWhenERKNS0_9ConditionE");
   Guarded g{&cond, this};
+  Publish(cond);
   real(this, Condition(&EvalAfterAcquire, &g));
   __tsan_acquire(this);
 }
@@ -120,6 +132,7 @@ void Mutex::LockWhen(const Condition& cond) {
 void Mutex::ReaderLockWhen(const Condition& cond) {
   REAL(void (*)(Mutex*, const Condition&), "5Mutex", "14ReaderLockWhenERKNS0_9ConditionE");
   Guarded g{&cond, this};
+  Publish(cond);
   real(this, Condition(&EvalAfterAcquire, &g));
   __tsan_acquire(this);
 }
@@ -128,6 +141,7 @@ bool Mutex::LockWhenWithTimeout(const Condition& cond, absl::Duration timeout) {
   REAL(bool (*)(Mutex*, const Condition&, absl::Duration), "5Mutex",
        "19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE");
   Guarded g{&cond, this};
+  Publish(cond);
   bool ok = real(this, Condition(&EvalAfterAcquire, &g), timeout);
   __tsan_acquire(this);
   return ok;
@@ -137,6 +151,7 @@ bool Mutex::LockWhenWithDeadline(const Condition& cond, absl::Time deadline) {
   REAL(bool (*)(Mutex*, const Condition&, absl::Time), "5Mutex",
        "20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE");
   Guarded g{&cond, this};
+  Publish(cond);
   bool ok = real(this, Condition(&EvalAfterAcquire, &g), deadline);
   __tsan_acquire(this);
   return ok;
@@ -146,6 +161,7 @@ bool Mutex::ReaderLockWhenWithTimeout(const Condition& cond, absl::Duration time
   REAL(bool (*)(Mutex*, const Condition&, absl::Duration), "5Mutex",
        "25ReaderLockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE");
   Guarded g{&cond, this};
+  Publish(cond);
   bool ok = real(this, Condition(&EvalAfterAcquire, &g), timeout);
   __tsan_acquire(this);
   return ok;
@@ -155,6 +171,7 @@ bool Mutex::ReaderLockWhenWithDeadline(const Condition& cond, absl::Time deadlin
   REAL(bool (*)(Mutex*, const Condition&, absl::Time), "5Mutex",
        "26ReaderLockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE");
   Guarded g{&cond, this};
+  Publish(cond);
   bool ok = real(this, Condition(&EvalAfterAcquire, &g), deadline);
   __tsan_acquire(this);
   return ok;
@@ -164,6 +181,7 @@ bool Mutex::ReaderLockWhenWithDeadline(const Condition& cond, absl::Time deadlin
 void Mutex::Await(const Condition& cond) {
   REAL(void (*)(Mutex*, const Condition&), "5Mutex", "5AwaitERKNS0_9ConditionE");
   Guarded g{&cond, this};
+  Publish(cond);
   __tsan_release(this);
   real(this, Condition(&EvalAfterAcquire, &g));
   __tsan_acquire(this);
@@ -173,6 +191,7 @@ bool Mutex::AwaitWithTimeout(const Condition& cond, absl::Duration timeout) {
   REAL(bool (*)(Mutex*, const Condition&, absl::Duration), "5Mutex",
        "16AwaitWithTimeoutERKNS0_9ConditionENS0_8DurationE");
   Guarded g{&cond, this};
+  Publish(cond);
   __tsan_release(this);
   bool ok = real(this, Condition(&EvalAfterAcquire, &g), timeout);
   __tsan_acquire(this);
@@ -183,6 +202,7 @@ bool Mutex::AwaitWithDeadline(const Condition& cond, absl::Time deadline) {
   REAL(bool (*)(Mutex*, const Condition&, absl::Time), "5Mutex",
        "17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE");
   Guarded g{&cond, this};
+  Publish(cond);
   __tsan_release(this);
   bool ok = real(this, Condition(&EvalAfterAcquire, &g), deadline);
   __tsan_acquire(this);
