@@ -3,7 +3,7 @@ BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 CTEST_ARGS ?=
 
-.PHONY: all deps configure build test test-unit demo bench clean
+.PHONY: all deps configure build test test-unit sanitize demo bench clean
 
 all: build
 
@@ -24,6 +24,11 @@ test: build
 test-unit: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -L unit -j $(JOBS)
 
+# ASan+UBSan over every test, then TSan over the agent and controller tests; fails on any report.
+# Own build dirs (build-asan, build-tsan); see scripts/sanitize.sh.
+sanitize: deps
+	JOBS=$(JOBS) CTEST_ARGS="$(CTEST_ARGS)" ./scripts/sanitize.sh
+
 demo: build
 	./scripts/demo.sh
 
@@ -31,4 +36,4 @@ bench: build
 	./scripts/bench.sh
 
 clean:
-	rm -rf $(BUILD_DIR)
+	rm -rf $(BUILD_DIR) build-asan build-tsan

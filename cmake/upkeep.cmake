@@ -30,6 +30,19 @@ function(upkeep_test)
   if(NOT U_TIMEOUT)
     set(U_TIMEOUT 300)
   endif()
+  # The area (tests/<area>/...) is a label too, so `make sanitize` can pick the controller
+  # and agent tests for TSan with `ctest -L '^(agent|controller)$'`.
+  file(RELATIVE_PATH rel ${PROJECT_SOURCE_DIR}/tests ${CMAKE_CURRENT_SOURCE_DIR})
+  string(REGEX REPLACE "/.*" "" area "${rel}")
+  if(area AND NOT area IN_LIST U_LABELS)
+    list(APPEND U_LABELS ${area})
+  endif()
+  # Instrumented code runs 2-3x (ASan) to 5-15x (TSan) slower.
+  if(UPKEEP_SANITIZE MATCHES "thread")
+    math(EXPR U_TIMEOUT "${U_TIMEOUT} * 4")
+  elseif(UPKEEP_SANITIZE)
+    math(EXPR U_TIMEOUT "${U_TIMEOUT} * 2")
+  endif()
   set_tests_properties(${U_NAME} PROPERTIES LABELS "${U_LABELS}" TIMEOUT ${U_TIMEOUT}
     ENVIRONMENT "UPKEEP_SOURCE_DIR=${PROJECT_SOURCE_DIR};UPKEEP_BIN_DIR=${CMAKE_BINARY_DIR}/bin")
 endfunction()
