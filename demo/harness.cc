@@ -15,6 +15,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "core/status_macros.h"
+#include "core/tls/tls.h"
 #include "grpcpp/grpcpp.h"
 #include "tests/support/net.h"
 #include "tests/support/wait.h"
@@ -95,6 +96,7 @@ absl::Status StackHarness::Setup() {
   RETURN_IF_ERROR(WriteNginxConfig(backend_port_));
   RETURN_IF_ERROR(WriteManifest());
   if (options_.runtime == Runtime::kDocker) RETURN_IF_ERROR(DockerSetup());
+  if (options_.tls) RETURN_IF_ERROR(MakePki());
   RETURN_IF_ERROR(StartController());
   RETURN_IF_ERROR(StartAgent());
   return ApplyManifest();
@@ -233,13 +235,46 @@ absl::Status StackHarness::SetDryRun(bool dry_run) {
   return ApplyManifest();
 }
 
+absl::Status StackHarness::MakePki() {
+  const std::string pki = tls_dir();
+  if (std::filesystem::exists(pki + "/ca.crt")) return absl::OkStatus();
+  RETURN_IF_ERROR(tls::InitCa(pki));
+  RETURN_IF_ERROR(tls::Issue(pki, tls::IssueRequest::Controller("demo", {"127.0.0.1"})).status());
+  ASSIGN_OR_RETURN(tls::IssuedFiles user, tls::Issue(pki, tls::IssueRequest::User("demo", "admin")));
+  // The UPKEEP_TLS_DIR layout upkeepctl reads.
+  std::error_code ec;
+  std::filesystem::copy_file(user.cert, pki + "/client.crt", ec);
+  if (!ec) std::filesystem::copy_file(user.key, pki + "/client.key", ec);
+  if (ec) return absl::InternalError(absl::StrCat("copy the client certificate: ", ec.message()));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::string>> StackHarness::AgentTlsFlags(const std::string& host) {
+  if (!options_.tls) return std::vector<std::string>{};
+  const std::string pki = tls_dir();
+  const std::string cert = absl::StrCat(pki, "/agent-", host, ".crt");
+  if (!std::filesystem::exists(cert)) {
+    RETURN_IF_ERROR(tls::Issue(pki, tls::IssueRequest::Agent(host)).status());
+  }
+  return std::vector<std::string>{"--tls-ca", pki + "/ca.crt", "--tls-cert", cert, "--tls-key",
+                                  absl::StrCat(pki, "/agent-", host, ".key")};
+}
+
 absl::Status StackHarness::StartController() {
   std::vector<std::string> argv = {absl::StrCat(options_.bin_dir, "/upkeep-controller"),
                                    "--data", options_.work_dir + "/controller",
                                    "--listen", controller_address_};
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  if (options_.tls) {
+    const std::string pki = tls_dir();
+    argv.insert(argv.end(), {"--tls-cert", pki + "/controller-demo.crt", "--tls-key",
+                             pki + "/controller-demo.key", "--tls-ca", pki + "/ca.crt"});
+    ASSIGN_OR_RETURN(creds, tls::ChannelCredentials(pki + "/ca.crt", pki + "/client.crt",
+                                                    pki + "/client.key"));
+  }
   ASSIGN_OR_RETURN(controller_,
                    Subprocess::Start(argv, options_.work_dir + "/controller.log"));
-  auto channel = grpc::CreateChannel(controller_address_, grpc::InsecureChannelCredentials());
+  auto channel = grpc::CreateChannel(controller_address_, creds);
   fleet_ = upkeep::v1::FleetService::NewStub(channel);
   if (!upkeep::testing::WaitForPort("127.0.0.1", controller_port_, absl::Seconds(20))) {
     return absl::DeadlineExceededError(absl::StrCat(
@@ -254,6 +289,8 @@ absl::Status StackHarness::StartAgent() {
                                    "--controller", controller_address_,
                                    "--host-id", options_.host_id,
                                    "--data", options_.work_dir + "/agent"};
+  ASSIGN_OR_RETURN(std::vector<std::string> tls_flags, AgentTlsFlags(options_.host_id));
+  argv.insert(argv.end(), tls_flags.begin(), tls_flags.end());
   if (!options_.docker_socket.empty()) {
     argv.push_back("--docker-socket");
     argv.push_back(options_.docker_socket);

@@ -37,6 +37,9 @@ struct HarnessOptions {
   int restart_budget = 0;      // 0: the manifest's
   std::string backoff_initial;  // e.g. "200ms"; empty: the manifest's
   std::string host_id = "demo";
+  // Mutual TLS between every piece, with a CA made in work_dir/pki (the secure path is the
+  // tested one). `pki/` is also an UPKEEP_TLS_DIR for upkeepctl (an admin certificate).
+  bool tls = true;
 };
 
 // One line of what happened, for the demo's timeline.
@@ -53,6 +56,10 @@ class StackHarness {
   upkeep::v1::FleetService::Stub& fleet() { return *fleet_; }
   const std::string& stack_name() const { return stack_name_; }
   const std::string& controller_address() const { return controller_address_; }
+  // The UPKEEP_TLS_DIR for upkeepctl (empty without TLS).
+  std::string tls_dir() const { return options_.tls ? options_.work_dir + "/pki" : ""; }
+  // Flags for an upkeep-agent of `host` (its certificate is issued on first use).
+  absl::StatusOr<std::vector<std::string>> AgentTlsFlags(const std::string& host);
   const std::string& manifest_path() const { return manifest_path_; }
   int nginx_port() const { return nginx_port_; }
   int backend_port() const { return backend_port_; }
@@ -80,6 +87,7 @@ class StackHarness {
 
   // Controller and agent as processes (fault-tolerance tests).
   absl::Status KillController();
+  absl::Status MakePki();
   absl::Status StartController();
   absl::Status KillAgent();
   absl::Status StartAgent();

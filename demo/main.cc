@@ -316,14 +316,14 @@ int Main(int argc, char** argv) {
   const std::string ctl = absl::StrCat(fs::absolute(bin_dir).string(), "/upkeepctl");
   std::printf(
       "\n%supkeep keeps the stack running. Poke at it (in another terminal):%s\n"
-      "  export UPKEEP_CONTROLLER=%s\n"
+      "  export UPKEEP_CONTROLLER=%s UPKEEP_TLS_DIR=%s\n"
       "  %s get stacks\n"
       "  %s explain stack demo\n"
       "  %s events --watch\n"
       "  curl -s http://127.0.0.1:%d/api/fault/crash   # kill the backend, watch it come back\n"
       "  curl -s http://127.0.0.1:%d/api/health\n"
       "Ctrl-C stops everything the demo started.\n",
-      c.bold, c.reset, h.controller_address().c_str(), ctl.c_str(), ctl.c_str(), ctl.c_str(),
+      c.bold, c.reset, h.controller_address().c_str(), h.tls_dir().c_str(), ctl.c_str(), ctl.c_str(), ctl.c_str(),
       h.nginx_port(), h.nginx_port());
   std::fflush(stdout);
   while (!g_interrupted) absl::SleepFor(absl::Milliseconds(100));  // idle until Ctrl-C

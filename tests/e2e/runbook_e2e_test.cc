@@ -355,10 +355,13 @@ TEST(Fleet, TwoRealAgentsEachRepairTheirOwnHost) {
   ASSERT_TRUE((*h)->WaitServing(absl::Seconds(60)).ok());
   // A second host: its own agent and its own stack (one service, no proxy).
   const int port = upkeep::testing::FreePort();
-  auto agent = upkeep::testing::Subprocess::Start(
-      {upkeep::testing::BinPath("upkeep-agent"), "--controller", (*h)->controller_address(),
-       "--host-id", "second", "--data", dir.Join("agent2")},
-      dir.Join("agent2.log"));
+  std::vector<std::string> argv = {upkeep::testing::BinPath("upkeep-agent"), "--controller",
+                                   (*h)->controller_address(), "--host-id", "second", "--data",
+                                   dir.Join("agent2")};
+  auto tls_flags = (*h)->AgentTlsFlags("second");
+  ASSERT_TRUE(tls_flags.ok()) << tls_flags.status();
+  argv.insert(argv.end(), tls_flags->begin(), tls_flags->end());
+  auto agent = upkeep::testing::Subprocess::Start(argv, dir.Join("agent2.log"));
   ASSERT_TRUE(agent.ok());
   upkeep::v1::ApplyRequest req;
   req.add_manifests()->set_filename("second.yaml");
