@@ -23,11 +23,10 @@ read -r -a EXTRA <<<"${CTEST_ARGS:-}"
 # executable) and the binaries tests start. Benchmarks and the demo are not built.
 build() {
   local dir=$1 sanitizers=$2; shift 2
-  if [ ! -f "$dir/build.ninja" ] ||
-     ! grep -q "^UPKEEP_SANITIZE:STRING=$sanitizers\$" "$dir/CMakeCache.txt"; then
-    cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-      -DUPKEEP_SANITIZE="$sanitizers"
-  fi
+  # Always (re)configure first: the target and test lists below must come from this tree, not
+  # from an older configuration of the same directory.
+  cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DUPKEEP_SANITIZE="$sanitizers" >/dev/null
   local known targets=()
   known=$(ninja -C "$dir" -t targets all | sed -n 's/^\([A-Za-z0-9_.-]*\): phony$/\1/p')
   for t in $( (cd "$dir" && ctest -N "$@" "${EXTRA[@]}") | sed -n 's/^ *Test *#[0-9]*: //p') \
