@@ -22,6 +22,17 @@ namespace {
 namespace v1 = upkeep::v1;
 
 constexpr absl::Duration kResync = absl::Seconds(5);
+
+void AppendFailingProbeTimes(const v1::StackObservation& o, std::string* key) {
+  for (const auto& r : o.proxy().routes()) {
+    if (!r.probe().ok()) absl::StrAppend(key, "|r", r.probe().at().seconds(), ".", r.probe().at().nanos());
+  }
+  for (const auto& svc : o.services()) {
+    if (!svc.probe().ok()) {
+      absl::StrAppend(key, "|s", svc.probe().at().seconds(), ".", svc.probe().at().nanos());
+    }
+  }
+}
 constexpr absl::Duration kRoutePeriod = absl::Seconds(1);
 constexpr absl::Duration kForcedWindow = absl::Seconds(3);
 
@@ -422,6 +433,10 @@ class ObserverImpl : public StackObserver {
       const bool forced = now < forced_until_;
       for (auto& job : jobs) {
         std::string sem = SemanticKey(job.observation);
+        // While something fails, each new probe is new evidence (the controller judges a route
+        // only on a probe taken after the upstream's last start or nginx's last repair): its
+        // time counts as a change, so it is not held back until the next resync.
+        AppendFailingProbeTimes(job.observation, &sem);
         const bool changed = sem != job.st->last_sent;
         if (!changed && !forced && now - job.st->last_sent_at < kResync) continue;
         job.st->last_sent = std::move(sem);
