@@ -289,6 +289,8 @@ absl::Status StackHarness::StartAgent() {
                                    "--controller", controller_address_,
                                    "--host-id", options_.host_id,
                                    "--data", options_.work_dir + "/agent"};
+  // Process commands the agent may run: the project's own binaries only.
+  argv.insert(argv.end(), {"--allow-exec", options_.bin_dir});
   ASSIGN_OR_RETURN(std::vector<std::string> tls_flags, AgentTlsFlags(options_.host_id));
   argv.insert(argv.end(), tls_flags.begin(), tls_flags.end());
   if (!options_.docker_socket.empty()) {

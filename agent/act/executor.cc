@@ -80,7 +80,10 @@ class ExecutorImpl : public Executor {
     std::string output;
     absl::Status st = Run(action, stack, service, budget, &output);
     result.set_output(Excerpt(output));
-    v1::ActionOutcome outcome = st.ok() ? v1::ACTION_OUTCOME_SUCCEEDED : v1::ACTION_OUTCOME_FAILED;
+    // The agent's own limits (--allow-exec) refuse; anything else that goes wrong fails.
+    v1::ActionOutcome outcome = st.ok()                         ? v1::ACTION_OUTCOME_SUCCEEDED
+                                : absl::IsPermissionDenied(st) ? v1::ACTION_OUTCOME_REFUSED
+                                                               : v1::ACTION_OUTCOME_FAILED;
     if (absl::Now() > deadline || absl::IsDeadlineExceeded(st)) {
       outcome = v1::ACTION_OUTCOME_TIMED_OUT;
     }

@@ -25,6 +25,8 @@ void OnSignal(int) { g_stop = true; }
 
 int RunDaemon(int argc, char** argv) {
   AgentClientOptions options;
+  ExecPolicy exec;
+  exec.unrestricted = false;  // a controller's process commands run only under --allow-exec
   bool json = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -38,7 +40,11 @@ int RunDaemon(int argc, char** argv) {
     else if (a == "--host-id") ok = value(&options.host_id);
     else if (a == "--data") ok = value(&options.data_dir);
     else if (a == "--docker-socket") ok = value(&options.docker_socket);
-    else if (a == "--tls-ca") ok = value(&options.tls_ca);
+    else if (a == "--allow-exec") {
+      std::string dir;
+      ok = value(&dir);
+      exec.prefixes.push_back(dir);
+    } else if (a == "--tls-ca") ok = value(&options.tls_ca);
     else if (a == "--tls-cert") ok = value(&options.tls_cert);
     else if (a == "--tls-key") ok = value(&options.tls_key);
     else if (a == "--log-json") json = true;
@@ -46,7 +52,7 @@ int RunDaemon(int argc, char** argv) {
     if (!ok) {
       std::fprintf(stderr,
                    "usage: upkeep-agent --controller ADDR --host-id ID --data DIR "
-                   "[--docker-socket PATH] [--tls-ca F --tls-cert F --tls-key F] "
+                   "[--docker-socket PATH] [--allow-exec DIR ...] [--tls-ca F --tls-cert F --tls-key F] "
                    "[--log-json]\n"
                    "       upkeep-agent observe -f STACK.yaml [-o json|text]\n"
                    "       upkeep-agent act -f STACK.yaml ACTION TARGET\n");
@@ -69,7 +75,11 @@ int RunDaemon(int argc, char** argv) {
   ::signal(SIGPIPE, SIG_IGN);
   // Owned here, destroyed in reverse: the client (its stream and threads), the executor, the
   // observer (its probes and watches), and last the host's runtimes and proxy drivers.
-  std::unique_ptr<Host> host = MakeHost({options.data_dir, options.docker_socket});
+  if (exec.prefixes.empty()) {
+    UPKEEP_LOG(warn, "no_allow_exec",
+               {{"note", "no --allow-exec: process-runtime services will be refused"}});
+  }
+  std::unique_ptr<Host> host = MakeHost({options.data_dir, options.docker_socket, exec});
   auto observer = StackObserver::Create({options.host_id}, &host->runtimes, &host->proxies);
   if (!observer.ok()) {
     UPKEEP_LOG(critical, "agent_start_failed", {{"error", std::string(observer.status().message())}});

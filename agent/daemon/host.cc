@@ -19,8 +19,9 @@ std::unique_ptr<Host> MakeHost(const HostOptions& options) {
   for (upkeep::v1::RuntimeKind kind :
        {upkeep::v1::RUNTIME_KIND_PROCESS, upkeep::v1::RUNTIME_KIND_UNSPECIFIED}) {
     host->runtimes.Register(kind, RuntimeRegistry::Scope::kStack,
-                            [dir = options.data_dir](const std::string& stack) {
-                              return CreateProcessRuntime(absl::StrCat(dir, "/services/", stack));
+                            [dir = options.data_dir, exec = options.exec](const std::string& stack) {
+                              return CreateProcessRuntime(absl::StrCat(dir, "/services/", stack),
+                                                          exec);
                             });
   }
   return host;

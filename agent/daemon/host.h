@@ -9,6 +9,7 @@
 #include <string>
 
 #include "agent/proxy/proxy_drivers.h"
+#include "agent/runtime/process/process_runtime.h"
 #include "agent/runtime/registry.h"
 
 namespace upkeep::agent {
@@ -16,6 +17,7 @@ namespace upkeep::agent {
 struct HostOptions {
   std::string data_dir;
   std::string docker_socket;  // default /var/run/docker.sock
+  ExecPolicy exec;            // what the process runtime may start (the daemon's --allow-exec)
 };
 
 struct Host {

@@ -357,7 +357,8 @@ TEST(Fleet, TwoRealAgentsEachRepairTheirOwnHost) {
   const int port = upkeep::testing::FreePort();
   std::vector<std::string> argv = {upkeep::testing::BinPath("upkeep-agent"), "--controller",
                                    (*h)->controller_address(), "--host-id", "second", "--data",
-                                   dir.Join("agent2")};
+                                   dir.Join("agent2"), "--allow-exec",
+                                   upkeep::testing::BinPath("")};
   auto tls_flags = (*h)->AgentTlsFlags("second");
   ASSERT_TRUE(tls_flags.ok()) << tls_flags.status();
   argv.insert(argv.end(), tls_flags->begin(), tls_flags->end());

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <filesystem>
@@ -22,6 +23,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -88,9 +90,48 @@ struct Proc {
   bool exists = false;  // ever started (state dir present)
 };
 
+// Resolves `command` as execvp would (PATH searched when it has no '/'), following symlinks.
+std::string ResolveExecutable(const std::string& command) {
+  std::vector<std::string> candidates;
+  if (command.find('/') != std::string::npos) {
+    candidates.push_back(command);
+  } else {
+    const char* path = std::getenv("PATH");
+    for (absl::string_view dir : absl::StrSplit(path != nullptr ? path : "/usr/bin:/bin", ':')) {
+      candidates.push_back(absl::StrCat(dir.empty() ? "." : dir, "/", command));
+    }
+  }
+  for (const auto& c : candidates) {
+    if (::access(c.c_str(), X_OK) != 0) continue;
+    std::error_code ec;
+    const fs::path real = fs::canonical(c, ec);
+    if (!ec) return real.string();
+  }
+  return "";
+}
+
+// Whether `exec` lets `command` run; else the refusal, saying how to allow it.
+absl::Status CheckExec(const ExecPolicy& exec, const std::string& service,
+                       const std::string& command) {
+  if (exec.unrestricted) return absl::OkStatus();
+  const std::string real = ResolveExecutable(command);
+  for (const auto& prefix : exec.prefixes) {
+    std::error_code ec;
+    fs::path p = fs::weakly_canonical(prefix, ec);
+    std::string dir = ec ? prefix : p.string();
+    if (!dir.empty() && dir.back() != '/') dir += '/';
+    if (!real.empty() && absl::StartsWith(real, dir)) return absl::OkStatus();
+  }
+  return absl::PermissionDeniedError(absl::StrCat(
+      service, ": refusing to run ", command,
+      real.empty() ? " (not found)" : absl::StrCat(" (", real, ")"),
+      ": not under any --allow-exec prefix of this agent; start the agent with --allow-exec ",
+      real.empty() ? "DIR" : fs::path(real).parent_path().string(), " to allow it"));
+}
+
 class ProcessRuntime : public Runtime {
  public:
-  explicit ProcessRuntime(std::string dir) : dir_(std::move(dir)) {
+  ProcessRuntime(std::string dir, ExecPolicy exec) : dir_(std::move(dir)), exec_(std::move(exec)) {
     event_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     monitor_ = std::thread([this] { MonitorLoop(); });
   }
@@ -133,6 +174,9 @@ class ProcessRuntime : public Runtime {
     if (spec.process().command().empty()) {
       return absl::FailedPreconditionError(absl::StrCat(spec.name(), ": no process.command"));
     }
+    if (absl::Status st = CheckExec(exec_, spec.name(), spec.process().command(0)); !st.ok()) {
+      return st;
+    }
     absl::MutexLock lock(&mu_);
     Proc& p = Load(spec.name());
     if (p.pid > 0 && p.pidfd >= 0 && StartTicks(p.pid) == p.ticks) return absl::OkStatus();
@@ -161,6 +205,13 @@ class ProcessRuntime : public Runtime {
   }
 
   absl::Status Restart(const v1::ServiceSpec& spec, absl::Duration timeout) override {
+    // Refused before anything is stopped.
+    if (spec.process().command().empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(spec.name(), ": no process.command"));
+    }
+    if (absl::Status st = CheckExec(exec_, spec.name(), spec.process().command(0)); !st.ok()) {
+      return st;
+    }
     absl::Status st = Stop(spec, timeout);
     if (!st.ok()) return st;
     absl::MutexLock lock(&mu_);
@@ -416,6 +467,7 @@ class ProcessRuntime : public Runtime {
   }
 
   const std::string dir_;
+  const ExecPolicy exec_;
   int event_fd_ = -1;
   absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
@@ -427,11 +479,12 @@ class ProcessRuntime : public Runtime {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Runtime>> CreateProcessRuntime(const std::string& state_dir) {
+absl::StatusOr<std::unique_ptr<Runtime>> CreateProcessRuntime(const std::string& state_dir,
+                                                              ExecPolicy exec) {
   std::error_code ec;
   fs::create_directories(state_dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("create ", state_dir, ": ", ec.message()));
-  return std::unique_ptr<Runtime>(new ProcessRuntime(state_dir));
+  return std::unique_ptr<Runtime>(new ProcessRuntime(state_dir, std::move(exec)));
 }
 
 }  // namespace upkeep::agent

@@ -15,14 +15,25 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "agent/runtime/runtime.h"
 
 namespace upkeep::agent {
 
-// `state_dir` is DATA/services/<stack>.
-absl::StatusOr<std::unique_ptr<Runtime>> CreateProcessRuntime(const std::string& state_dir);
+// Which executables the process runtime may start: those that resolve (PATH searched, symlinks
+// followed) under one of `prefixes`. The agent daemon builds it from its own --allow-exec, never
+// from anything a controller sends. `unrestricted` is for one-shot commands a person runs.
+struct ExecPolicy {
+  bool unrestricted = true;
+  std::vector<std::string> prefixes;  // directories; empty and restricted: nothing runs
+};
+
+// `state_dir` is DATA/services/<stack>. Start refuses (PermissionDenied) a command `exec` does
+// not allow.
+absl::StatusOr<std::unique_ptr<Runtime>> CreateProcessRuntime(const std::string& state_dir,
+                                                              ExecPolicy exec = {});
 
 }  // namespace upkeep::agent
 

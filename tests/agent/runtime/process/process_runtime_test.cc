@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <string>
 
 #include "absl/strings/match.h"
@@ -85,6 +86,38 @@ TEST(ProcessRuntime, AdoptsItsProcessesAfterARestartInsteadOfStartingTwins) {
   EXPECT_FALSE(upkeep::testing::CanConnect("127.0.0.1", port));
 }
 
+
+// Security: a controller names the command, the agent decides whether it may run.
+TEST(ProcessRuntime, RunsOnlyCommandsUnderItsAllowExecPrefixes) {
+  upkeep::testing::TempDir dir;
+  const int port = FreePort();
+  const v1::ServiceSpec sample = upkeep::testing::SampleProcessSpec("backend", port);
+  v1::ServiceSpec shell = sample;
+  shell.set_name("evil");
+  shell.mutable_process()->clear_command();
+  for (const char* a : {"sh", "-c", "id > /tmp/upkeep-owned"}) shell.mutable_process()->add_command(a);
+
+  ExecPolicy none;
+  none.unrestricted = false;
+  auto locked = CreateProcessRuntime(dir.Join("none"), none);
+  ASSERT_TRUE(locked.ok());
+  absl::Status st = (*locked)->Start(sample);
+  EXPECT_TRUE(absl::IsPermissionDenied(st)) << st;
+  EXPECT_TRUE(absl::StrContains(st.message(), "--allow-exec")) << st;
+
+  // Allowed: the directory of the sample service, and nothing else.
+  ExecPolicy bin;
+  bin.unrestricted = false;
+  bin.prefixes.push_back(std::string(
+      std::filesystem::path(sample.process().command(0)).parent_path()));
+  auto rt = CreateProcessRuntime(dir.Join("bin"), bin);
+  ASSERT_TRUE(rt.ok());
+  EXPECT_TRUE(absl::IsPermissionDenied((*rt)->Start(shell))) << "sh is not under the prefix";
+  EXPECT_TRUE(absl::IsPermissionDenied((*rt)->Restart(shell, absl::Seconds(1))));
+  ASSERT_TRUE((*rt)->Start(sample).ok());
+  EXPECT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", port));
+  EXPECT_TRUE((*rt)->Stop(sample, absl::Seconds(5)).ok());
+}
 
 }  // namespace
 }  // namespace upkeep::agent
