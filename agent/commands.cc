@@ -104,28 +104,30 @@ bool LoadStack(const Flags& f, v1::Stack* out) {
 std::string Text(const v1::StackObservation& o) {
   std::string out = absl::StrCat("stack ", o.stack(), " on host ", o.host().host_id(), " at ",
                                  absl::FormatTime(FromProto(o.observed_at())), "\n\n");
-  absl::StrAppend(&out, absl::StrFormat("%-12s %-8s %-8s %-10s %-8s %-24s %s\n", "SERVICE",
-                                        "RUNNING", "PID", "HEALTH", "STATUS", "PROBE",
-                                        "LISTENING"));
+  absl::StrAppend(
+      &out, absl::StrFormat("%-12s %-8s %-8s %-10s %-8s %-24s %s\n", "SERVICE", "RUNNING", "PID",
+                            "HEALTH", "STATUS", "PROBE", "LISTENING"));
   for (const auto& s : o.services()) {
     std::string listening;
-    for (const auto& l : s.listening()) absl::StrAppend(&listening, l.address(), ":", l.port(), " ");
+    for (const auto& l : s.listening())
+      absl::StrAppend(&listening, l.address(), ":", l.port(), " ");
     std::string health = v1::HealthState_Name(s.health()).substr(13);
-    absl::StrAppend(&out, absl::StrFormat(
-                              "%-12s %-8s %-8d %-10s %-8d %-24s %s\n", s.name(),
-                              s.running() ? "yes" : (s.exists() ? "stopped" : "missing"), s.pid(),
-                              health, s.probe().status_code(),
-                              s.probe().ok() ? absl::StrCat("ok ", absl::ToInt64Milliseconds(
-                                                                       FromProto(s.probe().latency())),
-                                                            "ms")
-                                             : (s.error().empty() ? s.probe().error() : s.error()),
-                              listening));
+    absl::StrAppend(
+        &out, absl::StrFormat(
+                  "%-12s %-8s %-8d %-10s %-8d %-24s %s\n", s.name(),
+                  s.running() ? "yes" : (s.exists() ? "stopped" : "missing"), s.pid(), health,
+                  s.probe().status_code(),
+                  s.probe().ok()
+                      ? absl::StrCat(
+                            "ok ", absl::ToInt64Milliseconds(FromProto(s.probe().latency())), "ms")
+                      : (s.error().empty() ? s.probe().error() : s.error()),
+                  listening));
   }
   const auto& p = o.proxy();
-  absl::StrAppend(&out, "\nnginx: ", p.master_running() ? absl::StrCat("running (master ",
-                                                                       p.master_pid(), ")")
-                                                        : "not running",
-                  "\n");
+  absl::StrAppend(
+      &out, "\nnginx: ",
+      p.master_running() ? absl::StrCat("running (master ", p.master_pid(), ")") : "not running",
+      "\n");
   for (const auto& r : p.routes()) {
     absl::StrAppend(&out, "  route ", r.path(), " -> ", r.probe().status_code(), " ",
                     r.probe().ok() ? "ok" : r.probe().error(), "\n");
@@ -148,7 +150,8 @@ int RunObserveCommand(int argc, char** argv) {
   std::unique_ptr<Host> host = MakeHost({f.data, f.docker_socket});
   auto observer = StackObserver::Create({f.host_id}, &host->runtimes, &host->proxies);
   if (!observer.ok()) {
-    std::fprintf(stderr, "upkeep-agent observe: %s\n", std::string(observer.status().message()).c_str());
+    std::fprintf(stderr, "upkeep-agent observe: %s\n",
+                 std::string(observer.status().message()).c_str());
     return 1;
   }
   const v1::StackObservation o = (*observer)->ObserveOnce(stack);
@@ -169,9 +172,10 @@ int RunActCommand(int argc, char** argv) {
   Flags f;
   if (!ParseFlags(argc, argv, &f)) return 2;
   if (f.positional.size() != 2) {
-    std::fprintf(stderr, "usage: upkeep-agent act -f STACK.yaml [--data DIR] ACTION TARGET\n"
-                         "  ACTION: start-service restart-service stop-service collect-logs\n"
-                         "          test-proxy-config reload-proxy start-proxy restart-proxy\n");
+    std::fprintf(stderr,
+                 "usage: upkeep-agent act -f STACK.yaml [--data DIR] ACTION TARGET\n"
+                 "  ACTION: start-service restart-service stop-service collect-logs\n"
+                 "          test-proxy-config reload-proxy start-proxy restart-proxy\n");
     return 2;
   }
   v1::Stack stack;
@@ -184,7 +188,8 @@ int RunActCommand(int argc, char** argv) {
   std::unique_ptr<Host> host = MakeHost({f.data, f.docker_socket});
   auto executor = Executor::Create(f.data, &host->runtimes, &host->proxies);
   if (!executor.ok()) {
-    std::fprintf(stderr, "upkeep-agent act: %s\n", std::string(executor.status().message()).c_str());
+    std::fprintf(stderr, "upkeep-agent act: %s\n",
+                 std::string(executor.status().message()).c_str());
     return 1;
   }
   (*executor)->SetDesired({stack});
@@ -198,8 +203,8 @@ int RunActCommand(int argc, char** argv) {
   const v1::ActionResult r = (*executor)->Execute(action);
   std::printf("%s %s: %s (%s)\n", f.positional[0].c_str(), f.positional[1].c_str(),
               v1::ActionOutcome_Name(r.outcome()).substr(15).c_str(), r.message().c_str());
-  if (!r.output().empty()) std::printf("%s%s", r.output().c_str(),
-                                       r.output().back() == '\n' ? "" : "\n");
+  if (!r.output().empty())
+    std::printf("%s%s", r.output().c_str(), r.output().back() == '\n' ? "" : "\n");
   return r.outcome() == v1::ACTION_OUTCOME_SUCCEEDED ? 0 : 1;
 }
 

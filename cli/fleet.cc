@@ -37,6 +37,7 @@ struct Args {
   // Mutual TLS (core/tls) and a bearer token; from flags, else $UPKEEP_TLS_DIR (ca.crt,
   // client.crt, client.key) and $UPKEEP_TOKEN.
   std::string tls_ca, tls_cert, tls_key, token;
+  bool insecure = false;  // allow plaintext to a non-loopback controller
   bool watch = false;
   int limit = 50;
   std::vector<std::string> positional;
@@ -77,6 +78,7 @@ Args Parse(int argc, char** argv) {
     else if (s == "--tls-cert") a.tls_cert = value();
     else if (s == "--tls-key") a.tls_key = value();
     else if (s == "--token") a.token = value();
+    else if (s == "--insecure") a.insecure = true;
     else if (s == "--limit") a.limit = std::atoi(value().c_str());
     else if (s == "--param") {
       const std::string kv = value();
@@ -96,17 +98,12 @@ Args Parse(int argc, char** argv) {
 }
 
 std::unique_ptr<v1::FleetService::Stub> Connect(const Args& a) {
-  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
-  if (!a.tls_ca.empty()) {
-    tls::ChannelTlsOptions options;
-    options.bearer_token = a.token;
-    auto tls_creds = tls::ChannelCredentials(a.tls_ca, a.tls_cert, a.tls_key, options);
-    if (!tls_creds.ok()) Fail(std::string(tls_creds.status().message()));
-    creds = *tls_creds;
-  } else if (!a.token.empty()) {
-    Fail("a token is only sent over TLS: give --tls-ca (or UPKEEP_TLS_DIR)", 2);
-  }
-  return v1::FleetService::NewStub(grpc::CreateChannel(a.controller, creds));
+  tls::ChannelTlsOptions options;
+  options.bearer_token = a.token;
+  auto creds =
+      tls::ClientCredentials(a.controller, a.tls_ca, a.tls_cert, a.tls_key, options, a.insecure);
+  if (!creds.ok()) Fail(std::string(creds.status().message()), 2);
+  return v1::FleetService::NewStub(grpc::CreateChannel(a.controller, *creds));
 }
 
 std::unique_ptr<grpc::ClientContext> Ctx(absl::Duration timeout = absl::Seconds(10)) {

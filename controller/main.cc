@@ -132,8 +132,11 @@ int main(int argc, char** argv) {
                 {"note", "plaintext gRPC off loopback: anyone who reaches it can run commands"}});
   }
   std::unique_ptr<upkeep::controller_auth::TokenStore> tokens;
-  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
-  if (tls) {
+  // Plaintext only where the check above allowed it (loopback, or --insecure).
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  if (!tls) {
+    credentials = grpc::InsecureServerCredentials();
+  } else {
     auto opened = upkeep::controller_auth::TokenStore::Open(absl::GetFlag(FLAGS_data));
     if (!opened.ok()) {
       UPKEEP_LOG(critical, "tokens_open_failed", {{"error", std::string(opened.status().message())}});

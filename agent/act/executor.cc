@@ -46,8 +46,8 @@ class ExecutorImpl : public Executor {
     result.set_kind(action.kind());
     result.set_target(action.target());
     *result.mutable_started_at() = ToProto(absl::Now());
-    if (action.id().empty()) return Finish(std::move(result), v1::ACTION_OUTCOME_REFUSED,
-                                           "action has no id", false);
+    if (action.id().empty())
+      return Finish(std::move(result), v1::ACTION_OUTCOME_REFUSED, "action has no id", false);
     // At most once per id, also across agent restarts.
     switch (journal_->Lookup(action.id(), &result)) {
       case Journal::State::kFinished:
@@ -75,22 +75,23 @@ class ExecutorImpl : public Executor {
         action.has_deadline() ? FromProto(action.deadline()) : absl::Now() + kDefaultDeadline;
     const absl::Duration budget = std::max(absl::Milliseconds(100), deadline - absl::Now());
     UPKEEP_LOG(info, "action_started",
-               {{"id", action.id()}, {"kind", v1::ActionKind_Name(action.kind())},
+               {{"id", action.id()},
+                {"kind", v1::ActionKind_Name(action.kind())},
                 {"target", action.target()}});
     std::string output;
     absl::Status st = Run(action, stack, service, budget, &output);
     result.set_output(Excerpt(output));
     // The agent's own limits (--allow-exec) refuse; anything else that goes wrong fails.
-    v1::ActionOutcome outcome = st.ok()                         ? v1::ACTION_OUTCOME_SUCCEEDED
+    v1::ActionOutcome outcome = st.ok()                        ? v1::ACTION_OUTCOME_SUCCEEDED
                                 : absl::IsPermissionDenied(st) ? v1::ACTION_OUTCOME_REFUSED
                                                                : v1::ACTION_OUTCOME_FAILED;
     if (absl::Now() > deadline || absl::IsDeadlineExceeded(st)) {
       outcome = v1::ACTION_OUTCOME_TIMED_OUT;
     }
-    result = Finish(std::move(result), outcome, st.ok() ? "done" : std::string(st.message()),
-                    true);
+    result = Finish(std::move(result), outcome, st.ok() ? "done" : std::string(st.message()), true);
     UPKEEP_LOG(info, "action_finished",
-               {{"id", action.id()}, {"outcome", v1::ActionOutcome_Name(outcome)},
+               {{"id", action.id()},
+                {"outcome", v1::ActionOutcome_Name(outcome)},
                 {"message", result.message()}});
     if (after_action_) after_action_();
     return result;
@@ -150,8 +151,8 @@ class ExecutorImpl : public Executor {
     }
   }
 
-  absl::Status Run(const v1::Action& action, const v1::Stack& stack,
-                   const v1::ServiceSpec* service, absl::Duration budget, std::string* output) {
+  absl::Status Run(const v1::Action& action, const v1::Stack& stack, const v1::ServiceSpec* service,
+                   absl::Duration budget, std::string* output) {
     auto param_ms = [&](const char* key, absl::Duration fallback) {
       auto it = action.params().find(key);
       int64_t v = 0;
@@ -168,8 +169,7 @@ class ExecutorImpl : public Executor {
       }
       Runtime* runtime = *found;
       const absl::Duration stop_timeout =
-          std::min(budget, param_ms("stop_timeout_ms",
-                                    FromProto(service->stop_timeout())));
+          std::min(budget, param_ms("stop_timeout_ms", FromProto(service->stop_timeout())));
       switch (action.kind()) {
         case v1::ACTION_KIND_START_SERVICE: {
           absl::Status st = runtime->Start(*service);
@@ -212,8 +212,12 @@ class ExecutorImpl : public Executor {
                       : absl::FailedPreconditionError(absl::StrCat(
                             proxy->target(), " config test failed: the config is invalid"));
       }
-      case v1::ACTION_KIND_START_PROXY: r = proxy->Start(std::min(budget, absl::Seconds(10))); break;
-      case v1::ACTION_KIND_RELOAD_PROXY: r = proxy->Reload(std::min(budget, absl::Seconds(10))); break;
+      case v1::ACTION_KIND_START_PROXY:
+        r = proxy->Start(std::min(budget, absl::Seconds(10)));
+        break;
+      case v1::ACTION_KIND_RELOAD_PROXY:
+        r = proxy->Reload(std::min(budget, absl::Seconds(10)));
+        break;
       case v1::ACTION_KIND_RESTART_PROXY:
         r = proxy->Restart(std::min(budget, absl::Seconds(20)));
         break;
@@ -243,7 +247,8 @@ absl::StatusOr<std::unique_ptr<Executor>> Executor::Create(const std::string& da
                                                            ProxyDrivers* proxies,
                                                            std::function<void()> after_action) {
   if (runtimes == nullptr || proxies == nullptr) {
-    return absl::InvalidArgumentError("executor: a runtime registry and proxy drivers are required");
+    return absl::InvalidArgumentError(
+        "executor: a runtime registry and proxy drivers are required");
   }
   std::error_code ec;
   std::filesystem::create_directories(data_dir, ec);

@@ -57,8 +57,8 @@ absl::Status Journal::Recover() {
   size_ = static_cast<off_t>(complete);
   if (torn) {
     if (::ftruncate(fd_, size_) != 0 || ::fdatasync(fd_) != 0) {
-      return absl::InternalError(
-          absl::StrCat("journal ", path_, ": cannot cut off a torn record: ", std::strerror(errno)));
+      return absl::InternalError(absl::StrCat(
+          "journal ", path_, ": cannot cut off a torn record: ", std::strerror(errno)));
     }
   }
   return absl::OkStatus();
@@ -99,8 +99,8 @@ absl::Status Journal::MarkFinished(const upkeep::v1::ActionResult& result) {
   absl::MutexLock lock(&mu_);
   if (!entries_.count(result.id())) order_.push_back(result.id());
   entries_[result.id()] = result;
-  return Append(absl::StrCat("F ", result.id(), " ", absl::Base64Escape(result.SerializeAsString()),
-                             "\n"));
+  return Append(
+      absl::StrCat("F ", result.id(), " ", absl::Base64Escape(result.SerializeAsString()), "\n"));
 }
 
 absl::Status Journal::Compact() {

@@ -1,7 +1,5 @@
 #include "agent/daemon/agent_client.h"
 
-#include "core/tls/tls.h"
-
 #include <algorithm>
 #include <random>
 
@@ -67,8 +65,9 @@ class AgentClient::Stream
       } else {
         if (!link_->hello_sent && link_->outbound.front().has_hello()) {
           link_->hello_sent = true;
-          UPKEEP_LOG(info, "connected", {{"controller", client_->options_.controller},
-                                         {"host", client_->options_.host_id}});
+          UPKEEP_LOG(
+              info, "connected",
+              {{"controller", client_->options_.controller}, {"host", client_->options_.host_id}});
         }
         link_->outbound.pop_front();
         WriteLocked();
@@ -135,17 +134,13 @@ absl::Status AgentClient::Start() {
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
   args.SetMaxReceiveMessageSize(16 << 20);
-  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
-  if (!options_.tls_ca.empty()) {
-    // Created once and kept by the channel across reconnects (it watches its files).
-    auto tls = tls::ChannelCredentials(options_.tls_ca, options_.tls_cert, options_.tls_key);
-    if (!tls.ok()) return tls.status();
-    creds = *tls;
-  }
-  channel_ = grpc::CreateCustomChannel(options_.controller, creds, args);
+  // Created once and kept by the channel across reconnects (TLS credentials watch their files).
+  auto creds = tls::ClientCredentials(options_.controller, options_.tls_ca, options_.tls_cert,
+                                      options_.tls_key, {}, options_.insecure);
+  if (!creds.ok()) return creds.status();
+  channel_ = grpc::CreateCustomChannel(options_.controller, *creds, args);
   stub_ = v1::AgentService::NewStub(channel_);
-  observer_->Start(
-      [this](const v1::StackObservation& o, bool event) { OnObservation(o, event); });
+  observer_->Start([this](const v1::StackObservation& o, bool event) { OnObservation(o, event); });
   supervisor_ = std::thread([this] { SuperviseLoop(); });
   action_thread_ = std::thread([this] { ActionLoop(); });
   return absl::OkStatus();
@@ -201,8 +196,9 @@ void AgentClient::Inbox(const v1::ControllerMessage& msg) {
   absl::MutexLock lock(&mu_);
   if (msg.has_desired()) {
     desired_.emplace(msg.desired().stacks().begin(), msg.desired().stacks().end());
-    UPKEEP_LOG(info, "desired_state", {{"revision", absl::StrCat(msg.desired().revision())},
-                                       {"stacks", absl::StrCat(msg.desired().stacks_size())}});
+    UPKEEP_LOG(info, "desired_state",
+               {{"revision", absl::StrCat(msg.desired().revision())},
+                {"stacks", absl::StrCat(msg.desired().stacks_size())}});
   } else if (msg.has_action()) {
     actions_.push_back(msg.action());
   }
@@ -289,8 +285,8 @@ void AgentClient::SuperviseLoop() {
       if (stop_) return;
     }
     if (got_any) backoff = absl::Milliseconds(100);
-    UPKEEP_LOG(warn, "disconnected", {{"controller", options_.controller},
-                                      {"status", status.error_message()}});
+    UPKEEP_LOG(warn, "disconnected",
+               {{"controller", options_.controller}, {"status", status.error_message()}});
     // Jittered exponential backoff, interruptible by Shutdown.
     std::uniform_real_distribution<double> jitter(0.5, 1.0);
     const absl::Duration wait = backoff * jitter(rng);
@@ -307,9 +303,8 @@ void AgentClient::ActionLoop() {
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
-          +[](AgentClient* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu_) {
-            return c->stop_ || !c->actions_.empty();
-          },
+          +[](AgentClient* c)
+               ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu_) { return c->stop_ || !c->actions_.empty(); },
           this));
       if (stop_) return;
       action = actions_.front();

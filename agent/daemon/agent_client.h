@@ -38,6 +38,7 @@ struct AgentClientOptions {
   size_t max_outbound_queue = 1024;
   // Mutual TLS to the controller (core/tls): all three set, or none (plaintext, loopback).
   std::string tls_ca, tls_cert, tls_key;
+  bool insecure = false;  // allow plaintext to a non-loopback controller
 };
 
 class AgentClient {

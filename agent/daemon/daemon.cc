@@ -36,26 +36,39 @@ int RunDaemon(int argc, char** argv) {
       return true;
     };
     bool ok = true;
-    if (a == "--controller") ok = value(&options.controller);
-    else if (a == "--host-id") ok = value(&options.host_id);
-    else if (a == "--data") ok = value(&options.data_dir);
-    else if (a == "--docker-socket") ok = value(&options.docker_socket);
+    if (a == "--controller")
+      ok = value(&options.controller);
+    else if (a == "--host-id")
+      ok = value(&options.host_id);
+    else if (a == "--data")
+      ok = value(&options.data_dir);
+    else if (a == "--docker-socket")
+      ok = value(&options.docker_socket);
     else if (a == "--allow-exec") {
       std::string dir;
       ok = value(&dir);
       exec.prefixes.push_back(dir);
-    } else if (a == "--tls-ca") ok = value(&options.tls_ca);
-    else if (a == "--tls-cert") ok = value(&options.tls_cert);
-    else if (a == "--tls-key") ok = value(&options.tls_key);
-    else if (a == "--log-json") json = true;
-    else ok = false;
+    } else if (a == "--tls-ca")
+      ok = value(&options.tls_ca);
+    else if (a == "--tls-cert")
+      ok = value(&options.tls_cert);
+    else if (a == "--tls-key")
+      ok = value(&options.tls_key);
+    else if (a == "--log-json")
+      json = true;
+    else if (a == "--insecure")
+      options.insecure = true;
+    else
+      ok = false;
     if (!ok) {
-      std::fprintf(stderr,
-                   "usage: upkeep-agent --controller ADDR --host-id ID --data DIR "
-                   "[--docker-socket PATH] [--allow-exec DIR ...] [--tls-ca F --tls-cert F --tls-key F] "
-                   "[--log-json]\n"
-                   "       upkeep-agent observe -f STACK.yaml [-o json|text]\n"
-                   "       upkeep-agent act -f STACK.yaml ACTION TARGET\n");
+      std::fprintf(
+          stderr,
+          "usage: upkeep-agent --controller ADDR --host-id ID --data DIR "
+          "[--docker-socket PATH] [--allow-exec DIR ...] [--tls-ca F --tls-cert F --tls-key F] "
+          "[--insecure] "
+          "[--log-json]\n"
+          "       upkeep-agent observe -f STACK.yaml [-o json|text]\n"
+          "       upkeep-agent act -f STACK.yaml ACTION TARGET\n");
       return 2;
     }
   }
@@ -63,8 +76,8 @@ int RunDaemon(int argc, char** argv) {
     std::fprintf(stderr, "upkeep-agent: --controller, --host-id and --data are required\n");
     return 2;
   }
-  const int tls_set = !options.tls_ca.empty() + !options.tls_cert.empty() +
-                      !options.tls_key.empty();
+  const int tls_set =
+      !options.tls_ca.empty() + !options.tls_cert.empty() + !options.tls_key.empty();
   if (tls_set != 0 && tls_set != 3) {
     std::fprintf(stderr, "upkeep-agent: --tls-ca, --tls-cert and --tls-key go together\n");
     return 2;
@@ -82,14 +95,16 @@ int RunDaemon(int argc, char** argv) {
   std::unique_ptr<Host> host = MakeHost({options.data_dir, options.docker_socket, exec});
   auto observer = StackObserver::Create({options.host_id}, &host->runtimes, &host->proxies);
   if (!observer.ok()) {
-    UPKEEP_LOG(critical, "agent_start_failed", {{"error", std::string(observer.status().message())}});
+    UPKEEP_LOG(critical, "agent_start_failed",
+               {{"error", std::string(observer.status().message())}});
     return 1;
   }
   StackObserver* obs = observer->get();
   auto executor = Executor::Create(options.data_dir, &host->runtimes, &host->proxies,
                                    [obs] { obs->RefreshNow(); });
   if (!executor.ok()) {
-    UPKEEP_LOG(critical, "agent_start_failed", {{"error", std::string(executor.status().message())}});
+    UPKEEP_LOG(critical, "agent_start_failed",
+               {{"error", std::string(executor.status().message())}});
     return 1;
   }
   AgentClient client(options, obs, executor->get());
@@ -97,7 +112,8 @@ int RunDaemon(int argc, char** argv) {
     UPKEEP_LOG(critical, "agent_start_failed", {{"error", std::string(st.message())}});
     return 1;
   }
-  UPKEEP_LOG(info, "agent_started", {{"host", options.host_id}, {"controller", options.controller}});
+  UPKEEP_LOG(info, "agent_started",
+             {{"host", options.host_id}, {"controller", options.controller}});
   while (!g_stop) absl::SleepFor(absl::Milliseconds(100));  // signal polling
   UPKEEP_LOG(info, "agent_stopping", {});
   client.Shutdown();

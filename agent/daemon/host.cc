@@ -18,11 +18,11 @@ std::unique_ptr<Host> MakeHost(const HostOptions& options) {
   // A stack that names no runtime is a process stack (as before the registry).
   for (upkeep::v1::RuntimeKind kind :
        {upkeep::v1::RUNTIME_KIND_PROCESS, upkeep::v1::RUNTIME_KIND_UNSPECIFIED}) {
-    host->runtimes.Register(kind, RuntimeRegistry::Scope::kStack,
-                            [dir = options.data_dir, exec = options.exec](const std::string& stack) {
-                              return CreateProcessRuntime(absl::StrCat(dir, "/services/", stack),
-                                                          exec);
-                            });
+    host->runtimes.Register(
+        kind, RuntimeRegistry::Scope::kStack,
+        [dir = options.data_dir, exec = options.exec](const std::string& stack) {
+          return CreateProcessRuntime(absl::StrCat(dir, "/services/", stack), exec);
+        });
   }
   return host;
 }

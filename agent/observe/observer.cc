@@ -25,7 +25,8 @@ constexpr absl::Duration kResync = absl::Seconds(5);
 
 void AppendFailingProbeTimes(const v1::StackObservation& o, std::string* key) {
   for (const auto& r : o.proxy().routes()) {
-    if (!r.probe().ok()) absl::StrAppend(key, "|r", r.probe().at().seconds(), ".", r.probe().at().nanos());
+    if (!r.probe().ok())
+      absl::StrAppend(key, "|r", r.probe().at().seconds(), ".", r.probe().at().nanos());
   }
   for (const auto& svc : o.services()) {
     if (!svc.probe().ok()) {
@@ -303,9 +304,8 @@ class ObserverImpl : public StackObserver {
       } else {
         t->last = result;
         if (t->tracker) {
-          const absl::Time started = inspected.has_started_at()
-                                         ? FromProto(inspected.started_at())
-                                         : absl::InfinitePast();
+          const absl::Time started =
+              inspected.has_started_at() ? FromProto(inspected.started_at()) : absl::InfinitePast();
           t->health = t->tracker->Update(result, started, absl::Now());
         }
       }
@@ -313,9 +313,9 @@ class ObserverImpl : public StackObserver {
           t->last.status_code() != status_before || absl::Now() < forced_until_) {
         dirty_ = true;
       }
-      mu_.AwaitWithDeadline(
-          absl::Condition(+[](Target* x) { return x->poke || x->stop; }, t),
-          absl::Now() + t->period);
+      mu_.AwaitWithDeadline(absl::Condition(
+                                +[](Target* x) { return x->poke || x->stop; }, t),
+                            absl::Now() + t->period);
       t->poke = false;
       if (t->stop) return;
     }
@@ -368,8 +368,7 @@ class ObserverImpl : public StackObserver {
         for (const auto& [name, st] : stacks_) {
           next_resync = std::min(next_resync, st->last_sent_at + kResync);
         }
-        mu_.AwaitWithDeadline(absl::Condition(this, &ObserverImpl::WorkOrStopping),
-                              next_resync);
+        mu_.AwaitWithDeadline(absl::Condition(this, &ObserverImpl::WorkOrStopping), next_resync);
         if (stopping_) break;
         if (has_pending_) {
           desired = std::move(pending_);
@@ -416,8 +415,8 @@ class ObserverImpl : public StackObserver {
         if (!event && now - st->last_sent_at < kResync) continue;
         Job job{st.get(), {}, {}};
         for (const auto& [key, t] : st->targets) {
-          job.views[key] = TargetView{t->last, t->health,
-                                      t->tracker ? t->tracker->consecutive_failures() : 0};
+          job.views[key] =
+              TargetView{t->last, t->health, t->tracker ? t->tracker->consecutive_failures() : 0};
         }
         jobs.push_back(std::move(job));
       }
@@ -465,10 +464,12 @@ class ObserverImpl : public StackObserver {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<StackObserver>> StackObserver::Create(
-    const ObserverOptions& options, RuntimeRegistry* runtimes, ProxyDrivers* proxies) {
+absl::StatusOr<std::unique_ptr<StackObserver>> StackObserver::Create(const ObserverOptions& options,
+                                                                     RuntimeRegistry* runtimes,
+                                                                     ProxyDrivers* proxies) {
   if (runtimes == nullptr || proxies == nullptr) {
-    return absl::InvalidArgumentError("observer: a runtime registry and proxy drivers are required");
+    return absl::InvalidArgumentError(
+        "observer: a runtime registry and proxy drivers are required");
   }
   return std::unique_ptr<StackObserver>(new ObserverImpl(options, runtimes, proxies));
 }

@@ -27,12 +27,18 @@ std::string Host(const std::string& address) {
 
 std::string ErrorText(CURLcode code) {
   switch (code) {
-    case CURLE_COULDNT_CONNECT: return "connection refused";
-    case CURLE_OPERATION_TIMEDOUT: return "timeout";
-    case CURLE_GOT_NOTHING: return "empty reply";
-    case CURLE_RECV_ERROR: return "connection reset";
-    case CURLE_COULDNT_RESOLVE_HOST: return "host not found";
-    default: return curl_easy_strerror(code);
+    case CURLE_COULDNT_CONNECT:
+      return "connection refused";
+    case CURLE_OPERATION_TIMEDOUT:
+      return "timeout";
+    case CURLE_GOT_NOTHING:
+      return "empty reply";
+    case CURLE_RECV_ERROR:
+      return "connection reset";
+    case CURLE_COULDNT_RESOLVE_HOST:
+      return "host not found";
+    default:
+      return curl_easy_strerror(code);
   }
 }
 

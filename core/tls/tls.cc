@@ -23,6 +23,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "core/flags.h"
 #include "core/status_macros.h"
 #include "grpcpp/security/tls_certificate_provider.h"
 #include "grpcpp/security/tls_credentials_options.h"
@@ -480,6 +481,22 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
                                               grpc::AccessTokenCredentials(options.bearer_token));
   }
   return creds;
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ClientCredentials(
+    const std::string& address, const std::string& ca, const std::string& cert,
+    const std::string& key, const ChannelTlsOptions& options, bool insecure) {
+  if (!ca.empty()) return ChannelCredentials(ca, cert, key, options);
+  if (!options.bearer_token.empty()) {
+    return absl::FailedPreconditionError(
+        "a token is only sent over TLS: give --tls-ca (or UPKEEP_TLS_DIR)");
+  }
+  if (!IsLoopbackAddress(address) && !insecure) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        address, " is not loopback: connect with --tls-ca/--tls-cert/--tls-key "
+                 "(upkeepctl tls), or --insecure to send everything in the clear"));
+  }
+  return grpc::InsecureChannelCredentials();
 }
 
 }  // namespace upkeep::tls

@@ -120,6 +120,14 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
     const std::string& ca, const std::string& cert = "", const std::string& key = "",
     const ChannelTlsOptions& options = {});
 
+// How a client (agent, upkeepctl) reaches the controller at `address`: mutual TLS when `ca` is
+// given; plaintext only to a loopback address, or anywhere with `insecure` (the operator's
+// explicit choice); otherwise FailedPrecondition saying which flags to give. A token is only
+// ever sent over TLS.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ClientCredentials(
+    const std::string& address, const std::string& ca, const std::string& cert,
+    const std::string& key, const ChannelTlsOptions& options = {}, bool insecure = false);
+
 }  // namespace upkeep::tls
 
 #endif  // UPKEEP_CORE_TLS_TLS_H_

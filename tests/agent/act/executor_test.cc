@@ -2,6 +2,7 @@
 #include "agent/act/executor.h"
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -132,13 +133,13 @@ TEST(Executor, AProxyActionSurvivesItsStackLeavingTheDesiredState) {
   s.mutable_metadata()->set_name("shop");
   s.mutable_spec()->set_runtime(v1::RUNTIME_KIND_PROCESS);
   auto* nginx = s.mutable_spec()->mutable_proxy()->mutable_nginx();
-  // The "config test" runs until the test lets it finish.
+  // The "config test" runs until the test lets it finish: it blocks reading a FIFO.
   const std::string gate = dir.Join("gate");
   const std::string running = dir.Join("running");
+  ASSERT_EQ(::mkfifo(gate.c_str(), 0600), 0);
   for (const std::string& a :
        {std::string("sh"), std::string("-c"),
-        absl::StrCat("touch ", running, "; while [ ! -e ", gate, " ]; do sleep 0.01; done; "
-                     "echo config-ok")}) {
+        absl::StrCat("touch ", running, "; read x < ", gate, "; echo config-ok")}) {
     nginx->add_test_command(a);
   }
   std::unique_ptr<Host> host = MakeHost({dir.path(), ""});
@@ -160,7 +161,7 @@ TEST(Executor, AProxyActionSurvivesItsStackLeavingTheDesiredState) {
   (*observer)->SetDesired({});
   host->proxies.Retain({});
   (*observer)->Stop();  // applies nothing more; every watch of the old stack is gone
-  std::ofstream(gate) << "go";
+  std::ofstream(gate) << "go\n";  // opens once the test command is reading, then ends it
   t.join();
   EXPECT_EQ(r.outcome(), v1::ACTION_OUTCOME_SUCCEEDED) << r.message();
   EXPECT_TRUE(absl::StrContains(r.output(), "config-ok")) << r.output();

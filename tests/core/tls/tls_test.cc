@@ -18,6 +18,7 @@
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
+#include "absl/strings/match.h"
 #include "gtest/gtest.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/wait.h"
@@ -449,6 +450,22 @@ TEST_F(TlsTest, DISABLED_MeasureConnectCost) {
       absl::FormatDuration(std::get<1>(clear)).c_str(),
       absl::FormatDuration(std::get<2>(clear)).c_str());
   plain->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+}
+
+// Security: plaintext to the controller only on loopback, or when the operator says --insecure.
+TEST(ClientCredentials, PlaintextOnlyToLoopbackUnlessInsecure) {
+  EXPECT_TRUE(ClientCredentials("127.0.0.1:7400", "", "", "").ok());
+  EXPECT_TRUE(ClientCredentials("localhost:7400", "", "", "").ok());
+  EXPECT_TRUE(ClientCredentials("[::1]:7400", "", "", "").ok());
+  const auto remote = ClientCredentials("controller.example:7400", "", "", "");
+  EXPECT_TRUE(absl::IsFailedPrecondition(remote.status())) << remote.status();
+  EXPECT_TRUE(absl::StrContains(remote.status().message(), "--tls-ca"));
+  EXPECT_TRUE(ClientCredentials("10.0.0.5:7400", "", "", "", {}, /*insecure=*/true).ok());
+  ChannelTlsOptions token;
+  token.bearer_token = "secret";
+  EXPECT_TRUE(absl::IsFailedPrecondition(
+      ClientCredentials("127.0.0.1:7400", "", "", "", token).status()))
+      << "a token must never travel in the clear";
 }
 
 }  // namespace
