@@ -16,9 +16,9 @@
 #include "core/decision/render.h"
 #include "core/manifest/yaml_emit.h"
 #include "core/proto_time.h"
+#include "core/tls/tls.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/grpcpp.h"
-#include "core/tls/tls.h"
 #include "nlohmann/json.hpp"
 #include "upkeep/v1/fleet_service.grpc.pb.h"
 
@@ -67,19 +67,32 @@ Args Parse(int argc, char** argv) {
       if (i + 1 >= argc) Fail(absl::StrCat(s, " needs a value"), 2);
       return argv[++i];
     };
-    if (s == "--controller") a.controller = value();
-    else if (s == "-o" || s == "--output") a.output = value();
-    else if (s == "-f" || s == "--filename") a.file = value();
-    else if (s == "--stack") a.stack = value();
-    else if (s == "--host") a.host = value();
-    else if (s == "--target") a.target = value();
-    else if (s == "--watch" || s == "-w") a.watch = true;
-    else if (s == "--tls-ca") a.tls_ca = value();
-    else if (s == "--tls-cert") a.tls_cert = value();
-    else if (s == "--tls-key") a.tls_key = value();
-    else if (s == "--token") a.token = value();
-    else if (s == "--insecure") a.insecure = true;
-    else if (s == "--limit") a.limit = std::atoi(value().c_str());
+    if (s == "--controller")
+      a.controller = value();
+    else if (s == "-o" || s == "--output")
+      a.output = value();
+    else if (s == "-f" || s == "--filename")
+      a.file = value();
+    else if (s == "--stack")
+      a.stack = value();
+    else if (s == "--host")
+      a.host = value();
+    else if (s == "--target")
+      a.target = value();
+    else if (s == "--watch" || s == "-w")
+      a.watch = true;
+    else if (s == "--tls-ca")
+      a.tls_ca = value();
+    else if (s == "--tls-cert")
+      a.tls_cert = value();
+    else if (s == "--tls-key")
+      a.tls_key = value();
+    else if (s == "--token")
+      a.token = value();
+    else if (s == "--insecure")
+      a.insecure = true;
+    else if (s == "--limit")
+      a.limit = std::atoi(value().c_str());
     else if (s == "--param") {
       const std::string kv = value();
       const size_t eq = kv.find('=');
@@ -214,7 +227,8 @@ int Apply(const Args& a) {
   }
   Check(st, a);
   if (PrintStructured(resp, a)) return 0;
-  for (const auto& s : resp.applied()) std::printf("stack/%s %s\n", s.name().c_str(), s.change().c_str());
+  for (const auto& s : resp.applied())
+    std::printf("stack/%s %s\n", s.name().c_str(), s.change().c_str());
   return 0;
 }
 
@@ -231,14 +245,15 @@ int Get(const Args& a) {
                 "REASON");
     for (const auto& s : resp.stacks()) {
       const v1::Condition* ready = Cond(s, "Ready");
-      std::printf("%-16s %-16s %-8s %-10s %-6lld %s\n", s.metadata().name().c_str(),
-                  absl::StrJoin(s.spec().hosts(), ",").c_str(),
-                  ready != nullptr ? ready->status().c_str() : "Unknown",
-                  s.status().paused() ? "yes" : "no",
-                  static_cast<long long>(s.metadata().generation()),
-                  ready != nullptr ? absl::StrCat(ready->reason(), ready->message().empty() ? "" : ": ",
-                                                  ready->message()).c_str()
-                                   : "");
+      std::printf(
+          "%-16s %-16s %-8s %-10s %-6lld %s\n", s.metadata().name().c_str(),
+          absl::StrJoin(s.spec().hosts(), ",").c_str(),
+          ready != nullptr ? ready->status().c_str() : "Unknown",
+          s.status().paused() ? "yes" : "no", static_cast<long long>(s.metadata().generation()),
+          ready != nullptr ? absl::StrCat(ready->reason(), ready->message().empty() ? "" : ": ",
+                                          ready->message())
+                                 .c_str()
+                           : "");
     }
     return 0;
   }
@@ -277,21 +292,22 @@ int Describe(const Args& a) {
   Check(stub->DescribeStack(ctx.get(), req, &resp), a);
   if (PrintStructured(resp, a)) return 0;
   const v1::Stack& s = resp.stack();
-  std::printf("Name:        %s\nHosts:       %s\nRuntime:     %s\nGeneration:  %lld (observed %lld)\n"
-              "Paused:      %s\nSource:      %s\n",
-              s.metadata().name().c_str(), absl::StrJoin(s.spec().hosts(), ", ").c_str(),
-              v1::RuntimeKind_Name(s.spec().runtime()).substr(13).c_str(),
-              static_cast<long long>(s.metadata().generation()),
-              static_cast<long long>(s.status().observed_generation()),
-              s.status().paused() ? "yes" : "no", s.metadata().source().c_str());
+  std::printf(
+      "Name:        %s\nHosts:       %s\nRuntime:     %s\nGeneration:  %lld (observed %lld)\n"
+      "Paused:      %s\nSource:      %s\n",
+      s.metadata().name().c_str(), absl::StrJoin(s.spec().hosts(), ", ").c_str(),
+      v1::RuntimeKind_Name(s.spec().runtime()).substr(13).c_str(),
+      static_cast<long long>(s.metadata().generation()),
+      static_cast<long long>(s.status().observed_generation()), s.status().paused() ? "yes" : "no",
+      s.metadata().source().c_str());
   std::printf("Services:\n");
   for (const auto& svc : s.spec().services()) {
-    std::printf("  %-12s port %-6d %s%s\n", svc.name().c_str(), svc.port(),
-                svc.probe().has_http() ? absl::StrCat("http ", svc.probe().http().path()).c_str()
-                                       : "tcp",
-                svc.depends_on().empty()
-                    ? ""
-                    : absl::StrCat("  dependsOn ", absl::StrJoin(svc.depends_on(), ",")).c_str());
+    std::printf(
+        "  %-12s port %-6d %s%s\n", svc.name().c_str(), svc.port(),
+        svc.probe().has_http() ? absl::StrCat("http ", svc.probe().http().path()).c_str() : "tcp",
+        svc.depends_on().empty()
+            ? ""
+            : absl::StrCat("  dependsOn ", absl::StrJoin(svc.depends_on(), ",")).c_str());
   }
   std::printf("Routes:\n");
   for (const auto& r : s.spec().proxy().routes()) {
@@ -309,16 +325,17 @@ int Describe(const Args& a) {
   }
   std::printf("Recent actions:\n");
   for (const auto& r : resp.actions()) {
-    std::printf("  %-8s %-18s %-10s %-10s %s%s\n", Age(r.requested_at()).c_str(),
-                decision::ActionKindName(r.action().kind()).c_str(), r.action().target().c_str(),
-                r.dry_run() ? "dry-run"
-                            : (r.result().id().empty()
-                                   ? "pending"
-                                   : v1::ActionOutcome_Name(r.result().outcome()).substr(15).c_str()),
-                r.action().reason().c_str(),
-                r.manual() ? (r.requested_by().empty() ? " (by hand)"
-                                                       : (" (by " + r.requested_by() + ")").c_str())
-                           : "");
+    std::printf(
+        "  %-8s %-18s %-10s %-10s %s%s\n", Age(r.requested_at()).c_str(),
+        decision::ActionKindName(r.action().kind()).c_str(), r.action().target().c_str(),
+        r.dry_run() ? "dry-run"
+                    : (r.result().id().empty()
+                           ? "pending"
+                           : v1::ActionOutcome_Name(r.result().outcome()).substr(15).c_str()),
+        r.action().reason().c_str(),
+        r.manual()
+            ? (r.requested_by().empty() ? " (by hand)" : (" (by " + r.requested_by() + ")").c_str())
+            : "");
   }
   std::printf("Events:\n");
   for (const auto& e : resp.events()) {
@@ -406,8 +423,8 @@ int Actions(const Args& a) {
   auto ctx = Ctx();
   Check(stub->ListActions(ctx.get(), req, &resp), a);
   if (PrintStructured(resp, a)) return 0;
-  std::printf("%-26s %-8s %-10s %-8s %-18s %-10s %-10s %s\n", "ID", "AGE", "STACK", "HOST", "ACTION",
-              "TARGET", "OUTCOME", "WHY");
+  std::printf("%-26s %-8s %-10s %-8s %-18s %-10s %-10s %s\n", "ID", "AGE", "STACK", "HOST",
+              "ACTION", "TARGET", "OUTCOME", "WHY");
   for (const auto& r : resp.actions()) {
     std::string outcome = r.dry_run() ? "dry-run"
                           : r.result().id().empty()
@@ -431,8 +448,10 @@ int PauseResume(const Args& a, bool pause) {
   }
   auto stub = Connect(a);
   v1::PauseRequest req;
-  if (a.positional[1] == "stack") req.set_stack(a.positional[2]);
-  else req.set_host(a.positional[2]);
+  if (a.positional[1] == "stack")
+    req.set_stack(a.positional[2]);
+  else
+    req.set_host(a.positional[2]);
   v1::PauseResponse resp;
   auto ctx = Ctx();
   Check(pause ? stub->Pause(ctx.get(), req, &resp) : stub->Resume(ctx.get(), req, &resp), a);

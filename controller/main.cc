@@ -18,10 +18,10 @@
 #include "controller/auth/principal.h"
 #include "controller/auth/token_command.h"
 #include "controller/auth/token_store.h"
-#include "core/flags.h"
 #include "controller/metrics/metrics.h"
 #include "controller/reconcile/reconciler.h"
 #include "controller/store/store.h"
+#include "core/flags.h"
 #include "core/log.h"
 #include "core/manifest/loader.h"
 #include "grpcpp/grpcpp.h"
@@ -32,7 +32,8 @@ ABSL_FLAG(std::string, listen, "127.0.0.1:7400", "gRPC address (AgentService, Fl
 ABSL_FLAG(std::string, manifests, "", "directory of manifests applied at start and on change");
 ABSL_FLAG(std::string, metrics, "", "HTTP address for /metrics (empty: off)");
 ABSL_FLAG(bool, log_json, false, "log JSON lines");
-ABSL_FLAG(std::string, tls_cert, "", "the controller's certificate (upkeepctl tls issue --controller)");
+ABSL_FLAG(std::string, tls_cert, "",
+          "the controller's certificate (upkeepctl tls issue --controller)");
 ABSL_FLAG(std::string, tls_key, "", "its key");
 ABSL_FLAG(std::string, tls_ca, "", "the fleet CA that client certificates are verified against");
 ABSL_FLAG(bool, insecure, false,
@@ -116,15 +117,17 @@ int main(int argc, char** argv) {
   const std::string listen = absl::GetFlag(FLAGS_listen);
   const bool tls = !absl::GetFlag(FLAGS_tls_cert).empty();
   if (tls && (absl::GetFlag(FLAGS_tls_key).empty() || absl::GetFlag(FLAGS_tls_ca).empty())) {
-    UPKEEP_LOG(critical, "tls_flags", {{"error", "--tls-cert, --tls-key and --tls-ca go together"}});
+    UPKEEP_LOG(critical, "tls_flags",
+               {{"error", "--tls-cert, --tls-key and --tls-ca go together"}});
     return 1;
   }
   if (!tls && !upkeep::IsLoopbackAddress(listen)) {
     if (!absl::GetFlag(FLAGS_insecure)) {
       UPKEEP_LOG(critical, "refusing_plaintext",
                  {{"listen", listen},
-                  {"error", "not loopback and no TLS: give --tls-cert/--tls-key/--tls-ca "
-                            "(upkeepctl tls), or --insecure to accept the risk"}});
+                  {"error",
+                   "not loopback and no TLS: give --tls-cert/--tls-key/--tls-ca "
+                   "(upkeepctl tls), or --insecure to accept the risk"}});
       return 1;
     }
     UPKEEP_LOG(warn, "insecure_listen",
@@ -139,7 +142,8 @@ int main(int argc, char** argv) {
   } else {
     auto opened = upkeep::controller_auth::TokenStore::Open(absl::GetFlag(FLAGS_data));
     if (!opened.ok()) {
-      UPKEEP_LOG(critical, "tokens_open_failed", {{"error", std::string(opened.status().message())}});
+      UPKEEP_LOG(critical, "tokens_open_failed",
+                 {{"error", std::string(opened.status().message())}});
       return 1;
     }
     tokens = std::move(*opened);
@@ -153,8 +157,7 @@ int main(int argc, char** argv) {
     credentials = *creds;
   }
   upkeep::controller::AgentServiceOptions agent_options;
-  agent_options.authorize_hello = [tls](grpc::CallbackServerContext* ctx,
-                                        const std::string& host) {
+  agent_options.authorize_hello = [tls](grpc::CallbackServerContext* ctx, const std::string& host) {
     absl::Status st = upkeep::controller_auth::AuthorizeHello(
         upkeep::controller_auth::PrincipalOf(*ctx), host, tls);
     if (st.ok()) return grpc::Status::OK;
@@ -194,7 +197,8 @@ int main(int argc, char** argv) {
   }
   (*reconciler)->Start();
   UPKEEP_LOG(info, "controller_started",
-             {{"listen", absl::GetFlag(FLAGS_listen)}, {"port", absl::StrCat(port)},
+             {{"listen", absl::GetFlag(FLAGS_listen)},
+              {"port", absl::StrCat(port)},
               {"data", absl::GetFlag(FLAGS_data)}});
 
   const std::string dir = absl::GetFlag(FLAGS_manifests);

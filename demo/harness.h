@@ -32,9 +32,9 @@ struct HarnessOptions {
   std::string docker_image;   // docker runtime: image holding /upkeep-sample-service
   bool fixed_ports = false;   // keep the manifest's ports (the demo) instead of ephemeral ones
   bool dry_run = false;
-  bool with_db = false;        // add a `db` service the backend depends on
-  bool crash_loop = false;     // the backend exits shortly after every start
-  int restart_budget = 0;      // 0: the manifest's
+  bool with_db = false;         // add a `db` service the backend depends on
+  bool crash_loop = false;      // the backend exits shortly after every start
+  int restart_budget = 0;       // 0: the manifest's
   std::string backoff_initial;  // e.g. "200ms"; empty: the manifest's
   std::string host_id = "demo";
   // Mutual TLS between every piece, with a CA made in work_dir/pki (the secure path is the
@@ -72,15 +72,15 @@ class StackHarness {
   int ProxyStatus(const std::string& path, absl::Duration timeout = absl::Seconds(2));
 
   // Faults, each the real thing.
-  absl::Status CrashBackend();            // the backend aborts (SIGABRT)
-  absl::Status HangBackend();             // the backend stops answering (hung)
-  absl::Status StopFrontend();            // the frontend exits 0
-  absl::Status CrashDb();                 // the db aborts
-  absl::Status PoisonNginxUpstream();     // nginx runs a stale config: a healthy backend, 502
+  absl::Status CrashBackend();         // the backend aborts (SIGABRT)
+  absl::Status HangBackend();          // the backend stops answering (hung)
+  absl::Status StopFrontend();         // the frontend exits 0
+  absl::Status CrashDb();              // the db aborts
+  absl::Status PoisonNginxUpstream();  // nginx runs a stale config: a healthy backend, 502
   absl::Status SetPaused(bool paused);
-  absl::Status StopNginx();               // nginx master quits
-  absl::Status MisconfigureNginxPort();   // nginx reloaded with the backend on a wrong port
-  absl::Status RestoreNginxConfig();      // the good config back (and reloaded by hand)
+  absl::Status StopNginx();              // nginx master quits
+  absl::Status MisconfigureNginxPort();  // nginx reloaded with the backend on a wrong port
+  absl::Status RestoreNginxConfig();     // the good config back (and reloaded by hand)
 
   // Re-applies the manifest in dry-run (or enforce) mode.
   absl::Status SetDryRun(bool dry_run);

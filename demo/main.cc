@@ -124,8 +124,7 @@ class Demo {
     const absl::Time t0 = absl::Now();  // the fault is in place from here
     if (!st.ok()) {
       out.note = absl::StrCat("inject failed: ", st.message());
-      std::printf("  %sinject failed: %s%s\n", c_.red, std::string(st.message()).c_str(),
-                  c_.reset);
+      std::printf("  %sinject failed: %s%s\n", c_.red, std::string(st.message()).c_str(), c_.reset);
       return out;
     }
     std::printf("  %s+%7s%s  fault in place\n", c_.dim, "0 ms", c_.reset);
@@ -147,9 +146,8 @@ class Demo {
           const char* color = warning ? c_.yellow : c_.green;
           std::printf("  %s+%7s%s  %s%-16s%s %s\n", c_.dim, Ms(at).c_str(), c_.reset, color,
                       e.reason().c_str(), c_.reset, e.message().c_str());
-          if (e.reason() != "Applied" && e.reason() != "AgentConnected" &&
-              e.reason() != "Paused" && e.reason() != "Resumed" &&
-              out.detected == absl::InfiniteDuration()) {
+          if (e.reason() != "Applied" && e.reason() != "AgentConnected" && e.reason() != "Paused" &&
+              e.reason() != "Resumed" && out.detected == absl::InfiniteDuration()) {
             out.detected = at;
             saw_problem = true;
           }
@@ -160,8 +158,8 @@ class Demo {
           }
         }
       }
-      if (!fault.expect_alert && saw_problem && h_.ProxyStatus("/api/health", absl::Seconds(1)) ==
-                                                    200 &&
+      if (!fault.expect_alert && saw_problem &&
+          h_.ProxyStatus("/api/health", absl::Seconds(1)) == 200 &&
           h_.ProxyStatus("/", absl::Seconds(1)) == 200) {
         auto healed = h_.WaitServing(absl::Seconds(5));
         if (healed.ok()) {
@@ -191,8 +189,9 @@ class Demo {
                describe.ok() && describe->stack().status().diagnoses_size() > 0) {
       std::vector<std::string> parts;
       for (const auto& node : describe->stack().status().diagnoses(0).path()) {
-        parts.push_back(absl::StrCat(node.step(), node.target().empty() ? "" : "[" + node.target() + "]",
-                                     "=", node.decision()));
+        parts.push_back(absl::StrCat(node.step(),
+                                     node.target().empty() ? "" : "[" + node.target() + "]", "=",
+                                     node.decision()));
       }
       out.path = ShortPath(absl::StrJoin(parts, "; "));
     }
@@ -235,9 +234,12 @@ int Main(int argc, char** argv) {
   std::string bin_dir = "build/bin";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--once") once = true;
-    else if (a == "--source" && i + 1 < argc) source_dir = argv[++i];
-    else if (a == "--bin" && i + 1 < argc) bin_dir = argv[++i];
+    if (a == "--once")
+      once = true;
+    else if (a == "--source" && i + 1 < argc)
+      source_dir = argv[++i];
+    else if (a == "--bin" && i + 1 < argc)
+      bin_dir = argv[++i];
   }
   if (const char* e = std::getenv("DEMO_ONCE"); e != nullptr && std::string(e) == "1") once = true;
   ::signal(SIGINT, OnSignal);
@@ -261,8 +263,9 @@ int Main(int argc, char** argv) {
 
   std::printf("%supkeep demo%s — the 502 runbook, run by upkeep on a real stack\n", c.bold,
               c.reset);
-  std::printf("  starting controller, agent, and applying the demo stack "
-              "(nginx → /api/ backend, / frontend)…\n");
+  std::printf(
+      "  starting controller, agent, and applying the demo stack "
+      "(nginx → /api/ backend, / frontend)…\n");
   auto harness = StackHarness::Start(options);
   if (!harness.ok()) {
     std::fprintf(stderr, "upkeep-demo: %s\n", std::string(harness.status().message()).c_str());
@@ -276,9 +279,10 @@ int Main(int argc, char** argv) {
                  std::string(up.message()).c_str(), options.work_dir.c_str());
     return 1;
   }
-  std::printf("  %s✔ stack serving through nginx on http://127.0.0.1:%d  "
-              "(upkeep started 2 services and nginx in %s)%s\n",
-              c.green, h.nginx_port(), Ms(absl::Now() - t_apply).c_str(), c.reset);
+  std::printf(
+      "  %s✔ stack serving through nginx on http://127.0.0.1:%d  "
+      "(upkeep started 2 services and nginx in %s)%s\n",
+      c.green, h.nginx_port(), Ms(absl::Now() - t_apply).c_str(), c.reset);
 
   const std::vector<Fault> faults = {
       {"backend killed", "backend container not running → start",
@@ -323,8 +327,8 @@ int Main(int argc, char** argv) {
       "  curl -s http://127.0.0.1:%d/api/fault/crash   # kill the backend, watch it come back\n"
       "  curl -s http://127.0.0.1:%d/api/health\n"
       "Ctrl-C stops everything the demo started.\n",
-      c.bold, c.reset, h.controller_address().c_str(), h.tls_dir().c_str(), ctl.c_str(), ctl.c_str(), ctl.c_str(),
-      h.nginx_port(), h.nginx_port());
+      c.bold, c.reset, h.controller_address().c_str(), h.tls_dir().c_str(), ctl.c_str(),
+      ctl.c_str(), ctl.c_str(), h.nginx_port(), h.nginx_port());
   std::fflush(stdout);
   while (!g_interrupted) absl::SleepFor(absl::Milliseconds(100));  // idle until Ctrl-C
   std::printf("\nstopping…\n");

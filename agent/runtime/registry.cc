@@ -16,8 +16,8 @@ absl::StatusOr<Runtime*> RuntimeRegistry::Get(const v1::Stack& stack) {
   absl::MutexLock lock(&mu_);
   auto k = kinds_.find(kind);
   if (k == kinds_.end()) {
-    return absl::UnimplementedError(absl::StrCat("no runtime for kind ",
-                                                 v1::RuntimeKind_Name(kind), " on this agent"));
+    return absl::UnimplementedError(
+        absl::StrCat("no runtime for kind ", v1::RuntimeKind_Name(kind), " on this agent"));
   }
   const std::string key = k->second.scope == Scope::kStack ? stack.metadata().name() : "";
   auto& slot = runtimes_[{kind, key}];

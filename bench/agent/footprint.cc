@@ -47,8 +47,9 @@ int main(int argc, char** argv) {
   const std::string bin = argc > 2 ? argv[2] : "build/bin";
   char tmpl[] = "/tmp/upkeep-footprint-XXXXXX";
   const std::string dir = mkdtemp(tmpl);
-  std::string yaml = "apiVersion: upkeep/v1\nkind: Stack\nmetadata: {name: fp}\nspec:\n"
-                     "  hosts: [h]\n  runtime: process\n  services:\n";
+  std::string yaml =
+      "apiVersion: upkeep/v1\nkind: Stack\nmetadata: {name: fp}\nspec:\n"
+      "  hosts: [h]\n  runtime: process\n  services:\n";
   for (const char* name : {"a", "b", "c"}) {
     const int port = FreePort();
     yaml += absl::StrCat("    - {name: ", name, ", port: ", port, ", process: {command: [", bin,
@@ -77,8 +78,9 @@ int main(int argc, char** argv) {
   const long rss = RssKb();
   (*observer)->Stop();
   for (const auto& s : stack.spec().services()) (void)rt->Stop(s, absl::Seconds(2));
-  std::printf("| services probed/s | seconds | agent RSS MB | CPU share of one core | reports |\n"
-              "|---|---|---|---|---|\n| 3 | %.0f | %.1f | %.3f %% | %d |\n",
-              wall, rss / 1024.0, 100.0 * cpu / wall, reports);
+  std::printf(
+      "| services probed/s | seconds | agent RSS MB | CPU share of one core | reports |\n"
+      "|---|---|---|---|---|\n| 3 | %.0f | %.1f | %.3f %% | %d |\n",
+      wall, rss / 1024.0, 100.0 * cpu / wall, reports);
   return 0;
 }

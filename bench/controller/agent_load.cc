@@ -254,9 +254,8 @@ int main(int argc, char** argv) {
     }
     std::vector<std::unique_ptr<SimAgent>> strangers;
     for (int i = 0; i < absl::GetFlag(FLAGS_strangers); ++i) {
-      strangers.push_back(std::make_unique<SimAgent>(stubs[i % stubs.size()].get(),
-                                                     absl::StrCat("stranger-", stranger_seq++),
-                                                     &stats));
+      strangers.push_back(std::make_unique<SimAgent>(
+          stubs[i % stubs.size()].get(), absl::StrCat("stranger-", stranger_seq++), &stats));
     }
     for (auto& a : strangers) a->Cancel();
     for (auto& a : strangers) a->WaitDone();
@@ -284,8 +283,9 @@ int main(int argc, char** argv) {
     std::printf("controller RSS at start of the run %.1f MB, at the end %.1f MB\n",
                 start_rss / 1024.0, RssKb(pid) / 1024.0);
   }
-  std::printf("| agents | connected | connect time s | observations/s | actions | "
-              "obs→action p50 ms | p99 ms | controller RSS MB |\n|---|---|---|---|---|---|---|---|\n");
+  std::printf(
+      "| agents | connected | connect time s | observations/s | actions | "
+      "obs→action p50 ms | p99 ms | controller RSS MB |\n|---|---|---|---|---|---|---|---|\n");
   std::printf("| %d | %d | %.1f | %.0f | %lld | %.2f | %.2f | %.1f |\n", n, stats.connected.load(),
               absl::ToDoubleSeconds(connect_time), (stats.observations - obs_before) / secs,
               static_cast<long long>(stats.actions.load()), Percentile(lat, 0.5),

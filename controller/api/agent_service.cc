@@ -202,12 +202,11 @@ class Stream : public grpc::ServerBidiReactor<v1::AgentMessage, v1::ControllerMe
         absl::MutexLock lock(&old->mu);
         old->replaced = true;
         if (old->reactor != nullptr) {
-          old->reactor->FinishLocked(old.get(), grpc::Status(grpc::StatusCode::ABORTED,
-                                                             "replaced by a newer stream"));
+          old->reactor->FinishLocked(
+              old.get(), grpc::Status(grpc::StatusCode::ABORTED, "replaced by a newer stream"));
         }
       }
-      UPKEEP_LOG(info, "agent_connected",
-                 {{"host", host_}, {"version", msg.hello().version()}});
+      UPKEEP_LOG(info, "agent_connected", {{"host", host_}, {"version", msg.hello().version()}});
       svc_->listener_->OnConnected(host_, msg.hello());
       return grpc::Status::OK;
     }
@@ -278,8 +277,8 @@ void AgentServiceImpl::Impl::Sweep() {
     for (const auto& h : All()) {
       absl::MutexLock lock(&h->mu);
       if (h->host_id.empty() && h->opened_at < cutoff && h->reactor != nullptr) {
-        h->reactor->FinishLocked(h.get(), grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                                                       "no hello in time"));
+        h->reactor->FinishLocked(
+            h.get(), grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "no hello in time"));
       }
     }
   }
@@ -305,8 +304,8 @@ void AgentServiceImpl::Shutdown() {
   for (const auto& h : impl_->All()) {
     absl::MutexLock lock(&h->mu);
     if (h->reactor != nullptr) {
-      h->reactor->FinishLocked(h.get(), grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                                                     "controller shutting down"));
+      h->reactor->FinishLocked(
+          h.get(), grpc::Status(grpc::StatusCode::UNAVAILABLE, "controller shutting down"));
     }
   }
 }

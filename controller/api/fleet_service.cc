@@ -16,11 +16,20 @@ grpc::Status ToGrpc(const absl::Status& st) {
   if (st.ok()) return grpc::Status::OK;
   grpc::StatusCode code = grpc::StatusCode::INTERNAL;
   switch (st.code()) {
-    case absl::StatusCode::kNotFound: code = grpc::StatusCode::NOT_FOUND; break;
-    case absl::StatusCode::kInvalidArgument: code = grpc::StatusCode::INVALID_ARGUMENT; break;
-    case absl::StatusCode::kFailedPrecondition: code = grpc::StatusCode::FAILED_PRECONDITION; break;
-    case absl::StatusCode::kUnavailable: code = grpc::StatusCode::UNAVAILABLE; break;
-    default: break;
+    case absl::StatusCode::kNotFound:
+      code = grpc::StatusCode::NOT_FOUND;
+      break;
+    case absl::StatusCode::kInvalidArgument:
+      code = grpc::StatusCode::INVALID_ARGUMENT;
+      break;
+    case absl::StatusCode::kFailedPrecondition:
+      code = grpc::StatusCode::FAILED_PRECONDITION;
+      break;
+    case absl::StatusCode::kUnavailable:
+      code = grpc::StatusCode::UNAVAILABLE;
+      break;
+    default:
+      break;
   }
   return grpc::Status(code, std::string(st.message()));
 }
@@ -183,7 +192,8 @@ grpc::Status FleetServiceImpl::WatchEvents(grpc::ServerContext* ctx,
     {
       absl::MutexLock lock(&live->mu);
       live->mu.AwaitWithTimeout(
-          absl::Condition(+[](std::deque<v1::Event>* q) { return !q->empty(); }, &live->events),
+          absl::Condition(
+              +[](std::deque<v1::Event>* q) { return !q->empty(); }, &live->events),
           absl::Milliseconds(200));  // bounded, to notice cancellation
       batch.swap(live->events);
     }
@@ -199,8 +209,7 @@ grpc::Status FleetServiceImpl::WatchEvents(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
-grpc::Status FleetServiceImpl::ListActions(grpc::ServerContext*,
-                                           const v1::ListActionsRequest* req,
+grpc::Status FleetServiceImpl::ListActions(grpc::ServerContext*, const v1::ListActionsRequest* req,
                                            v1::ListActionsResponse* resp) {
   const int limit = req->limit() > 0 ? std::min(req->limit(), 100000) : 50;
   auto actions = store_->ListActions(req->stack(), "", limit);

@@ -37,15 +37,14 @@ bool Unanswered(const v1::ActionRecord& r) {
 
 }  // namespace
 
-ActionDispatcher::ActionDispatcher(Store* store, Clock* clock, Metrics* metrics,
-                                   EventBus* events, DispatcherOptions options)
+ActionDispatcher::ActionDispatcher(Store* store, Clock* clock, Metrics* metrics, EventBus* events,
+                                   DispatcherOptions options)
     : store_(store), clock_(clock), metrics_(metrics), events_(events), options_(options) {}
 
 absl::Status ActionDispatcher::Load(const std::vector<WorkKey>& keys) {
   const absl::Time now = clock_->Now();
   for (const auto& key : keys) {
-    auto records =
-        store_->ListActions(key.stack, key.host, static_cast<int>(options_.max_per_key));
+    auto records = store_->ListActions(key.stack, key.host, static_cast<int>(options_.max_per_key));
     if (!records.ok()) return records.status();
     absl::MutexLock lock(&mu_);
     KeyActions& ka = keys_[key];
@@ -159,15 +158,17 @@ ActionDispatcher::Outcome ActionDispatcher::Deliver(const WorkKey& key,
       manual_waiters_.erase(record.action().id());
     }
     UPKEEP_LOG(error, "action_not_recorded",
-               {{"id", record.action().id()}, {"stack", key.stack}, {"host", key.host},
-                {"error", std::string(st.message())}, {"note", "not sent: no durable record"}});
+               {{"id", record.action().id()},
+                {"stack", key.stack},
+                {"host", key.host},
+                {"error", std::string(st.message())},
+                {"note", "not sent: no durable record"}});
     if (metrics_ != nullptr) metrics_->Inc("upkeep_store_errors_total", {{"what", "action"}});
-    events_->Publish("Warning", "StoreUnavailable", key.stack, key.host, record.action().target(),
-                     absl::StrCat("StoreUnavailable: ",
-                                  decision::ActionKindName(record.action().kind()), " ",
-                                  record.action().target(),
-                                  " not sent: the store could not record it (",
-                                  st.message(), ")"));
+    events_->Publish(
+        "Warning", "StoreUnavailable", key.stack, key.host, record.action().target(),
+        absl::StrCat("StoreUnavailable: ", decision::ActionKindName(record.action().kind()), " ",
+                     record.action().target(), " not sent: the store could not record it (",
+                     st.message(), ")"));
     return Outcome::kStoreFailed;
   }
   if (metrics_ != nullptr && problem_since != absl::InfinitePast()) {
@@ -175,19 +176,23 @@ ActionDispatcher::Outcome ActionDispatcher::Deliver(const WorkKey& key,
                       absl::ToDoubleSeconds(clock_->Now() - problem_since));
   }
   UPKEEP_LOG(info, "action_sent",
-             {{"id", record.action().id()}, {"stack", key.stack}, {"host", key.host},
+             {{"id", record.action().id()},
+              {"stack", key.stack},
+              {"host", key.host},
               {"kind", v1::ActionKind_Name(record.action().kind())},
-              {"target", record.action().target()}, {"why", record.why()}});
-  events_->Publish("Normal", "ActionSent", key.stack, key.host, record.action().target(),
-                   absl::StrCat(decision::ActionKindName(record.action().kind()), " ",
-                                record.action().target(), record.manual() ? " (by hand)" : "",
-                                ": ", record.action().reason()),
-                   record.action().id(), record.requested_by());
+              {"target", record.action().target()},
+              {"why", record.why()}});
+  events_->Publish(
+      "Normal", "ActionSent", key.stack, key.host, record.action().target(),
+      absl::StrCat(decision::ActionKindName(record.action().kind()), " ", record.action().target(),
+                   record.manual() ? " (by hand)" : "", ": ", record.action().reason()),
+      record.action().id(), record.requested_by());
   v1::ControllerMessage msg;
   *msg.mutable_action() = record.action();
   if (hub_ == nullptr || !hub_->Send(key.host, std::move(msg))) {
     UPKEEP_LOG(warn, "action_not_delivered",
-               {{"id", record.action().id()}, {"host", key.host},
+               {{"id", record.action().id()},
+                {"host", key.host},
                 {"note", "kept pending; re-sent when the agent reconnects"}});
     return Outcome::kPending;
   }
@@ -256,7 +261,8 @@ void ActionDispatcher::RecordWouldDo(const WorkKey& key,
   }
   for (const auto& rec : records) {
     if (absl::Status st = store_->PutAction(rec); !st.ok()) {
-      UPKEEP_LOG(error, "store_failed", {{"what", "would_do"}, {"error", std::string(st.message())}});
+      UPKEEP_LOG(error, "store_failed",
+                 {{"what", "would_do"}, {"error", std::string(st.message())}});
     }
     events_->Publish("Normal", "WouldDo", key.stack, key.host, rec.action().target(),
                      absl::StrCat("dry-run: would ", decision::ActionKindName(rec.action().kind()),
@@ -282,8 +288,7 @@ absl::StatusOr<v1::ActionRecord> ActionDispatcher::SendManual(const WorkKey& key
   return record;
 }
 
-v1::ActionRecord ActionDispatcher::AwaitManual(const v1::ActionRecord& sent,
-                                               absl::Duration wait) {
+v1::ActionRecord ActionDispatcher::AwaitManual(const v1::ActionRecord& sent, absl::Duration wait) {
   const std::string id = sent.action().id();
   v1::ActionRecord record = sent;
   absl::MutexLock lock(&mu_);
@@ -357,8 +362,7 @@ WorkKey ActionDispatcher::OnResult(const std::string& host, const v1::ActionResu
     *full.mutable_result() = result;
     full.set_verification(record.verification());
     if (absl::Status st = store_->PutAction(full); !st.ok()) {
-      UPKEEP_LOG(error, "store_failed",
-                 {{"what", "result"}, {"error", std::string(st.message())}});
+      UPKEEP_LOG(error, "store_failed", {{"what", "result"}, {"error", std::string(st.message())}});
     }
   }
   if (metrics_ != nullptr) {
@@ -368,8 +372,8 @@ WorkKey ActionDispatcher::OnResult(const std::string& host, const v1::ActionResu
   const bool ok = result.outcome() == v1::ACTION_OUTCOME_SUCCEEDED;
   events_->Publish(ok ? "Normal" : "Warning", ok ? "ActionSucceeded" : "ActionFailed", key.stack,
                    key.host, result.target(),
-                   absl::StrCat(decision::ActionKindName(result.kind()), " ", result.target(),
-                                ": ", result.message(), result.replayed() ? " (replayed)" : ""),
+                   absl::StrCat(decision::ActionKindName(result.kind()), " ", result.target(), ": ",
+                                result.message(), result.replayed() ? " (replayed)" : ""),
                    result.id());
   if (has_next) Deliver(key, next, absl::InfinitePast());
   return key;
@@ -423,8 +427,7 @@ void ActionDispatcher::Verify(const WorkKey& key, const v1::Stack& stack,
 }
 
 void ActionDispatcher::ResetBudgets(const WorkKey& key, const std::vector<std::string>& targets,
-                                    const std::string& reason,
-                                    const std::string& requested_by) {
+                                    const std::string& reason, const std::string& requested_by) {
   std::vector<v1::ActionRecord> records;
   {
     absl::MutexLock lock(&mu_);

@@ -104,8 +104,7 @@ class ActionDispatcher {
 
   // Verifies earlier repairs of `key` on a fresh observation (core/decision/verify.h).
   void Verify(const WorkKey& key, const upkeep::v1::Stack& stack,
-              const upkeep::v1::StackObservation& observed,
-              const upkeep::v1::Diagnosis& diagnosis);
+              const upkeep::v1::StackObservation& observed, const upkeep::v1::Diagnosis& diagnosis);
   // A person resumed: crash-looping `targets` get their restart budget afresh.
   void ResetBudgets(const WorkKey& key, const std::vector<std::string>& targets,
                     const std::string& reason, const std::string& requested_by = "");

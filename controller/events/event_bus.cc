@@ -21,9 +21,12 @@ void EventBus::Publish(v1::Event event) {
     UPKEEP_LOG(error, "store_failed", {{"what", "event"}, {"error", std::string(st.message())}});
     if (metrics_ != nullptr) metrics_->Inc("upkeep_store_errors_total", {{"what", "event"}});
   }
-  UPKEEP_LOG(info, "event", {{"type", event.type()}, {"reason", event.reason()},
-                             {"stack", event.stack()}, {"host", event.host()},
-                             {"message", event.message()}});
+  UPKEEP_LOG(info, "event",
+             {{"type", event.type()},
+              {"reason", event.reason()},
+              {"stack", event.stack()},
+              {"host", event.host()},
+              {"message", event.message()}});
   std::vector<std::shared_ptr<Subscription::State>> subs;
   {
     absl::MutexLock lock(&mu_);
@@ -40,10 +43,10 @@ void EventBus::Publish(v1::Event event) {
   }
 }
 
-void EventBus::Publish(const std::string& type, const std::string& reason,
-                       const std::string& stack, const std::string& host,
-                       const std::string& target, const std::string& message,
-                       const std::string& action_id, const std::string& requested_by) {
+void EventBus::Publish(const std::string& type, const std::string& reason, const std::string& stack,
+                       const std::string& host, const std::string& target,
+                       const std::string& message, const std::string& action_id,
+                       const std::string& requested_by) {
   v1::Event e;
   e.set_type(type);
   e.set_reason(reason);

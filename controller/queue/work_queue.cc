@@ -91,8 +91,8 @@ bool WorkQueue::Get(WorkKey* key) {
     // Sleep until a key is added, the earliest delayed key is due, or someone wakes us.
     const uint64_t wakes = wakes_;
     absl::Duration wait = absl::InfiniteDuration();
-    if (!by_time_.empty()) wait = std::max(by_time_.begin()->first - clock_->Now(),
-                                           absl::ZeroDuration());
+    if (!by_time_.empty())
+      wait = std::max(by_time_.begin()->first - clock_->Now(), absl::ZeroDuration());
     struct Arg {
       WorkQueue* q;
       uint64_t wakes;

@@ -62,8 +62,8 @@ class WorkQueue {
   void Wake();
   void ShutDown();
 
-  size_t Len() const;          // ready keys
-  size_t DelayedLen() const;   // keys waiting on time
+  size_t Len() const;         // ready keys
+  size_t DelayedLen() const;  // keys waiting on time
   // When `key` is due (InfiniteFuture when not delayed).
   absl::Time DueAt(const WorkKey& key) const;
 
@@ -76,9 +76,9 @@ class WorkQueue {
   const WorkQueueOptions options_;
   mutable absl::Mutex mu_;
   std::deque<WorkKey> ready_ ABSL_GUARDED_BY(mu_);
-  std::set<WorkKey> dirty_ ABSL_GUARDED_BY(mu_);       // in ready_ or waiting for Done
+  std::set<WorkKey> dirty_ ABSL_GUARDED_BY(mu_);  // in ready_ or waiting for Done
   std::set<WorkKey> processing_ ABSL_GUARDED_BY(mu_);
-  std::map<WorkKey, absl::Time> due_ ABSL_GUARDED_BY(mu_);            // key -> when
+  std::map<WorkKey, absl::Time> due_ ABSL_GUARDED_BY(mu_);           // key -> when
   std::multimap<absl::Time, WorkKey> by_time_ ABSL_GUARDED_BY(mu_);  // when -> key
   std::map<WorkKey, int> failures_ ABSL_GUARDED_BY(mu_);
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;

@@ -21,9 +21,9 @@ namespace upkeep::controller {
 struct InboxItem {
   enum class Kind { kConnected, kObservation, kResult, kDisconnected };
   Kind kind;
-  upkeep::v1::Hello hello;                // kConnected
-  upkeep::v1::ObservationReport report;   // kObservation
-  upkeep::v1::ActionResult result;        // kResult
+  upkeep::v1::Hello hello;               // kConnected
+  upkeep::v1::ObservationReport report;  // kObservation
+  upkeep::v1::ActionResult result;       // kResult
 };
 
 class Inboxes {

@@ -164,8 +164,9 @@ void Reconciler::Maintain() {
   if (!pruned.ok()) {
     UPKEEP_LOG(error, "store_prune_failed", {{"error", std::string(pruned.status().message())}});
   } else if (pruned->events + pruned->actions > 0) {
-    UPKEEP_LOG(info, "store_pruned", {{"events", absl::StrCat(pruned->events)},
-                                      {"actions", absl::StrCat(pruned->actions)}});
+    UPKEEP_LOG(
+        info, "store_pruned",
+        {{"events", absl::StrCat(pruned->events)}, {"actions", absl::StrCat(pruned->actions)}});
   }
   dispatcher_.Prune();
 }
@@ -346,8 +347,7 @@ v1::StackObservation Reconciler::ObservationLocked(const WorkKey& key) {
 
 bool Reconciler::PausedLocked(const WorkKey& key) const {
   auto it = stacks_.find(key.stack);
-  return paused_hosts_.count(key.host) > 0 ||
-         (it != stacks_.end() && it->second.status().paused());
+  return paused_hosts_.count(key.host) > 0 || (it != stacks_.end() && it->second.status().paused());
 }
 
 void Reconciler::Reconcile(const WorkKey& key) {
@@ -486,11 +486,10 @@ void Reconciler::Reconcile(const WorkKey& key) {
   for (const auto& r : *history) {
     verifying |= r.verification() == v1::VERIFICATION_PENDING && !r.dry_run();
   }
-  const bool waits_on_time = d.verdict() == v1::VERDICT_WAITING ||
-                             (d.verdict() == v1::VERDICT_REPAIRING && !allowed.empty()) ||
-                             (d.verdict() == v1::VERDICT_REPAIRING &&
-                              next_due == absl::InfiniteFuture()) ||
-                             verifying;
+  const bool waits_on_time =
+      d.verdict() == v1::VERDICT_WAITING ||
+      (d.verdict() == v1::VERDICT_REPAIRING && !allowed.empty()) ||
+      (d.verdict() == v1::VERDICT_REPAIRING && next_due == absl::InfiniteFuture()) || verifying;
   if (waits_on_time) next_due = std::min(next_due, now + options_.resync);
   if (next_due != absl::InfiniteFuture()) queue_.AddAfter(key, next_due - now);
 }
@@ -535,11 +534,11 @@ absl::StatusOr<v1::ApplyResponse> Reconciler::Apply(const std::vector<v1::Stack>
   }
   for (const auto& a : *applied) {
     if (a.change() == "unchanged") continue;
-    events_.Publish("Normal", "Applied", a.name(), "", "",
-                    absl::StrCat("stack ", a.name(), " ", a.change(), " (generation ",
-                                 a.generation(), ", revision ", a.revision(), ")",
-                                 who.empty() ? "" : " by " + who),
-                    "", who);
+    events_.Publish(
+        "Normal", "Applied", a.name(), "", "",
+        absl::StrCat("stack ", a.name(), " ", a.change(), " (generation ", a.generation(),
+                     ", revision ", a.revision(), ")", who.empty() ? "" : " by " + who),
+        "", who);
   }
   for (const auto& h : hosts) SendDesired(h);
   return resp;
@@ -634,8 +633,8 @@ absl::StatusOr<std::vector<v1::Diagnosis>> Reconciler::Plan(const std::string& s
   return out;
 }
 
-absl::Status Reconciler::SetPaused(const std::string& stack, const std::string& host,
-                                   bool paused, const std::string& who) {
+absl::Status Reconciler::SetPaused(const std::string& stack, const std::string& host, bool paused,
+                                   const std::string& who) {
   if (!stack.empty()) {
     if (absl::Status st = store_->SetStackPaused(stack, paused); !st.ok()) return st;
   } else if (!host.empty()) {
@@ -679,8 +678,7 @@ absl::Status Reconciler::SetPaused(const std::string& stack, const std::string& 
   events_.Publish("Normal", paused ? "Paused" : "Resumed", stack, host, "",
                   absl::StrCat(stack.empty() ? "host " + host : "stack " + stack,
                                paused ? " paused" : " resumed", who.empty() ? "" : " by " + who,
-                               paused ? ": upkeep plans but does not act"
-                                      : ": upkeep acts again"),
+                               paused ? ": upkeep plans but does not act" : ": upkeep acts again"),
                   "", who);
   return absl::OkStatus();
 }
@@ -705,15 +703,14 @@ absl::StatusOr<v1::ActionRecord> Reconciler::RunAction(const v1::RunActionReques
       host = s.spec().hosts(0);
     }
     if (!Names(s, host)) {
-      return absl::InvalidArgumentError(absl::StrCat("stack ", s.metadata().name(),
-                                                     " does not run on host ", host));
+      return absl::InvalidArgumentError(
+          absl::StrCat("stack ", s.metadata().name(), " does not run on host ", host));
     }
     bool known = request.target() == decision::kProxyTarget && s.spec().has_proxy();
     for (const auto& svc : s.spec().services()) known |= svc.name() == request.target();
     if (!known) {
-      return absl::InvalidArgumentError(absl::StrCat("stack ", s.metadata().name(),
-                                                     " names no target \"", request.target(),
-                                                     "\""));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "stack ", s.metadata().name(), " names no target \"", request.target(), "\""));
     }
     if (request.kind() == v1::ACTION_KIND_UNSPECIFIED ||
         request.kind() == v1::ACTION_KIND_RESET_BUDGET) {

@@ -44,7 +44,8 @@ class Stmt {
   int64_t ColInt(int i) { return sqlite3_column_int64(s_, i); }
   std::string ColBlob(int i) {
     const void* p = sqlite3_column_blob(s_, i);
-    return p == nullptr ? "" : std::string(static_cast<const char*>(p), sqlite3_column_bytes(s_, i));
+    return p == nullptr ? ""
+                        : std::string(static_cast<const char*>(p), sqlite3_column_bytes(s_, i));
   }
   std::string ColText(int i) {
     const unsigned char* p = sqlite3_column_text(s_, i);
@@ -98,9 +99,10 @@ class SqliteStore : public Store {
         }
       }
     }
-    return Exec("CREATE INDEX IF NOT EXISTS events_at ON events(at_ms);"
-                "CREATE INDEX IF NOT EXISTS actions_at ON actions(requested_at_ms);"
-                "PRAGMA user_version=2;");
+    return Exec(
+        "CREATE INDEX IF NOT EXISTS events_at ON events(at_ms);"
+        "CREATE INDEX IF NOT EXISTS actions_at ON actions(requested_at_ms);"
+        "PRAGMA user_version=2;");
   }
 
   absl::StatusOr<std::vector<v1::AppliedStack>> ApplyStacks(
@@ -211,8 +213,9 @@ class SqliteStore : public Store {
 
   absl::Status SetHostPaused(const std::string& host, bool paused) override {
     absl::MutexLock lock(&mu_);
-    Stmt s(db_, "INSERT INTO hosts(host_id, paused) VALUES(?,?) ON CONFLICT(host_id) DO UPDATE"
-                " SET paused=excluded.paused");
+    Stmt s(db_,
+           "INSERT INTO hosts(host_id, paused) VALUES(?,?) ON CONFLICT(host_id) DO UPDATE"
+           " SET paused=excluded.paused");
     s.Text(1, host).Int(2, paused ? 1 : 0);
     return s.Step() == SQLITE_DONE ? absl::OkStatus() : Error("pause host");
   }
@@ -228,7 +231,8 @@ class SqliteStore : public Store {
   absl::Status AppendEvent(v1::Event* event) override {
     absl::MutexLock lock(&mu_);
     Stmt s(db_, "INSERT INTO events(stack, data, at_ms) VALUES(?, ?, ?)");
-    s.Text(1, event->stack()).Bind(2, event->SerializeAsString())
+    s.Text(1, event->stack())
+        .Bind(2, event->SerializeAsString())
         .Int(3, absl::ToUnixMillis(FromProto(event->at())));
     if (s.Step() != SQLITE_DONE) return Error("event");
     event->set_seq(sqlite3_last_insert_rowid(db_));
@@ -257,8 +261,7 @@ class SqliteStore : public Store {
     return out;
   }
 
-  absl::StatusOr<std::vector<v1::Event>> TailEvents(const std::string& stack,
-                                                    int limit) override {
+  absl::StatusOr<std::vector<v1::Event>> TailEvents(const std::string& stack, int limit) override {
     absl::MutexLock lock(&mu_);
     std::vector<v1::Event> out;
     Stmt s(db_, stack.empty()
@@ -323,8 +326,9 @@ class SqliteStore : public Store {
 
   absl::Status PutAction(const v1::ActionRecord& record) override {
     absl::MutexLock lock(&mu_);
-    Stmt s(db_, "INSERT INTO actions(id, stack, host, requested_at_ms, record) VALUES(?,?,?,?,?)"
-                " ON CONFLICT(id) DO UPDATE SET record=excluded.record");
+    Stmt s(db_,
+           "INSERT INTO actions(id, stack, host, requested_at_ms, record) VALUES(?,?,?,?,?)"
+           " ON CONFLICT(id) DO UPDATE SET record=excluded.record");
     s.Text(1, record.action().id())
         .Text(2, record.action().stack())
         .Text(3, record.action().host())
@@ -380,8 +384,8 @@ absl::StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& data_d
   if (ec) return absl::InternalError(absl::StrCat("create ", data_dir, ": ", ec.message()));
   sqlite3* db = nullptr;
   const std::string path = data_dir + "/upkeep.db";
-  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                                             SQLITE_OPEN_FULLMUTEX,
+  if (sqlite3_open_v2(path.c_str(), &db,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
                       nullptr) != SQLITE_OK) {
     std::string msg = db != nullptr ? sqlite3_errmsg(db) : "out of memory";
     sqlite3_close(db);

@@ -45,7 +45,8 @@ class Store {
   virtual absl::Status DeleteStack(const std::string& name) = 0;
   // Every stack, with metadata.generation/revision and status (paused, conditions).
   virtual absl::StatusOr<std::vector<upkeep::v1::Stack>> ListStacks() = 0;
-  virtual absl::Status SaveStatus(const std::string& name, const upkeep::v1::StackStatus& status) = 0;
+  virtual absl::Status SaveStatus(const std::string& name,
+                                  const upkeep::v1::StackStatus& status) = 0;
   virtual absl::Status SetStackPaused(const std::string& name, bool paused) = 0;
   virtual absl::Status SetHostPaused(const std::string& host, bool paused) = 0;
   virtual absl::StatusOr<std::set<std::string>> PausedHosts() = 0;

@@ -1,7 +1,6 @@
 // The seed runbook (shared/seed/000_f1b034315ce1ee42.txt, "Decision Tree") as a function.
 // Each step below quotes the runbook line it implements and records its evidence in the path.
 #include "core/decision/diagnose.h"
-#include "core/decision/verify.h"
 
 #include <algorithm>
 #include <functional>
@@ -13,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/decision/verify.h"
 #include "core/policy/policy.h"
 #include "core/proto_time.h"
 
@@ -25,9 +25,7 @@ namespace v1 = upkeep::v1;
 // After a start reported success, a service that is not running yet is given this long.
 constexpr absl::Duration kStartGrace = absl::Seconds(2);
 
-std::string Ms(absl::Duration d) {
-  return absl::StrCat(absl::ToInt64Milliseconds(d), "ms");
-}
+std::string Ms(absl::Duration d) { return absl::StrCat(absl::ToInt64Milliseconds(d), "ms"); }
 
 // Parses "http://[::1]:8002/x" or "127.0.0.1:8002" into host and port.
 bool ParseUpstream(const std::string& upstream, std::string* host, int* port) {
@@ -52,10 +50,8 @@ bool ParseUpstream(const std::string& upstream, std::string* host, int* port) {
 class Engine {
  public:
   Engine(const v1::Stack& desired, const v1::StackObservation& observed,
-         absl::Span<const v1::ActionRecord> history, absl::Time now,
-         const DiagnoseOptions& options)
-      : desired_(desired), observed_(observed), history_(history), now_(now),
-        options_(options) {
+         absl::Span<const v1::ActionRecord> history, absl::Time now, const DiagnoseOptions& options)
+      : desired_(desired), observed_(observed), history_(history), now_(now), options_(options) {
     d_.set_stack(desired.metadata().name());
     d_.set_host(observed.host().host_id());
     *d_.mutable_at() = ToProto(now);
@@ -112,17 +108,16 @@ class Engine {
   // of its last (main) action. Returns the verdict.
   v1::PolicyVerdict Plan(std::vector<v1::Action> actions, int depth) {
     const auto& policy = desired_.spec().policy();
-    v1::PlannedAction main =
-        policy::Judge(policy, history_, actions.back(), now_, options_.paused);
-    v1::PathNode* n = Node("policy", actions.back().target(),
-                           v1::PolicyVerdict_Name(main.policy()), depth + 1);
+    v1::PlannedAction main = policy::Judge(policy, history_, actions.back(), now_, options_.paused);
+    v1::PathNode* n =
+        Node("policy", actions.back().target(), v1::PolicyVerdict_Name(main.policy()), depth + 1);
     Ev(n, "reason", main.policy_reason());
     if (main.policy() == v1::POLICY_VERDICT_BUDGET_EXHAUSTED) {
-      v1::Finding* f = Find(v1::SEVERITY_ALERT, "CrashLooping", actions.back().target(),
-                            absl::StrCat(actions.back().target(), " is crash-looping: ",
-                                         main.policy_reason()));
-      (*f->mutable_evidence())["restarts_in_window"] = absl::StrCat(
-          policy::RestartsInWindow(policy, history_, actions.back().target(), now_));
+      v1::Finding* f =
+          Find(v1::SEVERITY_ALERT, "CrashLooping", actions.back().target(),
+               absl::StrCat(actions.back().target(), " is crash-looping: ", main.policy_reason()));
+      (*f->mutable_evidence())["restarts_in_window"] =
+          absl::StrCat(policy::RestartsInWindow(policy, history_, actions.back().target(), now_));
       return main.policy();
     }
     if (main.policy() == v1::POLICY_VERDICT_BACKOFF ||
@@ -152,8 +147,7 @@ class Engine {
   }
 
   bool ObservationFresh() {
-    const absl::Duration stale_after =
-        FromProto(desired_.spec().policy().stale_after());
+    const absl::Duration stale_after = FromProto(desired_.spec().policy().stale_after());
     const absl::Duration age = now_ - FromProto(observed_.observed_at());
     const bool fresh = observed_.has_observed_at() && age <= stale_after;
     v1::PathNode* n = Node("observation.fresh", "", fresh ? "yes" : "no: stale");
@@ -169,13 +163,13 @@ class Engine {
       if (it->dry_run() || it->action().kind() == v1::ACTION_KIND_RESET_BUDGET) continue;
       if (FromProto(it->requested_at()) < now_ - kInFlightTimeout) break;
       if (it->result().id().empty()) {
-        v1::PathNode* n = Node("action.in_flight", it->action().target(),
-                               "yes: waiting for its result");
+        v1::PathNode* n =
+            Node("action.in_flight", it->action().target(), "yes: waiting for its result");
         Ev(n, "action", v1::ActionKind_Name(it->action().kind()));
         Ev(n, "id", it->action().id());
-        summary_ = absl::StrCat("waiting for the result of ",
-                                v1::ActionKind_Name(it->action().kind()), " on ",
-                                it->action().target());
+        summary_ =
+            absl::StrCat("waiting for the result of ", v1::ActionKind_Name(it->action().kind()),
+                         " on ", it->action().target());
         return true;
       }
     }
@@ -216,9 +210,9 @@ class Engine {
       summary_ = "nginx is down and its config is invalid";
       return false;
     }
-    v1::PathNode* t = Node("proxy.config_valid", kProxyTarget,
-                           test.ran() ? (test.ok() ? "yes" : "unknown: test again") : "untested",
-                           1);
+    v1::PathNode* t =
+        Node("proxy.config_valid", kProxyTarget,
+             test.ran() ? (test.ok() ? "yes" : "unknown: test again") : "untested", 1);
     if (test.ran()) Ev(t, "nginx_t", test.output());
     // "nginx down → test its config; valid → start it"
     Plan({MakeAction(v1::ACTION_KIND_TEST_PROXY_CONFIG, kProxyTarget,
@@ -267,8 +261,8 @@ class Engine {
     // "a service whose dependency is down is not restarted; its dependency is fixed first"
     for (const auto& dep : spec.depends_on()) {
       if (down.count(dep)) {
-        v1::PathNode* n = Node("service.dependency_down", name,
-                               absl::StrCat("yes: waiting for ", dep));
+        v1::PathNode* n =
+            Node("service.dependency_down", name, absl::StrCat("yes: waiting for ", dep));
         Ev(n, "dependency", dep);
         Ev(n, "running", o.running() ? "true" : "false");
         waiting_ = true;
@@ -304,8 +298,7 @@ class Engine {
         waiting_ = true;
         return false;
       }
-      Plan({MakeAction(v1::ACTION_KIND_START_SERVICE, name,
-                       absl::StrCat(name, " is not running"))},
+      Plan({MakeAction(v1::ACTION_KIND_START_SERVICE, name, absl::StrCat(name, " is not running"))},
            0);
       return false;
     }
@@ -323,8 +316,8 @@ class Engine {
       v1::Action logs = MakeAction(v1::ACTION_KIND_COLLECT_LOGS, name,
                                    absl::StrCat(name, " is unhealthy: collect its logs first"));
       (*logs.mutable_params())["tail"] = absl::StrCat(spec.logs().tail());
-      v1::Action restart = MakeAction(v1::ACTION_KIND_RESTART_SERVICE, name,
-                                      absl::StrCat(name, " is unhealthy"));
+      v1::Action restart =
+          MakeAction(v1::ACTION_KIND_RESTART_SERVICE, name, absl::StrCat(name, " is unhealthy"));
       (*restart.mutable_params())["stop_timeout_ms"] =
           absl::StrCat(absl::ToInt64Milliseconds(FromProto(spec.stop_timeout())));
       Plan({logs, restart}, 0);
@@ -354,9 +347,8 @@ class Engine {
     Ev(parent, "listening", absl::StrJoin(ports, ","));
     Node("service.port", spec.name(), "moved: alert", 1);
     v1::Finding* f = Find(v1::SEVERITY_ALERT, "PortMismatch", spec.name(),
-                          absl::StrCat("the stack expects ", spec.name(), " on port ",
-                                       spec.port(), " but it listens on ",
-                                       absl::StrJoin(ports, ", "),
+                          absl::StrCat("the stack expects ", spec.name(), " on port ", spec.port(),
+                                       " but it listens on ", absl::StrJoin(ports, ", "),
                                        ": a restart will not fix that"));
     (*f->mutable_evidence())["expected_port"] = absl::StrCat(spec.port());
     (*f->mutable_evidence())["listening"] = absl::StrJoin(ports, ",");
@@ -441,9 +433,8 @@ class Engine {
         restarted |= it->action().kind() == v1::ACTION_KIND_RESTART_PROXY;
       }
     }
-    const std::string paths = absl::StrJoin(failing, ", ", [](std::string* out, const auto* r) {
-      absl::StrAppend(out, r->path());
-    });
+    const std::string paths = absl::StrJoin(
+        failing, ", ", [](std::string* out, const auto* r) { absl::StrAppend(out, r->path()); });
     v1::PathNode* n = Node("proxy.reaches_upstreams", kProxyTarget,
                            restarted  ? "no, after reload and restart: alert"
                            : reloaded ? "no, after a reload: restart nginx"
@@ -476,10 +467,10 @@ class Engine {
     std::map<std::string, const v1::ServiceSpec*> by_name;
     for (const auto& s : desired_.spec().services()) by_name[s.name()] = &s;
     for (const auto* route : failing) {
-      v1::Finding* f = Find(
-          v1::SEVERITY_ALERT, "StillFailing", route->path(),
-          absl::StrCat(route->path(), " still fails through nginx with every upstream healthy, "
-                                      "after a reload and a restart of nginx"));
+      v1::Finding* f = Find(v1::SEVERITY_ALERT, "StillFailing", route->path(),
+                            absl::StrCat(route->path(),
+                                         " still fails through nginx with every upstream healthy, "
+                                         "after a reload and a restart of nginx"));
       auto& ev = *f->mutable_evidence();
       ev["config_test"] = proxy.last_config_test().ran()
                               ? (proxy.last_config_test().ok() ? "ok" : "failed")
@@ -488,8 +479,8 @@ class Engine {
         ev["nginx_t"] = proxy.last_config_test().output();
       }
       if (!proxy.error_log_excerpt().empty()) ev["error_log"] = proxy.error_log_excerpt();
-      const v1::ServiceSpec* svc = by_name.count(route->upstream()) ? by_name[route->upstream()]
-                                                                     : nullptr;
+      const v1::ServiceSpec* svc =
+          by_name.count(route->upstream()) ? by_name[route->upstream()] : nullptr;
       if (svc == nullptr) continue;
       ev["expected_upstream"] = absl::StrCat(svc->address(), ":", svc->port());
       const v1::ServiceObservation* o =
@@ -510,20 +501,20 @@ class Engine {
         ev["nginx_dials"] = absl::StrCat(host, ":", port);
         ev["upstream_error"] = v1::UpstreamErrorKind_Name(e.kind());
         if (port != svc->port()) {
-          v1::Finding* pm = Find(
-              v1::SEVERITY_ALERT, "PortMismatch", svc->name(),
-              absl::StrCat("nginx dials ", host, ":", port, " for ", route->path(), " but ",
-                           svc->name(), " listens on port ", svc->port(),
-                           ": fix the upstream in the nginx config"));
+          v1::Finding* pm =
+              Find(v1::SEVERITY_ALERT, "PortMismatch", svc->name(),
+                   absl::StrCat("nginx dials ", host, ":", port, " for ", route->path(), " but ",
+                                svc->name(), " listens on port ", svc->port(),
+                                ": fix the upstream in the nginx config"));
           (*pm->mutable_evidence())["nginx_dials"] = absl::StrCat(host, ":", port);
           (*pm->mutable_evidence())["expected_port"] = absl::StrCat(svc->port());
         } else if ((host == "::1" && !v6 && v4) || (host == "127.0.0.1" && !v4 && v6)) {
-          v1::Finding* fm = Find(
-              v1::SEVERITY_ALERT, "LocalhostFamilyMismatch", svc->name(),
-              absl::StrCat("nginx dials ", host, ":", port, " but ", svc->name(),
-                           " listens on ", absl::StrJoin(listening, ", "),
-                           " only: `localhost` resolves to both families; use an explicit "
-                           "address in proxy_pass or listen on both"));
+          v1::Finding* fm =
+              Find(v1::SEVERITY_ALERT, "LocalhostFamilyMismatch", svc->name(),
+                   absl::StrCat("nginx dials ", host, ":", port, " but ", svc->name(),
+                                " listens on ", absl::StrJoin(listening, ", "),
+                                " only: `localhost` resolves to both families; use an explicit "
+                                "address in proxy_pass or listen on both"));
           (*fm->mutable_evidence())["nginx_dials"] = absl::StrCat(host, ":", port);
         }
         break;
@@ -533,8 +524,7 @@ class Engine {
   }
 
   void UpstreamTimeout(const v1::RouteSpec& route, const v1::RouteObservation& o) {
-    const absl::Duration timeout =
-        FromProto(desired_.spec().proxy().nginx().proxy_read_timeout());
+    const absl::Duration timeout = FromProto(desired_.spec().proxy().nginx().proxy_read_timeout());
     v1::Finding* f = Find(v1::SEVERITY_ALERT, "UpstreamTimeout", route.path(),
                           absl::StrCat(route.path(), " answers 504: the upstream ",
                                        route.upstream(), " is slower than nginx's timeout"));
@@ -579,9 +569,9 @@ class Engine {
           summary_ = d_.findings_size() > 0 ? d_.findings(0).message() : "degraded";
           break;
         default:
-          summary_ = d_.actions_size() > 0 ? absl::StrCat("waiting: ",
-                                                          d_.actions(0).policy_reason())
-                                           : "waiting for services to become ready";
+          summary_ = d_.actions_size() > 0
+                         ? absl::StrCat("waiting: ", d_.actions(0).policy_reason())
+                         : "waiting for services to become ready";
       }
     }
     d_.set_summary(summary_);

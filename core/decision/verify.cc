@@ -65,8 +65,7 @@ std::vector<size_t> Verify(const v1::Stack& desired, const v1::StackObservation&
       continue;
     }
     for (const auto& a : diagnosis.actions()) {
-      if (a.action().target() == r.action().target() &&
-          a.policy() != v1::POLICY_VERDICT_PAUSED) {
+      if (a.action().target() == r.action().target() && a.policy() != v1::POLICY_VERDICT_PAUSED) {
         r.set_verification(v1::VERIFICATION_NOT_FIXED);
         changed.push_back(i);
         break;

@@ -15,8 +15,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "core/proto_time.h"
 #include "core/manifest/yaml_tree.h"
+#include "core/proto_time.h"
 
 namespace upkeep::manifest {
 namespace {
@@ -42,9 +42,7 @@ class Node {
     return n_ != nullptr ? n_->scalar() : *kEmpty;
   }
   int line() const { return n_ != nullptr ? n_->line() : 0; }
-  Node operator[](absl::string_view key) const {
-    return Node(IsMap() ? n_->Get(key) : nullptr);
-  }
+  Node operator[](absl::string_view key) const { return Node(IsMap() ? n_->Get(key) : nullptr); }
   Node operator[](size_t i) const {
     return Node(IsSequence() && i < n_->items().size() ? n_->items()[i] : nullptr);
   }
@@ -89,8 +87,7 @@ class Walker {
   bool Budget() { return ++nodes_ <= kMaxNodes; }
 
   // Unknown keys are errors (with a suggestion); returns false when `n` is not a map.
-  bool CheckMap(const Node& n, const std::string& path,
-                const std::vector<std::string>& known) {
+  bool CheckMap(const Node& n, const std::string& path, const std::vector<std::string>& known) {
     if (!n.IsMap()) {
       Error(n, path, "must be a mapping");
       return false;
@@ -129,8 +126,7 @@ class Walker {
     return n.Scalar();
   }
 
-  std::optional<int64_t> Int(const Node& n, const std::string& path, int64_t min,
-                             int64_t max) {
+  std::optional<int64_t> Int(const Node& n, const std::string& path, int64_t min, int64_t max) {
     int64_t v = 0;
     if (!n.IsScalar() || !absl::SimpleAtoi(n.Scalar(), &v)) {
       Error(n, path, "must be an integer");
@@ -152,7 +148,8 @@ class Walker {
     auto d = ParseDuration(n.Scalar());
     if (!d.has_value()) {
       Error(n, path,
-            absl::StrCat("bad duration \"", n.Scalar(), "\": use a number with a unit, such as "
+            absl::StrCat("bad duration \"", n.Scalar(),
+                         "\": use a number with a unit, such as "
                          "500ms, 2s, 10m, 1h, 1m30s"));
       return std::nullopt;
     }
@@ -207,11 +204,16 @@ class Walker {
       size_t k = j;
       while (k < s.size() && absl::ascii_isalpha(s[k])) ++k;
       const absl::string_view unit = s.substr(j, k - j);
-      if (unit == "ms") total += absl::Milliseconds(v);
-      else if (unit == "s") total += absl::Seconds(v);
-      else if (unit == "m") total += absl::Minutes(v);
-      else if (unit == "h") total += absl::Hours(v);
-      else return std::nullopt;
+      if (unit == "ms")
+        total += absl::Milliseconds(v);
+      else if (unit == "s")
+        total += absl::Seconds(v);
+      else if (unit == "m")
+        total += absl::Minutes(v);
+      else if (unit == "h")
+        total += absl::Hours(v);
+      else
+        return std::nullopt;
       i = k;
     }
     if (total > absl::Hours(24 * 365)) return std::nullopt;
@@ -250,8 +252,7 @@ bool IsHostId(const std::string& s) {
   return true;
 }
 
-void ParseHttpProbe(Walker& w, const Node& n, const std::string& path,
-                    v1::HttpProbeSpec* out) {
+void ParseHttpProbe(Walker& w, const Node& n, const std::string& path, v1::HttpProbeSpec* out) {
   if (n.IsNull()) return;
   if (!w.CheckMap(n, path, {"path", "scheme", "host", "expectedStatus"})) return;
   if (n["path"]) {
@@ -313,11 +314,10 @@ void ParseProbe(Walker& w, const Node& n, const std::string& path, v1::ProbeSpec
   }
 }
 
-void ParseService(Walker& w, const Node& n, const std::string& path,
-                  v1::ServiceSpec* out) {
+void ParseService(Walker& w, const Node& n, const std::string& path, v1::ServiceSpec* out) {
   if (!w.CheckMap(n, path,
-                  {"name", "container", "process", "port", "address", "probe", "logs",
-                   "dependsOn", "stopTimeout"})) {
+                  {"name", "container", "process", "port", "address", "probe", "logs", "dependsOn",
+                   "stopTimeout"})) {
     return;
   }
   if (!n["name"]) {
@@ -378,7 +378,8 @@ void ParseService(Walker& w, const Node& n, const std::string& path,
         }
       }
       if (pr["workdir"]) {
-        if (auto s = w.String(pr["workdir"], p + ".workdir")) out->mutable_process()->set_workdir(*s);
+        if (auto s = w.String(pr["workdir"], p + ".workdir"))
+          out->mutable_process()->set_workdir(*s);
       }
     }
   }
@@ -510,13 +511,16 @@ void ParsePolicy(Walker& w, const Node& n, const std::string& path, v1::PolicySp
   }
   if (n["mode"]) {
     if (auto s = w.String(n["mode"], path + ".mode")) {
-      if (*s == "enforce") out->set_mode(v1::POLICY_MODE_ENFORCE);
-      else if (*s == "dry-run") out->set_mode(v1::POLICY_MODE_DRY_RUN);
-      else w.Error(n["mode"], path + ".mode", absl::StrCat("\"", *s, "\": use enforce or dry-run"));
+      if (*s == "enforce")
+        out->set_mode(v1::POLICY_MODE_ENFORCE);
+      else if (*s == "dry-run")
+        out->set_mode(v1::POLICY_MODE_DRY_RUN);
+      else
+        w.Error(n["mode"], path + ".mode", absl::StrCat("\"", *s, "\": use enforce or dry-run"));
     }
   }
-  if (n["restartBudget"] && w.CheckMap(n["restartBudget"], path + ".restartBudget",
-                                       {"max", "window"})) {
+  if (n["restartBudget"] &&
+      w.CheckMap(n["restartBudget"], path + ".restartBudget", {"max", "window"})) {
     const Node b = n["restartBudget"];
     if (b["max"]) {
       if (auto v = w.Int(b["max"], path + ".restartBudget.max", 1, 10000)) {
@@ -569,9 +573,8 @@ void CheckStack(Walker& w, const Node& spec_node, const v1::Stack& stack) {
   std::map<std::string, int> index;
   const Node services = spec_node["services"];
   auto svc_node = [&](int i) -> Node {
-    return services && services.IsSequence() && i < static_cast<int>(services.size())
-               ? services[i]
-               : spec_node;
+    return services && services.IsSequence() && i < static_cast<int>(services.size()) ? services[i]
+                                                                                      : spec_node;
   };
   for (int i = 0; i < spec.services_size(); ++i) {
     const auto& s = spec.services(i);
@@ -638,8 +641,8 @@ void CheckStack(Walker& w, const Node& spec_node, const v1::Stack& stack) {
   for (int i = 0; i < spec.proxy().routes_size(); ++i) {
     const auto& r = spec.proxy().routes(i);
     const Node rn = routes && routes.IsSequence() && i < static_cast<int>(routes.size())
-                              ? routes[i]
-                              : spec_node;
+                        ? routes[i]
+                        : spec_node;
     const std::string p = absl::StrCat("spec.proxy.routes[", i, "]");
     if (!r.upstream().empty() && index.count(r.upstream()) == 0) {
       w.Error(rn, p + ".upstream", absl::StrCat("no service named \"", r.upstream(), "\""));
@@ -650,8 +653,7 @@ void CheckStack(Walker& w, const Node& spec_node, const v1::Stack& stack) {
   }
 }
 
-void ParseDocument(Walker& w, const Node& doc, LoadResult* result,
-                   const std::string& filename) {
+void ParseDocument(Walker& w, const Node& doc, LoadResult* result, const std::string& filename) {
   if (!w.CheckMap(doc, "", {"apiVersion", "kind", "metadata", "spec", "status"})) return;
   v1::Stack stack;
   if (!doc["apiVersion"]) {
@@ -705,16 +707,21 @@ void ParseDocument(Walker& w, const Node& doc, LoadResult* result,
         w.Error(spec["hosts"], "spec.hosts", "must name at least one host");
       }
       for (auto& h : hosts) {
-        if (!IsHostId(h)) w.Error(spec["hosts"], "spec.hosts", absl::StrCat("bad host id \"", h, "\""));
+        if (!IsHostId(h))
+          w.Error(spec["hosts"], "spec.hosts", absl::StrCat("bad host id \"", h, "\""));
         out->add_hosts(h);
       }
     }
     if (!spec["runtime"]) {
       w.Error(spec, "spec.runtime", "required: docker or process");
     } else if (auto s = w.String(spec["runtime"], "spec.runtime")) {
-      if (*s == "docker") out->set_runtime(v1::RUNTIME_KIND_DOCKER);
-      else if (*s == "process") out->set_runtime(v1::RUNTIME_KIND_PROCESS);
-      else w.Error(spec["runtime"], "spec.runtime", absl::StrCat("\"", *s, "\": use docker or process"));
+      if (*s == "docker")
+        out->set_runtime(v1::RUNTIME_KIND_DOCKER);
+      else if (*s == "process")
+        out->set_runtime(v1::RUNTIME_KIND_PROCESS);
+      else
+        w.Error(spec["runtime"], "spec.runtime",
+                absl::StrCat("\"", *s, "\": use docker or process"));
     }
     if (!spec["services"]) {
       w.Error(spec, "spec.services", "required");
@@ -743,7 +750,8 @@ std::string ManifestError::ToString() const {
 
 absl::StatusOr<absl::Duration> ParseDuration(absl::string_view text) {
   auto d = Walker::ParseDuration(text);
-  if (!d.has_value()) return absl::InvalidArgumentError(absl::StrCat("bad duration \"", text, "\""));
+  if (!d.has_value())
+    return absl::InvalidArgumentError(absl::StrCat("bad duration \"", text, "\""));
   return *d;
 }
 
@@ -792,8 +800,8 @@ LoadResult LoadString(absl::string_view content, absl::string_view filename) {
   LoadResult result;
   const std::string file(filename);
   if (content.size() > kMaxFileBytes) {
-    result.errors.push_back({file, 0, "", absl::StrCat("file is ", content.size(),
-                                                       " bytes; the limit is 1 MiB")});
+    result.errors.push_back(
+        {file, 0, "", absl::StrCat("file is ", content.size(), " bytes; the limit is 1 MiB")});
     return result;
   }
   if (const size_t nul = content.find('\0'); nul != absl::string_view::npos) {
@@ -816,9 +824,9 @@ LoadResult LoadString(absl::string_view content, absl::string_view filename) {
     if (result.stacks.size() > before) {
       const std::string& name = result.stacks.back().metadata().name();
       if (!name.empty() && !names.emplace(name, doc.line()).second) {
-        w.Error(doc["metadata"] ? doc["metadata"]["name"] : doc, "metadata.name",
-                absl::StrCat("duplicate stack name \"", name, "\" (also at line ", names[name],
-                             ")"));
+        w.Error(
+            doc["metadata"] ? doc["metadata"]["name"] : doc, "metadata.name",
+            absl::StrCat("duplicate stack name \"", name, "\" (also at line ", names[name], ")"));
       }
     }
   }
@@ -865,9 +873,9 @@ LoadResult LoadPath(const std::string& path) {
     for (auto& s : one.stacks) {
       const std::string name = s.metadata().name();
       if (auto it = seen.find(name); it != seen.end()) {
-        result.errors.push_back({f, 0, "metadata.name",
-                                 absl::StrCat("duplicate stack name \"", name, "\" (also in ",
-                                              it->second, ")")});
+        result.errors.push_back(
+            {f, 0, "metadata.name",
+             absl::StrCat("duplicate stack name \"", name, "\" (also in ", it->second, ")")});
         continue;
       }
       seen[name] = f;

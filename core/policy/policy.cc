@@ -36,8 +36,8 @@ int RestartsInWindow(const v1::PolicySpec& spec, absl::Span<const v1::ActionReco
     if (it->action().target() != target) continue;
     if (it->action().kind() == v1::ACTION_KIND_RESET_BUDGET) break;
     if (it->dry_run() || !IsServiceStart(it->action().kind())) continue;
-    if (healthy_reset > absl::ZeroDuration() &&
-        it->verification() == v1::VERIFICATION_FIXED && it->result().has_finished_at() &&
+    if (healthy_reset > absl::ZeroDuration() && it->verification() == v1::VERIFICATION_FIXED &&
+        it->result().has_finished_at() &&
         quiet_until - FromProto(it->result().finished_at()) >= healthy_reset) {
       break;  // healthy long enough after this fix: what came before no longer counts
     }
@@ -81,8 +81,8 @@ v1::PlannedAction Judge(const v1::PolicySpec& spec, absl::Span<const v1::ActionR
       return verdict(
           v1::POLICY_VERDICT_BUDGET_EXHAUSTED,
           absl::StrCat("restart budget exhausted: ", used, " starts/restarts in the last ",
-                       absl::FormatDuration(FromProto(spec.restart_budget().window())),
-                       " (max ", max, "); crash-looping, not acting until healthy or resumed"));
+                       absl::FormatDuration(FromProto(spec.restart_budget().window())), " (max ",
+                       max, "); crash-looping, not acting until healthy or resumed"));
     }
   }
   if (SameClass(kind, kind)) {
@@ -112,9 +112,9 @@ v1::PlannedAction Judge(const v1::PolicySpec& spec, absl::Span<const v1::ActionR
     }
   }
   if (recent >= per_minute) {
-    return verdict(v1::POLICY_VERDICT_RATE_LIMITED,
-                   absl::StrCat("rate limit: ", recent, " actions in the last minute (max ",
-                                per_minute, ")"));
+    return verdict(
+        v1::POLICY_VERDICT_RATE_LIMITED,
+        absl::StrCat("rate limit: ", recent, " actions in the last minute (max ", per_minute, ")"));
   }
   if (spec.mode() == v1::POLICY_MODE_DRY_RUN) {
     return verdict(v1::POLICY_VERDICT_DRY_RUN, "dry-run: would do, nothing done");

@@ -492,9 +492,10 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ClientCredentials(
         "a token is only sent over TLS: give --tls-ca (or UPKEEP_TLS_DIR)");
   }
   if (!IsLoopbackAddress(address) && !insecure) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        address, " is not loopback: connect with --tls-ca/--tls-cert/--tls-key "
-                 "(upkeepctl tls), or --insecure to send everything in the clear"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(address,
+                     " is not loopback: connect with --tls-ca/--tls-cert/--tls-key "
+                     "(upkeepctl tls), or --insecure to send everything in the clear"));
   }
   return grpc::InsecureChannelCredentials();
 }

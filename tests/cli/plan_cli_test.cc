@@ -18,10 +18,11 @@ struct CliRun {
 
 CliRun Plan(const std::string& snapshot, const std::string& manifest = "") {
   testing::TempDir dir;
-  auto p = testing::Subprocess::Start({testing::BinPath("upkeepctl"), "plan", "-f",
-                                       manifest.empty() ? testing::SourcePath("manifests/demo.yaml") : manifest,
-                                       "--observed", snapshot},
-                                      dir.Join("out"));
+  auto p = testing::Subprocess::Start(
+      {testing::BinPath("upkeepctl"), "plan", "-f",
+       manifest.empty() ? testing::SourcePath("manifests/demo.yaml") : manifest, "--observed",
+       snapshot},
+      dir.Join("out"));
   EXPECT_TRUE(p.ok());
   auto st = (*p)->Wait(absl::Seconds(20));
   std::ifstream in(dir.Join("out"));

@@ -4,8 +4,8 @@
 // against a private dockerd (tests/support/docker).
 #include <algorithm>
 #include <fstream>
-#include <set>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -41,8 +41,7 @@ std::vector<ActionRecord> ActionsOf(StackHarness& h, ActionKind kind, const std:
   return out;
 }
 
-std::vector<Event> EventsWithReason(StackHarness& h, const std::string& reason,
-                                    int64_t after = 0) {
+std::vector<Event> EventsWithReason(StackHarness& h, const std::string& reason, int64_t after = 0) {
   std::vector<Event> out;
   auto events = h.Events(after);
   if (!events.ok()) return out;
@@ -110,21 +109,26 @@ class RunbookTest : public ::testing::TestWithParam<Runtime> {
   int64_t baseline_seq_ = 0;  // events by then
 };
 
-#define START_OR_RETURN(var, ...)                                  \
-  auto var = StartStack(__VA_ARGS__);                              \
-  if (var == nullptr) {                                            \
-    if (!skip_reason_.empty()) GTEST_SKIP() << skip_reason_;       \
-    return;                                                        \
+#define START_OR_RETURN(var, ...)                            \
+  auto var = StartStack(__VA_ARGS__);                        \
+  if (var == nullptr) {                                      \
+    if (!skip_reason_.empty()) GTEST_SKIP() << skip_reason_; \
+    return;                                                  \
   }
 
 // (1) "Backend container not running? → docker compose up -d backend"
 TEST_P(RunbookTest, StartsBackendThatDied) {
   START_OR_RETURN(h);
   ASSERT_TRUE(h->CrashBackend().ok());
-  ASSERT_TRUE(WaitFor([&] {
-    return !ActionsOf(*h, upkeep::v1::ACTION_KIND_START_SERVICE, "backend", baseline_).empty() ||
-           !ActionsOf(*h, upkeep::v1::ACTION_KIND_RESTART_SERVICE, "backend", baseline_).empty();
-  }, absl::Seconds(20))) << Summary(*h);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return !ActionsOf(*h, upkeep::v1::ACTION_KIND_START_SERVICE, "backend", baseline_)
+                    .empty() ||
+               !ActionsOf(*h, upkeep::v1::ACTION_KIND_RESTART_SERVICE, "backend", baseline_)
+                    .empty();
+      },
+      absl::Seconds(20)))
+      << Summary(*h);
   ASSERT_TRUE(h->WaitServing(absl::Seconds(30)).ok()) << Summary(*h);
   EXPECT_TRUE(WaitFor([&] { return !EventsWithReason(*h, "Healed", baseline_seq_).empty(); },
                       absl::Seconds(15)))
@@ -137,9 +141,13 @@ TEST_P(RunbookTest, StartsBackendThatDied) {
 TEST_P(RunbookTest, CollectsLogsThenRestartsHungBackend) {
   START_OR_RETURN(h);
   ASSERT_TRUE(h->HangBackend().ok());
-  ASSERT_TRUE(WaitFor([&] {
-    return !ActionsOf(*h, upkeep::v1::ACTION_KIND_RESTART_SERVICE, "backend", baseline_).empty();
-  }, absl::Seconds(30))) << Summary(*h);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return !ActionsOf(*h, upkeep::v1::ACTION_KIND_RESTART_SERVICE, "backend", baseline_)
+                    .empty();
+      },
+      absl::Seconds(30)))
+      << Summary(*h);
   ASSERT_TRUE(h->WaitServing(absl::Seconds(30)).ok()) << Summary(*h);
   auto logs = ActionsOf(*h, upkeep::v1::ACTION_KIND_COLLECT_LOGS, "backend", baseline_);
   auto restarts = ActionsOf(*h, upkeep::v1::ACTION_KIND_RESTART_SERVICE, "backend", baseline_);
@@ -157,9 +165,12 @@ TEST_P(RunbookTest, CollectsLogsThenRestartsHungBackend) {
 TEST_P(RunbookTest, StartsStoppedFrontend) {
   START_OR_RETURN(h);
   ASSERT_TRUE(h->StopFrontend().ok());
-  ASSERT_TRUE(WaitFor([&] {
-    return !ActionsOf(*h, upkeep::v1::ACTION_KIND_START_SERVICE, "frontend", baseline_).empty();
-  }, absl::Seconds(20))) << Summary(*h);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return !ActionsOf(*h, upkeep::v1::ACTION_KIND_START_SERVICE, "frontend", baseline_).empty();
+      },
+      absl::Seconds(20)))
+      << Summary(*h);
   ASSERT_TRUE(h->WaitServing(absl::Seconds(30)).ok()) << Summary(*h);
   EXPECT_TRUE(ActionsOf(*h, upkeep::v1::ACTION_KIND_RESTART_SERVICE, "backend", baseline_).empty());
 }
@@ -168,9 +179,12 @@ TEST_P(RunbookTest, StartsStoppedFrontend) {
 TEST_P(RunbookTest, ReloadsNginxWhenUpstreamsHealthyButRouteFails) {
   START_OR_RETURN(h);
   ASSERT_TRUE(h->PoisonNginxUpstream().ok());
-  ASSERT_TRUE(WaitFor([&] {
-    return !ActionsOf(*h, upkeep::v1::ACTION_KIND_RELOAD_PROXY, "nginx", baseline_).empty();
-  }, absl::Seconds(20))) << Summary(*h);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return !ActionsOf(*h, upkeep::v1::ACTION_KIND_RELOAD_PROXY, "nginx", baseline_).empty();
+      },
+      absl::Seconds(20)))
+      << Summary(*h);
   ASSERT_TRUE(h->WaitServing(absl::Seconds(30)).ok()) << Summary(*h);
   EXPECT_TRUE(ActionsOf(*h, upkeep::v1::ACTION_KIND_RESTART_SERVICE, "backend", baseline_).empty())
       << "the backend was healthy; it must not be restarted" << Summary(*h);
@@ -231,8 +245,8 @@ TEST_P(RunbookTest, CrashLoopRespectsBudgetAndAlertsOnce) {
   auto started = StackHarness::Start(options);
   ASSERT_TRUE(started.ok()) << started.status();
   StackHarness& h = **started;
-  ASSERT_TRUE(WaitFor([&] { return !EventsWithReason(h, "CrashLooping").empty(); },
-                      absl::Seconds(60)))
+  ASSERT_TRUE(
+      WaitFor([&] { return !EventsWithReason(h, "CrashLooping").empty(); }, absl::Seconds(60)))
       << Summary(h);
   const size_t starts = ActionsOf(h, upkeep::v1::ACTION_KIND_START_SERVICE, "backend").size() +
                         ActionsOf(h, upkeep::v1::ACTION_KIND_RESTART_SERVICE, "backend").size();
@@ -242,12 +256,13 @@ TEST_P(RunbookTest, CrashLoopRespectsBudgetAndAlertsOnce) {
   const int64_t seq = h.LastEventSeq();
   auto describe = h.Describe();
   ASSERT_TRUE(describe.ok());
-  const int64_t reconcile_before =
-      describe->stack().status().last_reconcile().seconds();
-  ASSERT_TRUE(WaitFor([&] {
-    auto d = h.Describe();
-    return d.ok() && d->stack().status().last_reconcile().seconds() >= reconcile_before + 2;
-  }, absl::Seconds(30)));
+  const int64_t reconcile_before = describe->stack().status().last_reconcile().seconds();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto d = h.Describe();
+        return d.ok() && d->stack().status().last_reconcile().seconds() >= reconcile_before + 2;
+      },
+      absl::Seconds(30)));
   EXPECT_EQ(ActionsOf(h, upkeep::v1::ACTION_KIND_START_SERVICE, "backend").size() +
                 ActionsOf(h, upkeep::v1::ACTION_KIND_RESTART_SERVICE, "backend").size(),
             starts)
@@ -281,9 +296,12 @@ TEST_P(RunbookTest, FixesDependencyFirstAndLeavesDependentAlone) {
   options.with_db = true;
   START_OR_RETURN(h, options);
   ASSERT_TRUE(h->CrashDb().ok());
-  ASSERT_TRUE(WaitFor([&] {
-    return !ActionsOf(*h, upkeep::v1::ACTION_KIND_START_SERVICE, "db", baseline_).empty();
-  }, absl::Seconds(20))) << Summary(*h);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return !ActionsOf(*h, upkeep::v1::ACTION_KIND_START_SERVICE, "db", baseline_).empty();
+      },
+      absl::Seconds(20)))
+      << Summary(*h);
   ASSERT_TRUE(h->WaitServing(absl::Seconds(30)).ok()) << Summary(*h);
   EXPECT_TRUE(ActionsOf(*h, upkeep::v1::ACTION_KIND_RESTART_SERVICE, "backend", baseline_).empty())
       << Summary(*h);
@@ -307,8 +325,8 @@ TEST_P(RunbookTest, ControllerKilledMidActionLosesAndDoublesNothing) {
   std::sort(ids.begin(), ids.end());
   EXPECT_EQ(std::adjacent_find(ids.begin(), ids.end()), ids.end()) << Summary(*h);
   for (const auto& a : *actions) {
-    EXPECT_FALSE(a.result().replayed() && a.result().outcome() ==
-                                              upkeep::v1::ACTION_OUTCOME_UNSPECIFIED);
+    EXPECT_FALSE(a.result().replayed() &&
+                 a.result().outcome() == upkeep::v1::ACTION_OUTCOME_UNSPECIFIED);
   }
 }
 
@@ -319,8 +337,9 @@ TEST_P(RunbookTest, AgentRestartResumesWithoutDuplicates) {
   ASSERT_TRUE(before.ok());
   ASSERT_TRUE(h->KillAgent().ok());
   ASSERT_TRUE(h->StartAgent().ok());
-  ASSERT_TRUE(WaitFor([&] { return !EventsWithReason(*h, "AgentConnected", baseline_seq_).empty(); },
-                      absl::Seconds(20)))
+  ASSERT_TRUE(
+      WaitFor([&] { return !EventsWithReason(*h, "AgentConnected", baseline_seq_).empty(); },
+              absl::Seconds(20)))
       << Summary(*h);
   ASSERT_TRUE(h->WaitServing(absl::Seconds(30)).ok());
   ASSERT_TRUE(h->CrashBackend().ok());
@@ -355,9 +374,14 @@ TEST(Fleet, TwoRealAgentsEachRepairTheirOwnHost) {
   ASSERT_TRUE((*h)->WaitServing(absl::Seconds(60)).ok());
   // A second host: its own agent and its own stack (one service, no proxy).
   const int port = upkeep::testing::FreePort();
-  std::vector<std::string> argv = {upkeep::testing::BinPath("upkeep-agent"), "--controller",
-                                   (*h)->controller_address(), "--host-id", "second", "--data",
-                                   dir.Join("agent2"), "--allow-exec",
+  std::vector<std::string> argv = {upkeep::testing::BinPath("upkeep-agent"),
+                                   "--controller",
+                                   (*h)->controller_address(),
+                                   "--host-id",
+                                   "second",
+                                   "--data",
+                                   dir.Join("agent2"),
+                                   "--allow-exec",
                                    upkeep::testing::BinPath("")};
   auto tls_flags = (*h)->AgentTlsFlags("second");
   ASSERT_TRUE(tls_flags.ok()) << tls_flags.status();
@@ -394,13 +418,15 @@ TEST(Fleet, TwoRealAgentsEachRepairTheirOwnHost) {
     return n;
   };
   ASSERT_TRUE(WaitFor([&] { return second_starts_so_far() >= 2; }, absl::Seconds(30)));
-  ASSERT_TRUE(WaitFor([&] {
-    return upkeep::testing::HttpGetStatus("127.0.0.1", port, "/health", absl::Seconds(1)) == 200;
-  }, absl::Seconds(30)));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return upkeep::testing::HttpGetStatus("127.0.0.1", port, "/health", absl::Seconds(1)) ==
+               200;
+      },
+      absl::Seconds(30)));
   int second_starts = 0;
   for (const auto& a : actions.actions()) {
-    EXPECT_EQ(a.action().host() == "second", a.action().stack() == "second")
-        << a.DebugString();
+    EXPECT_EQ(a.action().host() == "second", a.action().stack() == "second") << a.DebugString();
     if (a.action().stack() == "second" &&
         a.action().kind() == upkeep::v1::ACTION_KIND_START_SERVICE) {
       ++second_starts;

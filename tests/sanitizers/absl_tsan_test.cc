@@ -48,7 +48,8 @@ TEST(AbslTsan, LockWhenAndAwaitSeeWritesOfOtherHolders) {
   Shared s;
   std::thread consumer([&s] {
     // The condition reads guarded fields, possibly on the producer's thread.
-    s.mu.LockWhen(absl::Condition(+[](Shared* sh) { return sh->items.size() >= 100; }, &s));
+    s.mu.LockWhen(absl::Condition(
+        +[](Shared* sh) { return sh->items.size() >= 100; }, &s));
     s.items.clear();
     s.mu.Unlock();
     absl::MutexLock lock(&s.mu);

@@ -3,16 +3,15 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
-#include <sys/syscall.h>
-#include <signal.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <set>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -158,9 +157,8 @@ std::string DirOf(const std::string& path) {
 // eventfd; never on a timer unless a directory to watch does not exist yet.
 void NginxDriver::WatchLoop() {
   const int in = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-  constexpr uint32_t kMask = IN_CREATE | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO |
-                             IN_MOVED_FROM | IN_DELETE | IN_ATTRIB | IN_DELETE_SELF |
-                             IN_MOVE_SELF;
+  constexpr uint32_t kMask = IN_CREATE | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM |
+                             IN_DELETE | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF;
   std::map<int, std::string> watches;  // wd -> directory
   uint64_t armed_generation = ~uint64_t{0};
   bool all_armed = false;
@@ -406,11 +404,12 @@ v1::ConfigTest NginxDriver::TestConfig() {
 }
 
 absl::StatusOr<std::string> NginxDriver::Start(absl::Duration timeout) {
-  if (const pid_t m = MasterPid(); m > 0) return absl::StrCat("nginx already running (pid ", m, ")");
+  if (const pid_t m = MasterPid(); m > 0)
+    return absl::StrCat("nginx already running (pid ", m, ")");
   const v1::ConfigTest test = TestConfig();
   if (!test.ok()) {
-    return absl::FailedPreconditionError(absl::StrCat("nginx -t failed; not started:\n",
-                                                      test.output()));
+    return absl::FailedPreconditionError(
+        absl::StrCat("nginx -t failed; not started:\n", test.output()));
   }
   std::vector<std::string> args;
   {

@@ -418,19 +418,19 @@ class DockerRuntime : public Runtime {
                      [&](const char* v) { return verb == v; })) {
       return;
     }
-    watchers_.Notify([&](const std::vector<ServiceSpec>& watched,
-                         const ServiceWatchers::Callback& call) {
-      for (const auto& s : watched) {
-        if (Matches(s, attrs)) call(s.name());
-      }
-    });
+    watchers_.Notify(
+        [&](const std::vector<ServiceSpec>& watched, const ServiceWatchers::Callback& call) {
+          for (const auto& s : watched) {
+            if (Matches(s, attrs)) call(s.name());
+          }
+        });
   }
 
   void NotifyAll() {
-    watchers_.Notify([](const std::vector<ServiceSpec>& watched,
-                        const ServiceWatchers::Callback& call) {
-      for (const auto& s : watched) call(s.name());
-    });
+    watchers_.Notify(
+        [](const std::vector<ServiceSpec>& watched, const ServiceWatchers::Callback& call) {
+          for (const auto& s : watched) call(s.name());
+        });
   }
 
   // Streams /events until it breaks or the runtime is destroyed. Returns whether data flowed.

@@ -21,9 +21,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -191,7 +191,8 @@ class ProcessRuntime : public Runtime {
       Proc* p;
       pid_t pid;
     } gone{&p, p.pid};
-    const absl::Condition exited(+[](Gone* g) { return g->p->pid != g->pid; }, &gone);
+    const absl::Condition exited(
+        +[](Gone* g) { return g->p->pid != g->pid; }, &gone);
     ::kill(-gone.pid, SIGTERM);
     if (!mu_.AwaitWithTimeout(exited, timeout)) {
       ::kill(-gone.pid, SIGKILL);
@@ -314,8 +315,7 @@ class ProcessRuntime : public Runtime {
     fs::create_directories(dir, ec);
     if (ec) return absl::InternalError(absl::StrCat("create ", dir, ": ", ec.message()));
     const std::string log = dir + "/output.log";
-    std::vector<std::string> args(spec.process().command().begin(),
-                                  spec.process().command().end());
+    std::vector<std::string> args(spec.process().command().begin(), spec.process().command().end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -363,8 +363,8 @@ class ProcessRuntime : public Runtime {
     ::close(err_pipe[0]);
     if (n == sizeof(child_errno)) {
       ::waitpid(pid, nullptr, 0);
-      return absl::FailedPreconditionError(absl::StrCat("cannot run ", args[0], ": ",
-                                                        std::strerror(child_errno)));
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot run ", args[0], ": ", std::strerror(child_errno)));
     }
     if (p.pidfd >= 0) ::close(p.pidfd);
     p.pid = pid;

@@ -160,13 +160,12 @@ TEST(Executor, AProxyActionSurvivesItsStackLeavingTheDesiredState) {
   ASSERT_TRUE(WaitFor([&] { return ::access(running.c_str(), F_OK) == 0; }));
   (*observer)->SetDesired({});
   host->proxies.Retain({});
-  (*observer)->Stop();  // applies nothing more; every watch of the old stack is gone
+  (*observer)->Stop();            // applies nothing more; every watch of the old stack is gone
   std::ofstream(gate) << "go\n";  // opens once the test command is reading, then ends it
   t.join();
   EXPECT_EQ(r.outcome(), v1::ACTION_OUTCOME_SUCCEEDED) << r.message();
   EXPECT_TRUE(absl::StrContains(r.output(), "config-ok")) << r.output();
 }
-
 
 }  // namespace
 }  // namespace upkeep::agent

@@ -62,8 +62,8 @@ TEST(Journal, ARecordAfterATornLineSurvivesTheNextCrash) {
   }  // crash 2, while "second" runs
   Journal j(dir.Join("journal"));
   ASSERT_TRUE(j.Recover().ok());
-  EXPECT_EQ(j.Lookup("second", nullptr), Journal::State::kStarted)
-      << "journal:\n" << ReadAll(dir.Join("journal"));
+  EXPECT_EQ(j.Lookup("second", nullptr), Journal::State::kStarted) << "journal:\n"
+                                                                   << ReadAll(dir.Join("journal"));
   EXPECT_EQ(j.Lookup("first", nullptr), Journal::State::kStarted);
   const std::string text = ReadAll(dir.Join("journal"));
   EXPECT_EQ(text.find("half"), std::string::npos) << "the torn tail is cut off:\n" << text;

@@ -114,8 +114,8 @@ struct Agent {
     host = MakeHost({dir, ""});
     observer = std::move(*StackObserver::Create({"h1"}, &host->runtimes, &host->proxies));
     StackObserver* obs = observer.get();
-    executor = std::move(*Executor::Create(dir, &host->runtimes, &host->proxies,
-                                           [obs] { obs->RefreshNow(); }));
+    executor = std::move(
+        *Executor::Create(dir, &host->runtimes, &host->proxies, [obs] { obs->RefreshNow(); }));
     AgentClientOptions o;
     o.controller = controller;
     o.host_id = "h1";

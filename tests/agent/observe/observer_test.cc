@@ -79,7 +79,8 @@ TEST(StackObserver, ReportsEachDesiredStackAtOnceOnAnExitAndForgetsDroppedStacks
   ASSERT_TRUE(observer.ok());
   (*observer)->Start(reports.Callback());
   (*observer)->SetDesired({shop, blog});
-  ASSERT_TRUE(WaitFor([&] { return reports.Running("shop", true) && reports.Running("blog", true); }));
+  ASSERT_TRUE(
+      WaitFor([&] { return reports.Running("shop", true) && reports.Running("blog", true); }));
 
   // Drop blog: it is no longer reported, shop still is, and at once on an exit.
   (*observer)->SetDesired({shop});

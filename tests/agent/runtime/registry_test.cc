@@ -20,9 +20,7 @@ class NullRuntime : public Runtime {
   v1::ServiceObservation Inspect(const v1::ServiceSpec&) override { return {}; }
   absl::Status Start(const v1::ServiceSpec&) override { return absl::OkStatus(); }
   absl::Status Stop(const v1::ServiceSpec&, absl::Duration) override { return absl::OkStatus(); }
-  absl::Status Restart(const v1::ServiceSpec&, absl::Duration) override {
-    return absl::OkStatus();
-  }
+  absl::Status Restart(const v1::ServiceSpec&, absl::Duration) override { return absl::OkStatus(); }
   absl::StatusOr<std::string> Logs(const v1::ServiceSpec&, int) override { return ""; }
   std::unique_ptr<Subscription> Watch(std::vector<v1::ServiceSpec> services,
                                       std::function<void(const std::string&)> cb) override {
@@ -126,8 +124,7 @@ TEST(RuntimeRegistry, AKindNotRegisteredIsAnErrorThatSaysSo) {
   RuntimeRegistry r;
   auto rt = r.Get(StackOf("shop", v1::RUNTIME_KIND_DOCKER));
   ASSERT_FALSE(rt.ok());
-  EXPECT_NE(rt.status().message().find("RUNTIME_KIND_DOCKER"), std::string::npos)
-      << rt.status();
+  EXPECT_NE(rt.status().message().find("RUNTIME_KIND_DOCKER"), std::string::npos) << rt.status();
 }
 
 TEST(RuntimeRegistry, AFailedCreationIsRetriedNextTime) {

@@ -34,9 +34,18 @@ class RecordingListener : public AgentListener {
     absl::MutexLock l(&mu_);
     disconnected_.push_back(host);
   }
-  size_t connected() { absl::MutexLock l(&mu_); return connected_.size(); }
-  size_t observations() { absl::MutexLock l(&mu_); return observations_.size(); }
-  size_t disconnected() { absl::MutexLock l(&mu_); return disconnected_.size(); }
+  size_t connected() {
+    absl::MutexLock l(&mu_);
+    return connected_.size();
+  }
+  size_t observations() {
+    absl::MutexLock l(&mu_);
+    return observations_.size();
+  }
+  size_t disconnected() {
+    absl::MutexLock l(&mu_);
+    return disconnected_.size();
+  }
 
  private:
   absl::Mutex mu_;

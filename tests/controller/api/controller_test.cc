@@ -32,12 +32,14 @@ std::string StackYaml(const std::string& hosts, const std::string& port = "8002"
 kind: Stack
 metadata: {name: shop}
 spec:
-  hosts: [)", hosts, R"(]
+  hosts: [)",
+                      hosts, R"(]
   runtime: process
   services:
     - name: backend
       process: {command: [backend]}
-      port: )", port, R"(
+      port: )",
+                      port, R"(
   policy: {backoff: {initial: 10ms}}
 )");
 }
@@ -62,8 +64,8 @@ class Controller {
     b.RegisterService(fleet_.get());
     server_ = b.BuildAndStart();
     reconciler_->Start();
-    channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_),
-                                   grpc::InsecureChannelCredentials());
+    channel_ =
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials());
     stub_ = v1::FleetService::NewStub(channel_);
   }
   ~Controller() {

@@ -31,8 +31,8 @@ std::string Read(const std::string& path) {
 
 TEST(ControllerTls, RefusesPlaintextOffLoopbackUnlessInsecure) {
   TempDir dir;
-  auto c = Subprocess::Start({BinPath("upkeep-controller"), "--data", dir.Join("data"),
-                              "--listen", absl::StrCat("0.0.0.0:", FreePort())},
+  auto c = Subprocess::Start({BinPath("upkeep-controller"), "--data", dir.Join("data"), "--listen",
+                              absl::StrCat("0.0.0.0:", FreePort())},
                              dir.Join("log"));
   ASSERT_TRUE(c.ok());
   auto status = (*c)->Wait(absl::Seconds(20));
@@ -46,8 +46,8 @@ class ControllerTlsTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_TRUE(tls::InitCa(dir_.Join("pki")).ok());
-    ASSERT_TRUE(tls::Issue(dir_.Join("pki"), tls::IssueRequest::Controller("c1", {"127.0.0.1"}))
-                    .ok());
+    ASSERT_TRUE(
+        tls::Issue(dir_.Join("pki"), tls::IssueRequest::Controller("c1", {"127.0.0.1"})).ok());
     for (const char* host : {"h1", "h2"}) {
       ASSERT_TRUE(tls::Issue(dir_.Join("pki"), tls::IssueRequest::Agent(host)).ok());
     }
@@ -57,14 +57,17 @@ class ControllerTlsTest : public ::testing::Test {
     const std::string pki = dir_.Join("pki");
     auto c = Subprocess::Start(
         {BinPath("upkeep-controller"), "--data", dir_.Join("data"), "--listen",
-         absl::StrCat("127.0.0.1:", port_), "--tls-cert", pki + "/controller-c1.crt",
-         "--tls-key", pki + "/controller-c1.key", "--tls-ca", pki + "/ca.crt"},
+         absl::StrCat("127.0.0.1:", port_), "--tls-cert", pki + "/controller-c1.crt", "--tls-key",
+         pki + "/controller-c1.key", "--tls-ca", pki + "/ca.crt"},
         dir_.Join("controller.log"));
     ASSERT_TRUE(c.ok());
     controller_ = std::move(*c);
-    ASSERT_TRUE(WaitFor([&] {
-      return Read(dir_.Join("controller.log")).find("controller_started") != std::string::npos;
-    }, absl::Seconds(30))) << Read(dir_.Join("controller.log"));
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          return Read(dir_.Join("controller.log")).find("controller_started") != std::string::npos;
+        },
+        absl::Seconds(30)))
+        << Read(dir_.Join("controller.log"));
   }
   std::shared_ptr<grpc::Channel> Channel(const std::string& who) {
     const std::string pki = dir_.Join("pki");
@@ -83,7 +86,8 @@ spec:
   hosts: [h1]
   runtime: process
   services:
-    - {name: backend, process: {command: [backend]}, port: )" + std::to_string(port) + R"(}
+    - {name: backend, process: {command: [backend]}, port: )" +
+                                          std::to_string(port) + R"(}
 )");
     v1::ApplyResponse resp;
     grpc::ClientContext ctx;
@@ -101,8 +105,8 @@ TEST_F(ControllerTlsTest, RolesDecideAndPlaintextIsRefused) {
   EXPECT_EQ(Apply(Channel("agent-h1")).error_code(), grpc::StatusCode::PERMISSION_DENIED);
   const grpc::Status admin = Apply(Channel("user-ann"));
   EXPECT_TRUE(admin.ok()) << admin.error_message();
-  auto plain = grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_),
-                                   grpc::InsecureChannelCredentials());
+  auto plain =
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials());
   EXPECT_FALSE(Apply(plain).ok());
 }
 

@@ -52,8 +52,8 @@ class DispatcherTest : public ::testing::Test {
     });
   }
   std::unique_ptr<ActionDispatcher> Make(DispatcherOptions options = {}) {
-    auto d = std::make_unique<ActionDispatcher>(store_.get(), &clock_, nullptr, bus_.get(),
-                                                options);
+    auto d =
+        std::make_unique<ActionDispatcher>(store_.get(), &clock_, nullptr, bus_.get(), options);
     d->SetHub(&hub_);
     return d;
   }
@@ -154,11 +154,11 @@ TEST_F(DispatcherTest, OneAutomaticActionInFlightPerKey) {
                 .outcome,
             ActionDispatcher::Outcome::kBusy);
   // Another host's key is independent.
-  EXPECT_EQ(d->Dispatch(WorkKey{"shop", "h2"},
-                        {Planned(v1::ACTION_KIND_RESTART_SERVICE, "backend")}, "w",
-                        absl::InfinitePast())
-                .outcome,
-            ActionDispatcher::Outcome::kSent);
+  EXPECT_EQ(
+      d->Dispatch(WorkKey{"shop", "h2"}, {Planned(v1::ACTION_KIND_RESTART_SERVICE, "backend")}, "w",
+                  absl::InfinitePast())
+          .outcome,
+      ActionDispatcher::Outcome::kSent);
   // An agent that never answers stops counting as in flight after the timeout.
   clock_.Advance(absl::Minutes(3));
   EXPECT_EQ(d->Dispatch(kKey, {Planned(v1::ACTION_KIND_RESTART_SERVICE, "frontend")}, "w",
@@ -185,8 +185,8 @@ TEST_F(DispatcherTest, FleetWideTokenBucket) {
   EXPECT_EQ(sent, 2);
   EXPECT_EQ(limited, 3);
   clock_.Advance(absl::Seconds(1));
-  EXPECT_EQ(d->Dispatch(WorkKey{"shop", "h9"}, {Planned(v1::ACTION_KIND_RESTART_SERVICE, "b")},
-                        "w", absl::InfinitePast())
+  EXPECT_EQ(d->Dispatch(WorkKey{"shop", "h9"}, {Planned(v1::ACTION_KIND_RESTART_SERVICE, "b")}, "w",
+                        absl::InfinitePast())
                 .outcome,
             ActionDispatcher::Outcome::kSent);
 }

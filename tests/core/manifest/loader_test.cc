@@ -97,7 +97,8 @@ TEST_P(LoaderErrors, NamesFileLineAndField) {
     }
   }
   EXPECT_TRUE(found) << "want bad.yaml:" << c.line << ": " << c.field << ": ..." << c.message
-                     << "...\ngot:\n" << all;
+                     << "...\ngot:\n"
+                     << all;
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -113,14 +114,14 @@ INSTANTIATE_TEST_SUITE_P(
                   "spec.services[0].probe.timeout", "bad duration"},
         ErrorCase{"PortOutOfRange", "port: 8080", "port: 70000", 10, "spec.services[0].port",
                   "between 1 and 65535"},
-        ErrorCase{"WrongType", "port: 8080", "port: [1]", 10, "spec.services[0].port",
-                  "integer"},
+        ErrorCase{"WrongType", "port: 8080", "port: [1]", 10, "spec.services[0].port", "integer"},
         ErrorCase{"NegativeThreshold", "timeout: 500ms}", "timeout: 500ms, failureThreshold: -2}",
                   11, "spec.services[0].probe.failureThreshold", "between"},
         ErrorCase{"UnknownUpstream", "upstream: api", "upstream: web", 15,
                   "spec.proxy.routes[0].upstream", "no service named \"web\""},
-        ErrorCase{"UnknownDependency", "      port: 8080", "      port: 8080\n      dependsOn: [db]",
-                  8, "spec.services[0].dependsOn[0]", "no service named \"db\""},
+        ErrorCase{"UnknownDependency", "      port: 8080",
+                  "      port: 8080\n      dependsOn: [db]", 8, "spec.services[0].dependsOn[0]",
+                  "no service named \"db\""},
         ErrorCase{"MissingName", "metadata: {name: shop}", "metadata: {}", 3, "metadata.name",
                   "required"},
         ErrorCase{"MissingHosts", "  hosts: [web-1]\n", "", 5, "spec.hosts", "required"},
@@ -165,11 +166,12 @@ TEST(Loader, DuplicateStackNamesAcrossFilesAreErrors) {
   std::ofstream(dir.Join("b.yaml")) << kGood;
   const LoadResult r = LoadPath(dir.path());
   ASSERT_FALSE(r.ok());
-  EXPECT_TRUE(absl::StrContains(r.errors[0].message, "duplicate stack name")) << r.errors[0].ToString();
+  EXPECT_TRUE(absl::StrContains(r.errors[0].message, "duplicate stack name"))
+      << r.errors[0].ToString();
 }
 
 TEST(Loader, RejectsDeepNestingHugeInputAndBinaryJunk) {
-  EXPECT_FALSE(LoadString(std::string(100000, '[') , "deep.yaml").ok());
+  EXPECT_FALSE(LoadString(std::string(100000, '['), "deep.yaml").ok());
   std::string block;
   for (int i = 0; i < 200; ++i) block += std::string(i, ' ') + "a:\n";
   EXPECT_FALSE(LoadString(block, "block.yaml").ok());
@@ -217,10 +219,10 @@ TEST_P(FuzzerFoundInputs, AreRejectedPromptlyWithAnError) {
 
 INSTANTIATE_TEST_SUITE_P(
     YamlCppHangs, FuzzerFoundInputs,
-    ::testing::Values(HangCase{"CommaThenTag", "yaml-cpp-hang-comma"},                // ",!!"
+    ::testing::Values(HangCase{"CommaThenTag", "yaml-cpp-hang-comma"},                 // ",!!"
                       HangCase{"CommaAfterSequenceEntry", "yaml-cpp-hang-seq-comma"},  // "-\n,"
                       HangCase{"CommaAfterSequenceEntryUtf8", "yaml-cpp-hang-seq-comma-utf8"},
-                      HangCase{"CommaAfterTag", "yaml-cpp-hang-tag-comma"},            // "!,"
+                      HangCase{"CommaAfterTag", "yaml-cpp-hang-tag-comma"},  // "!,"
                       HangCase{"CommaAndBrokenUtf8", "yaml-cpp-hang-utf8-comma"},
                       HangCase{"CommaOnly", "comma-only"},
                       HangCase{"CommaInSecondDocument", "comma-second-doc"}),
@@ -270,15 +272,14 @@ std::string Nested(int levels) {
 
 INSTANTIATE_TEST_SUITE_P(
     Limits, LoaderLimits,
-    ::testing::Values(
-        LimitCase{"Size", std::string((1 << 20) + 1, 'a'), 0, "the limit is 1 MiB"},
-        LimitCase{"NulByte", std::string("a: 1\nb: \0\n", 10), 2, "NUL bytes"},
-        LimitCase{"DeepFlow", std::string(1 << 20, '['), 1, "the limit is 64"},
-        LimitCase{"DeepBlock", Nested(200), 65, "the limit is 64"},
-        LimitCase{"AliasBomb", Laughs(), 9, "billion laughs"},
-        LimitCase{"AliasCycle", "a: &a [1, *a]\n", 1, "cycle"},
-        LimitCase{"UnknownAlias", "a: *nope\n", 1, "names no anchor"},
-        LimitCase{"BrokenUtf8", "a: \xff\n", 1, "UTF-8"}),
+    ::testing::Values(LimitCase{"Size", std::string((1 << 20) + 1, 'a'), 0, "the limit is 1 MiB"},
+                      LimitCase{"NulByte", std::string("a: 1\nb: \0\n", 10), 2, "NUL bytes"},
+                      LimitCase{"DeepFlow", std::string(1 << 20, '['), 1, "the limit is 64"},
+                      LimitCase{"DeepBlock", Nested(200), 65, "the limit is 64"},
+                      LimitCase{"AliasBomb", Laughs(), 9, "billion laughs"},
+                      LimitCase{"AliasCycle", "a: &a [1, *a]\n", 1, "cycle"},
+                      LimitCase{"UnknownAlias", "a: *nope\n", 1, "names no anchor"},
+                      LimitCase{"BrokenUtf8", "a: \xff\n", 1, "UTF-8"}),
     [](const ::testing::TestParamInfo<LimitCase>& info) { return info.param.name; });
 
 TEST(Loader, SixtyFourLevelsAreFine) {
@@ -319,8 +320,9 @@ TEST(Loader, SuggestsTheFieldMeant) {
   const LoadResult r = LoadString(text, "typo.yaml");
   std::string all;
   for (const auto& e : r.errors) all += e.ToString() + "\n";
-  EXPECT_TRUE(absl::StrContains(all, "typo.yaml:6: spec.Runtime: unknown field \"Runtime\" (did "
-                                     "you mean \"runtime\"?)"))
+  EXPECT_TRUE(absl::StrContains(all,
+                                "typo.yaml:6: spec.Runtime: unknown field \"Runtime\" (did "
+                                "you mean \"runtime\"?)"))
       << all;
 }
 

@@ -14,11 +14,11 @@
 #include <sstream>
 #include <tuple>
 
+#include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
-#include "absl/strings/match.h"
 #include "gtest/gtest.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/wait.h"
@@ -463,8 +463,8 @@ TEST(ClientCredentials, PlaintextOnlyToLoopbackUnlessInsecure) {
   EXPECT_TRUE(ClientCredentials("10.0.0.5:7400", "", "", "", {}, /*insecure=*/true).ok());
   ChannelTlsOptions token;
   token.bearer_token = "secret";
-  EXPECT_TRUE(absl::IsFailedPrecondition(
-      ClientCredentials("127.0.0.1:7400", "", "", "", token).status()))
+  EXPECT_TRUE(
+      absl::IsFailedPrecondition(ClientCredentials("127.0.0.1:7400", "", "", "", token).status()))
       << "a token must never travel in the clear";
 }
 

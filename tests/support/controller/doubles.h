@@ -42,12 +42,9 @@ class FaultyStore : public controller::Store {
     return real_->SetHostPaused(host, paused);
   }
   absl::StatusOr<std::set<std::string>> PausedHosts() override { return real_->PausedHosts(); }
-  absl::Status AppendEvent(upkeep::v1::Event* event) override {
-    return real_->AppendEvent(event);
-  }
+  absl::Status AppendEvent(upkeep::v1::Event* event) override { return real_->AppendEvent(event); }
   absl::StatusOr<std::vector<upkeep::v1::Event>> ListEvents(const std::string& stack,
-                                                            int64_t after_seq,
-                                                            int limit) override {
+                                                            int64_t after_seq, int limit) override {
     return real_->ListEvents(stack, after_seq, limit);
   }
   absl::StatusOr<std::vector<upkeep::v1::Event>> TailEvents(const std::string& stack,

@@ -57,8 +57,8 @@ class NginxTest : public ::testing::Test {
     std::ofstream(dir_.Join("nginx.conf")) << absl::StrCat(
         "worker_processes 1;\npid ", dir_.Join("nginx.pid"), ";\nerror_log ",
         dir_.Join("error.log"), " error;\nevents {}\nhttp {\n access_log off;\n",
-        valid ? "" : " this_is_not_a_directive;\n",
-        " server { listen 127.0.0.1:", port_, "; location / { proxy_pass http://127.0.0.1:",
+        valid ? "" : " this_is_not_a_directive;\n", " server { listen 127.0.0.1:", port_,
+        "; location / { proxy_pass http://127.0.0.1:",
         upstream_port == 0 ? upstream_port_ : upstream_port, "; } }\n}\n");
   }
 
@@ -106,7 +106,8 @@ TEST_F(NginxTest, StartsReloadsAndRestartsAndReportsABrokenConfig) {
   auto restarted = nginx.Restart(absl::Seconds(20));
   ASSERT_TRUE(restarted.ok()) << restarted.status();
   EXPECT_NE(nginx.MasterPid(), master);
-  EXPECT_TRUE(WaitFor([&] { return upkeep::testing::HttpGetStatus("127.0.0.1", port_, "/") == 200; }));
+  EXPECT_TRUE(
+      WaitFor([&] { return upkeep::testing::HttpGetStatus("127.0.0.1", port_, "/") == 200; }));
 }
 
 TEST_F(NginxTest, TailsUpstreamErrorsAcrossRotation) {
@@ -117,11 +118,13 @@ TEST_F(NginxTest, TailsUpstreamErrorsAcrossRotation) {
   ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", port_));
   nginx.PollErrorLog();  // start tailing
   EXPECT_EQ(upkeep::testing::HttpGetStatus("127.0.0.1", port_, "/x"), 502);
-  ASSERT_TRUE(WaitFor([&] { return nginx.PollErrorLog() || [&] {
-    v1::ProxyObservation o;
-    nginx.Observe(&o);
-    return o.upstream_errors_size() > 0;
-  }(); }));
+  ASSERT_TRUE(WaitFor([&] {
+    return nginx.PollErrorLog() || [&] {
+      v1::ProxyObservation o;
+      nginx.Observe(&o);
+      return o.upstream_errors_size() > 0;
+    }();
+  }));
   v1::ProxyObservation o;
   nginx.Observe(&o);
   ASSERT_EQ(o.upstream_errors_size(), 1);
@@ -138,7 +141,6 @@ TEST_F(NginxTest, TailsUpstreamErrorsAcrossRotation) {
     return p.upstream_errors_size() == 1 && p.upstream_errors(0).count() >= 2;
   })) << "errors after rotation are counted";
 }
-
 
 // Records the driver's change notifications.
 struct ProxyChanges {

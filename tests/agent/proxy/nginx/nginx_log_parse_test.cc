@@ -39,6 +39,5 @@ TEST(NginxErrorLog, ParsesUpstreamErrors) {
                                       &kind, &upstream));
 }
 
-
 }  // namespace
 }  // namespace upkeep::agent

@@ -86,7 +86,6 @@ TEST(ProcessRuntime, AdoptsItsProcessesAfterARestartInsteadOfStartingTwins) {
   EXPECT_FALSE(upkeep::testing::CanConnect("127.0.0.1", port));
 }
 
-
 // Security: a controller names the command, the agent decides whether it may run.
 TEST(ProcessRuntime, RunsOnlyCommandsUnderItsAllowExecPrefixes) {
   upkeep::testing::TempDir dir;
@@ -95,7 +94,8 @@ TEST(ProcessRuntime, RunsOnlyCommandsUnderItsAllowExecPrefixes) {
   v1::ServiceSpec shell = sample;
   shell.set_name("evil");
   shell.mutable_process()->clear_command();
-  for (const char* a : {"sh", "-c", "id > /tmp/upkeep-owned"}) shell.mutable_process()->add_command(a);
+  for (const char* a : {"sh", "-c", "id > /tmp/upkeep-owned"})
+    shell.mutable_process()->add_command(a);
 
   ExecPolicy none;
   none.unrestricted = false;
@@ -108,8 +108,8 @@ TEST(ProcessRuntime, RunsOnlyCommandsUnderItsAllowExecPrefixes) {
   // Allowed: the directory of the sample service, and nothing else.
   ExecPolicy bin;
   bin.unrestricted = false;
-  bin.prefixes.push_back(std::string(
-      std::filesystem::path(sample.process().command(0)).parent_path()));
+  bin.prefixes.push_back(
+      std::string(std::filesystem::path(sample.process().command(0)).parent_path()));
   auto rt = CreateProcessRuntime(dir.Join("bin"), bin);
   ASSERT_TRUE(rt.ok());
   EXPECT_TRUE(absl::IsPermissionDenied((*rt)->Start(shell))) << "sh is not under the prefix";
