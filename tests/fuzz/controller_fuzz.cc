@@ -1,0 +1,202 @@
+// libFuzzer target for the controller's gRPC surface: hostile serialized AgentMessages on an
+// AgentService.Connect stream, and hostile FleetService requests, through the real handlers.
+//
+// One controller is wired as upkeep-controller wires it (a SQLite store in a temporary
+// directory, the Reconciler with its workers, AgentServiceImpl as its hub, FleetServiceImpl)
+// and served on an in-process gRPC channel: no network, but gRPC's own framing and protobuf
+// parsing of the bytes, then the reactor, the inbox, the reconciler and the store. The bytes are
+// sent raw through a generic stub, so what reaches the server is exactly what the fuzzer wrote
+// (not something a protobuf client would refuse to build). State (stacks applied, hosts seen,
+// actions, events) accumulates across inputs, as it would in a controller under attack.
+// The in-process channel has no TLS and so no AuthProcessor: every call runs as the most
+// privileged caller (anonymous on a plaintext loopback port is admin), the worst case.
+//
+// Input: one selector byte, then frames, each a little-endian u16 length and that many bytes
+// (a length past the end takes what is left).
+//   selector % 15 == 0   every frame is one AgentMessage written on one Connect stream, in
+//                        order; then the client half-closes and reads what the controller sent
+//   selector % 15 == 14  two Connect streams at once: even frames on the first, odd frames on
+//                        the second (two hellos for one host, the replaced stream going on)
+//   otherwise            FleetService method (selector % 15 - 1) in the order of
+//                        kFleetMethods, with the first frame as its request (no frame: the
+//                        call is half-closed with no request; further frames are ignored)
+// tests/fuzz/make_controller_seeds.cc writes the seed corpus in this format.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "controller/api/agent_service.h"
+#include "controller/api/fleet_service.h"
+#include "controller/metrics/metrics.h"
+#include "controller/reconcile/reconciler.h"
+#include "controller/store/store.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/grpcpp.h"
+#include "tests/fuzz/controller_fuzz_format.h"
+
+namespace {
+
+namespace uc = upkeep::controller;
+using upkeep::fuzz::kFleetMethods;
+using upkeep::fuzz::kSelectors;
+
+// The controller under fuzz; built once, never torn down (its threads outlive any input, and
+// the process exits when the fuzzer does).
+struct Controller {
+  std::string dir;
+  std::unique_ptr<uc::Store> store;
+  uc::Metrics metrics;
+  std::unique_ptr<uc::Reconciler> reconciler;
+  std::unique_ptr<uc::AgentServiceImpl> agents;
+  std::unique_ptr<uc::FleetServiceImpl> fleet;
+  std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<grpc::GenericStub> stub;
+};
+
+Controller* Start() {
+  // UPKEEP_FUZZ_LOG=1 shows the controller's log (to see what an input reached).
+  upkeep::InitLogging("fuzz", false,
+                      std::getenv("UPKEEP_FUZZ_LOG") ? spdlog::level::info : spdlog::level::off);
+  auto* c = new Controller;
+  char tmpl[] = "/tmp/upkeep-controller-fuzz-XXXXXX";
+  if (::mkdtemp(tmpl) == nullptr) std::abort();
+  c->dir = tmpl;
+  static std::string dir_for_exit = c->dir;
+  std::atexit([] {
+    std::error_code ec;
+    std::filesystem::remove_all(dir_for_exit, ec);
+  });
+  auto store = uc::OpenSqliteStore(c->dir);
+  if (!store.ok()) std::abort();
+  c->store = std::move(*store);
+  auto reconciler = uc::Reconciler::Create(c->store.get(), upkeep::Clock::Real(), &c->metrics);
+  if (!reconciler.ok()) std::abort();
+  c->reconciler = std::move(*reconciler);
+  uc::AgentServiceOptions options;
+  options.hello_timeout_ms = 2000;
+  c->agents = std::make_unique<uc::AgentServiceImpl>(c->reconciler.get(), options);
+  c->reconciler->SetHub(c->agents.get());
+  c->fleet = std::make_unique<uc::FleetServiceImpl>(c->reconciler.get(), c->store.get());
+  grpc::ServerBuilder builder;
+  builder.SetMaxReceiveMessageSize(4 << 20);  // upkeep-controller's default
+  builder.RegisterService(c->agents.get());
+  builder.RegisterService(c->fleet.get());
+  c->server = builder.BuildAndStart();
+  if (c->server == nullptr) std::abort();
+  c->reconciler->Start();
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  c->stub = std::make_unique<grpc::GenericStub>(c->server->InProcessChannel(args));
+  return c;
+}
+
+// One generic call driven step by step on its own completion queue (one op in flight).
+class Call {
+ public:
+  Call(grpc::GenericStub* stub, const std::string& method, bool server_streaming) {
+    ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    call_ = stub->PrepareCall(&ctx_, method, &cq_);
+    call_->StartCall(this);
+    ok_ = Next();
+    server_streaming_ = server_streaming;
+  }
+  ~Call() {
+    cq_.Shutdown();
+    void* tag;
+    bool ok;
+    while (cq_.Next(&tag, &ok)) {
+    }
+  }
+  void Write(const std::string& bytes) {
+    if (!ok_) return;
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer buffer(&slice, 1);
+    call_->Write(buffer, this);
+    ok_ = Next();
+  }
+  void WritesDone() {
+    if (!ok_) return;
+    call_->WritesDone(this);
+    ok_ = Next();
+  }
+  // Reads what the server sends (bounded), then its status.
+  grpc::Status Finish() {
+    for (int i = 0; i < 64; ++i) {
+      grpc::ByteBuffer in;
+      call_->Read(&in, this);
+      if (server_streaming_) {
+        // A watch never ends by itself: what it sends within a moment is what it answers.
+        void* tag;
+        bool ok = false;
+        const auto until = std::chrono::system_clock::now() + std::chrono::milliseconds(100);
+        if (cq_.AsyncNext(&tag, &ok, until) == grpc::CompletionQueue::GOT_EVENT) {
+          if (ok) continue;
+          break;
+        }
+        ctx_.TryCancel();
+        Next();  // the read, cancelled (a no-op when it already completed)
+        break;
+      }
+      if (!Next()) break;
+    }
+    grpc::Status status;
+    call_->Finish(&status, this);
+    Next();
+    return status;
+  }
+
+ private:
+  bool Next() {
+    void* tag;
+    bool ok = false;
+    if (!cq_.Next(&tag, &ok)) return false;
+    return ok;
+  }
+
+  grpc::ClientContext ctx_;
+  grpc::CompletionQueue cq_;
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call_;
+  bool ok_ = false;
+  bool server_streaming_ = false;
+};
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static Controller* controller = Start();
+  if (size == 0) return 0;
+  const int selector = data[0] % kSelectors;
+  const std::vector<std::string> frames = upkeep::fuzz::SplitFrames(data + 1, size - 1);
+  if (selector == 0) {
+    Call call(controller->stub.get(), "/upkeep.v1.AgentService/Connect", false);
+    for (const auto& f : frames) call.Write(f);
+    call.WritesDone();
+    call.Finish();
+  } else if (selector == kSelectors - 1) {
+    Call a(controller->stub.get(), "/upkeep.v1.AgentService/Connect", false);
+    Call b(controller->stub.get(), "/upkeep.v1.AgentService/Connect", false);
+    for (size_t i = 0; i < frames.size(); ++i) (i % 2 == 0 ? a : b).Write(frames[i]);
+    a.WritesDone();
+    b.WritesDone();
+    a.Finish();
+    b.Finish();
+  } else {
+    const std::string method = kFleetMethods[selector - 1];
+    Call call(controller->stub.get(), "/upkeep.v1.FleetService/" + method, method == "WatchEvents");
+    // One request: a unary method sent two is held by gRPC until the deadline, which would
+    // only slow the fuzzer down.
+    if (!frames.empty()) call.Write(frames[0]);
+    call.WritesDone();
+    call.Finish();
+  }
+  return 0;
+}
