@@ -1,9 +1,12 @@
 #include "controller/api/fleet_service.h"
 
+#include <algorithm>
 #include <deque>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "controller/auth/authenticator.h"
 #include "core/manifest/loader.h"
 
@@ -230,7 +233,12 @@ grpc::Status FleetServiceImpl::Resume(grpc::ServerContext* ctx, const v1::PauseR
 
 grpc::Status FleetServiceImpl::RunAction(grpc::ServerContext* ctx, const v1::RunActionRequest* req,
                                          v1::RunActionResponse* resp) {
-  auto r = reconciler_->RunAction(*req, absl::Seconds(30), Caller(ctx));
+  // Waits for the result at most 30 s, and never past the caller's deadline (a caller that
+  // gave up no longer holds a server thread).
+  absl::Duration wait = absl::Seconds(30);
+  const absl::Time deadline = absl::FromChrono(ctx->deadline());
+  if (deadline < absl::Now() + wait) wait = std::max(absl::ZeroDuration(), deadline - absl::Now());
+  auto r = reconciler_->RunAction(*req, wait, Caller(ctx));
   if (!r.ok()) return ToGrpc(r.status());
   *resp->mutable_record() = *r;
   return grpc::Status::OK;

@@ -712,7 +712,8 @@ absl::StatusOr<v1::ActionRecord> Reconciler::RunAction(const v1::RunActionReques
       return absl::InvalidArgumentError(absl::StrCat(
           "stack ", s.metadata().name(), " names no target \"", request.target(), "\""));
     }
-    if (request.kind() == v1::ACTION_KIND_UNSPECIFIED ||
+    // proto3 enums are open: a kind this controller does not know arrives as its number.
+    if (!v1::ActionKind_IsValid(request.kind()) || request.kind() == v1::ACTION_KIND_UNSPECIFIED ||
         request.kind() == v1::ACTION_KIND_RESET_BUDGET) {
       return absl::InvalidArgumentError("unknown action kind");
     }
