@@ -5,7 +5,17 @@
 // tool measures from sending that observation to receiving the controller's START action
 // (p50/p99), answers the action and reports healthy again.
 //
+// It also measures each agent's connect time: from opening its channel and stream to the
+// controller's answer to its hello (first desired state), p50/p99.
+//
+// With --tls_dir DIR (a CA directory of `upkeepctl tls init`), every simulated agent connects
+// with mutual TLS as itself: its own certificate (DIR/agent-load-I.{crt,key}, issued with
+// core/tls on first use and reused after), its own credentials and so its own connection, as a
+// fleet of real agents would; the controller binds the hello to the certificate's host id.
+// --channels 0 gives plaintext agents one connection each too, for a like-for-like comparison.
+//
 //   agent_load --controller 127.0.0.1:7400 --agents 1000 --seconds 30 [--controller_pid PID]
+//              [--tls_dir DIR] [--channels 0]
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -26,6 +36,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "core/proto_time.h"
+#include "core/tls/tls.h"
 #include "grpcpp/grpcpp.h"
 #include "upkeep/v1/agent_service.grpc.pb.h"
 
@@ -34,7 +45,11 @@ ABSL_FLAG(int, agents, 1000, "simulated agents (host ids load-0 .. load-N-1)");
 ABSL_FLAG(int, seconds, 30, "how long to run");
 ABSL_FLAG(double, period, 5.0, "seconds between an agent's periodic observations");
 ABSL_FLAG(double, broken_share, 0.2, "share of agents that break once per period");
-ABSL_FLAG(int, channels, 8, "gRPC channels to spread the streams over");
+ABSL_FLAG(int, channels, 8,
+          "gRPC channels to spread the streams over (0: one per agent; always so with TLS)");
+ABSL_FLAG(std::string, tls_dir, "",
+          "mutual TLS: the fleet CA directory (ca.crt, ca.key); agent certificates are issued "
+          "there on first use");
 ABSL_FLAG(int, controller_pid, 0, "pid of the controller, for its RSS");
 ABSL_FLAG(double, reconnect_share, 0.0,
           "churn: share of agents whose stream is closed and opened again every period");
@@ -49,6 +64,7 @@ namespace v1 = upkeep::v1;
 struct Stats {
   absl::Mutex mu;
   std::vector<double> latencies_ms;
+  std::vector<double> connect_ms;
   std::atomic<int64_t> observations{0};
   std::atomic<int64_t> actions{0};
   std::atomic<int> connected{0};
@@ -76,6 +92,7 @@ class SimAgent : public grpc::ClientBidiReactor<v1::AgentMessage, v1::Controller
  public:
   SimAgent(v1::AgentService::Stub* stub, std::string host, Stats* stats)
       : host_(std::move(host)), stats_(stats) {
+    created_ = absl::Now();
     stub->async()->Connect(&ctx_, this);
     v1::AgentMessage hello;
     hello.mutable_hello()->set_host_id(host_);
@@ -132,7 +149,11 @@ class SimAgent : public grpc::ClientBidiReactor<v1::AgentMessage, v1::Controller
         first = !ready_;
         ready_ = true;
       }
-      if (first) stats_->connected++;
+      if (first) {
+        stats_->connected++;
+        absl::MutexLock lock(&stats_->mu);
+        stats_->connect_ms.push_back(absl::ToDoubleMilliseconds(absl::Now() - created_));
+      }
     } else if (in_.has_action()) {
       absl::Time since;
       {
@@ -184,6 +205,7 @@ class SimAgent : public grpc::ClientBidiReactor<v1::AgentMessage, v1::Controller
   bool done_ = false;
   bool finished_ = false;
   absl::Time broken_at_;
+  absl::Time created_;
 };
 
 double Percentile(std::vector<double> v, double p) {
@@ -209,16 +231,43 @@ int main(int argc, char** argv) {
   setrlimit(RLIMIT_NOFILE, &rl);
   const int n = absl::GetFlag(FLAGS_agents);
   Stats stats;
+  const std::string tls_dir = absl::GetFlag(FLAGS_tls_dir);
+  const int channels =
+      tls_dir.empty() && absl::GetFlag(FLAGS_channels) > 0 ? absl::GetFlag(FLAGS_channels) : n;
+  // Each TLS agent's own credentials (issued before the clock starts: not part of connecting).
+  std::vector<std::shared_ptr<grpc::ChannelCredentials>> creds(channels);
+  for (int i = 0; i < channels; ++i) {
+    if (tls_dir.empty()) {
+      creds[i] = grpc::InsecureChannelCredentials();
+      continue;
+    }
+    const std::string host = absl::StrCat("load-", i);
+    const std::string cert = absl::StrCat(tls_dir, "/agent-", host, ".crt");
+    const std::string key = absl::StrCat(tls_dir, "/agent-", host, ".key");
+    if (!std::ifstream(cert).good()) {
+      auto issued = upkeep::tls::Issue(tls_dir, upkeep::tls::IssueRequest::Agent(host));
+      if (!issued.ok()) {
+        std::fprintf(stderr, "agent_load: %s\n", std::string(issued.status().message()).c_str());
+        return 1;
+      }
+    }
+    auto c = upkeep::tls::ChannelCredentials(tls_dir + "/ca.crt", cert, key);
+    if (!c.ok()) {
+      std::fprintf(stderr, "agent_load: %s\n", std::string(c.status().message()).c_str());
+      return 1;
+    }
+    creds[i] = *c;
+  }
   std::vector<std::unique_ptr<v1::AgentService::Stub>> stubs;
-  for (int i = 0; i < absl::GetFlag(FLAGS_channels); ++i) {
+  const absl::Time start = absl::Now();
+  for (int i = 0; i < channels; ++i) {
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     args.SetString("upkeep.load.channel", absl::StrCat(i));  // distinct connections
-    stubs.push_back(v1::AgentService::NewStub(grpc::CreateCustomChannel(
-        absl::GetFlag(FLAGS_controller), grpc::InsecureChannelCredentials(), args)));
+    stubs.push_back(v1::AgentService::NewStub(
+        grpc::CreateCustomChannel(absl::GetFlag(FLAGS_controller), creds[i], args)));
   }
   std::vector<std::unique_ptr<SimAgent>> agents;
-  const absl::Time start = absl::Now();
   for (int i = 0; i < n; ++i) {
     agents.push_back(std::make_unique<SimAgent>(stubs[i % stubs.size()].get(),
                                                 absl::StrCat("load-", i), &stats));
@@ -274,20 +323,24 @@ int main(int argc, char** argv) {
     if (absl::Now() < next) absl::SleepFor(next - absl::Now());
   }
   const double secs = absl::ToDoubleSeconds(absl::Now() - run_start);
-  std::vector<double> lat;
+  std::vector<double> lat, connect;
   {
     absl::MutexLock lock(&stats.mu);
     lat = stats.latencies_ms;
+    connect = stats.connect_ms;
   }
   if (start_rss > 0) {
     std::printf("controller RSS at start of the run %.1f MB, at the end %.1f MB\n",
                 start_rss / 1024.0, RssKb(pid) / 1024.0);
   }
   std::printf(
-      "| agents | connected | connect time s | observations/s | actions | "
-      "obs→action p50 ms | p99 ms | controller RSS MB |\n|---|---|---|---|---|---|---|---|\n");
-  std::printf("| %d | %d | %.1f | %.0f | %lld | %.2f | %.2f | %.1f |\n", n, stats.connected.load(),
-              absl::ToDoubleSeconds(connect_time), (stats.observations - obs_before) / secs,
+      "| agents | transport | connections | connected | all connected s | connect p50 ms | "
+      "connect p99 ms | observations/s | actions | obs→action p50 ms | p99 ms | "
+      "controller RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  std::printf("| %d | %s | %d | %d | %.1f | %.1f | %.1f | %.0f | %lld | %.2f | %.2f | %.1f |\n", n,
+              tls_dir.empty() ? "plaintext" : "mTLS", channels, stats.connected.load(),
+              absl::ToDoubleSeconds(connect_time), Percentile(connect, 0.5),
+              Percentile(connect, 0.99), (stats.observations - obs_before) / secs,
               static_cast<long long>(stats.actions.load()), Percentile(lat, 0.5),
               Percentile(lat, 0.99), peak_rss > 0 ? peak_rss / 1024.0 : -1.0);
   for (auto& a : agents) a->Cancel();
