@@ -26,9 +26,11 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -39,6 +41,7 @@
 #include "controller/store/store.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "google/protobuf/stubs/logging.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "tests/fuzz/controller_fuzz_format.h"
@@ -66,6 +69,8 @@ Controller* Start() {
   // UPKEEP_FUZZ_LOG=1 shows the controller's log (to see what an input reached).
   upkeep::InitLogging("fuzz", false,
                       std::getenv("UPKEEP_FUZZ_LOG") ? spdlog::level::info : spdlog::level::off);
+  // protobuf's own complaints (invalid UTF-8 in a string field, on most inputs) likewise.
+  if (std::getenv("UPKEEP_FUZZ_LOG") == nullptr) google::protobuf::SetLogHandler(nullptr);
   auto* c = new Controller;
   // In memory when it can be: SQLite's fsyncs would otherwise set the pace.
   char tmpl[] = "/dev/shm/upkeep-controller-fuzz-XXXXXX";
@@ -103,17 +108,20 @@ Controller* Start() {
   return c;
 }
 
-// One generic call driven step by step on its own completion queue (one op in flight).
+// One generic call driven step by step on its own completion queue: at most one write and one
+// read in flight. On the in-process transport a write completes only when the server reads it,
+// so a write the server no longer reads (it finished the stream, e.g. after a bad message) is
+// given up after a moment and the call goes on to reading, which lets the server's own pending
+// write, and then its status, through.
 class Call {
  public:
-  Call(grpc::GenericStub* stub, const std::string& method, bool server_streaming) {
-    // Short: a stream whose message does not parse is left open by gRPC (neither read nor
-    // finished) until the client gives up, and RunAction waits up to the deadline.
-    ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+  Call(grpc::GenericStub* stub, const std::string& method, bool server_streaming)
+      : server_streaming_(server_streaming) {
+    // RunAction waits for its result up to the caller's deadline: keep it short.
+    ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
     call_ = stub->PrepareCall(&ctx_, method, &cq_);
-    call_->StartCall(this);
-    ok_ = Next();
-    server_streaming_ = server_streaming;
+    call_->StartCall(Tag(kStart));
+    ok_ = Await(kStart, kForever).value_or(false);
   }
   ~Call() {
     cq_.Shutdown();
@@ -126,53 +134,73 @@ class Call {
     if (!ok_) return;
     grpc::Slice slice(bytes);
     grpc::ByteBuffer buffer(&slice, 1);
-    call_->Write(buffer, this);
-    ok_ = Next();
+    call_->Write(buffer, Tag(kWrite));
+    write_pending_ = true;
+    ok_ = Await(kWrite, kStuck).value_or(false);
   }
   void WritesDone() {
     if (!ok_) return;
-    call_->WritesDone(this);
-    ok_ = Next();
+    call_->WritesDone(Tag(kWrite));
+    write_pending_ = true;
+    ok_ = Await(kWrite, kStuck).value_or(false);
   }
   // Reads what the server sends (bounded), then its status.
   grpc::Status Finish() {
     for (int i = 0; i < 64; ++i) {
       grpc::ByteBuffer in;
-      call_->Read(&in, this);
-      if (server_streaming_) {
-        // A watch never ends by itself: what it sends within a moment is what it answers.
-        void* tag;
-        bool ok = false;
-        const auto until = std::chrono::system_clock::now() + std::chrono::milliseconds(100);
-        if (cq_.AsyncNext(&tag, &ok, until) == grpc::CompletionQueue::GOT_EVENT) {
-          if (ok) continue;
-          break;
-        }
+      call_->Read(&in, Tag(kRead));
+      // A watch never ends by itself: what it sends within a moment is what it answers.
+      std::optional<bool> got = Await(kRead, server_streaming_ ? kStuck : kForever);
+      if (!got.has_value()) {
         ctx_.TryCancel();
-        Next();  // the read, cancelled (a no-op when it already completed)
+        Await(kRead, kForever);
         break;
       }
-      if (!Next()) break;
+      if (!*got) break;
     }
     grpc::Status status;
-    call_->Finish(&status, this);
-    Next();
+    call_->Finish(&status, Tag(kFinish));
+    Await(kFinish, kForever);
+    if (std::getenv("UPKEEP_FUZZ_LOG") != nullptr) {
+      std::fprintf(
+          stderr, "call finished: %d %s after %.0f ms\n", status.error_code(),
+          status.error_message().c_str(),
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started_)
+              .count());
+    }
     return status;
   }
 
  private:
-  bool Next() {
-    void* tag;
-    bool ok = false;
-    if (!cq_.Next(&tag, &ok)) return false;
-    return ok;
+  enum Op { kStart, kWrite, kRead, kFinish };
+  static constexpr int kForever = -1;
+  static constexpr int kStuck = 100;  // ms
+
+  void* Tag(Op op) { return reinterpret_cast<void*>(static_cast<intptr_t>(op) + 1); }
+
+  // Waits for `op` (up to `ms`, or for ever); a late write completion on the way is noted.
+  // nullopt on timeout, else the op's ok.
+  std::optional<bool> Await(Op op, int ms) {
+    const auto until = ms == kForever
+                           ? std::chrono::system_clock::time_point::max()
+                           : std::chrono::system_clock::now() + std::chrono::milliseconds(ms);
+    while (true) {
+      void* tag;
+      bool ok = false;
+      const auto r = cq_.AsyncNext(&tag, &ok, until);
+      if (r != grpc::CompletionQueue::GOT_EVENT) return std::nullopt;
+      if (tag == Tag(kWrite)) write_pending_ = false;
+      if (tag == Tag(op)) return ok;
+    }
   }
 
+  const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  const bool server_streaming_;
   grpc::ClientContext ctx_;
   grpc::CompletionQueue cq_;
   std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call_;
   bool ok_ = false;
-  bool server_streaming_ = false;
+  bool write_pending_ = false;
 };
 
 }  // namespace
