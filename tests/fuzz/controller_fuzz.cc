@@ -118,7 +118,7 @@ class Call {
   Call(grpc::GenericStub* stub, const std::string& method, bool server_streaming)
       : server_streaming_(server_streaming) {
     // RunAction waits for its result up to the caller's deadline: keep it short.
-    ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
     call_ = stub->PrepareCall(&ctx_, method, &cq_);
     call_->StartCall(Tag(kStart));
     ok_ = Await(kStart, kForever).value_or(false);
