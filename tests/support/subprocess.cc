@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -15,7 +16,48 @@
 
 extern char** environ;
 
+// A sanitizer that halts the test exits at once, without the destructors that stop our children:
+// its death callback (set on the first Start, in sanitizer builds only) kills every live child's
+// process group instead, so no daemon outlives a halted test. Fixed slots, lock-free: the
+// callback runs in whatever state the sanitizer found the process.
+extern "C" void __sanitizer_set_death_callback(void (*callback)(void)) __attribute__((weak));
+
 namespace upkeep::testing {
+namespace {
+
+constexpr int kLiveSlots = 256;
+std::atomic<pid_t> live[kLiveSlots];
+
+void KillLiveChildren() {
+  for (auto& slot : live) {
+    const pid_t pid = slot.load();
+    if (pid > 0) {
+      ::kill(-pid, SIGKILL);
+      ::kill(pid, SIGKILL);
+    }
+  }
+}
+
+void Track(pid_t pid) {
+  static const bool registered = [] {
+    if (__sanitizer_set_death_callback != nullptr) __sanitizer_set_death_callback(KillLiveChildren);
+    return true;
+  }();
+  (void)registered;
+  for (auto& slot : live) {
+    pid_t empty = 0;
+    if (slot.compare_exchange_strong(empty, pid)) return;
+  }
+}
+
+void Untrack(pid_t pid) {
+  for (auto& slot : live) {
+    pid_t expected = pid;
+    if (slot.compare_exchange_strong(expected, 0)) return;
+  }
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(
     const std::vector<std::string>& argv, const std::string& log_file,
@@ -46,6 +88,7 @@ absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(
     ::_exit(127);
   }
   ::setpgid(pid, pid);
+  Track(pid);
   return std::unique_ptr<Subprocess>(new Subprocess(pid));
 }
 
@@ -55,6 +98,7 @@ Subprocess::~Subprocess() {
     ::kill(pid_, SIGKILL);
     int st = 0;
     ::waitpid(pid_, &st, 0);
+    Untrack(pid_);
   }
 }
 
@@ -64,6 +108,7 @@ bool Subprocess::Running() {
   const pid_t r = ::waitpid(pid_, &st, WNOHANG);
   if (r == pid_) {
     status_ = st;
+    Untrack(pid_);  // Reaped: the pid may be reused.
     return false;
   }
   return true;
@@ -92,6 +137,7 @@ int Subprocess::Stop(absl::Duration grace) {
   int st = 0;
   ::waitpid(pid_, &st, 0);
   status_ = st;
+  Untrack(pid_);
   return st;
 }
 
