@@ -159,22 +159,25 @@ absl::Status EtcdClient::LeaseRevoke(int64_t lease) {
                   "lease revoke");
 }
 
-absl::StatusOr<int64_t> EtcdClient::LeaseKeepAliveOnce(int64_t lease) {
+absl::StatusOr<int64_t> EtcdClient::LeaseKeepAliveOnce(int64_t lease, absl::Duration timeout) {
   etcdserverpb::LeaseKeepAliveResponse resp;
-  grpc::Status st = Call([&](const Stubs& s, grpc::ClientContext* ctx) {
-    auto stream = s.lease->LeaseKeepAlive(ctx);
-    etcdserverpb::LeaseKeepAliveRequest req;
-    req.set_id(lease);
-    if (!stream->Write(req) || !stream->Read(&resp)) {
-      stream->WritesDone();
-      grpc::Status f = stream->Finish();
-      return f.ok() ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "keep-alive stream closed") : f;
-    }
-    stream->WritesDone();
-    ctx->TryCancel();
-    stream->Finish();
-    return grpc::Status::OK;
-  });
+  grpc::Status st = Call(
+      [&](const Stubs& s, grpc::ClientContext* ctx) {
+        auto stream = s.lease->LeaseKeepAlive(ctx);
+        etcdserverpb::LeaseKeepAliveRequest req;
+        req.set_id(lease);
+        if (!stream->Write(req) || !stream->Read(&resp)) {
+          stream->WritesDone();
+          grpc::Status f = stream->Finish();
+          return f.ok() ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "keep-alive stream closed")
+                        : f;
+        }
+        stream->WritesDone();
+        ctx->TryCancel();
+        stream->Finish();
+        return grpc::Status::OK;
+      },
+      timeout);
   if (!st.ok()) return FromGrpc(st, "lease keep-alive");
   return resp.ttl();
 }

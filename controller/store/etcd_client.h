@@ -52,8 +52,10 @@ class EtcdClient {
   absl::StatusOr<etcdserverpb::TxnResponse> Txn(const etcdserverpb::TxnRequest& req);
   absl::StatusOr<int64_t> LeaseGrant(absl::Duration ttl);
   absl::Status LeaseRevoke(int64_t lease);
-  // One keep-alive; returns the remaining TTL (zero or less: the lease is gone).
-  absl::StatusOr<int64_t> LeaseKeepAliveOnce(int64_t lease);
+  // One keep-alive; returns the remaining TTL (zero or less: the lease is gone). `timeout`
+  // bounds each attempt (zero: the call timeout).
+  absl::StatusOr<int64_t> LeaseKeepAliveOnce(int64_t lease,
+                                             absl::Duration timeout = absl::ZeroDuration());
 
   // The stubs of the member calls go to now (for streams such as Watch).
   Stubs Current();
