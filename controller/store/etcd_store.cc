@@ -539,14 +539,15 @@ absl::StatusOr<PruneStats> EtcdStore::Prune(const Retention& retention, absl::Ti
 
 absl::Status EtcdStore::WatchEvents(const std::string& stack, int64_t after_seq,
                                     const std::function<void(const v1::Event&)>& on_event,
-                                    const std::function<bool()>& cancelled) {
+                                    const std::function<bool()>& cancelled, int64_t from_revision) {
   int64_t last_seq = after_seq;
   int failures = 0;
+  bool list = from_revision <= 0;
   while (!cancelled()) {
     // A fresh list first: everything stored after the last event delivered, and the revision
     // it was read at; then a watch from the revision after it.
-    int64_t list_revision = 0;
-    while (true) {
+    int64_t list_revision = from_revision - 1;
+    while (list) {
       auto page = ListEvents("", last_seq, 1000);
       if (!page.ok()) return page.status();
       list_revision = seen_revision_.load();
@@ -603,6 +604,7 @@ absl::Status EtcdStore::WatchEvents(const std::string& stack, int64_t after_seq,
     ctx.TryCancel();
     stream->Finish();
     canceller.join();
+    list = true;
     if (relist) {
       relists_.fetch_add(1);
     } else if (!cancelled()) {

@@ -74,11 +74,12 @@ class EtcdStore : public Store {
   // Calls `on_event` with every event after `after_seq` (of `stack`, or all when empty), in
   // seq order, as they are appended, until `cancelled` returns true or the call fails. When
   // the watch falls behind a compaction it resumes from a fresh list of what is stored after
-  // the last event delivered (events pruned meanwhile are skipped, never an error). Returns
-  // when cancelled (OK) or on an error etcd keeps returning.
+  // the last event delivered (events pruned meanwhile are skipped, never an error).
+  // `from_revision`: resume at this etcd revision (one the caller kept with `after_seq`)
+  // instead of listing first. Returns when cancelled (OK) or on an error etcd keeps returning.
   absl::Status WatchEvents(const std::string& stack, int64_t after_seq,
                            const std::function<void(const upkeep::v1::Event&)>& on_event,
-                           const std::function<bool()>& cancelled);
+                           const std::function<bool()>& cancelled, int64_t from_revision = 0);
   // How many times a watch resumed from a fresh list after a compaction (for tests).
   int64_t watch_relists() const { return relists_.load(); }
 
