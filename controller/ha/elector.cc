@@ -44,7 +44,7 @@ void Elector::Stop() {
       return s.election->Resign(ctx, req, &resp);
     });
   }
-  if (lease_ != 0) client_->LeaseRevoke(lease_).IgnoreError();
+  if (lease_.load() != 0) client_->LeaseRevoke(lease_.load()).IgnoreError();
 }
 
 bool Elector::leading() const {
@@ -65,13 +65,34 @@ void Elector::Lose(const std::string& why) {
     leading_ = false;
     if (campaign_ctx_ != nullptr) campaign_ctx_->TryCancel();
   }
-  UPKEEP_LOG(warn, "leadership_lost", {{"why", why}, {"lease", absl::StrCat(lease_)}});
+  UPKEEP_LOG(warn, "leadership_lost", {{"why", why}, {"lease", absl::StrCat(lease_.load())}});
   if (on_lost_) on_lost_();
 }
 
 void Elector::KeepAliveLoop() {
   absl::Time last_ok_sent = absl::Now();
   const absl::Duration every = options_.ttl / 4;
+  // Leading: the loss is final. Following: a new lease and a new campaign.
+  auto lost = [&](const std::string& why) {
+    bool leading;
+    {
+      absl::MutexLock lock(&mu_);
+      leading = leading_;
+    }
+    if (leading) {
+      Lose(why);
+      return true;
+    }
+    auto fresh = client_->LeaseGrant(options_.ttl);
+    if (!fresh.ok()) return false;  // etcd still unreachable: try again next round
+    UPKEEP_LOG(warn, "follower_lease_renewed",
+               {{"why", why}, {"old", absl::StrCat(lease_.load())}, {"new", absl::StrCat(*fresh)}});
+    lease_ = *fresh;
+    last_ok_sent = absl::Now();
+    absl::MutexLock lock(&mu_);
+    if (campaign_ctx_ != nullptr) campaign_ctx_->TryCancel();  // re-campaign on the new lease
+    return false;
+  };
   while (true) {
     {
       absl::MutexLock lock(&mu_);
@@ -83,24 +104,20 @@ void Elector::KeepAliveLoop() {
     // cannot hold us past the moment we must step down.
     const absl::Duration left = last_ok_sent + options_.ttl - options_.safety - sent;
     if (left <= absl::ZeroDuration()) {
-      Lose(absl::StrCat("no keep-alive for ", absl::FormatDuration(sent - last_ok_sent)));
-      return;
+      if (lost(absl::StrCat("no keep-alive for ", absl::FormatDuration(sent - last_ok_sent)))) {
+        return;
+      }
+      continue;
     }
     const absl::Duration attempt =
         std::min(every, left / static_cast<int64_t>(client_->endpoints().size()));
-    auto ttl = client_->LeaseKeepAliveOnce(lease_, attempt);
+    auto ttl = client_->LeaseKeepAliveOnce(lease_.load(), attempt);
     if (ttl.ok() && *ttl > 0) {
       last_ok_sent = sent;
       continue;
     }
     if (ttl.ok()) {
-      Lose("the lease expired");
-      return;
-    }
-    if (absl::Now() - last_ok_sent >= options_.ttl - options_.safety) {
-      Lose(absl::StrCat("no keep-alive for ", absl::FormatDuration(absl::Now() - last_ok_sent),
-                        ": ", ttl.status().message()));
-      return;
+      if (lost("the lease expired")) return;
     }
   }
 }
@@ -115,7 +132,8 @@ void Elector::CampaignLoop() {
     }
     v3electionpb::CampaignRequest req;
     req.set_name(options_.name);
-    req.set_lease(lease_);
+    const int64_t lease = lease_.load();
+    req.set_lease(lease);
     req.set_value(options_.value);
     v3electionpb::CampaignResponse resp;
     // Blocks in etcd until this replica leads; no deadline.
@@ -125,7 +143,10 @@ void Elector::CampaignLoop() {
       absl::MutexLock lock(&mu_);
       campaign_ctx_ = nullptr;
       if (stop_ || lost_) return;
-      if (st.ok()) {
+      if (st.ok() && resp.leader().lease() != lease_.load()) {
+        // Elected on a lease that was replaced meanwhile: that key dies with its lease.
+        st = grpc::Status(grpc::StatusCode::ABORTED, "elected on a replaced lease");
+      } else if (st.ok()) {
         key_ = resp.leader();
         leading_ = true;
       }

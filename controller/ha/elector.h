@@ -11,6 +11,7 @@
 #ifndef UPKEEP_CONTROLLER_HA_ELECTOR_H_
 #define UPKEEP_CONTROLLER_HA_ELECTOR_H_
 
+#include <atomic>
 #include <functional>
 #include <optional>
 #include <string>
@@ -38,14 +39,14 @@ class Elector {
 
   // Grants the lease and starts the keep-alive and campaign threads. `on_elected` runs (on the
   // campaign thread) once this replica leads; `on_lost` once it stops leading or its lease is
-  // lost (even as a follower, since its campaign is gone with it).
+  // lost while leading.
   absl::Status Start(std::function<void(const Fence&)> on_elected, std::function<void()> on_lost);
   // Resigns (if leading), revokes the lease, joins the threads.
   void Stop();
 
   bool leading() const;
   bool lost() const;
-  int64_t lease() const { return lease_; }
+  int64_t lease() const { return lease_.load(); }
   // The leader's value (address) as etcd says now; empty when there is no leader.
   absl::StatusOr<std::string> Leader();
 
@@ -56,7 +57,7 @@ class Elector {
 
   EtcdClient* const client_;
   const ElectorOptions options_;
-  int64_t lease_ = 0;
+  std::atomic<int64_t> lease_{0};
   std::function<void(const Fence&)> on_elected_;
   std::function<void()> on_lost_;
 

@@ -6,8 +6,10 @@
 
 #include <atomic>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -271,6 +273,21 @@ TEST_F(ReplicasTest, FleetKeepsWorkingWithOneEtcdMemberKilled) {
   auto list = Controllers(b.address);
   ASSERT_TRUE(list.ok()) << list.status();
   EXPECT_EQ(list->replicas_size(), 2);
+  // upkeepctl get controllers, against the follower: one line per replica with its role.
+  const std::string out = dir_.Join("get.out");
+  auto ctl = upkeep::testing::Subprocess::Start(
+      {upkeep::testing::BinPath("upkeepctl"), "get", "controllers", "--controller", b.address},
+      out);
+  ASSERT_TRUE(ctl.ok());
+  std::optional<int> st = (*ctl)->Wait(absl::Seconds(10));
+  std::ifstream in(out);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_TRUE(st.has_value() && WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << text;
+  EXPECT_NE(text.find("ADDRESS"), std::string::npos) << text;
+  EXPECT_NE(text.find(a.address + " "), std::string::npos) << text;
+  EXPECT_NE(text.find("leader"), std::string::npos) << text;
+  EXPECT_NE(text.find(b.address + " "), std::string::npos) << text;
+  EXPECT_NE(text.find("follower"), std::string::npos) << text;
 }
 
 }  // namespace
