@@ -20,6 +20,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/grpcpp.h"
 #include "nlohmann/json.hpp"
+#include "upkeep/v1/controller_service.grpc.pb.h"
 #include "upkeep/v1/fleet_service.grpc.pb.h"
 
 namespace upkeep::cli {
@@ -117,6 +118,15 @@ std::unique_ptr<v1::FleetService::Stub> Connect(const Args& a) {
       tls::ClientCredentials(a.controller, a.tls_ca, a.tls_cert, a.tls_key, options, a.insecure);
   if (!creds.ok()) Fail(std::string(creds.status().message()), 2);
   return v1::FleetService::NewStub(grpc::CreateChannel(a.controller, *creds));
+}
+
+std::unique_ptr<v1::ControllerService::Stub> ConnectControllers(const Args& a) {
+  tls::ChannelTlsOptions options;
+  options.bearer_token = a.token;
+  auto creds =
+      tls::ClientCredentials(a.controller, a.tls_ca, a.tls_cert, a.tls_key, options, a.insecure);
+  if (!creds.ok()) Fail(std::string(creds.status().message()), 2);
+  return v1::ControllerService::NewStub(grpc::CreateChannel(a.controller, *creds));
 }
 
 std::unique_ptr<grpc::ClientContext> Ctx(absl::Duration timeout = absl::Seconds(10)) {
@@ -233,7 +243,7 @@ int Apply(const Args& a) {
 }
 
 int Get(const Args& a) {
-  if (a.positional.size() < 2) Fail("get stacks|hosts", 2);
+  if (a.positional.size() < 2) Fail("get stacks|hosts|controllers", 2);
   auto stub = Connect(a);
   const std::string what = a.positional[1];
   if (what == "stacks" || what == "stack") {
@@ -272,7 +282,23 @@ int Get(const Args& a) {
     }
     return 0;
   }
-  Fail(absl::StrCat("get: unknown kind ", what, " (stacks, hosts)"), 2);
+  if (what == "controllers" || what == "controller") {
+    // Any replica answers: every controller replica on etcd, with its role and lag.
+    v1::ListControllersResponse resp;
+    auto ctx = Ctx();
+    Check(ConnectControllers(a)->ListControllers(ctx.get(), v1::ListControllersRequest(), &resp),
+          a);
+    if (PrintStructured(resp, a)) return 0;
+    std::printf("%-28s %-10s %-10s %-6s %s\n", "ADDRESS", "ROLE", "REVISION", "LAG", "HEARD");
+    for (const auto& r : resp.replicas()) {
+      std::printf("%-28s %-10s %-10lld %-6lld %s\n", r.address().c_str(), r.role().c_str(),
+                  static_cast<long long>(r.revision()), static_cast<long long>(r.lag()),
+                  r.has_heard_at() ? Age(r.heard_at()).c_str() : "-");
+    }
+    if (resp.leader().empty()) std::printf("(no leader elected)\n");
+    return 0;
+  }
+  Fail(absl::StrCat("get: unknown kind ", what, " (stacks, hosts, controllers)"), 2);
 }
 
 std::string StackName(const Args& a, const char* verb) {

@@ -18,7 +18,7 @@ constexpr char kUsage[] =
     "  apply -f FILE|DIR       get stacks|hosts      describe stack NAME\n"
     "  explain stack NAME      plan stack NAME       events [--watch] [--stack NAME]\n"
     "  actions [--stack NAME]  pause|resume stack NAME|host ID\n"
-    "  run ACTION --stack NAME --target T\n"
+    "  run ACTION --stack NAME --target T          get controllers (replicas on etcd)\n"
     "output: -o table|json|yaml\n";
 
 bool HasFlag(int argc, char** argv, const char* flag) {

@@ -1,4 +1,5 @@
 // upkeep-controller --data DIR --listen ADDR [--manifests DIR] [--metrics ADDR] [--log-json]
+//                   [--store etcd --etcd-endpoints A,B,C [--etcd-ca F --etcd-cert F --etcd-key F]]
 // Wires the store, the reconciler, the gRPC services (AgentService, FleetService, health) and
 // the metrics endpoint together; applies a manifests directory at start and when it changes.
 #include <signal.h>
@@ -18,8 +19,11 @@
 #include "controller/auth/principal.h"
 #include "controller/auth/token_command.h"
 #include "controller/auth/token_store.h"
+#include "controller/ha/elector.h"
+#include "controller/ha/replica.h"
 #include "controller/metrics/metrics.h"
 #include "controller/reconcile/reconciler.h"
+#include "controller/store/etcd_store.h"
 #include "controller/store/store.h"
 #include "core/flags.h"
 #include "core/log.h"
@@ -45,11 +49,26 @@ ABSL_FLAG(int64_t, retain_events, 100000, "the store keeps at most this many eve
 ABSL_FLAG(absl::Duration, retain_actions_for, absl::Hours(24 * 30),
           "action records older than this are deleted from the store");
 ABSL_FLAG(int64_t, retain_actions, 100000, "the store keeps at most this many action records");
+// Replicas on etcd (docs/operations.md, "High availability").
+ABSL_FLAG(std::string, store, "sqlite", "sqlite (one controller, --data) or etcd (replicas)");
+ABSL_FLAG(std::string, etcd_endpoints, "",
+          "etcd members, comma-separated (host:port, https://...)");
+ABSL_FLAG(std::string, etcd_ca, "", "CA that etcd's server certificates are verified against");
+ABSL_FLAG(std::string, etcd_cert, "", "this controller's client certificate for etcd");
+ABSL_FLAG(std::string, etcd_key, "", "its key");
+ABSL_FLAG(std::string, etcd_prefix, "/upkeep/", "key prefix of this fleet in etcd");
+ABSL_FLAG(absl::Duration, leader_lease, absl::Seconds(5),
+          "leader lease TTL: a dead leader is replaced after about this long");
+ABSL_FLAG(std::string, advertise, "",
+          "address agents and tools reach this replica at (default: --listen)");
 
 namespace {
 
 std::atomic<bool> g_stop{false};
 void OnSignal(int) { g_stop = true; }
+// etcd store: set when this replica is elected, and when it loses leadership (final).
+std::atomic<bool> g_elected{false};
+std::atomic<bool> g_lost{false};
 
 // mtime+size of every manifest, to notice changes.
 std::map<std::string, std::pair<int64_t, int64_t>> Scan(const std::string& dir) {
@@ -95,24 +114,103 @@ int main(int argc, char** argv) {
   ::signal(SIGTERM, OnSignal);
   ::signal(SIGPIPE, SIG_IGN);
 
-  auto store = upkeep::controller::OpenSqliteStore(absl::GetFlag(FLAGS_data));
+  // --store etcd: one replica among several. It campaigns for leadership and, until elected,
+  // serves reads from etcd as a follower (agents are turned away: they move on to the next
+  // controller in their list). Once elected it runs as a single controller would, every store
+  // write fenced on its election key; if it loses leadership it stops and exits 3, to be
+  // started again (as a follower) by its supervisor.
+  const bool on_etcd = absl::GetFlag(FLAGS_store) == "etcd";
+  if (!on_etcd && absl::GetFlag(FLAGS_store) != "sqlite") {
+    UPKEEP_LOG(critical, "bad_flag", {{"error", "--store: sqlite or etcd"}});
+    return 1;
+  }
+  const std::string advertise = absl::GetFlag(FLAGS_advertise).empty()
+                                    ? absl::GetFlag(FLAGS_listen)
+                                    : absl::GetFlag(FLAGS_advertise);
+  std::unique_ptr<upkeep::controller::EtcdClient> etcd;
+  std::unique_ptr<upkeep::controller::EtcdStore> etcd_store;
+  std::unique_ptr<upkeep::controller::Elector> elector;
+  std::unique_ptr<upkeep::controller::ReplicaRegistry> registry;
+  absl::StatusOr<std::unique_ptr<upkeep::controller::Store>> store =
+      on_etcd ? absl::StatusOr<std::unique_ptr<upkeep::controller::Store>>(nullptr)
+              : upkeep::controller::OpenSqliteStore(absl::GetFlag(FLAGS_data));
   if (!store.ok()) {
     UPKEEP_LOG(critical, "store_open_failed", {{"error", std::string(store.status().message())}});
     return 1;
   }
+  if (on_etcd) {
+    upkeep::controller::EtcdOptions eo;
+    auto endpoints = upkeep::controller::ParseEtcdEndpoints(absl::GetFlag(FLAGS_etcd_endpoints));
+    if (!endpoints.ok()) {
+      UPKEEP_LOG(critical, "bad_flag", {{"error", std::string(endpoints.status().message())}});
+      return 1;
+    }
+    eo.endpoints = *endpoints;
+    eo.ca = absl::GetFlag(FLAGS_etcd_ca);
+    eo.cert = absl::GetFlag(FLAGS_etcd_cert);
+    eo.key = absl::GetFlag(FLAGS_etcd_key);
+    auto client = upkeep::controller::EtcdClient::Connect(eo);
+    if (!client.ok()) {
+      UPKEEP_LOG(critical, "etcd_failed", {{"error", std::string(client.status().message())}});
+      return 1;
+    }
+    etcd = std::move(*client);
+    upkeep::controller::EtcdStoreOptions so;
+    so.prefix = absl::GetFlag(FLAGS_etcd_prefix);
+    so.require_fence = true;
+    auto opened = upkeep::controller::OpenEtcdStore(etcd.get(), so);
+    if (!opened.ok()) {
+      UPKEEP_LOG(critical, "store_open_failed",
+                 {{"error", std::string(opened.status().message())}});
+      return 1;
+    }
+    etcd_store = std::move(*opened);
+    upkeep::controller::ElectorOptions el;
+    el.name = so.prefix + "leader";
+    el.value = advertise;
+    el.ttl = absl::GetFlag(FLAGS_leader_lease);
+    el.safety = std::max(el.ttl / 5, absl::Milliseconds(500));
+    elector = std::make_unique<upkeep::controller::Elector>(etcd.get(), el);
+    upkeep::controller::EtcdStore* fenced = etcd_store.get();
+    if (absl::Status st = elector->Start(
+            [fenced](const upkeep::controller::Fence& f) {
+              fenced->SetFence(f);
+              g_elected = true;
+            },
+            [fenced] {
+              fenced->SetFence(std::nullopt);  // no write from here on
+              g_lost = true;
+            });
+        !st.ok()) {
+      UPKEEP_LOG(critical, "etcd_failed", {{"error", std::string(st.message())}});
+      return 1;
+    }
+    registry = std::make_unique<upkeep::controller::ReplicaRegistry>(etcd_store.get(),
+                                                                     elector.get(), advertise);
+    registry->Start();
+    UPKEEP_LOG(info, "follower_started",
+               {{"listen", absl::GetFlag(FLAGS_listen)},
+                {"advertise", advertise},
+                {"etcd", absl::GetFlag(FLAGS_etcd_endpoints)}});
+  }
+  upkeep::controller::Store* const store_ptr = on_etcd ? etcd_store.get() : store->get();
+  upkeep::controller::ControllerServiceImpl controllers(
+      [&registry, &advertise]() -> absl::StatusOr<upkeep::v1::ListControllersResponse> {
+        if (registry != nullptr) return registry->List();
+        upkeep::v1::ListControllersResponse r;
+        r.set_store("sqlite");
+        r.set_leader(advertise);
+        auto* me = r.add_replicas();
+        me->set_address(advertise);
+        me->set_role("leader");
+        return r;
+      });
   upkeep::controller::Metrics metrics;
   upkeep::controller::ReconcilerOptions options;
   options.retention.events_max_age = absl::GetFlag(FLAGS_retain_events_for);
   options.retention.events_max_count = absl::GetFlag(FLAGS_retain_events);
   options.retention.actions_max_age = absl::GetFlag(FLAGS_retain_actions_for);
   options.retention.actions_max_count = absl::GetFlag(FLAGS_retain_actions);
-  auto reconciler = upkeep::controller::Reconciler::Create(store->get(), upkeep::Clock::Real(),
-                                                           &metrics, options);
-  if (!reconciler.ok()) {
-    UPKEEP_LOG(critical, "reconciler_failed",
-               {{"error", std::string(reconciler.status().message())}});
-    return 1;
-  }
   // Nothing listens off loopback without mutual TLS, unless the operator insists.
   const std::string listen = absl::GetFlag(FLAGS_listen);
   const bool tls = !absl::GetFlag(FLAGS_tls_cert).empty();
@@ -156,6 +254,52 @@ int main(int argc, char** argv) {
     }
     credentials = *creds;
   }
+  // (etcd: the follower phase first; the reconciler loads the store once this replica leads.)
+  std::unique_ptr<grpc::Server> follower_server;
+  int follower_port = 0;
+  auto serve = [&](grpc::ServerBuilder* builder, int* port) {
+    builder->AddListeningPort(absl::GetFlag(FLAGS_listen), credentials, port);
+    builder->SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
+    builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
+    builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+    builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    builder->AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+    builder->AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  };
+  std::unique_ptr<upkeep::controller::FollowerFleetService> follower_fleet;
+  if (on_etcd) {
+    follower_fleet = std::make_unique<upkeep::controller::FollowerFleetService>(etcd_store.get(),
+                                                                                registry.get());
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::ServerBuilder fb;
+    serve(&fb, &follower_port);
+    fb.RegisterService(follower_fleet.get());
+    fb.RegisterService(&controllers);
+    follower_server = fb.BuildAndStart();
+    if (follower_server == nullptr || follower_port == 0) {
+      UPKEEP_LOG(critical, "listen_failed", {{"address", absl::GetFlag(FLAGS_listen)}});
+      return 1;
+    }
+    while (!g_elected && !g_lost && !g_stop) {
+      absl::SleepFor(absl::Milliseconds(20));  // signal and election polling
+    }
+    follower_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    follower_server.reset();
+    if (!g_elected) {
+      registry->Stop();
+      elector->Stop();
+      UPKEEP_LOG(info, "controller_stopped", {{"role", "follower"}});
+      return g_lost ? 3 : 0;
+    }
+    UPKEEP_LOG(info, "leading", {{"advertise", advertise}});
+  }
+  auto reconciler =
+      upkeep::controller::Reconciler::Create(store_ptr, upkeep::Clock::Real(), &metrics, options);
+  if (!reconciler.ok()) {
+    UPKEEP_LOG(critical, "reconciler_failed",
+               {{"error", std::string(reconciler.status().message())}});
+    return 1;
+  }
   upkeep::controller::AgentServiceOptions agent_options;
   agent_options.authorize_hello = [tls](grpc::CallbackServerContext* ctx, const std::string& host) {
     absl::Status st = upkeep::controller_auth::AuthorizeHello(
@@ -167,7 +311,7 @@ int main(int argc, char** argv) {
   };
   upkeep::controller::AgentServiceImpl agents(reconciler->get(), agent_options);
   (*reconciler)->SetHub(&agents);
-  upkeep::controller::FleetServiceImpl fleet(reconciler->get(), store->get());
+  upkeep::controller::FleetServiceImpl fleet(reconciler->get(), store_ptr);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
@@ -181,6 +325,7 @@ int main(int argc, char** argv) {
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   builder.RegisterService(&agents);
   builder.RegisterService(&fleet);
+  builder.RegisterService(&controllers);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     UPKEEP_LOG(critical, "listen_failed", {{"address", absl::GetFlag(FLAGS_listen)}});
@@ -203,7 +348,7 @@ int main(int argc, char** argv) {
 
   const std::string dir = absl::GetFlag(FLAGS_manifests);
   std::map<std::string, std::pair<int64_t, int64_t>> seen;
-  while (!g_stop) {
+  while (!g_stop && !g_lost) {
     if (!dir.empty()) {
       auto now = Scan(dir);
       if (now != seen) {
@@ -218,6 +363,8 @@ int main(int argc, char** argv) {
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   (*reconciler)->Stop();
   metrics_server.reset();
+  if (registry != nullptr) registry->Stop();
+  if (elector != nullptr) elector->Stop();  // resigns: a follower takes over at once
   UPKEEP_LOG(info, "controller_stopped", {});
-  return 0;
+  return g_lost ? 3 : 0;
 }

@@ -10,6 +10,7 @@ PACKAGES=(
   libspdlog-dev libsqlite3-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev
   clang libclang-rt-14-dev
   nginx docker.io monit curl iproute2 procps
+  etcd-server golang-etcd-server-dev
 )
 
 missing=()

@@ -4,6 +4,8 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "core/log.h"
 #include "core/tls/tls.h"
@@ -32,7 +34,7 @@ class AgentClient::Stream
  public:
   Stream(AgentClient* client, std::shared_ptr<Link> link, std::vector<v1::AgentMessage> first)
       : client_(client), link_(std::move(link)) {
-    client_->stub_->async()->Connect(&ctx_, this);
+    client_->CurrentStub()->async()->Connect(&ctx_, this);
     AddHold();
     {
       absl::MutexLock lock(&link_->mu);
@@ -67,7 +69,7 @@ class AgentClient::Stream
           link_->hello_sent = true;
           UPKEEP_LOG(
               info, "connected",
-              {{"controller", client_->options_.controller}, {"host", client_->options_.host_id}});
+              {{"controller", client_->CurrentController()}, {"host", client_->options_.host_id}});
         }
         link_->outbound.pop_front();
         WriteLocked();
@@ -135,11 +137,23 @@ absl::Status AgentClient::Start() {
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
   args.SetMaxReceiveMessageSize(16 << 20);
   // Created once and kept by the channel across reconnects (TLS credentials watch their files).
-  auto creds = tls::ClientCredentials(options_.controller, options_.tls_ca, options_.tls_cert,
-                                      options_.tls_key, {}, options_.insecure);
-  if (!creds.ok()) return creds.status();
-  channel_ = grpc::CreateCustomChannel(options_.controller, *creds, args);
-  stub_ = v1::AgentService::NewStub(channel_);
+  if (options_.controller.find(',') != std::string::npos) {
+    for (absl::string_view e : absl::StrSplit(options_.controller, ',', absl::SkipWhitespace())) {
+      const std::string endpoint(absl::StripAsciiWhitespace(e));
+      auto creds = tls::ClientCredentials(endpoint, options_.tls_ca, options_.tls_cert,
+                                          options_.tls_key, {}, options_.insecure);
+      if (!creds.ok()) return creds.status();
+      endpoints_.push_back(endpoint);
+      channels_.push_back(grpc::CreateCustomChannel(endpoint, *creds, args));
+      stubs_.push_back(v1::AgentService::NewStub(channels_.back()));
+    }
+  } else {
+    auto creds = tls::ClientCredentials(options_.controller, options_.tls_ca, options_.tls_cert,
+                                        options_.tls_key, {}, options_.insecure);
+    if (!creds.ok()) return creds.status();
+    channel_ = grpc::CreateCustomChannel(options_.controller, *creds, args);
+    stub_ = v1::AgentService::NewStub(channel_);
+  }
   observer_->Start([this](const v1::StackObservation& o, bool event) { OnObservation(o, event); });
   supervisor_ = std::thread([this] { SuperviseLoop(); });
   action_thread_ = std::thread([this] { ActionLoop(); });
@@ -286,7 +300,13 @@ void AgentClient::SuperviseLoop() {
     }
     if (got_any) backoff = absl::Milliseconds(100);
     UPKEEP_LOG(warn, "disconnected",
-               {{"controller", options_.controller}, {"status", status.error_message()}});
+               {{"controller", CurrentController()}, {"status", status.error_message()}});
+    if (!stubs_.empty()) {
+      // Several controllers: try the next one (the leader may have moved); a whole round
+      // without a stream backs off as one controller would.
+      ++current_;
+      if (current_ % stubs_.size() != 0) backoff = std::max(backoff / 2, absl::Milliseconds(50));
+    }
     // Jittered exponential backoff, interruptible by Shutdown.
     std::uniform_real_distribution<double> jitter(0.5, 1.0);
     const absl::Duration wait = backoff * jitter(rng);

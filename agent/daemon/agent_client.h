@@ -30,7 +30,10 @@
 namespace upkeep::agent {
 
 struct AgentClientOptions {
-  std::string controller;  // host:port
+  // host:port; or several, comma-separated (controller replicas on etcd): the agent connects
+  // to one at a time and moves to the next whenever a stream ends, so it finds the leader
+  // (followers do not serve AgentService) and follows it when leadership moves.
+  std::string controller;
   std::string host_id;
   std::string data_dir;
   std::string docker_socket;
@@ -70,6 +73,17 @@ class AgentClient {
   Executor* const executor_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<upkeep::v1::AgentService::Stub> stub_;
+  // With several controllers: a channel and stub per endpoint; stub_ is unused.
+  std::vector<std::string> endpoints_;
+  std::vector<std::shared_ptr<grpc::Channel>> channels_;
+  std::vector<std::unique_ptr<upkeep::v1::AgentService::Stub>> stubs_;
+  size_t current_ = 0;  // only the supervisor thread moves it
+  upkeep::v1::AgentService::Stub* CurrentStub() {
+    return stubs_.empty() ? stub_.get() : stubs_[current_ % stubs_.size()].get();
+  }
+  std::string CurrentController() const {
+    return endpoints_.empty() ? options_.controller : endpoints_[current_ % endpoints_.size()];
+  }
 
   mutable absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

@@ -63,7 +63,7 @@ int RunDaemon(int argc, char** argv) {
     if (!ok) {
       std::fprintf(
           stderr,
-          "usage: upkeep-agent --controller ADDR --host-id ID --data DIR "
+          "usage: upkeep-agent --controller ADDR[,ADDR...] --host-id ID --data DIR "
           "[--docker-socket PATH] [--allow-exec DIR ...] [--tls-ca F --tls-cert F --tls-key F] "
           "[--insecure] "
           "[--log-json]\n"

@@ -23,6 +23,7 @@ const absl::flat_hash_map<std::string, Role>& RoleTable() {
       {"/upkeep.v1.FleetService/ListEvents", Role::kViewer},
       {"/upkeep.v1.FleetService/WatchEvents", Role::kViewer},
       {"/upkeep.v1.FleetService/ListActions", Role::kViewer},
+      {"/upkeep.v1.ControllerService/ListControllers", Role::kViewer},
       {"/grpc.health.v1.Health/Check", Role::kViewer},
       {"/grpc.health.v1.Health/Watch", Role::kViewer},
       {"/upkeep.v1.FleetService/Pause", Role::kOperator},

@@ -5,7 +5,8 @@
 //   agent      only AgentService.Connect (and, in AgentService, only as its own host: the
 //              service checks the hello against `name`)
 //   viewer     FleetService reads: GetStack ListStacks ListHosts DescribeStack Plan ListEvents
-//              WatchEvents ListActions; grpc.health.v1 Check/Watch
+//              WatchEvents ListActions; ControllerService.ListControllers;
+//              grpc.health.v1 Check/Watch
 //   operator   viewer + Pause Resume RunAction
 //   admin      operator + Apply DeleteStack
 //   controller health checks only (a controller certificate is a server certificate)

@@ -55,6 +55,8 @@ TEST(Authorize, RoleTable) {
       {viewer, "/upkeep.v1.FleetService/ListEvents", kOk},
       {viewer, "/upkeep.v1.FleetService/WatchEvents", kOk},
       {viewer, "/upkeep.v1.FleetService/ListActions", kOk},
+      {viewer, "/upkeep.v1.ControllerService/ListControllers", kOk},
+      {Agent("web-1"), "/upkeep.v1.ControllerService/ListControllers", kDenied},
       {viewer, "/grpc.health.v1.Health/Check", kOk},
       {viewer, "/upkeep.v1.FleetService/Pause", kDenied},
       {viewer, "/upkeep.v1.FleetService/RunAction", kDenied},

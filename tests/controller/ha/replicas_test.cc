@@ -1,0 +1,294 @@
+// Controller replicas as real processes (upkeep-controller --store etcd) on a real 3-member
+// etcd cluster; the agent is a raw AgentService stream driven by the test (so the test decides
+// when an action is "in flight"), following the leader over the list of controllers as
+// upkeep-agent does.
+#include <signal.h>
+
+#include <atomic>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "controller/store/etcd_client.h"
+#include "controller/store/etcd_store.h"
+#include "core/proto_time.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "tests/support/etcd/etcd_cluster.h"
+#include "tests/support/etcd/following_agent.h"
+#include "tests/support/etcd/tcp_proxy.h"
+#include "tests/support/net.h"
+#include "tests/support/subprocess.h"
+#include "tests/support/temp_dir.h"
+#include "tests/support/wait.h"
+#include "upkeep/v1/agent_service.grpc.pb.h"
+#include "upkeep/v1/controller_service.grpc.pb.h"
+#include "upkeep/v1/fleet_service.grpc.pb.h"
+
+namespace upkeep::controller {
+namespace {
+
+using upkeep::testing::FollowingAgent;
+
+namespace v1 = upkeep::v1;
+using upkeep::testing::WaitFor;
+
+constexpr char kStack[] = R"(apiVersion: upkeep/v1
+kind: Stack
+metadata: {name: shop}
+spec:
+  hosts: [h1]
+  runtime: process
+  services:
+    - name: backend
+      process: {command: [backend]}
+      port: 8002
+    - name: frontend
+      process: {command: [frontend]}
+      port: 8003
+  policy: {backoff: {initial: 10ms}}
+)";
+
+// One upkeep-controller replica.
+struct Replica {
+  std::string address;
+  std::unique_ptr<upkeep::testing::Subprocess> process;
+  std::string log;
+};
+
+class ReplicasTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto c = upkeep::testing::EtcdCluster::Start(3);
+    ASSERT_TRUE(c.ok()) << c.status();
+    etcd_ = std::move(*c);
+    EtcdOptions o;
+    o.endpoints = etcd_->endpoints();
+    client_ = std::move(*EtcdClient::Connect(o));
+    store_ = std::make_unique<EtcdStore>(client_.get(), EtcdStoreOptions{});
+  }
+
+  Replica StartReplica(const std::string& name, const std::string& endpoints = "") {
+    Replica r;
+    r.address = absl::StrCat("127.0.0.1:", upkeep::testing::FreePort());
+    r.log = dir_.Join(name + ".log");
+    auto p = upkeep::testing::Subprocess::Start(
+        {upkeep::testing::BinPath("upkeep-controller"), "--data", dir_.Join(name), "--listen",
+         r.address, "--store", "etcd", "--etcd-endpoints",
+         endpoints.empty() ? etcd_->EndpointList() : endpoints, "--leader-lease", "2s",
+         "--log-json"},
+        r.log);
+    EXPECT_TRUE(p.ok()) << p.status();
+    if (p.ok()) r.process = std::move(*p);
+    return r;
+  }
+
+  absl::StatusOr<v1::ListControllersResponse> Controllers(const std::string& address) {
+    auto stub = v1::ControllerService::NewStub(
+        grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+    v1::ListControllersResponse resp;
+    grpc::Status st = stub->ListControllers(&ctx, v1::ListControllersRequest(), &resp);
+    if (!st.ok()) return absl::UnavailableError(st.error_message());
+    return resp;
+  }
+
+  bool Leads(const std::string& address) {
+    auto l = Controllers(address);
+    return l.ok() && l->leader() == address;
+  }
+
+  grpc::Status Apply(const std::string& address, const std::string& yaml) {
+    auto stub =
+        v1::FleetService::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    v1::ApplyRequest req;
+    req.add_manifests()->set_filename("shop.yaml");
+    req.mutable_manifests(0)->set_content(yaml);
+    v1::ApplyResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    return stub->Apply(&ctx, req, &resp);
+  }
+
+  // Every action record, by id.
+  std::map<std::string, v1::ActionRecord> Records() {
+    std::map<std::string, v1::ActionRecord> out;
+    auto all = store_->ListActions("", "", 10000);
+    if (all.ok()) {
+      for (auto& r : *all) out[r.action().id()] = r;
+    }
+    return out;
+  }
+
+  upkeep::testing::TempDir dir_;
+  std::unique_ptr<upkeep::testing::EtcdCluster> etcd_;
+  std::unique_ptr<EtcdClient> client_;
+  std::unique_ptr<EtcdStore> store_;
+};
+
+std::vector<v1::Action> For(const std::vector<v1::Action>& actions, const std::string& target) {
+  std::vector<v1::Action> out;
+  for (const auto& a : actions) {
+    if (a.target() == target) out.push_back(a);
+  }
+  return out;
+}
+
+std::string Describe(const std::vector<v1::Action>& actions) {
+  std::string out = absl::StrCat(actions.size(), " actions received:");
+  for (const auto& a : actions) absl::StrAppend(&out, " ", a.id(), "/", a.target());
+  return out;
+}
+
+std::string Tail(const std::string& path) {
+  std::ifstream in(path);
+  std::string line, out;
+  std::vector<std::string> lines;
+  while (std::getline(in, line)) lines.push_back(line);
+  for (size_t i = lines.size() > 40 ? lines.size() - 40 : 0; i < lines.size(); ++i) {
+    out += lines[i] + "\n";
+  }
+  return out;
+}
+
+TEST_F(ReplicasTest, FollowerTakesOverAfterSigkillWithoutLosingOrDoublingTheRepair) {
+  Replica a = StartReplica("a");
+  ASSERT_TRUE(WaitFor([&] { return Leads(a.address); }, absl::Seconds(20)));
+  Replica b = StartReplica("b");
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto l = Controllers(b.address);
+        return l.ok() && l->replicas_size() == 2 && l->leader() == a.address;
+      },
+      absl::Seconds(20)));
+  // The follower refuses writes and names the leader.
+  grpc::Status refused = Apply(b.address, kStack);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(refused.error_message().find(a.address), std::string::npos) << refused.error_message();
+  ASSERT_TRUE(Apply(a.address, kStack).ok());
+
+  // The agent lists the follower first: it must end up on the leader.
+  FollowingAgent agent({b.address, a.address});
+  agent.Observe(/*backend=*/false, /*frontend=*/true);
+  ASSERT_TRUE(WaitFor([&] { return !For(agent.actions(), "backend").empty(); }, absl::Seconds(20)));
+  const v1::Action repair = For(agent.actions(), "backend").front();
+  // In flight: recorded, unanswered. The leader dies.
+  ASSERT_TRUE(WaitFor([&] { return Records().count(repair.id()) == 1; }));
+  a.process->Signal(SIGKILL);
+  a.process->Wait(absl::Seconds(10));
+  // A fault during the takeover: the frontend goes down too.
+  agent.Observe(/*backend=*/false, /*frontend=*/false);
+
+  ASSERT_TRUE(WaitFor([&] { return Leads(b.address); }, absl::Seconds(30)))
+      << "follower never took over";
+  // The new leader re-sends the same repair (not a second one)...
+  ASSERT_TRUE(
+      WaitFor([&] { return For(agent.actions(), "backend").size() >= 2; }, absl::Seconds(30)))
+      << Describe(agent.actions()) << "\nnew leader's log:\n"
+      << Tail(b.log);
+  std::set<std::string> backend_ids;
+  for (const auto& x : For(agent.actions(), "backend")) backend_ids.insert(x.id());
+  EXPECT_EQ(backend_ids, std::set<std::string>{repair.id()}) << "the repair was issued twice";
+  ASSERT_TRUE(agent.Answer(repair));
+  agent.Observe(/*backend=*/true, /*frontend=*/false);
+  // ... and then heals the fault injected during the takeover.
+  ASSERT_TRUE(WaitFor([&] { return !For(agent.actions(), "frontend").empty(); }, absl::Seconds(30)))
+      << Describe(agent.actions()) << "\nnew leader's log:\n"
+      << Tail(b.log);
+  ASSERT_TRUE(agent.Answer(For(agent.actions(), "frontend").front()));
+  agent.Observe(true, true);
+  ASSERT_TRUE(WaitFor([&] {
+    auto r = Records();
+    auto it = r.find(repair.id());
+    return it != r.end() && it->second.has_result();
+  }));
+  // Exactly one record per target, each answered once.
+  std::map<std::string, int> per_target;
+  for (const auto& [id, rec] : Records()) ++per_target[rec.action().target()];
+  EXPECT_EQ(per_target["backend"], 1);
+  EXPECT_EQ(per_target["frontend"], 1);
+}
+
+TEST_F(ReplicasTest, LeaderCutOffFromEtcdStopsAndRecordsNothingMore) {
+  std::vector<std::unique_ptr<upkeep::testing::TcpProxy>> proxies;
+  std::string via;
+  for (const auto& e : etcd_->endpoints()) {
+    auto p = upkeep::testing::TcpProxy::Start(e);
+    ASSERT_TRUE(p.ok());
+    via += (via.empty() ? "" : ",") + (*p)->address();
+    proxies.push_back(std::move(*p));
+  }
+  Replica a = StartReplica("a", via);
+  ASSERT_TRUE(WaitFor([&] { return Leads(a.address); }, absl::Seconds(20)));
+  Replica b = StartReplica("b");
+  ASSERT_TRUE(Apply(a.address, kStack).ok());
+  FollowingAgent agent({a.address, b.address});
+  agent.Observe(false, true);
+  ASSERT_TRUE(WaitFor([&] { return !For(agent.actions(), "backend").empty(); }, absl::Seconds(20)));
+  for (auto& p : proxies) p->Cut();
+  // The cut-off leader steps down and exits (3: leadership lost) on its own.
+  std::optional<int> status = a.process->Wait(absl::Seconds(20));
+  ASSERT_TRUE(status.has_value()) << "the cut-off leader kept running";
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 3) << *status;
+  ASSERT_TRUE(WaitFor([&] { return Leads(b.address); }, absl::Seconds(30)));
+  // The new leader re-sends the one repair; nothing was recorded twice.
+  ASSERT_TRUE(
+      WaitFor([&] { return For(agent.actions(), "backend").size() >= 2; }, absl::Seconds(30)));
+  std::set<std::string> ids;
+  for (const auto& x : For(agent.actions(), "backend")) ids.insert(x.id());
+  EXPECT_EQ(ids.size(), 1u);
+  int backend_records = 0;
+  for (const auto& [id, rec] : Records()) backend_records += rec.action().target() == "backend";
+  EXPECT_EQ(backend_records, 1);
+}
+
+TEST_F(ReplicasTest, FleetKeepsWorkingWithOneEtcdMemberKilled) {
+  Replica a = StartReplica("a");
+  ASSERT_TRUE(WaitFor([&] { return Leads(a.address); }, absl::Seconds(20)));
+  Replica b = StartReplica("b");
+  ASSERT_TRUE(Apply(a.address, kStack).ok());
+  FollowingAgent agent({a.address, b.address});
+  agent.Observe(true, true);
+  ASSERT_TRUE(WaitFor([&] { return agent.connected_to() == 0; }, absl::Seconds(20)));
+  etcd_->Kill(0);  // the member both controllers talk to first
+  agent.Observe(false, true);
+  ASSERT_TRUE(WaitFor([&] { return !For(agent.actions(), "backend").empty(); }, absl::Seconds(30)));
+  const v1::Action repair = For(agent.actions(), "backend").front();
+  ASSERT_TRUE(agent.Answer(repair));
+  agent.Observe(true, true);
+  ASSERT_TRUE(WaitFor([&] {
+    auto r = Records();
+    auto it = r.find(repair.id());
+    return it != r.end() && it->second.has_result();
+  }));
+  EXPECT_TRUE(Leads(a.address)) << "leadership moved although only one etcd member died";
+  auto list = Controllers(b.address);
+  ASSERT_TRUE(list.ok()) << list.status();
+  EXPECT_EQ(list->replicas_size(), 2);
+  // upkeepctl get controllers, against the follower: one line per replica with its role.
+  const std::string out = dir_.Join("get.out");
+  auto ctl = upkeep::testing::Subprocess::Start(
+      {upkeep::testing::BinPath("upkeepctl"), "get", "controllers", "--controller", b.address},
+      out);
+  ASSERT_TRUE(ctl.ok());
+  std::optional<int> st = (*ctl)->Wait(absl::Seconds(10));
+  std::ifstream in(out);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_TRUE(st.has_value() && WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << text;
+  EXPECT_NE(text.find("ADDRESS"), std::string::npos) << text;
+  EXPECT_NE(text.find(a.address + " "), std::string::npos) << text;
+  EXPECT_NE(text.find("leader"), std::string::npos) << text;
+  EXPECT_NE(text.find(b.address + " "), std::string::npos) << text;
+  EXPECT_NE(text.find("follower"), std::string::npos) << text;
+}
+
+}  // namespace
+}  // namespace upkeep::controller
