@@ -19,12 +19,14 @@
 #include "controller/auth/token_command.h"
 #include "controller/auth/token_store.h"
 #include "controller/metrics/metrics.h"
+#include "controller/notify/notify_service.h"
 #include "controller/reconcile/reconciler.h"
 #include "controller/store/store.h"
 #include "core/flags.h"
 #include "core/log.h"
 #include "core/manifest/loader.h"
 #include "grpcpp/grpcpp.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 
 ABSL_FLAG(std::string, data, "/var/lib/upkeep", "data directory (SQLite store)");
@@ -168,8 +170,28 @@ int main(int argc, char** argv) {
   upkeep::controller::AgentServiceImpl agents(reconciler->get(), agent_options);
   (*reconciler)->SetHub(&agents);
   upkeep::controller::FleetServiceImpl fleet(reconciler->get(), store->get());
+  // Notifiers deliver on threads of their own; the bus only hands them copies.
+  upkeep::controller::Reconciler* rec = reconciler->get();
+  auto notifiers = upkeep::notify::NotifyService::Open(
+      absl::GetFlag(FLAGS_data),
+      [rec](const std::string& name) -> std::optional<upkeep::v1::Stack> {
+        auto s = rec->GetStack(name);
+        if (!s.ok()) return std::nullopt;
+        return *std::move(s);
+      },
+      &metrics);
+  if (!notifiers.ok()) {
+    UPKEEP_LOG(critical, "notifiers_open_failed",
+               {{"error", std::string(notifiers.status().message())}});
+    return 1;
+  }
+  (*notifiers)->Attach(rec->events());
+  fleet.SetNotifiers(notifiers->get());
 
   grpc::EnableDefaultHealthCheckService(true);
+  // Server reflection: generic tools (grpcurl, grpc_cli) list and call FleetService. On a TLS
+  // port it needs the viewer role like any read.
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(listen, credentials, &port);
@@ -216,6 +238,7 @@ int main(int argc, char** argv) {
   UPKEEP_LOG(info, "controller_stopping", {});
   agents.Shutdown();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  (*notifiers)->Stop();
   (*reconciler)->Stop();
   metrics_server.reset();
   UPKEEP_LOG(info, "controller_stopped", {});
