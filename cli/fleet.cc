@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -278,8 +279,8 @@ int NotifyTest(const Args& a) {
                 resp.url_host().empty() ? "?" : resp.url_host().c_str(), resp.error().c_str());
     return 1;
   }
-  std::printf("notifier/%s: %s answered HTTP %d\n%s%s", req.name().c_str(),
-              resp.url_host().c_str(), resp.http_status(), resp.body().c_str(),
+  std::printf("notifier/%s: %s answered HTTP %d\n%s%s", req.name().c_str(), resp.url_host().c_str(),
+              resp.http_status(), resp.body().c_str(),
               resp.body().empty() || resp.body().back() == '\n' ? "" : "\n");
   return resp.delivered() ? 0 : 1;
 }
@@ -301,10 +302,10 @@ std::string LineDiff(const std::string& a, const std::string& b) {
       absl::StrAppend(&out, "  ", x[i], "\n");
       ++i;
       ++j;
-    } else if (j < y.size() && (i == x.size() || l[i][j + 1] >= l[i + 1][j])) {
-      absl::StrAppend(&out, "+ ", y[j++], "\n");
-    } else {
+    } else if (i < x.size() && (j == y.size() || l[i + 1][j] >= l[i][j + 1])) {
       absl::StrAppend(&out, "- ", x[i++], "\n");
+    } else {
+      absl::StrAppend(&out, "+ ", y[j++], "\n");
     }
   }
   return out;
@@ -339,12 +340,13 @@ int Diff(const Args& a) {
   if (PrintStructured(resp, a)) return 0;
   bool changes = false;
   for (const auto& s : resp.applied()) {
-    std::printf("stack/%s %s\n", s.name().c_str(),
-                s.change() == "created"      ? "would be created"
-                : s.change() == "configured" ? "would be configured"
-                                             : "unchanged");
-    if (s.change() != "unchanged") changes = true;
-    if (s.change() != "configured") continue;
+    // The controller says created or configured (" (dry run)"); which fields differ is
+    // worked out here, from the spec it holds and the one the same loader makes of the file.
+    if (absl::StartsWith(s.change(), "created")) {
+      std::printf("stack/%s would be created\n", s.name().c_str());
+      changes = true;
+      continue;
+    }
     // The new spec as the controller would store it (defaults filled by the same loader).
     v1::StackSpec want;
     for (const auto& m : req.manifests()) {
@@ -358,7 +360,14 @@ int Diff(const Args& a) {
     v1::Stack have;
     auto gctx = Ctx();
     Check(stub->GetStack(gctx.get(), get, &have), a);
-    const std::string d = LineDiff(SpecYaml(have.spec()), SpecYaml(want));
+    const std::string before = SpecYaml(have.spec()), after = SpecYaml(want);
+    if (before == after) {
+      std::printf("stack/%s unchanged\n", s.name().c_str());
+      continue;
+    }
+    changes = true;
+    std::printf("stack/%s would be configured\n", s.name().c_str());
+    const std::string d = LineDiff(before, after);
     for (const auto& line : absl::StrSplit(d, '\n')) {
       if (!line.empty() && line[0] != ' ') std::printf("    %s\n", std::string(line).c_str());
     }

@@ -18,6 +18,8 @@
 #include "controller/auth/principal.h"
 #include "controller/auth/token_command.h"
 #include "controller/auth/token_store.h"
+#include "controller/http/state_json.h"
+#include "controller/http/status_server.h"
 #include "controller/metrics/metrics.h"
 #include "controller/notify/notify_service.h"
 #include "controller/reconcile/reconciler.h"
@@ -25,14 +27,16 @@
 #include "core/flags.h"
 #include "core/log.h"
 #include "core/manifest/loader.h"
-#include "grpcpp/grpcpp.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 
 ABSL_FLAG(std::string, data, "/var/lib/upkeep", "data directory (SQLite store)");
 ABSL_FLAG(std::string, listen, "127.0.0.1:7400", "gRPC address (AgentService, FleetService)");
 ABSL_FLAG(std::string, manifests, "", "directory of manifests applied at start and on change");
-ABSL_FLAG(std::string, metrics, "", "HTTP address for /metrics (empty: off)");
+ABSL_FLAG(std::string, http, "127.0.0.1:9400",
+          "HTTP address of the status page, /api/state, /api/events and /metrics (\"off\": none)");
+ABSL_FLAG(std::string, metrics, "", "alias of --http (kept for old unit files)");
 ABSL_FLAG(bool, log_json, false, "log JSON lines");
 ABSL_FLAG(std::string, tls_cert, "",
           "the controller's certificate (upkeepctl tls issue --controller)");
@@ -208,13 +212,40 @@ int main(int argc, char** argv) {
     UPKEEP_LOG(critical, "listen_failed", {{"address", absl::GetFlag(FLAGS_listen)}});
     return 1;
   }
-  std::unique_ptr<upkeep::controller::MetricsServer> metrics_server;
-  if (!absl::GetFlag(FLAGS_metrics).empty()) {
-    auto m = upkeep::controller::MetricsServer::Start(absl::GetFlag(FLAGS_metrics), &metrics);
+  // The status page and /metrics. Plaintext only where gRPC may be plaintext; with TLS it is
+  // HTTPS and wants a viewer (controller/http/status_server.h).
+  std::string http = absl::GetFlag(FLAGS_http);
+  if (!absl::GetFlag(FLAGS_metrics).empty()) http = absl::GetFlag(FLAGS_metrics);
+  std::unique_ptr<upkeep::controller::StatusServer> status_server;
+  if (http != "off" && !http.empty()) {
+    if (!tls && !upkeep::IsLoopbackAddress(http) && !absl::GetFlag(FLAGS_insecure)) {
+      UPKEEP_LOG(
+          critical, "refusing_plaintext",
+          {{"http", http}, {"error", "not loopback and no TLS: give --tls-* or --insecure"}});
+      return 1;
+    }
+    upkeep::controller::StatusServerOptions http_options;
+    http_options.address = http;
+    http_options.metrics = &metrics;
+    http_options.events = rec->events();
+    upkeep::controller::Store* st = store->get();
+    http_options.state = [rec, st] { return upkeep::controller::StateJson(rec, st); };
+    if (tls) {
+      http_options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+      http_options.tls_key = absl::GetFlag(FLAGS_tls_key);
+      http_options.tls_ca = absl::GetFlag(FLAGS_tls_ca);
+      http_options.tokens = tokens.get();
+    }
+    auto m = upkeep::controller::StatusServer::Start(std::move(http_options));
     if (!m.ok()) {
-      UPKEEP_LOG(error, "metrics_failed", {{"error", std::string(m.status().message())}});
+      // Not fatal: the controller heals without its page (another process may hold the port).
+      UPKEEP_LOG(error, "http_failed", {{"error", std::string(m.status().message())}});
     } else {
-      metrics_server = std::move(*m);
+      status_server = std::move(*m);
+      const size_t colon = http.rfind(':');
+      UPKEEP_LOG(info, "status_page",
+                 {{"url", absl::StrCat(tls ? "https://" : "http://", http.substr(0, colon), ":",
+                                       status_server->port(), "/")}});
     }
   }
   (*reconciler)->Start();
@@ -238,9 +269,9 @@ int main(int argc, char** argv) {
   UPKEEP_LOG(info, "controller_stopping", {});
   agents.Shutdown();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  status_server.reset();
   (*notifiers)->Stop();
   (*reconciler)->Stop();
-  metrics_server.reset();
   UPKEEP_LOG(info, "controller_stopped", {});
   return 0;
 }

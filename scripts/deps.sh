@@ -10,6 +10,8 @@ PACKAGES=(
   libspdlog-dev libsqlite3-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev
   clang libclang-rt-14-dev
   nginx docker.io monit curl iproute2 procps
+  chromium chromium-driver python3-selenium python3-grpcio python3-grpc-tools python3-protobuf
+  dpkg-dev systemd
 )
 
 missing=()
