@@ -139,6 +139,8 @@ absl::StatusOr<std::unique_ptr<StatusServer>> StatusServer::Start(StatusServerOp
     };
   };
   s->server_->Get("/", asset(kIndexHtml, "text/html; charset=utf-8"));
+  s->server_->Get("/favicon.ico",
+                  [](const httplib::Request&, httplib::Response& res) { res.status = 204; });
   s->server_->Get("/app.css", asset(kAppCss, "text/css; charset=utf-8"));
   s->server_->Get("/app.js", asset(kAppJs, "application/javascript; charset=utf-8"));
   s->server_->Get("/api/state", [self](const httplib::Request&, httplib::Response& res) {

