@@ -416,7 +416,7 @@ void ParseProxy(Walker& w, const Node& n, const std::string& path, v1::ProxySpec
     const Node g = n["nginx"];
     if (w.CheckMap(g, p,
                    {"config", "binary", "prefix", "pidFile", "errorLog", "startCommand",
-                    "testCommand", "proxyReadTimeout"})) {
+                    "testCommand", "proxyReadTimeout", "service"})) {
       auto* nginx = out->mutable_nginx();
       if (!g["config"]) w.Error(g, p + ".config", "required");
       const std::vector<std::pair<const char*, std::function<void(std::string)>>> strings = {
@@ -425,6 +425,7 @@ void ParseProxy(Walker& w, const Node& n, const std::string& path, v1::ProxySpec
           {"prefix", [&](std::string s) { nginx->set_prefix(s); }},
           {"pidFile", [&](std::string s) { nginx->set_pid_file(s); }},
           {"errorLog", [&](std::string s) { nginx->set_error_log(s); }},
+          {"service", [&](std::string s) { nginx->set_service(s); }},
       };
       for (const auto& [key, set] : strings) {
         if (g[key]) {
