@@ -3,7 +3,7 @@ BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 CTEST_ARGS ?=
 
-.PHONY: all deps configure build test test-unit sanitize demo bench clean
+.PHONY: all deps configure build test test-unit sanitize demo bench deb clean
 
 all: build
 
@@ -34,6 +34,10 @@ demo: build
 
 bench: build
 	./scripts/bench.sh
+
+# Debian packages (upkeep-controller, upkeep-agent, upkeepctl) in $(BUILD_DIR)/packages.
+deb: build
+	cd $(BUILD_DIR) && cpack -G DEB -B packages
 
 clean:
 	rm -rf $(BUILD_DIR) build-asan build-tsan

@@ -12,6 +12,8 @@ int RunPlanOffline(int argc, char** argv);
 // Everything that talks to a controller (apply, get, describe, explain, plan stack NAME,
 // events, actions, pause, resume, run).
 int RunFleetCommand(int argc, char** argv);
+// completion bash
+int RunCompletion(int argc, char** argv);
 
 }  // namespace upkeep::cli
 

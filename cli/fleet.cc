@@ -8,12 +8,15 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "cli/commands.h"
 #include "core/decision/render.h"
+#include "core/manifest/loader.h"
 #include "core/manifest/yaml_emit.h"
 #include "core/proto_time.h"
 #include "core/tls/tls.h"
@@ -239,11 +242,158 @@ int Apply(const Args& a) {
   if (PrintStructured(resp, a)) return 0;
   for (const auto& s : resp.applied())
     std::printf("stack/%s %s\n", s.name().c_str(), s.change().c_str());
+  for (const auto& n : resp.notifiers())
+    std::printf("notifier/%s %s\n", n.name().c_str(), n.change().c_str());
   return 0;
 }
 
+std::string SecretText(const v1::SecretRef& r) {
+  if (r.source_case() == v1::SecretRef::kEnv) return "env:" + r.env();
+  if (r.source_case() == v1::SecretRef::kFile) return "file:" + r.file();
+  return "-";
+}
+
+// Notifiers with their delivery state. Secrets show as their reference (env:VAR, file:PATH).
+int GetNotifiers(const Args& a, v1::FleetService::Stub* stub) {
+  v1::ListNotifiersResponse resp;
+  auto ctx = Ctx();
+  Check(stub->ListNotifiers(ctx.get(), v1::ListNotifiersRequest(), &resp), a);
+  if (PrintStructured(resp, a)) return 0;
+  std::printf("%-14s %-8s %-26s %-6s %-6s %-7s %-7s %-9s %s\n", "NAME", "TYPE", "URL", "SENT",
+              "FAILED", "DROPPED", "PENDING", "LAST-OK", "LAST-ERROR");
+  for (const auto& n : resp.notifiers()) {
+    const auto& st = n.status();
+    std::printf("%-14s %-8s %-26s %-6lld %-6lld %-7lld %-7lld %-9s %s\n",
+                n.metadata().name().c_str(),
+                n.spec().type() == v1::NOTIFIER_TYPE_SLACK ? "slack" : "webhook",
+                SecretText(n.spec().url()).c_str(), static_cast<long long>(st.sent()),
+                static_cast<long long>(st.failed()), static_cast<long long>(st.dropped()),
+                static_cast<long long>(st.pending()), Age(st.last_success()).c_str(),
+                st.last_error().empty() ? "-" : st.last_error().c_str());
+  }
+  return 0;
+}
+
+// notify test NAME: a test message now; prints what the receiver answered.
+int NotifyTest(const Args& a) {
+  if (a.positional.size() < 3 || a.positional[1] != "test") Fail("notify test NAME", 2);
+  auto stub = Connect(a);
+  v1::TestNotifierRequest req;
+  req.set_name(a.positional[2]);
+  v1::TestNotifierResponse resp;
+  auto ctx = Ctx(absl::Seconds(60));
+  Check(stub->TestNotifier(ctx.get(), req, &resp), a);
+  if (PrintStructured(resp, a)) return resp.delivered() ? 0 : 1;
+  if (!resp.error().empty()) {
+    std::printf("notifier/%s: not delivered to %s: %s\n", req.name().c_str(),
+                resp.url_host().empty() ? "?" : resp.url_host().c_str(), resp.error().c_str());
+    return 1;
+  }
+  std::printf("notifier/%s: %s answered HTTP %d\n%s%s", req.name().c_str(), resp.url_host().c_str(),
+              resp.http_status(), resp.body().c_str(),
+              resp.body().empty() || resp.body().back() == '\n' ? "" : "\n");
+  return resp.delivered() ? 0 : 1;
+}
+
+// The lines of `a` and `b` as a unified-style diff ("-" old, "+" new, " " both); LCS.
+std::string LineDiff(const std::string& a, const std::string& b) {
+  const std::vector<std::string> x = absl::StrSplit(a, '\n');
+  const std::vector<std::string> y = absl::StrSplit(b, '\n');
+  std::vector<std::vector<int>> l(x.size() + 1, std::vector<int>(y.size() + 1, 0));
+  for (int i = static_cast<int>(x.size()) - 1; i >= 0; --i) {
+    for (int j = static_cast<int>(y.size()) - 1; j >= 0; --j) {
+      l[i][j] = x[i] == y[j] ? l[i + 1][j + 1] + 1 : std::max(l[i + 1][j], l[i][j + 1]);
+    }
+  }
+  std::string out;
+  size_t i = 0, j = 0;
+  while (i < x.size() || j < y.size()) {
+    if (i < x.size() && j < y.size() && x[i] == y[j]) {
+      absl::StrAppend(&out, "  ", x[i], "\n");
+      ++i;
+      ++j;
+    } else if (i < x.size() && (j == y.size() || l[i + 1][j] >= l[i][j + 1])) {
+      absl::StrAppend(&out, "- ", x[i++], "\n");
+    } else {
+      absl::StrAppend(&out, "+ ", y[j++], "\n");
+    }
+  }
+  return out;
+}
+
+std::string SpecYaml(const v1::StackSpec& spec) {
+  return manifest::EmitYaml(nlohmann::json::parse(ToJson(spec)));
+}
+
+// diff -f FILE: what an apply would change. The controller validates and classifies (a dry-run
+// apply); for a stack it would reconfigure, the spec as stored and as written are compared.
+int Diff(const Args& a) {
+  if (a.file.empty()) Fail("diff needs -f FILE|DIR", 2);
+  auto stub = Connect(a);
+  v1::ApplyRequest req;
+  req.set_dry_run(true);
+  for (auto& m : ReadManifests(a.file)) *req.add_manifests() = std::move(m);
+  v1::ApplyResponse resp;
+  auto ctx = Ctx();
+  grpc::Status st = stub->Apply(ctx.get(), req, &resp);
+  if (st.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+    v1::ApplyResponse details;
+    if (details.ParseFromString(st.error_details()) && details.errors_size() > 0) {
+      for (const auto& e : details.errors()) {
+        std::fprintf(stderr, "%s:%d: %s: %s\n", e.file().c_str(), e.line(), e.field().c_str(),
+                     e.message().c_str());
+      }
+      return 1;
+    }
+  }
+  Check(st, a);
+  if (PrintStructured(resp, a)) return 0;
+  bool changes = false;
+  for (const auto& s : resp.applied()) {
+    // The controller says created or configured (" (dry run)"); which fields differ is
+    // worked out here, from the spec it holds and the one the same loader makes of the file.
+    if (absl::StartsWith(s.change(), "created")) {
+      std::printf("stack/%s would be created\n", s.name().c_str());
+      changes = true;
+      continue;
+    }
+    // The new spec as the controller would store it (defaults filled by the same loader).
+    v1::StackSpec want;
+    for (const auto& m : req.manifests()) {
+      const manifest::LoadResult r = manifest::LoadString(m.content(), m.filename());
+      for (const auto& st2 : r.stacks) {
+        if (st2.metadata().name() == s.name()) want = st2.spec();
+      }
+    }
+    v1::GetStackRequest get;
+    get.set_name(s.name());
+    v1::Stack have;
+    auto gctx = Ctx();
+    Check(stub->GetStack(gctx.get(), get, &have), a);
+    const std::string before = SpecYaml(have.spec()), after = SpecYaml(want);
+    if (before == after) {
+      std::printf("stack/%s unchanged\n", s.name().c_str());
+      continue;
+    }
+    changes = true;
+    std::printf("stack/%s would be configured\n", s.name().c_str());
+    const std::string d = LineDiff(before, after);
+    for (const auto& line : absl::StrSplit(d, '\n')) {
+      if (!line.empty() && line[0] != ' ') std::printf("    %s\n", std::string(line).c_str());
+    }
+  }
+  for (const auto& n : resp.notifiers()) {
+    std::printf("notifier/%s %s\n", n.name().c_str(),
+                n.change() == "created"      ? "would be created"
+                : n.change() == "configured" ? "would be configured"
+                                             : "unchanged");
+    if (n.change() != "unchanged") changes = true;
+  }
+  return changes ? 3 : 0;  // like diff(1): non-zero when something would change
+}
+
 int Get(const Args& a) {
-  if (a.positional.size() < 2) Fail("get stacks|hosts|controllers", 2);
+  if (a.positional.size() < 2) Fail("get stacks|hosts|controllers|notifiers", 2);
   auto stub = Connect(a);
   const std::string what = a.positional[1];
   if (what == "stacks" || what == "stack") {
@@ -298,7 +448,8 @@ int Get(const Args& a) {
     if (resp.leader().empty()) std::printf("(no leader elected)\n");
     return 0;
   }
-  Fail(absl::StrCat("get: unknown kind ", what, " (stacks, hosts, controllers)"), 2);
+  if (what == "notifiers" || what == "notifier") return GetNotifiers(a, stub.get());
+  Fail(absl::StrCat("get: unknown kind ", what, " (stacks, hosts, controllers, notifiers)"), 2);
 }
 
 std::string StackName(const Args& a, const char* verb) {
@@ -522,6 +673,16 @@ int Run(const Args& a) {
 }
 
 int Delete(const Args& a) {
+  if (a.positional.size() >= 3 && a.positional[1] == "notifier") {
+    auto stub = Connect(a);
+    v1::DeleteNotifierRequest req;
+    req.set_name(a.positional[2]);
+    v1::DeleteNotifierResponse resp;
+    auto ctx = Ctx();
+    Check(stub->DeleteNotifier(ctx.get(), req, &resp), a);
+    std::printf("notifier/%s deleted\n", req.name().c_str());
+    return 0;
+  }
   const std::string name = StackName(a, "delete");
   auto stub = Connect(a);
   v1::DeleteStackRequest req;
@@ -552,6 +713,8 @@ int RunFleetCommand(int argc, char** argv) {
   if (cmd == "resume") return PauseResume(args, false);
   if (cmd == "run") return Run(args);
   if (cmd == "delete") return Delete(args);
+  if (cmd == "notify") return NotifyTest(args);
+  if (cmd == "diff") return Diff(args);
   Fail(absl::StrCat("unknown command ", cmd, "; see upkeepctl --help"), 2);
 }
 

@@ -14,11 +14,14 @@ constexpr char kUsage[] =
     "  validate -f FILE|DIR                       check manifests\n"
     "  plan -f STACK.yaml --observed SNAP.json    diagnose a snapshot [-o json|text]\n"
     "  tls init|issue --dir DIR ...               the fleet's CA and certificates\n"
+    "  completion bash                            shell completions\n"
     "against a controller (--controller ADDR, default $UPKEEP_CONTROLLER or localhost:7400):\n"
     "  apply -f FILE|DIR       get stacks|hosts      describe stack NAME\n"
     "  explain stack NAME      plan stack NAME       events [--watch] [--stack NAME]\n"
     "  actions [--stack NAME]  pause|resume stack NAME|host ID\n"
     "  run ACTION --stack NAME --target T          get controllers (replicas on etcd)\n"
+    "  diff -f FILE|DIR        get notifiers         notify test NAME\n"
+    "  delete stack NAME|notifier NAME\n"
     "output: -o table|json|yaml\n";
 
 bool HasFlag(int argc, char** argv, const char* flag) {
@@ -39,6 +42,7 @@ int main(int argc, char** argv) {
   const std::string cmd = argv[1];
   if (cmd == "validate") return upkeep::cli::RunValidate(argc - 1, argv + 1);
   if (cmd == "tls") return upkeep::cli::RunTls(argc - 1, argv + 1);
+  if (cmd == "completion") return upkeep::cli::RunCompletion(argc - 1, argv + 1);
   if (cmd == "plan" && HasFlag(argc, argv, "--observed")) {
     return upkeep::cli::RunPlanOffline(argc - 1, argv + 1);
   }

@@ -21,20 +21,26 @@
 #include "controller/auth/token_store.h"
 #include "controller/ha/elector.h"
 #include "controller/ha/replica.h"
+#include "controller/http/state_json.h"
+#include "controller/http/status_server.h"
 #include "controller/metrics/metrics.h"
+#include "controller/notify/notify_service.h"
 #include "controller/reconcile/reconciler.h"
 #include "controller/store/etcd_store.h"
 #include "controller/store/store.h"
 #include "core/flags.h"
 #include "core/log.h"
 #include "core/manifest/loader.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 
 ABSL_FLAG(std::string, data, "/var/lib/upkeep", "data directory (SQLite store)");
 ABSL_FLAG(std::string, listen, "127.0.0.1:7400", "gRPC address (AgentService, FleetService)");
 ABSL_FLAG(std::string, manifests, "", "directory of manifests applied at start and on change");
-ABSL_FLAG(std::string, metrics, "", "HTTP address for /metrics (empty: off)");
+ABSL_FLAG(std::string, http, "127.0.0.1:9400",
+          "HTTP address of the status page, /api/state, /api/events and /metrics (\"off\": none)");
+ABSL_FLAG(std::string, metrics, "", "alias of --http (kept for old unit files)");
 ABSL_FLAG(bool, log_json, false, "log JSON lines");
 ABSL_FLAG(std::string, tls_cert, "",
           "the controller's certificate (upkeepctl tls issue --controller)");
@@ -312,8 +318,28 @@ int main(int argc, char** argv) {
   upkeep::controller::AgentServiceImpl agents(reconciler->get(), agent_options);
   (*reconciler)->SetHub(&agents);
   upkeep::controller::FleetServiceImpl fleet(reconciler->get(), store_ptr);
+  // Notifiers deliver on threads of their own; the bus only hands them copies.
+  upkeep::controller::Reconciler* rec = reconciler->get();
+  auto notifiers = upkeep::notify::NotifyService::Open(
+      absl::GetFlag(FLAGS_data),
+      [rec](const std::string& name) -> std::optional<upkeep::v1::Stack> {
+        auto s = rec->GetStack(name);
+        if (!s.ok()) return std::nullopt;
+        return *std::move(s);
+      },
+      &metrics);
+  if (!notifiers.ok()) {
+    UPKEEP_LOG(critical, "notifiers_open_failed",
+               {{"error", std::string(notifiers.status().message())}});
+    return 1;
+  }
+  (*notifiers)->Attach(rec->events());
+  fleet.SetNotifiers(notifiers->get());
 
   grpc::EnableDefaultHealthCheckService(true);
+  // Server reflection: generic tools (grpcurl, grpc_cli) list and call FleetService. On a TLS
+  // port it needs the viewer role like any read.
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(listen, credentials, &port);
@@ -331,13 +357,40 @@ int main(int argc, char** argv) {
     UPKEEP_LOG(critical, "listen_failed", {{"address", absl::GetFlag(FLAGS_listen)}});
     return 1;
   }
-  std::unique_ptr<upkeep::controller::MetricsServer> metrics_server;
-  if (!absl::GetFlag(FLAGS_metrics).empty()) {
-    auto m = upkeep::controller::MetricsServer::Start(absl::GetFlag(FLAGS_metrics), &metrics);
+  // The status page and /metrics. Plaintext only where gRPC may be plaintext; with TLS it is
+  // HTTPS and wants a viewer (controller/http/status_server.h).
+  std::string http = absl::GetFlag(FLAGS_http);
+  if (!absl::GetFlag(FLAGS_metrics).empty()) http = absl::GetFlag(FLAGS_metrics);
+  std::unique_ptr<upkeep::controller::StatusServer> status_server;
+  if (http != "off" && !http.empty()) {
+    if (!tls && !upkeep::IsLoopbackAddress(http) && !absl::GetFlag(FLAGS_insecure)) {
+      UPKEEP_LOG(
+          critical, "refusing_plaintext",
+          {{"http", http}, {"error", "not loopback and no TLS: give --tls-* or --insecure"}});
+      return 1;
+    }
+    upkeep::controller::StatusServerOptions http_options;
+    http_options.address = http;
+    http_options.metrics = &metrics;
+    http_options.events = rec->events();
+    upkeep::controller::Store* st = store_ptr;
+    http_options.state = [rec, st] { return upkeep::controller::StateJson(rec, st); };
+    if (tls) {
+      http_options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+      http_options.tls_key = absl::GetFlag(FLAGS_tls_key);
+      http_options.tls_ca = absl::GetFlag(FLAGS_tls_ca);
+      http_options.tokens = tokens.get();
+    }
+    auto m = upkeep::controller::StatusServer::Start(std::move(http_options));
     if (!m.ok()) {
-      UPKEEP_LOG(error, "metrics_failed", {{"error", std::string(m.status().message())}});
+      // Not fatal: the controller heals without its page (another process may hold the port).
+      UPKEEP_LOG(error, "http_failed", {{"error", std::string(m.status().message())}});
     } else {
-      metrics_server = std::move(*m);
+      status_server = std::move(*m);
+      const size_t colon = http.rfind(':');
+      UPKEEP_LOG(info, "status_page",
+                 {{"url", absl::StrCat(tls ? "https://" : "http://", http.substr(0, colon), ":",
+                                       status_server->port(), "/")}});
     }
   }
   (*reconciler)->Start();
@@ -361,8 +414,9 @@ int main(int argc, char** argv) {
   UPKEEP_LOG(info, "controller_stopping", {});
   agents.Shutdown();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  status_server.reset();
+  (*notifiers)->Stop();
   (*reconciler)->Stop();
-  metrics_server.reset();
   if (registry != nullptr) registry->Stop();
   if (elector != nullptr) elector->Stop();  // resigns: a follower takes over at once
   UPKEEP_LOG(info, "controller_stopped", {});

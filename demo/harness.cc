@@ -86,6 +86,8 @@ absl::Status StackHarness::Setup() {
   frontend_port_ = fixed ? 13000 : upkeep::testing::FreePort();
   db_port_ = fixed ? 15432 : upkeep::testing::FreePort();
   controller_port_ = fixed ? 17400 : upkeep::testing::FreePort();
+  http_port_ = fixed ? 9400 : upkeep::testing::FreePort();
+  controller_data_ = options_.work_dir + "/controller";
   controller_address_ = absl::StrCat("127.0.0.1:", controller_port_);
   nginx_prefix_ = absl::StrCat(options_.work_dir, "/nginx");
   std::error_code ec;
@@ -305,9 +307,13 @@ absl::StatusOr<std::vector<std::string>> StackHarness::AgentTlsFlags(const std::
 }
 
 absl::Status StackHarness::StartController() {
-  std::vector<std::string> argv = {absl::StrCat(options_.bin_dir, "/upkeep-controller"), "--data",
-                                   options_.work_dir + "/controller", "--listen",
-                                   controller_address_};
+  std::vector<std::string> argv = {absl::StrCat(options_.bin_dir, "/upkeep-controller"),
+                                   "--data",
+                                   options_.work_dir + "/controller",
+                                   "--listen",
+                                   controller_address_,
+                                   "--http",
+                                   absl::StrCat("127.0.0.1:", http_port_)};
   std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
   if (options_.tls) {
     const std::string pki = tls_dir();
@@ -316,7 +322,8 @@ absl::Status StackHarness::StartController() {
     ASSIGN_OR_RETURN(
         creds, tls::ChannelCredentials(pki + "/ca.crt", pki + "/client.crt", pki + "/client.key"));
   }
-  ASSIGN_OR_RETURN(controller_, Subprocess::Start(argv, options_.work_dir + "/controller.log"));
+  ASSIGN_OR_RETURN(controller_, Subprocess::Start(argv, options_.work_dir + "/controller.log",
+                                                  options_.controller_env));
   auto channel = grpc::CreateChannel(controller_address_, creds);
   fleet_ = upkeep::v1::FleetService::NewStub(channel);
   if (!upkeep::testing::WaitForPort("127.0.0.1", controller_port_, absl::Seconds(20))) {

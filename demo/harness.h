@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "tests/support/subprocess.h"
 #include "upkeep/v1/fleet_service.grpc.pb.h"
@@ -40,6 +41,8 @@ struct HarnessOptions {
   // Mutual TLS between every piece, with a CA made in work_dir/pki (the secure path is the
   // tested one). `pki/` is also an UPKEEP_TLS_DIR for upkeepctl (an admin certificate).
   bool tls = true;
+  // Extra environment for the controller ("NAME=VALUE"), e.g. a notifier's webhook URL.
+  std::vector<std::string> controller_env;
 };
 
 // One line of what happened, for the demo's timeline.
@@ -65,6 +68,12 @@ class StackHarness {
   int backend_port() const { return backend_port_; }
   int frontend_port() const { return frontend_port_; }
   int db_port() const { return db_port_; }
+  // The controller's status page (HTTPS when tls).
+  int http_port() const { return http_port_; }
+  std::string status_url() const {
+    return absl::StrCat(options_.tls ? "https" : "http", "://127.0.0.1:", http_port_, "/");
+  }
+  const std::string& controller_data_dir() const { return controller_data_; }
 
   // Waits until the stack's Ready condition is True and both routes answer 200 via nginx.
   absl::Status WaitServing(absl::Duration timeout);
@@ -121,6 +130,8 @@ class StackHarness {
   std::string manifest_path_;
   std::string nginx_prefix_;
   int controller_port_ = 0;
+  int http_port_ = 0;
+  std::string controller_data_;
   int nginx_port_ = 0;
   int backend_port_ = 0;
   int frontend_port_ = 0;

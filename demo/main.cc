@@ -2,6 +2,7 @@
 // controller, an agent, sample backend and frontend on the process runtime), then walks the
 // seed runbook's faults one by one, printing each step as it happens and a summary table.
 // Then it keeps the stack running until Ctrl-C (or exits after the tour with --once).
+#include <httplib.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -10,6 +11,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -23,6 +25,7 @@
 #include "core/proto_time.h"
 #include "demo/harness.h"
 #include "grpcpp/grpcpp.h"
+#include "nlohmann/json.hpp"
 #include "tests/support/net.h"
 #include "tests/support/wait.h"
 
@@ -228,6 +231,60 @@ void PrintTable(const std::vector<Outcome>& outcomes, const Colors& c) {
   }
 }
 
+// Receives the demo notifier's webhooks on loopback.
+class WebhookReceiver {
+ public:
+  WebhookReceiver() {
+    server_.Post("/hook", [this](const httplib::Request& req, httplib::Response& res) {
+      std::lock_guard<std::mutex> l(mu_);
+      auto j = nlohmann::json::parse(req.body, nullptr, false);
+      if (!j.is_discarded()) messages_.push_back(j);
+      res.set_content("thanks", "text/plain");
+    });
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+  }
+  ~WebhookReceiver() {
+    server_.stop();
+    thread_.join();
+  }
+  std::string url() const { return absl::StrCat("http://127.0.0.1:", port_, "/hook"); }
+  std::vector<nlohmann::json> Alerts() {
+    std::lock_guard<std::mutex> l(mu_);
+    std::vector<nlohmann::json> out;
+    for (const auto& m : messages_) {
+      if (m.value("event", "") == "alerts") out.push_back(m);
+    }
+    return out;
+  }
+  int count() {
+    std::lock_guard<std::mutex> l(mu_);
+    return static_cast<int>(messages_.size());
+  }
+
+ private:
+  httplib::Server server_;
+  std::thread thread_;
+  int port_ = 0;
+  std::mutex mu_;
+  std::vector<nlohmann::json> messages_;
+};
+
+// A viewer token for the status page (the demo runs with TLS on).
+std::string ViewerToken(const std::string& bin_dir, const std::string& data_dir) {
+  const std::string cmd =
+      absl::StrCat(fs::absolute(bin_dir).string(), "/upkeep-controller token create --data ",
+                   data_dir, " --name demo-page --role viewer 2>/dev/null");
+  std::string out;
+  if (FILE* p = ::popen(cmd.c_str(), "r"); p != nullptr) {
+    char buf[256];
+    while (std::fgets(buf, sizeof buf, p) != nullptr) out += buf;
+    ::pclose(p);
+  }
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+  return out;
+}
+
 int Main(int argc, char** argv) {
   bool once = false;
   std::string source_dir = ".";
@@ -255,7 +312,10 @@ int Main(int argc, char** argv) {
   fs::remove_all(options.work_dir, ec);
   fs::create_directories(options.work_dir, ec);
   options.fixed_ports = true;
-  for (int port : {18080, 18002, 13000, 17400}) {
+  // A webhook receiver for the demo's notifier: it prints what upkeep sends for the alert.
+  WebhookReceiver receiver;
+  options.controller_env = {"UPKEEP_DEMO_WEBHOOK=" + receiver.url()};
+  for (int port : {18080, 18002, 13000, 17400, 9400}) {
     if (upkeep::testing::CanConnect("127.0.0.1", port)) {
       options.fixed_ports = false;  // something else uses the demo's ports: pick free ones
     }
@@ -284,6 +344,27 @@ int Main(int argc, char** argv) {
       "(upkeep started 2 services and nginx in %s)%s\n",
       c.green, h.nginx_port(), Ms(absl::Now() - t_apply).c_str(), c.reset);
 
+  // A notifier for alerts and their resolution, applied like a stack.
+  {
+    upkeep::v1::ApplyRequest req;
+    auto* m = req.add_manifests();
+    m->set_filename("demo-notifier.yaml");
+    m->set_content(
+        "apiVersion: upkeep/v1\nkind: Notifier\nmetadata: {name: demo-webhook}\n"
+        "spec:\n  type: webhook\n  url: {env: UPKEEP_DEMO_WEBHOOK}\n"
+        "  events: [alerts, crashLoops, resolved]\n");
+    upkeep::v1::ApplyResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    const grpc::Status st = h.fleet().Apply(&ctx, req, &resp);
+    std::printf("  %s notifier demo-webhook → %s%s\n", st.ok() ? "✔" : "✘", receiver.url().c_str(),
+                st.ok() ? "" : (" (" + st.error_message() + ")").c_str());
+  }
+  const std::string token = ViewerToken(bin_dir, h.controller_data_dir());
+  std::printf("  %sstatus page: %s%s%s  (live; a viewer token in the URL, kept as a cookie)\n",
+              c.bold, h.status_url().c_str(), token.empty() ? "" : ("?token=" + token).c_str(),
+              c.reset);
+
   const std::vector<Fault> faults = {
       {"backend killed", "backend container not running → start",
        [](StackHarness& s) { return s.CrashBackend(); }},
@@ -308,6 +389,28 @@ int Main(int argc, char** argv) {
     h.WaitServing(absl::Seconds(30)).IgnoreError();
   }
   PrintTable(outcomes, c);
+  // What the webhook received for the wrong-port alert.
+  upkeep::testing::WaitFor([&] { return !receiver.Alerts().empty(); }, absl::Seconds(5));
+  for (const auto& alert : receiver.Alerts()) {
+    std::printf("\n%sWebhook delivery (%s):%s %s\n", c.bold, receiver.url().c_str(), c.reset,
+                alert.value("text", "").c_str());
+    std::printf("  code %s · verdict %s · %zu path steps\n", alert.value("code", "").c_str(),
+                alert.value("verdict", "").c_str(), alert["path"].size());
+    for (const auto& f : alert["findings"]) {
+      std::printf("  finding %s: %s\n", f.value("code", "").c_str(),
+                  f.value("message", "").c_str());
+      for (const auto& [k, v] : f["evidence"].items()) {
+        std::string text = v.get<std::string>();
+        if (text.size() > 160) text = text.substr(0, 160) + "…";
+        for (char& ch : text) {
+          if (ch == '\n') ch = ' ';
+        }
+        std::printf("    %-18s %s\n", k.c_str(), text.c_str());
+      }
+    }
+  }
+  std::printf("  (%d message(s) delivered in all, \"resolved\" follow-ups included)\n",
+              receiver.count());
   bool all_ok = outcomes.size() == faults.size();
   for (const auto& o : outcomes) all_ok = all_ok && o.ok;
 
@@ -324,11 +427,12 @@ int Main(int argc, char** argv) {
       "  %s get stacks\n"
       "  %s explain stack demo\n"
       "  %s events --watch\n"
+      "  status page: %s\n"
       "  curl -s http://127.0.0.1:%d/api/fault/crash   # kill the backend, watch it come back\n"
       "  curl -s http://127.0.0.1:%d/api/health\n"
       "Ctrl-C stops everything the demo started.\n",
       c.bold, c.reset, h.controller_address().c_str(), h.tls_dir().c_str(), ctl.c_str(),
-      ctl.c_str(), ctl.c_str(), h.nginx_port(), h.nginx_port());
+      ctl.c_str(), ctl.c_str(), h.status_url().c_str(), h.nginx_port(), h.nginx_port());
   std::fflush(stdout);
   while (!g_interrupted) absl::SleepFor(absl::Milliseconds(100));  // idle until Ctrl-C
   std::printf("\nstopping…\n");

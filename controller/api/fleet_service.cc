@@ -56,6 +56,7 @@ grpc::Status FleetServiceImpl::Apply(grpc::ServerContext* ctx, const v1::ApplyRe
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no manifests");
   }
   std::vector<v1::Stack> stacks;
+  std::vector<v1::Notifier> notifiers;
   std::set<std::string> names;
   size_t total = 0;
   for (const auto& m : req->manifests()) {
@@ -80,6 +81,11 @@ grpc::Status FleetServiceImpl::Apply(grpc::ServerContext* ctx, const v1::ApplyRe
       }
       stacks.push_back(s);
     }
+    for (const auto& n : r.notifiers) notifiers.push_back(n);
+  }
+  if (!notifiers.empty() && notifiers_ == nullptr) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "this controller has no notifier service");
   }
   if (resp->errors_size() > 0) {
     const auto& e = resp->errors(0);
@@ -88,9 +94,16 @@ grpc::Status FleetServiceImpl::Apply(grpc::ServerContext* ctx, const v1::ApplyRe
                                      ":", e.line(), ": ", e.field(), ": ", e.message()),
                         resp->SerializeAsString());
   }
-  auto applied = reconciler_->Apply(stacks, req->dry_run(), Caller(ctx));
-  if (!applied.ok()) return ToGrpc(applied.status());
-  *resp = *applied;
+  if (!stacks.empty()) {
+    auto applied = reconciler_->Apply(stacks, req->dry_run(), Caller(ctx));
+    if (!applied.ok()) return ToGrpc(applied.status());
+    *resp = *applied;
+  }
+  if (!notifiers.empty()) {
+    auto applied = notifiers_->Apply(notifiers, req->dry_run());
+    if (!applied.ok()) return ToGrpc(applied.status());
+    for (auto& a : *applied) *resp->add_notifiers() = std::move(a);
+  }
   return grpc::Status::OK;
 }
 
@@ -241,6 +254,31 @@ grpc::Status FleetServiceImpl::RunAction(grpc::ServerContext* ctx, const v1::Run
   auto r = reconciler_->RunAction(*req, wait, Caller(ctx));
   if (!r.ok()) return ToGrpc(r.status());
   *resp->mutable_record() = *r;
+  return grpc::Status::OK;
+}
+
+grpc::Status FleetServiceImpl::ListNotifiers(grpc::ServerContext*,
+                                             const v1::ListNotifiersRequest*,
+                                             v1::ListNotifiersResponse* resp) {
+  if (notifiers_ == nullptr) return grpc::Status::OK;
+  for (auto& n : notifiers_->List()) *resp->add_notifiers() = std::move(n);
+  return grpc::Status::OK;
+}
+
+grpc::Status FleetServiceImpl::DeleteNotifier(grpc::ServerContext*,
+                                              const v1::DeleteNotifierRequest* req,
+                                              v1::DeleteNotifierResponse*) {
+  if (notifiers_ == nullptr) return grpc::Status(grpc::StatusCode::NOT_FOUND, "no notifiers");
+  return ToGrpc(notifiers_->Delete(req->name()));
+}
+
+grpc::Status FleetServiceImpl::TestNotifier(grpc::ServerContext*,
+                                            const v1::TestNotifierRequest* req,
+                                            v1::TestNotifierResponse* resp) {
+  if (notifiers_ == nullptr) return grpc::Status(grpc::StatusCode::NOT_FOUND, "no notifiers");
+  auto r = notifiers_->Test(req->name());
+  if (!r.ok()) return ToGrpc(r.status());
+  *resp = *r;
   return grpc::Status::OK;
 }
 

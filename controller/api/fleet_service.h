@@ -5,6 +5,7 @@
 #ifndef UPKEEP_CONTROLLER_API_FLEET_SERVICE_H_
 #define UPKEEP_CONTROLLER_API_FLEET_SERVICE_H_
 
+#include "controller/notify/notify_service.h"
 #include "controller/reconcile/reconciler.h"
 #include "upkeep/v1/fleet_service.grpc.pb.h"
 
@@ -41,10 +42,21 @@ class FleetServiceImpl : public upkeep::v1::FleetService::Service {
                       upkeep::v1::PauseResponse*) override;
   grpc::Status RunAction(grpc::ServerContext*, const upkeep::v1::RunActionRequest*,
                          upkeep::v1::RunActionResponse*) override;
+  grpc::Status ListNotifiers(grpc::ServerContext*, const upkeep::v1::ListNotifiersRequest*,
+                             upkeep::v1::ListNotifiersResponse*) override;
+  grpc::Status DeleteNotifier(grpc::ServerContext*, const upkeep::v1::DeleteNotifierRequest*,
+                              upkeep::v1::DeleteNotifierResponse*) override;
+  grpc::Status TestNotifier(grpc::ServerContext*, const upkeep::v1::TestNotifierRequest*,
+                            upkeep::v1::TestNotifierResponse*) override;
+
+  // Where `kind: Notifier` manifests go; without it they are refused (FAILED_PRECONDITION).
+  // Set before the server starts; must outlive it.
+  void SetNotifiers(notify::NotifyService* notifiers) { notifiers_ = notifiers; }
 
  private:
   Reconciler* const reconciler_;
   Store* const store_;
+  notify::NotifyService* notifiers_ = nullptr;
 };
 
 }  // namespace upkeep::controller

@@ -24,13 +24,17 @@ const absl::flat_hash_map<std::string, Role>& RoleTable() {
       {"/upkeep.v1.FleetService/WatchEvents", Role::kViewer},
       {"/upkeep.v1.FleetService/ListActions", Role::kViewer},
       {"/upkeep.v1.ControllerService/ListControllers", Role::kViewer},
+      {"/upkeep.v1.FleetService/ListNotifiers", Role::kViewer},
+      {"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", Role::kViewer},
       {"/grpc.health.v1.Health/Check", Role::kViewer},
       {"/grpc.health.v1.Health/Watch", Role::kViewer},
       {"/upkeep.v1.FleetService/Pause", Role::kOperator},
       {"/upkeep.v1.FleetService/Resume", Role::kOperator},
       {"/upkeep.v1.FleetService/RunAction", Role::kOperator},
+      {"/upkeep.v1.FleetService/TestNotifier", Role::kOperator},
       {"/upkeep.v1.FleetService/Apply", Role::kAdmin},
       {"/upkeep.v1.FleetService/DeleteStack", Role::kAdmin},
+      {"/upkeep.v1.FleetService/DeleteNotifier", Role::kAdmin},
   };
   return *table;
 }

@@ -5,10 +5,10 @@
 //   agent      only AgentService.Connect (and, in AgentService, only as its own host: the
 //              service checks the hello against `name`)
 //   viewer     FleetService reads: GetStack ListStacks ListHosts DescribeStack Plan ListEvents
-//              WatchEvents ListActions; ControllerService.ListControllers;
-//              grpc.health.v1 Check/Watch
-//   operator   viewer + Pause Resume RunAction
-//   admin      operator + Apply DeleteStack
+//              WatchEvents ListActions ListNotifiers; ControllerService.ListControllers;
+//              grpc.health.v1 Check/Watch; server reflection
+//   operator   viewer + Pause Resume RunAction TestNotifier
+//   admin      operator + Apply DeleteStack DeleteNotifier
 //   controller health checks only (a controller certificate is a server certificate)
 // People and tools never call AgentService. A method not in the table is refused for everyone,
 // so a new RPC is closed until it is given a role here.

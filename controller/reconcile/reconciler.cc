@@ -433,6 +433,13 @@ void Reconciler::Reconcile(const WorkKey& key) {
       event("Warning", f.code() == "CrashLooping" ? "CrashLooping" : "Alert", f.target(),
             absl::StrCat(f.code(), ": ", f.message()));
     }
+    // An alert that cleared gets its follow-up (notifiers send it as "resolved").
+    for (const std::string& id : ks.active_alerts) {
+      if (current.count(id)) continue;
+      const size_t slash = id.find('/');
+      event("Normal", "Resolved", id.substr(slash + 1),
+            absl::StrCat(id.substr(0, slash), ": cleared (", v1::Verdict_Name(d.verdict()), ")"));
+    }
     ks.active_alerts = std::move(current);
     ks.diagnosis = d;
     ks.verdict = d.verdict();

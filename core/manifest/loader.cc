@@ -416,7 +416,7 @@ void ParseProxy(Walker& w, const Node& n, const std::string& path, v1::ProxySpec
     const Node g = n["nginx"];
     if (w.CheckMap(g, p,
                    {"config", "binary", "prefix", "pidFile", "errorLog", "startCommand",
-                    "testCommand", "proxyReadTimeout"})) {
+                    "testCommand", "proxyReadTimeout", "service"})) {
       auto* nginx = out->mutable_nginx();
       if (!g["config"]) w.Error(g, p + ".config", "required");
       const std::vector<std::pair<const char*, std::function<void(std::string)>>> strings = {
@@ -425,6 +425,7 @@ void ParseProxy(Walker& w, const Node& n, const std::string& path, v1::ProxySpec
           {"prefix", [&](std::string s) { nginx->set_prefix(s); }},
           {"pidFile", [&](std::string s) { nginx->set_pid_file(s); }},
           {"errorLog", [&](std::string s) { nginx->set_error_log(s); }},
+          {"service", [&](std::string s) { nginx->set_service(s); }},
       };
       for (const auto& [key, set] : strings) {
         if (g[key]) {
@@ -653,7 +654,142 @@ void CheckStack(Walker& w, const Node& spec_node, const v1::Stack& stack) {
   }
 }
 
+// kind: Notifier — where alerts go. Secrets are references (env / file), never values.
+void ParseNotifierDocument(Walker& w, const Node& doc, LoadResult* result,
+                           const std::string& filename) {
+  if (!w.CheckMap(doc, "", {"apiVersion", "kind", "metadata", "spec"})) return;
+  v1::Notifier n;
+  n.set_kind("Notifier");
+  if (auto s = w.String(doc["apiVersion"], "apiVersion")) {
+    if (*s != "upkeep/v1") {
+      w.Error(doc["apiVersion"], "apiVersion", absl::StrCat("\"", *s, "\": must be upkeep/v1"));
+    }
+    n.set_api_version(*s);
+  }
+  const Node meta = doc["metadata"];
+  if (!meta) {
+    w.Error(doc, "metadata", "required");
+  } else if (w.CheckMap(meta, "metadata", {"name", "labels"})) {
+    if (auto s = w.String(meta["name"], "metadata.name")) {
+      if (!IsDnsLabel(*s)) {
+        w.Error(meta["name"], "metadata.name",
+                absl::StrCat("\"", *s, "\" must be lower-case letters, digits and '-'"));
+      }
+      n.mutable_metadata()->set_name(*s);
+    }
+  }
+  n.mutable_metadata()->set_source(filename);
+  const Node spec = doc["spec"];
+  auto secret = [&](const Node& node, const std::string& path, v1::SecretRef* out) {
+    if (node.IsScalar()) {
+      w.Error(node, path,
+              "must be {env: VAR} or {file: PATH}: a secret is read by the controller, never "
+              "written in a manifest");
+      return;
+    }
+    if (!w.CheckMap(node, path, {"env", "file"})) return;
+    if (node["env"] && node["file"]) {
+      w.Error(node, path, "give env or file, not both");
+    } else if (node["env"]) {
+      if (auto s = w.String(node["env"], path + ".env")) out->set_env(*s);
+    } else if (node["file"]) {
+      if (auto s = w.String(node["file"], path + ".file")) out->set_file(*s);
+    } else {
+      w.Error(node, path, "needs env or file");
+    }
+  };
+  if (!spec) {
+    w.Error(doc, "spec", "required");
+  } else if (w.CheckMap(spec, "spec",
+                        {"type", "url", "token", "events", "stacks", "matchLabels", "rateLimit",
+                         "retry", "timeout"})) {
+    auto* out = n.mutable_spec();
+    if (!spec["type"]) {
+      w.Error(spec, "spec.type", "required: webhook or slack");
+    } else if (auto s = w.String(spec["type"], "spec.type")) {
+      if (*s == "webhook") {
+        out->set_type(v1::NOTIFIER_TYPE_WEBHOOK);
+      } else if (*s == "slack") {
+        out->set_type(v1::NOTIFIER_TYPE_SLACK);
+      } else {
+        w.Error(spec["type"], "spec.type", absl::StrCat("\"", *s, "\": must be webhook or slack"));
+      }
+    }
+    if (!spec["url"]) {
+      w.Error(spec, "spec.url", "required: {env: VAR} or {file: PATH}");
+    } else {
+      secret(spec["url"], "spec.url", out->mutable_url());
+    }
+    if (spec["token"]) secret(spec["token"], "spec.token", out->mutable_token());
+    if (spec["events"]) {
+      const std::vector<std::string> known = {"alerts", "crashLoops", "actionsFailed", "healed",
+                                              "resolved"};
+      int i = 0;
+      for (const auto& e : w.StringList(spec["events"], "spec.events")) {
+        if (std::find(known.begin(), known.end(), e) == known.end()) {
+          const std::string msg =
+              absl::StrCat("unknown event \"", e, "\"; one of ", absl::StrJoin(known, ", "));
+          w.Error(spec["events"], absl::StrCat("spec.events[", i, "]"), msg);
+        }
+        out->add_events(e);
+        ++i;
+      }
+    }
+    if (spec["stacks"]) {
+      for (auto& s : w.StringList(spec["stacks"], "spec.stacks")) out->add_stacks(s);
+    }
+    if (spec["matchLabels"]) {
+      if (!spec["matchLabels"].IsMap()) {
+        w.Error(spec["matchLabels"], "spec.matchLabels", "must be a mapping");
+      } else {
+        for (const auto& kv : spec["matchLabels"].entries()) {
+          if (kv.first.IsScalar() && kv.second.IsScalar()) {
+            (*out->mutable_match_labels())[kv.first.Scalar()] = kv.second.Scalar();
+          } else {
+            w.Error(kv.first, "spec.matchLabels", "keys and values must be strings");
+          }
+        }
+      }
+    }
+    if (spec["rateLimit"] && w.CheckMap(spec["rateLimit"], "spec.rateLimit", {"perMinute"})) {
+      if (auto v = w.Int(spec["rateLimit"]["perMinute"], "spec.rateLimit.perMinute", 1, 10000)) {
+        out->set_max_per_minute(static_cast<int32_t>(*v));
+      }
+    }
+    if (spec["retry"] &&
+        w.CheckMap(spec["retry"], "spec.retry", {"maxAttempts", "initialBackoff", "maxBackoff"})) {
+      const Node r = spec["retry"];
+      if (r["maxAttempts"]) {
+        if (auto v = w.Int(r["maxAttempts"], "spec.retry.maxAttempts", 1, 100)) {
+          out->set_max_attempts(static_cast<int32_t>(*v));
+        }
+      }
+      if (r["initialBackoff"]) {
+        if (auto d = w.Duration(r["initialBackoff"], "spec.retry.initialBackoff")) {
+          *out->mutable_initial_backoff() = ToProto(*d);
+        }
+      }
+      if (r["maxBackoff"]) {
+        if (auto d = w.Duration(r["maxBackoff"], "spec.retry.maxBackoff")) {
+          *out->mutable_max_backoff() = ToProto(*d);
+        }
+      }
+    }
+    if (spec["timeout"]) {
+      if (auto d = w.Duration(spec["timeout"], "spec.timeout")) {
+        *out->mutable_timeout() = ToProto(*d);
+      }
+    }
+  }
+  ApplyNotifierDefaults(&n);
+  result->notifiers.push_back(std::move(n));
+}
+
 void ParseDocument(Walker& w, const Node& doc, LoadResult* result, const std::string& filename) {
+  if (doc.IsMap() && doc["kind"].IsScalar() && doc["kind"].Scalar() == "Notifier") {
+    ParseNotifierDocument(w, doc, result, filename);
+    return;
+  }
   if (!w.CheckMap(doc, "", {"apiVersion", "kind", "metadata", "spec", "status"})) return;
   v1::Stack stack;
   if (!doc["apiVersion"]) {
@@ -830,10 +966,13 @@ LoadResult LoadString(absl::string_view content, absl::string_view filename) {
       }
     }
   }
-  if (result.stacks.empty()) {
+  if (result.stacks.empty() && result.notifiers.empty()) {
     if (result.errors.empty()) result.errors.push_back({file, 0, "", "no Stack documents"});
   }
-  if (!result.errors.empty()) result.stacks.clear();
+  if (!result.errors.empty()) {
+    result.stacks.clear();
+    result.notifiers.clear();
+  }
   return result;
 }
 
@@ -881,9 +1020,32 @@ LoadResult LoadPath(const std::string& path) {
       seen[name] = f;
       result.stacks.push_back(std::move(s));
     }
+    for (auto& n : one.notifiers) result.notifiers.push_back(std::move(n));
   }
-  if (!result.errors.empty()) result.stacks.clear();
+  if (!result.errors.empty()) {
+    result.stacks.clear();
+    result.notifiers.clear();
+  }
   return result;
+}
+
+void ApplyNotifierDefaults(v1::Notifier* notifier) {
+  if (notifier->api_version().empty()) notifier->set_api_version("upkeep/v1");
+  if (notifier->kind().empty()) notifier->set_kind("Notifier");
+  auto* spec = notifier->mutable_spec();
+  if (spec->events().empty()) {
+    for (const char* e : {"alerts", "crashLoops", "actionsFailed", "healed", "resolved"}) {
+      spec->add_events(e);
+    }
+  }
+  if (spec->max_per_minute() == 0) spec->set_max_per_minute(20);
+  if (spec->max_attempts() == 0) spec->set_max_attempts(5);
+  auto set_duration = [](google::protobuf::Duration* d, absl::Duration v) {
+    if (d->seconds() == 0 && d->nanos() == 0) *d = ToProto(v);
+  };
+  set_duration(spec->mutable_initial_backoff(), absl::Seconds(1));
+  set_duration(spec->mutable_max_backoff(), absl::Minutes(1));
+  set_duration(spec->mutable_timeout(), absl::Seconds(5));
 }
 
 }  // namespace upkeep::manifest

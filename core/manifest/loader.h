@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "upkeep/v1/notifier.pb.h"
 #include "upkeep/v1/stack.pb.h"
 
 namespace upkeep::manifest {
@@ -25,6 +26,8 @@ struct ManifestError {
 
 struct LoadResult {
   std::vector<upkeep::v1::Stack> stacks;  // empty when errors is non-empty
+  // `kind: Notifier` documents (docs/operations.md, "Notifications"); empty on errors too.
+  std::vector<upkeep::v1::Notifier> notifiers;
   std::vector<ManifestError> errors;
   bool ok() const { return errors.empty(); }
 };
@@ -39,6 +42,9 @@ LoadResult LoadPath(const std::string& path);
 // Fills every unset field with its documented default (docs/manifest.md). The loader calls it;
 // code that builds a Stack by hand calls it too.
 void ApplyDefaults(upkeep::v1::Stack* stack);
+
+// The documented defaults of a Notifier (docs/operations.md); the loader calls it.
+void ApplyNotifierDefaults(upkeep::v1::Notifier* notifier);
 
 // "500ms", "2s", "10m", "1h", "1m30s".
 absl::StatusOr<absl::Duration> ParseDuration(absl::string_view text);

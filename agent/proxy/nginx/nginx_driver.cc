@@ -23,6 +23,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "agent/base/command.h"
+#include "agent/proxy/nginx/systemd_unit.h"
 #include "core/log.h"
 #include "core/proto_time.h"
 
@@ -416,6 +417,12 @@ absl::StatusOr<std::string> NginxDriver::Start(absl::Duration timeout) {
     absl::MutexLock lock(&mu_);
     args.assign(spec_.start_command().begin(), spec_.start_command().end());
   }
+  std::string unit;
+  {
+    absl::MutexLock lock(&mu_);
+    unit = spec_.service();
+  }
+  if (!unit.empty()) args = SystemctlCommand("start", unit);  // systemd_unit.h
   if (args.empty()) args = BaseArgs();
   auto r = RunCommand(args, timeout);
   if (!r.ok()) return r.status();
@@ -443,7 +450,18 @@ absl::StatusOr<std::string> NginxDriver::Reload(absl::Duration timeout) {
         "nginx -t failed; not reloaded (the running config keeps serving):\n", test.output()));
   }
   const std::vector<pid_t> before = Workers(master);
-  if (::kill(master, SIGHUP) != 0) return absl::InternalError("cannot signal the nginx master");
+  std::string unit;
+  {
+    absl::MutexLock lock(&mu_);
+    unit = spec_.service();
+  }
+  if (!unit.empty()) {
+    // systemd_unit.h: the unit's ExecReload signals the master; new workers confirm it below.
+    auto r = Systemctl("reload", unit, timeout);
+    if (!r.ok()) return r.status();
+  } else if (::kill(master, SIGHUP) != 0) {
+    return absl::InternalError("cannot signal the nginx master");
+  }
   const absl::Time deadline = absl::Now() + timeout;
   while (absl::Now() < deadline) {
     for (pid_t w : Workers(master)) {
@@ -458,6 +476,24 @@ absl::StatusOr<std::string> NginxDriver::Reload(absl::Duration timeout) {
 }
 
 absl::StatusOr<std::string> NginxDriver::Restart(absl::Duration timeout) {
+  std::string unit;
+  {
+    absl::MutexLock lock(&mu_);
+    unit = spec_.service();
+  }
+  if (!unit.empty()) {  // systemd_unit.h
+    const v1::ConfigTest test = TestConfig();
+    if (!test.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "nginx -t failed; not restarted (the running nginx keeps serving):\n", test.output()));
+    }
+    auto r = Systemctl("restart", unit, timeout);
+    if (!r.ok()) return r.status();
+    ClearErrors();
+    absl::MutexLock lock(&mu_);
+    started_at_ = absl::Now();
+    return absl::StrCat("nginx restarted through ", *r);
+  }
   const pid_t master = MasterPid();
   if (master > 0) {
     const v1::ConfigTest test = TestConfig();

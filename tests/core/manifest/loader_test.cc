@@ -59,6 +59,23 @@ TEST(Loader, FillsDefaults) {
   EXPECT_EQ(s.metadata().source(), "good.yaml");
 }
 
+TEST(Loader, ReadsTheNginxSystemdUnitAndNotifiersBesideStacks) {
+  std::string yaml = kGood;
+  yaml.replace(yaml.find("{config: /etc/nginx/nginx.conf}"), 31,
+               "{config: /etc/nginx/nginx.conf, service: nginx.service}");
+  yaml +=
+      "---\napiVersion: upkeep/v1\nkind: Notifier\nmetadata: {name: ops}\n"
+      "spec: {type: slack, url: {file: /etc/upkeep/slack-url}}\n";
+  const LoadResult r = LoadString(yaml, "mixed.yaml");
+  ASSERT_TRUE(r.ok()) << r.errors[0].ToString();
+  ASSERT_EQ(r.stacks.size(), 1u);
+  EXPECT_EQ(r.stacks[0].spec().proxy().nginx().service(), "nginx.service");
+  ASSERT_EQ(r.notifiers.size(), 1u);
+  EXPECT_EQ(r.notifiers[0].spec().url().file(), "/etc/upkeep/slack-url");
+  EXPECT_EQ(r.notifiers[0].spec().events_size(), 5) << "every event class by default";
+  EXPECT_EQ(r.notifiers[0].spec().max_per_minute(), 20);
+}
+
 TEST(Loader, ReadsSeveralDocumentsPerFile) {
   std::string two = std::string(kGood) + "---\n" + kGood;
   two.replace(two.rfind("name: shop"), 10, "name: shop2");
