@@ -73,7 +73,17 @@ struct TargetView {
   v1::ProbeResult last;
   v1::HealthState health = v1::HEALTH_STATE_UNSPECIFIED;
   int failures = 0;
+  absl::Time judged_start = absl::InfinitePast();  // the start the health was judged on
 };
+
+// True when a target's latest probe or its judged health belongs to a process that ran before
+// the one observed now (a restart landed between the probe and this observation).
+bool JudgedOnAnEarlierStart(const v1::ServiceObservation& so, const TargetView& view) {
+  if (!so.has_started_at()) return false;
+  const absl::Time started = FromProto(so.started_at());
+  if (view.last.has_at() && FromProto(view.last.at()) < started) return true;
+  return view.judged_start != absl::InfinitePast() && view.judged_start != started;
+}
 
 class ObserverImpl : public StackObserver {
  public:
@@ -94,13 +104,12 @@ class ObserverImpl : public StackObserver {
     v1::StackObservation o = Header(stack);
     std::vector<ProbeRequest> requests;
     std::vector<int> service_index;
-    const std::vector<Listener> listeners = ListListeners();
     for (const auto& svc : stack.spec().services()) {
       v1::ServiceObservation* so = o.add_services();
       *so = runtime != nullptr ? runtime->Inspect(svc) : v1::ServiceObservation();
       so->set_name(svc.name());
       if (runtime == nullptr) so->set_error(runtime_error);
-      for (const auto& l : ListenersOf(so->pid(), listeners)) *so->add_listening() = l;
+      for (const auto& l : ServiceListeners(so->pid())) *so->add_listening() = l;
       requests.push_back(ServiceProbe(svc));
       service_index.push_back(o.services_size() - 1);
     }
@@ -324,7 +333,6 @@ class ObserverImpl : public StackObserver {
   // Outside the lock: runtime calls (Docker HTTP), /proc and log reads.
   v1::StackObservation Build(const StackState& st, const std::map<std::string, TargetView>& views) {
     v1::StackObservation o = Header(st.spec);
-    const std::vector<Listener> listeners = ListListeners();
     for (const auto& svc : st.spec.spec().services()) {
       v1::ServiceObservation* so = o.add_services();
       if (st.runtime != nullptr) {
@@ -333,9 +341,14 @@ class ObserverImpl : public StackObserver {
         so->set_error(st.runtime_error);
       }
       so->set_name(svc.name());
-      for (const auto& l : ListenersOf(so->pid(), listeners)) *so->add_listening() = l;
+      for (const auto& l : ServiceListeners(so->pid())) *so->add_listening() = l;
       auto it = views.find("svc:" + svc.name());
       if (it != views.end() && so->running()) {
+        if (JudgedOnAnEarlierStart(*so, it->second)) {
+          // Restarted since the last probe was sent: nothing is known of the new process yet.
+          so->set_health(v1::HEALTH_STATE_STARTING);
+          continue;
+        }
         *so->mutable_probe() = it->second.last;
         so->set_health(it->second.health);
         so->set_consecutive_failures(it->second.failures);
@@ -416,7 +429,8 @@ class ObserverImpl : public StackObserver {
         Job job{st.get(), {}, {}};
         for (const auto& [key, t] : st->targets) {
           job.views[key] =
-              TargetView{t->last, t->health, t->tracker ? t->tracker->consecutive_failures() : 0};
+              TargetView{t->last, t->health, t->tracker ? t->tracker->consecutive_failures() : 0,
+                         t->tracker ? t->tracker->started_at() : absl::InfinitePast()};
         }
         jobs.push_back(std::move(job));
       }

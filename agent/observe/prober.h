@@ -34,11 +34,14 @@ class HealthTracker {
  public:
   explicit HealthTracker(const upkeep::v1::ProbeSpec& spec) : spec_(spec) {}
   // Feeds one result for the process/container started at `started_at` (a new start resets
-  // the run); returns the judged state.
+  // the run; a result whose probe was sent before `started_at` is not counted); returns the
+  // judged state.
   upkeep::v1::HealthState Update(const upkeep::v1::ProbeResult& result, absl::Time started_at,
                                  absl::Time now);
   upkeep::v1::HealthState state() const { return state_; }
   int consecutive_failures() const { return failures_; }
+  // The start the current run belongs to (InfinitePast before the first result).
+  absl::Time started_at() const { return started_at_; }
 
  private:
   upkeep::v1::ProbeSpec spec_;
