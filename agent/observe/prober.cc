@@ -139,6 +139,17 @@ std::vector<v1::ProbeResult> ProbeAll(const std::vector<ProbeRequest>& requests)
       res.set_ok(ok);
       if (!ok) res.set_error(absl::StrCat("http ", status));
     }
+    bool cancelled = false;
+    for (const auto& r : requests) cancelled |= r.cancel != nullptr && r.cancel->load();
+    if (cancelled) {
+      for (auto& res : results) {
+        if (!res.has_at()) {
+          *res.mutable_at() = ToProto(start);
+          res.set_error("cancelled");
+        }
+      }
+      break;
+    }
     if (running > 0) curl_multi_poll(multi, nullptr, 0, 50, nullptr);
   } while (running > 0);
   for (size_t i = 0; i < handles.size(); ++i) {

@@ -7,6 +7,7 @@
 #ifndef UPKEEP_AGENT_OBSERVE_PROBER_H_
 #define UPKEEP_AGENT_OBSERVE_PROBER_H_
 
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,8 @@ struct ProbeRequest {
   std::string host_header;  // optional
   absl::Duration timeout = absl::Seconds(1);
   std::vector<int> expected_status;  // empty: any 2xx/3xx
+  // When set and true, the probe gives up at once (error "cancelled"); not owned.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 ProbeRequest ServiceProbe(const upkeep::v1::ServiceSpec& spec);
