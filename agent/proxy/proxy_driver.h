@@ -31,7 +31,7 @@ class ProxyDriver {
   enum class Change {
     kMaster,         // the master process started, stopped or was replaced
     kUpstreamError,  // a new upstream error appeared in the proxy's error log
-    kConfigTested,   // the driver re-tested the config by itself (a watched file changed)
+    kConfigTested,   // the config was tested (an action, or the driver itself on a change)
   };
 
   virtual ~ProxyDriver() = default;

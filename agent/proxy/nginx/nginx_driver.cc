@@ -242,6 +242,7 @@ void NginxDriver::WatchLoop() {
     uint64_t generation;
     v1::ConfigTest last_test;
     std::vector<std::string> config_files;
+    bool tested = false;
     {
       absl::MutexLock lock(&mu_);
       if (stopping_) break;
@@ -250,7 +251,12 @@ void NginxDriver::WatchLoop() {
       generation = spec_generation_;
       last_test = last_test_;
       config_files = ConfigFilesLocked();
+      tested = config_tested_;
+      config_tested_ = false;
     }
+    // Every config test (an action's or our own) is told at once, so the controller judges
+    // on it rather than on the one before.
+    if (tested) notify(Change::kConfigTested);
     std::set<std::string> want_config_dirs;
     for (const auto& f : config_files) want_config_dirs.insert(DirOf(f));
     if (in >= 0 &&
@@ -287,7 +293,6 @@ void NginxDriver::WatchLoop() {
       const v1::ConfigTest t = TestConfig();
       UPKEEP_LOG(info, "proxy_config_retested",
                  {{"ok", t.ok() ? "true" : "false"}, {"reason", "config changed or timer"}});
-      notify(Change::kConfigTested);
       continue;  // the files nginx names may have changed: re-arm
     }
     // What may have changed: the master, and the log.
@@ -517,8 +522,12 @@ v1::ConfigTest NginxDriver::TestConfig() {
     t.set_ok(r->exit_code == 0);
     t.set_output(r->output);
   }
-  absl::MutexLock lock(&mu_);
-  last_test_ = t;
+  {
+    absl::MutexLock lock(&mu_);
+    last_test_ = t;
+    config_tested_ = true;
+  }
+  WakeWatcher();
   return t;
 }
 

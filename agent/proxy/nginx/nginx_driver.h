@@ -78,6 +78,7 @@ class NginxDriver : public ProxyDriver {
   upkeep::v1::NginxSpec spec_ ABSL_GUARDED_BY(mu_);
   uint64_t spec_generation_ ABSL_GUARDED_BY(mu_) = 0;
   upkeep::v1::ConfigTest last_test_ ABSL_GUARDED_BY(mu_);
+  bool config_tested_ ABSL_GUARDED_BY(mu_) = false;  // a test ran since the watcher last told
   absl::Time started_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   // error-log tail
   ino_t log_inode_ ABSL_GUARDED_BY(mu_) = 0;

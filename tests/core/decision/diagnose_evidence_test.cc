@@ -256,5 +256,27 @@ TEST(DiagnoseEvidence, AnAddressThatIsNoLongerTheContainersIsNamedWithAResolverA
   EXPECT_EQ(FindingOf(Diagnose(Stack(), o, {}, kNow), "StaleUpstreamAddress"), nullptr);
 }
 
+// A failed test-proxy-config whose result is back but whose observation is not yet is not sent
+// again: the result itself is the evidence (it was sent 5 times in 170 ms before).
+TEST(DiagnoseEvidence, AFailedConfigTestResultIsNotRetestedBeforeItsObservationArrives) {
+  v1::StackObservation o = Healthy();
+  o.mutable_proxy()->set_master_running(false);
+  v1::ActionRecord test =
+      Record(v1::ACTION_KIND_TEST_PROXY_CONFIG, "nginx", kNow - absl::Milliseconds(30));
+  test.mutable_result()->set_outcome(v1::ACTION_OUTCOME_FAILED);
+  test.mutable_result()->set_output("nginx: [emerg] unknown directive \"x\" in /etc/nginx/a:1");
+  const v1::Diagnosis d = Diagnose(Stack(), o, {test}, kNow);
+  EXPECT_EQ(Actions(d), "") << d.DebugString();
+  EXPECT_EQ(d.verdict(), v1::VERDICT_DEGRADED) << d.DebugString();
+  EXPECT_NE(FindingOf(d, "ConfigInvalid"), nullptr) << d.DebugString();
+  // The agent re-tests once the file is fixed: a newer passing test starts nginx.
+  auto* t = o.mutable_proxy()->mutable_last_config_test();
+  t->set_ran(true);
+  t->set_ok(true);
+  *t->mutable_at() = ToProto(kNow - absl::Milliseconds(5));
+  EXPECT_EQ(Actions(Diagnose(Stack(), o, {test}, kNow)),
+            "TEST_PROXY_CONFIG:nginx:ALLOWED,START_PROXY:nginx:ALLOWED");
+}
+
 }  // namespace
 }  // namespace upkeep::decision
