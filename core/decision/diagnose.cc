@@ -385,10 +385,23 @@ class Engine {
   // Fresh evidence only: an unhealthy verdict whose last probe was sent before the current
   // process started was earned by the previous one; the new process is judged on its own.
   bool HealthPredatesStart(const std::string& name, const v1::ServiceObservation& o) {
-    if (!o.has_started_at() || !o.probe().has_at() ||
-        FromProto(o.probe().at()) >= FromProto(o.started_at())) {
-      return false;
+    if (!o.probe().has_at()) return false;
+    const absl::Time sent = FromProto(o.probe().at());
+    // Evidence that straddles our own start/restart of the service (sent before it finished)
+    // is about the process it replaced, even when the observation predates the new start.
+    if (const v1::ActionRecord* last = LastOn(name);
+        last != nullptr && last->result().has_finished_at() &&
+        (last->action().kind() == v1::ACTION_KIND_RESTART_SERVICE ||
+         last->action().kind() == v1::ACTION_KIND_START_SERVICE) &&
+        sent < FromProto(last->result().finished_at())) {
+      v1::PathNode* n =
+          Node("service.healthy", name, "unknown: the last probe predates the last restart", 0);
+      Ev(n, "probe_sent", absl::FormatTime(sent));
+      Ev(n, "restart_finished", absl::FormatTime(FromProto(last->result().finished_at())));
+      waiting_ = true;
+      return true;
     }
+    if (!o.has_started_at() || sent >= FromProto(o.started_at())) return false;
     v1::PathNode* n =
         Node("service.healthy", name, "unknown: the last probe predates the current start", 0);
     Ev(n, "probe_sent", absl::FormatTime(FromProto(o.probe().at())));

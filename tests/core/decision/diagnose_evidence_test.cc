@@ -173,6 +173,15 @@ TEST(DiagnoseEvidence, AnUnhealthyVerdictFromBeforeTheRestartIsNotActedOn) {
   const v1::Diagnosis d = Diagnose(Stack(), o, {}, kNow);
   EXPECT_EQ(d.verdict(), v1::VERDICT_WAITING) << d.DebugString();
   EXPECT_EQ(Actions(d), "") << d.DebugString();
+  // An observation from before our own restart finished (old start, old probe) waits too.
+  v1::StackObservation old = Healthy();
+  auto* b = Svc(&old, "backend");
+  b->set_health(v1::HEALTH_STATE_UNHEALTHY);
+  *b->mutable_probe() = Fail(0, "timeout");
+  *b->mutable_probe()->mutable_at() = ToProto(kNow - absl::Milliseconds(300));
+  const v1::ActionRecord restart =
+      Record(v1::ACTION_KIND_RESTART_SERVICE, "backend", kNow - absl::Milliseconds(200));
+  EXPECT_EQ(Actions(Diagnose(Stack(), old, {restart}, kNow)), "");
   // The same failure seen on a probe of the current process is acted on.
   *s->mutable_probe()->mutable_at() = ToProto(kNow - absl::Milliseconds(10));
   EXPECT_EQ(Actions(Diagnose(Stack(), o, {}, kNow)),
