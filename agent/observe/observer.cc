@@ -1,5 +1,6 @@
 #include "agent/observe/observer.h"
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <thread>
@@ -36,6 +37,8 @@ void AppendFailingProbeTimes(const v1::StackObservation& o, std::string* key) {
 }
 constexpr absl::Duration kRoutePeriod = absl::Seconds(1);
 constexpr absl::Duration kForcedWindow = absl::Seconds(3);
+// How long a measuring request (sent after a probe timed out) may run.
+constexpr absl::Duration kLateLimit = absl::Seconds(30);
 
 // One probed target (a service or a route) and its latest judged state. The fields below
 // `tracker` are guarded by the observer's mutex; `thread` belongs to the assembler thread.
@@ -50,6 +53,12 @@ struct Target {
   v1::HealthState health = v1::HEALTH_STATE_UNSPECIFIED;
   bool poke = false;
   bool stop = false;
+  // Slow or hung? After a probe times out, the same request is sent again and allowed to run
+  // up to kLateLimit; `late` keeps what it measured (cleared by the next probe that passes).
+  bool measuring = false;
+  v1::ProbeResult late;
+  std::atomic<bool> cancel{false};
+  std::thread measurer;  // started and joined by `thread` only
   std::thread thread;
 };
 
@@ -73,7 +82,18 @@ struct TargetView {
   v1::ProbeResult last;
   v1::HealthState health = v1::HEALTH_STATE_UNSPECIFIED;
   int failures = 0;
+  absl::Time judged_start = absl::InfinitePast();  // the start the health was judged on
+  v1::ProbeResult late;
 };
+
+// True when a target's latest probe or its judged health belongs to a process that ran before
+// the one observed now (a restart landed between the probe and this observation).
+bool JudgedOnAnEarlierStart(const v1::ServiceObservation& so, const TargetView& view) {
+  if (!so.has_started_at()) return false;
+  const absl::Time started = FromProto(so.started_at());
+  if (view.last.has_at() && FromProto(view.last.at()) < started) return true;
+  return view.judged_start != absl::InfinitePast() && view.judged_start != started;
+}
 
 class ObserverImpl : public StackObserver {
  public:
@@ -94,13 +114,12 @@ class ObserverImpl : public StackObserver {
     v1::StackObservation o = Header(stack);
     std::vector<ProbeRequest> requests;
     std::vector<int> service_index;
-    const std::vector<Listener> listeners = ListListeners();
     for (const auto& svc : stack.spec().services()) {
       v1::ServiceObservation* so = o.add_services();
       *so = runtime != nullptr ? runtime->Inspect(svc) : v1::ServiceObservation();
       so->set_name(svc.name());
       if (runtime == nullptr) so->set_error(runtime_error);
-      for (const auto& l : ListenersOf(so->pid(), listeners)) *so->add_listening() = l;
+      for (const auto& l : ServiceListeners(so->pid())) *so->add_listening() = l;
       requests.push_back(ServiceProbe(svc));
       service_index.push_back(o.services_size() - 1);
     }
@@ -281,7 +300,34 @@ class ObserverImpl : public StackObserver {
   // One loop per target, so a hung upstream only delays its own probes. The runtime call and
   // the probe run outside the lock.
   void ProbeLoop(StackState* st, Target* t) {
+    RunProbes(st, t);
+    t->cancel = true;
+    if (t->measurer.joinable()) t->measurer.join();
+  }
+
+  // Sends `t`'s request again with a long timeout, to tell a slow target from a hung one.
+  void Measure(Target* t) {
+    ProbeRequest r = t->request;
+    r.timeout = kLateLimit;
+    r.cancel = &t->cancel;
+    const v1::ProbeResult result = Probe(r);
+    absl::MutexLock lock(&mu_);
+    t->measuring = false;
+    // An answer, however late (any HTTP status, or a TCP connect), means alive.
+    if (result.status_code() > 0 || result.ok()) {
+      t->late = result;
+      dirty_ = true;
+    }
+  }
+
+  void RunProbes(StackState* st, Target* t) {
+    bool measure = false;
     while (true) {
+      if (measure) {
+        measure = false;
+        if (t->measurer.joinable()) t->measurer.join();  // finished: `measuring` was false
+        t->measurer = std::thread([this, t] { Measure(t); });
+      }
       v1::ServiceObservation inspected;
       bool running = true;
       if (t->spec != nullptr && st->runtime != nullptr) {
@@ -303,6 +349,11 @@ class ObserverImpl : public StackObserver {
         if (t->tracker) *t->tracker = HealthTracker(t->spec->probe());
       } else {
         t->last = result;
+        if (result.ok()) t->late.Clear();
+        if (t->spec != nullptr && result.error() == "timeout" && !t->measuring) {
+          t->measuring = true;
+          measure = true;
+        }
         if (t->tracker) {
           const absl::Time started =
               inspected.has_started_at() ? FromProto(inspected.started_at()) : absl::InfinitePast();
@@ -324,7 +375,6 @@ class ObserverImpl : public StackObserver {
   // Outside the lock: runtime calls (Docker HTTP), /proc and log reads.
   v1::StackObservation Build(const StackState& st, const std::map<std::string, TargetView>& views) {
     v1::StackObservation o = Header(st.spec);
-    const std::vector<Listener> listeners = ListListeners();
     for (const auto& svc : st.spec.spec().services()) {
       v1::ServiceObservation* so = o.add_services();
       if (st.runtime != nullptr) {
@@ -333,12 +383,24 @@ class ObserverImpl : public StackObserver {
         so->set_error(st.runtime_error);
       }
       so->set_name(svc.name());
-      for (const auto& l : ListenersOf(so->pid(), listeners)) *so->add_listening() = l;
+      for (const auto& l : ServiceListeners(so->pid())) *so->add_listening() = l;
       auto it = views.find("svc:" + svc.name());
       if (it != views.end() && so->running()) {
+        if (JudgedOnAnEarlierStart(*so, it->second)) {
+          // Restarted since the last probe was sent: nothing is known of the new process yet.
+          so->set_health(v1::HEALTH_STATE_STARTING);
+          continue;
+        }
         *so->mutable_probe() = it->second.last;
         so->set_health(it->second.health);
         so->set_consecutive_failures(it->second.failures);
+        const v1::ProbeResult& late = it->second.late;
+        if (late.has_latency() &&
+            (!so->has_started_at() || FromProto(late.at()) >= FromProto(so->started_at()))) {
+          *so->mutable_probe()->mutable_late_latency() = late.latency();
+          so->mutable_probe()->set_late_status_code(late.status_code());
+          *so->mutable_probe()->mutable_late_at() = late.at();
+        }
       }
     }
     if (st.proxy != nullptr) {
@@ -416,7 +478,8 @@ class ObserverImpl : public StackObserver {
         Job job{st.get(), {}, {}};
         for (const auto& [key, t] : st->targets) {
           job.views[key] =
-              TargetView{t->last, t->health, t->tracker ? t->tracker->consecutive_failures() : 0};
+              TargetView{t->last, t->health, t->tracker ? t->tracker->consecutive_failures() : 0,
+                         t->tracker ? t->tracker->started_at() : absl::InfinitePast(), t->late};
         }
         jobs.push_back(std::move(job));
       }

@@ -5,8 +5,10 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
+#include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -80,26 +82,86 @@ std::vector<Listener> ListListeners() {
   return all;
 }
 
-std::vector<upkeep::v1::ListenSocket> ListenersOf(pid_t pid, const std::vector<Listener>& all) {
-  std::vector<upkeep::v1::ListenSocket> out;
-  if (pid <= 0) return out;
-  std::set<uint64_t> inodes;
+namespace {
+
+// Adds the inodes of the sockets `pid` holds open.
+void SocketInodes(pid_t pid, std::set<uint64_t>* inodes) {
   const std::string dir = absl::StrCat("/proc/", pid, "/fd");
   DIR* d = opendir(dir.c_str());
-  if (d == nullptr) return out;
+  if (d == nullptr) return;
   while (dirent* e = readdir(d)) {
     char target[128];
-    const ssize_t n = readlink(absl::StrCat(dir, "/", e->d_name).c_str(), target,
-                               sizeof(target) - 1);
+    const ssize_t n =
+        readlink(absl::StrCat(dir, "/", e->d_name).c_str(), target, sizeof(target) - 1);
     if (n <= 0) continue;
     target[n] = '\0';
     uint64_t inode = 0;
     // "socket:[12345]"
-    if (std::sscanf(target, "socket:[%lu]", &inode) == 1) inodes.insert(inode);
+    if (std::sscanf(target, "socket:[%lu]", &inode) == 1) inodes->insert(inode);
   }
   closedir(d);
+}
+
+pid_t ParentPid(pid_t pid) {
+  const std::string stat = ReadAll(absl::StrCat("/proc/", pid, "/stat"));
+  const size_t close = stat.rfind(')');
+  if (close == std::string::npos || close + 4 > stat.size()) return 0;
+  int ppid = 0;
+  // ") S PPID ..."
+  if (std::sscanf(stat.c_str() + close + 2, "%*c %d", &ppid) != 1) return 0;
+  return ppid;
+}
+
+}  // namespace
+
+std::vector<upkeep::v1::ListenSocket> ListenersOf(pid_t pid, const std::vector<Listener>& all) {
+  std::vector<upkeep::v1::ListenSocket> out;
+  if (pid <= 0) return out;
+  std::set<uint64_t> inodes;
+  SocketInodes(pid, &inodes);
   for (const auto& l : all) {
     if (inodes.count(l.inode)) out.push_back(l.socket);
+  }
+  return out;
+}
+
+std::vector<pid_t> ProcessTree(pid_t pid) {
+  std::vector<pid_t> tree;
+  if (pid <= 0) return tree;
+  std::multimap<pid_t, pid_t> children;
+  if (DIR* d = opendir("/proc")) {
+    while (dirent* e = readdir(d)) {
+      int p = 0;
+      if (!absl::SimpleAtoi(e->d_name, &p) || p <= 0) continue;
+      children.emplace(ParentPid(p), p);
+    }
+    closedir(d);
+  }
+  tree.push_back(pid);
+  for (size_t i = 0; i < tree.size() && tree.size() < 4096; ++i) {
+    auto [begin, end] = children.equal_range(tree[i]);
+    for (auto it = begin; it != end; ++it) tree.push_back(it->second);
+  }
+  return tree;
+}
+
+std::vector<upkeep::v1::ListenSocket> ServiceListeners(pid_t pid) {
+  std::vector<upkeep::v1::ListenSocket> out;
+  if (pid <= 0) return out;
+  // The namespace of the main process: every process of a container shares it.
+  std::vector<Listener> all =
+      ParseProcNetTcp(ReadAll(absl::StrCat("/proc/", pid, "/net/tcp")), false);
+  for (auto& l : ParseProcNetTcp(ReadAll(absl::StrCat("/proc/", pid, "/net/tcp6")), true)) {
+    all.push_back(l);
+  }
+  if (all.empty()) return out;
+  std::set<uint64_t> inodes;
+  for (pid_t p : ProcessTree(pid)) SocketInodes(p, &inodes);
+  std::set<std::pair<std::string, int>> seen;  // one socket per address:port (SO_REUSEPORT)
+  for (const auto& l : all) {
+    if (!inodes.count(l.inode)) continue;
+    if (!seen.emplace(l.socket.address(), l.socket.port()).second) continue;
+    out.push_back(l.socket);
   }
   return out;
 }

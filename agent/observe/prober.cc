@@ -116,7 +116,9 @@ std::vector<v1::ProbeResult> ProbeAll(const std::vector<ProbeRequest>& requests)
       v1::ProbeResult& res = results[i];
       const ProbeRequest& r = requests[i];
       *res.mutable_latency() = ToProto(absl::Now() - start);
-      *res.mutable_at() = ToProto(absl::Now());
+      // Stamped when sent: a probe that straddles a restart or a reload is evidence about what
+      // ran before it, never about what runs after.
+      *res.mutable_at() = ToProto(start);
       const CURLcode code = m->data.result;
       if (code != CURLE_OK) {
         res.set_ok(false);
@@ -136,6 +138,17 @@ std::vector<v1::ProbeResult> ProbeAll(const std::vector<ProbeRequest>& requests)
                                       static_cast<int>(status)) != r.expected_status.end();
       res.set_ok(ok);
       if (!ok) res.set_error(absl::StrCat("http ", status));
+    }
+    bool cancelled = false;
+    for (const auto& r : requests) cancelled |= r.cancel != nullptr && r.cancel->load();
+    if (cancelled) {
+      for (auto& res : results) {
+        if (!res.has_at()) {
+          *res.mutable_at() = ToProto(start);
+          res.set_error("cancelled");
+        }
+      }
+      break;
     }
     if (running > 0) curl_multi_poll(multi, nullptr, 0, 50, nullptr);
   } while (running > 0);
@@ -158,6 +171,11 @@ v1::HealthState HealthTracker::Update(const v1::ProbeResult& result, absl::Time 
     failures_ = 0;
     successes_ = 0;
     state_ = v1::HEALTH_STATE_STARTING;
+  }
+  // A probe sent before this start was answered (or not) by the previous process.
+  if (result.has_at() && started_at != absl::InfinitePast() &&
+      FromProto(result.at()) < started_at) {
+    return state_;
   }
   const int fail_threshold = spec_.failure_threshold() > 0 ? spec_.failure_threshold() : 3;
   const int ok_threshold = spec_.success_threshold() > 0 ? spec_.success_threshold() : 1;

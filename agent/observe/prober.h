@@ -7,6 +7,7 @@
 #ifndef UPKEEP_AGENT_OBSERVE_PROBER_H_
 #define UPKEEP_AGENT_OBSERVE_PROBER_H_
 
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,8 @@ struct ProbeRequest {
   std::string host_header;  // optional
   absl::Duration timeout = absl::Seconds(1);
   std::vector<int> expected_status;  // empty: any 2xx/3xx
+  // When set and true, the probe gives up at once (error "cancelled"); not owned.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 ProbeRequest ServiceProbe(const upkeep::v1::ServiceSpec& spec);
@@ -34,11 +37,14 @@ class HealthTracker {
  public:
   explicit HealthTracker(const upkeep::v1::ProbeSpec& spec) : spec_(spec) {}
   // Feeds one result for the process/container started at `started_at` (a new start resets
-  // the run); returns the judged state.
+  // the run; a result whose probe was sent before `started_at` is not counted); returns the
+  // judged state.
   upkeep::v1::HealthState Update(const upkeep::v1::ProbeResult& result, absl::Time started_at,
                                  absl::Time now);
   upkeep::v1::HealthState state() const { return state_; }
   int consecutive_failures() const { return failures_; }
+  // The start the current run belongs to (InfinitePast before the first result).
+  absl::Time started_at() const { return started_at_; }
 
  private:
   upkeep::v1::ProbeSpec spec_;

@@ -4,7 +4,9 @@
 //
 // Job: observe the proxy (master running, workers, the last config test, upstream errors from
 // its log), carry out the proxy actions (test the config, start, reload, restart), and say at
-// once when the master starts or stops or a new upstream error is logged.
+// once when the master starts or stops or a new upstream error is logged. While the last config
+// test fails, a driver re-tests by itself when the config changes (and on a slow timer), so a
+// proxy kept down by a broken config is started as soon as someone fixes the file.
 // Who calls: the observer (Observe from its assembler thread, Watch when it applies a desired
 // state) and the executor (TestConfig/Start/Reload/Restart from the action thread). Drivers
 // are shared (ProxyDrivers hands them out as shared_ptr) and thread-safe. Observe reads files
@@ -29,6 +31,7 @@ class ProxyDriver {
   enum class Change {
     kMaster,         // the master process started, stopped or was replaced
     kUpstreamError,  // a new upstream error appeared in the proxy's error log
+    kConfigTested,   // the config was tested (an action, or the driver itself on a change)
   };
 
   virtual ~ProxyDriver() = default;

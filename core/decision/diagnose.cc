@@ -197,7 +197,7 @@ class Engine {
     if (!p.error().empty()) Ev(n, "error", p.error());
     if (p.master_running()) return true;
     // "Check nginx config: sudo nginx -t" — a config that fails the test is not started.
-    const auto& test = p.last_config_test();
+    const v1::ConfigTest test = LatestConfigTest();
     const v1::ActionRecord* last = LastOn(kProxyTarget);
     const bool tested_since_last_action =
         test.ran() && (last == nullptr || FromProto(test.at()) >= FromProto(last->requested_at()));
@@ -220,6 +220,31 @@ class Engine {
           MakeAction(v1::ACTION_KIND_START_PROXY, kProxyTarget, "nginx is not running")},
          1);
     return false;
+  }
+
+  // The newest config test: the agent's observation, or the result of a test-proxy-config
+  // action that came back before an observation carrying it. Without this, a failed test
+  // whose observation is still on its way is planned again at once (5 tests in 170 ms).
+  v1::ConfigTest LatestConfigTest() const {
+    v1::ConfigTest t = observed_.proxy().last_config_test();
+    for (auto it = history_.rbegin(); it != history_.rend(); ++it) {
+      if (it->dry_run() || it->action().target() != kProxyTarget ||
+          it->action().kind() != v1::ACTION_KIND_TEST_PROXY_CONFIG) {
+        continue;
+      }
+      const auto& r = it->result();
+      if (r.id().empty() || !r.has_finished_at()) continue;
+      if (r.outcome() != v1::ACTION_OUTCOME_SUCCEEDED && r.outcome() != v1::ACTION_OUTCOME_FAILED) {
+        continue;
+      }
+      if (t.ran() && FromProto(t.at()) >= FromProto(r.finished_at())) break;
+      t.set_ran(true);
+      t.set_ok(r.outcome() == v1::ACTION_OUTCOME_SUCCEEDED);
+      t.set_output(r.output().empty() ? r.message() : r.output());
+      *t.mutable_at() = r.finished_at();
+      break;
+    }
+    return t;
   }
 
   // ---- 3. upstream services, dependencies first -------------------------------------------
@@ -304,6 +329,7 @@ class Engine {
     }
     const bool unhealthy = o.health() == v1::HEALTH_STATE_UNHEALTHY ||
                            o.runtime_health() == v1::RUNTIME_HEALTH_UNHEALTHY;
+    if (unhealthy && HealthPredatesStart(name, o)) return false;
     if (unhealthy) {
       // "Backend unhealthy? → Check logs → Restart"
       v1::PathNode* n = Node("service.healthy", name, "no: unhealthy");
@@ -313,6 +339,7 @@ class Engine {
       if (o.runtime_health() == v1::RUNTIME_HEALTH_UNHEALTHY) Ev(n, "runtime_health", "unhealthy");
       // "Services Not Listening on Expected Ports": a restart will not move the port.
       if (PortMoved(spec, o, n)) return false;
+      if (SlowNotHung(spec, o, n)) return false;
       v1::Action logs = MakeAction(v1::ACTION_KIND_COLLECT_LOGS, name,
                                    absl::StrCat(name, " is unhealthy: collect its logs first"));
       (*logs.mutable_params())["tail"] = absl::StrCat(spec.logs().tail());
@@ -355,6 +382,124 @@ class Engine {
     return true;
   }
 
+  // Fresh evidence only: an unhealthy verdict whose last probe was sent before the current
+  // process started was earned by the previous one; the new process is judged on its own.
+  bool HealthPredatesStart(const std::string& name, const v1::ServiceObservation& o) {
+    if (!o.probe().has_at()) return false;
+    const absl::Time sent = FromProto(o.probe().at());
+    // Evidence that straddles our own start/restart of the service (sent before it finished)
+    // is about the process it replaced, even when the observation predates the new start.
+    if (const v1::ActionRecord* last = LastOn(name);
+        last != nullptr && last->result().has_finished_at() &&
+        (last->action().kind() == v1::ACTION_KIND_RESTART_SERVICE ||
+         last->action().kind() == v1::ACTION_KIND_START_SERVICE) &&
+        sent < FromProto(last->result().finished_at())) {
+      v1::PathNode* n =
+          Node("service.healthy", name, "unknown: the last probe predates the last restart", 0);
+      Ev(n, "probe_sent", absl::FormatTime(sent));
+      Ev(n, "restart_finished", absl::FormatTime(FromProto(last->result().finished_at())));
+      waiting_ = true;
+      return true;
+    }
+    if (!o.has_started_at() || sent >= FromProto(o.started_at())) return false;
+    v1::PathNode* n =
+        Node("service.healthy", name, "unknown: the last probe predates the current start", 0);
+    Ev(n, "probe_sent", absl::FormatTime(FromProto(o.probe().at())));
+    Ev(n, "started_at", absl::FormatTime(FromProto(o.started_at())));
+    waiting_ = true;
+    return true;
+  }
+
+  // "Slow is not dead": the probe timed out, but the same request, allowed to run on, was
+  // answered. Restarting a slow service does not make it faster; a person decides.
+  bool SlowNotHung(const v1::ServiceSpec& spec, const v1::ServiceObservation& o,
+                   v1::PathNode* parent) {
+    const auto& p = o.probe();
+    if (!p.has_late_latency() || p.ok()) return false;
+    if (o.has_started_at() && FromProto(p.late_at()) < FromProto(o.started_at())) return false;
+    const absl::Duration timeout = FromProto(spec.probe().timeout());
+    const absl::Duration late = FromProto(p.late_latency());
+    Ev(parent, "late_latency", Ms(late));
+    v1::PathNode* n =
+        Node("service.slow", spec.name(), "yes: answers, slower than its probe: alert", 1);
+    Ev(n, "measured_latency", Ms(late));
+    Ev(n, "probe_timeout", Ms(timeout));
+    if (p.late_status_code() > 0) Ev(n, "status", absl::StrCat(p.late_status_code()));
+    v1::Finding* f = Find(
+        v1::SEVERITY_ALERT, "SlowUpstream", spec.name(),
+        absl::StrCat(spec.name(), " is slow, not hung: it answered in ", Ms(late),
+                     " against a probe timeout of ", Ms(timeout), "; a restart will not fix that"));
+    auto& ev = *f->mutable_evidence();
+    ev["measured_latency"] = Ms(late);
+    ev["probe_timeout"] = Ms(timeout);
+    if (desired_.spec().has_proxy()) {
+      ev["proxy_read_timeout"] =
+          Ms(FromProto(desired_.spec().proxy().nginx().proxy_read_timeout()));
+    }
+    summary_ = absl::StrCat(spec.name(), " is slow (", Ms(late), "), not hung: alert, no restart");
+    return true;
+  }
+
+  // A route probe that timed out, where nginx itself logs that the upstream timed out or the
+  // upstream was measured answering late: slow, not a broken nginx (a reload cannot help).
+  bool RouteTimedOut(const v1::RouteSpec& route, const v1::RouteObservation& o) {
+    if (o.probe().error() != "timeout" || o.probe().status_code() != 0) return false;
+    for (const auto& e : observed_.proxy().upstream_errors()) {
+      if (e.kind() == v1::UPSTREAM_ERROR_KIND_TIMED_OUT) return true;
+    }
+    auto it = services_.find(route.upstream());
+    return it != services_.end() && it->second->probe().has_late_latency();
+  }
+
+  // What nginx's error log says about the failing routes, as evidence for the reload:
+  // a connection the upstream closed or reset (keepalive to an upstream that restarted), and an
+  // address nginx dialled that is no longer the upstream's (a name resolved at config load).
+  void ExplainUpstreamErrors(const std::vector<const v1::RouteSpec*>& failing,
+                             v1::PathNode* parent) {
+    std::map<std::string, const v1::ServiceSpec*> by_name;
+    for (const auto& s : desired_.spec().services()) by_name[s.name()] = &s;
+    for (const auto& e : observed_.proxy().upstream_errors()) {
+      std::string host;
+      int port = 0;
+      if (!ParseUpstream(e.upstream(), &host, &port)) continue;
+      if (e.kind() == v1::UPSTREAM_ERROR_KIND_PREMATURELY_CLOSED ||
+          e.kind() == v1::UPSTREAM_ERROR_KIND_CONNECTION_RESET) {
+        const bool reset = e.kind() == v1::UPSTREAM_ERROR_KIND_CONNECTION_RESET;
+        Ev(parent, "upstream_closed", absl::StrCat(host, ":", port, reset ? " reset" : " closed"));
+        v1::Finding* f =
+            Find(v1::SEVERITY_INFO, "UpstreamConnectionClosed", kProxyTarget,
+                 absl::StrCat("the upstream at ", host, ":", port, reset ? " reset" : " closed",
+                              " connections nginx was using (", e.count(),
+                              "x): typically keepalive connections to an upstream that "
+                              "restarted; a reload gives nginx fresh connections"));
+        (*f->mutable_evidence())["sample"] = e.sample();
+      }
+      for (const auto* route : failing) {
+        auto spec_it = by_name.find(route->upstream());
+        auto obs_it = services_.find(route->upstream());
+        if (spec_it == by_name.end() || obs_it == services_.end()) continue;
+        const v1::ServiceObservation& o = *obs_it->second;
+        if (o.addresses_size() == 0 || port != spec_it->second->port()) continue;
+        bool current = false;
+        for (const auto& a : o.addresses()) current |= a == host;
+        if (current || host == "127.0.0.1" || host == "::1") continue;
+        const std::string now_at = absl::StrJoin(o.addresses(), ", ");
+        Ev(parent, "nginx_dials", absl::StrCat(host, ":", port));
+        Ev(parent, "upstream_now_at", now_at);
+        v1::Finding* f =
+            Find(v1::SEVERITY_WARNING, "StaleUpstreamAddress", route->upstream(),
+                 absl::StrCat("nginx dials ", host, ":", port, " for ", route->path(), " but ",
+                              route->upstream(), " is now at ", now_at,
+                              ": nginx resolved the name when it loaded its config. A reload "
+                              "resolves it again; add a `resolver` (and a variable in proxy_pass) "
+                              "so nginx follows the container"));
+        (*f->mutable_evidence())["nginx_dials"] = absl::StrCat(host, ":", port);
+        (*f->mutable_evidence())["upstream_now_at"] = now_at;
+        break;
+      }
+    }
+  }
+
   // ---- 4-6. routes through nginx ----------------------------------------------------------
   void CheckRoutes() {
     std::vector<const v1::RouteSpec*> failing;
@@ -375,7 +520,7 @@ class Engine {
       Ev(n, "latency", Ms(FromProto(o.probe().latency())));
       if (ok) continue;
       // "If you see 504 (Gateway Timeout) instead of 502, increase nginx timeouts"
-      if (o.probe().status_code() == 504) {
+      if (o.probe().status_code() == 504 || RouteTimedOut(r, o)) {
         UpstreamTimeout(r, o);
         continue;
       }
@@ -442,6 +587,7 @@ class Engine {
                            1);
     Ev(n, "failing_routes", paths);
     Ev(n, "upstream_errors", absl::StrCat(observed_.proxy().upstream_errors_size()));
+    ExplainUpstreamErrors(failing, n);
     if (!restarted && !reloaded) {
       // "Backend healthy but nginx can't connect?" — a graceful reload first.
       Plan({MakeAction(v1::ACTION_KIND_RELOAD_PROXY, kProxyTarget,
@@ -525,15 +671,24 @@ class Engine {
 
   void UpstreamTimeout(const v1::RouteSpec& route, const v1::RouteObservation& o) {
     const absl::Duration timeout = FromProto(desired_.spec().proxy().nginx().proxy_read_timeout());
-    v1::Finding* f = Find(v1::SEVERITY_ALERT, "UpstreamTimeout", route.path(),
-                          absl::StrCat(route.path(), " answers 504: the upstream ",
-                                       route.upstream(), " is slower than nginx's timeout"));
+    v1::Finding* f = Find(
+        v1::SEVERITY_ALERT, "UpstreamTimeout", route.path(),
+        absl::StrCat(route.path(), o.probe().status_code() == 504 ? " answers 504" : " times out",
+                     ": the upstream ", route.upstream(), " is slower than nginx's timeout"));
     auto& ev = *f->mutable_evidence();
     ev["route_latency"] = Ms(FromProto(o.probe().latency()));
     ev["proxy_read_timeout"] = Ms(timeout);
     if (services_.count(route.upstream())) {
-      ev["upstream_latency"] = Ms(FromProto(services_[route.upstream()]->probe().latency()));
+      const v1::ProbeResult& up = services_[route.upstream()]->probe();
+      ev["upstream_latency"] = Ms(FromProto(up.latency()));
+      // Measured past the probe's timeout: the upstream's real latency.
+      if (up.has_late_latency()) ev["upstream_measured_latency"] = Ms(FromProto(up.late_latency()));
     }
+    int timed_out = 0;
+    for (const auto& e : observed_.proxy().upstream_errors()) {
+      if (e.kind() == v1::UPSTREAM_ERROR_KIND_TIMED_OUT) timed_out += e.count();
+    }
+    if (timed_out > 0) ev["nginx_upstream_timeouts"] = absl::StrCat(timed_out);
   }
 
   v1::Verdict Verdict() {

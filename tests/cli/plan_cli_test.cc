@@ -48,13 +48,15 @@ TEST_P(PlanExamples, GivesTheDocumentedDiagnosis) {
 
 INSTANTIATE_TEST_SUITE_P(
     Docs, PlanExamples,
-    ::testing::Values(Example{"healthy.json", "HEALTHY", "route.ok [/api/]: yes"},
-                      Example{"backend-down.json", "REPAIRING", "1. start-service backend"},
-                      Example{"backend-hung.json", "REPAIRING", "2. restart-service backend"},
-                      Example{"nginx-502-upstreams-healthy.json", "REPAIRING",
-                              "1. reload-proxy nginx"},
-                      Example{"nginx-down.json", "REPAIRING", "2. start-proxy nginx"},
-                      Example{"still-502-after-restart.json", "DEGRADED", "PortMismatch"}));
+    ::testing::Values(
+        Example{"healthy.json", "HEALTHY", "route.ok [/api/]: yes"},
+        Example{"backend-down.json", "REPAIRING", "1. start-service backend"},
+        Example{"backend-hung.json", "REPAIRING", "2. restart-service backend"},
+        Example{"nginx-502-upstreams-healthy.json", "REPAIRING", "1. reload-proxy nginx"},
+        Example{"nginx-down.json", "REPAIRING", "2. start-proxy nginx"},
+        Example{"still-502-after-restart.json", "DEGRADED", "PortMismatch"},
+        Example{"backend-slow.json", "DEGRADED", "SlowUpstream"},
+        Example{"upstream-keepalive-reset.json", "REPAIRING", "UpstreamConnectionClosed"}));
 
 TEST(PlanCli, RejectsGarbageSnapshotsWithAClearError) {
   testing::TempDir dir;

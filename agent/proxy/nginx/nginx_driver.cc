@@ -13,9 +13,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <fstream>
+#include <iterator>
 #include <set>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -33,6 +35,10 @@ namespace {
 namespace v1 = upkeep::v1;
 
 constexpr size_t kExcerptLines = 20;
+// While the config fails its test: re-test this long after the last change to a config file
+// (editors write in steps), and at least this often whatever the watch saw.
+constexpr absl::Duration kConfigSettle = absl::Milliseconds(100);
+constexpr absl::Duration kConfigRetestPeriod = absl::Seconds(30);
 
 pid_t ReadPid(const std::string& path) {
   std::ifstream in(path);
@@ -68,6 +74,14 @@ pid_t ParentOf(pid_t pid) {
 
 }  // namespace
 
+bool WorkerShuttingDown(pid_t pid) {
+  // A worker told to quit gracefully closes its listening sockets and renames itself
+  // "nginx: worker process is shutting down" (ngx_worker_process_cycle).
+  std::ifstream in(absl::StrCat("/proc/", pid, "/cmdline"));
+  std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return absl::StrContains(cmdline, "shutting down");
+}
+
 bool ParseUpstreamErrorLine(const std::string& line, v1::UpstreamErrorKind* kind,
                             std::string* upstream) {
   if (absl::StrContains(line, "(111: Connection refused)")) {
@@ -78,6 +92,11 @@ bool ParseUpstreamErrorLine(const std::string& line, v1::UpstreamErrorKind* kind
     *kind = v1::UPSTREAM_ERROR_KIND_NO_LIVE_UPSTREAMS;
   } else if (absl::StrContains(line, "host not found in upstream")) {
     *kind = v1::UPSTREAM_ERROR_KIND_HOST_NOT_FOUND;
+  } else if (absl::StrContains(line, "upstream prematurely closed connection")) {
+    *kind = v1::UPSTREAM_ERROR_KIND_PREMATURELY_CLOSED;
+  } else if (absl::StrContains(line, "(104: Connection reset by peer)") &&
+             absl::StrContains(line, "upstream")) {
+    *kind = v1::UPSTREAM_ERROR_KIND_CONNECTION_RESET;
   } else if (absl::StrContains(line, "while connecting to upstream") ||
              absl::StrContains(line, "from upstream")) {
     *kind = v1::UPSTREAM_ERROR_KIND_OTHER;
@@ -152,7 +171,50 @@ std::string DirOf(const std::string& path) {
   return slash == 0 ? "/" : path.substr(0, slash);
 }
 
+std::string BaseOf(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// Names in a config directory whose changes never call for a re-test: the pid file, logs,
+// editors' swap and backup files.
+bool IgnoredConfigName(const std::string& name, const std::set<std::string>& own_files) {
+  return name.empty() || own_files.count(name) > 0 || absl::EndsWith(name, ".log") ||
+         absl::EndsWith(name, ".pid") || absl::EndsWith(name, ".swp") ||
+         absl::EndsWith(name, ".swx") || absl::EndsWith(name, "~") || name == "4913";
+}
+
 }  // namespace
+
+std::vector<std::string> ConfigFilesNamed(const std::string& output) {
+  // nginx names files as "in /etc/nginx/conf.d/x.conf:12", "file /etc/nginx/nginx.conf test"
+  // and "open() \"/etc/nginx/y.conf\" failed".
+  std::vector<std::string> out;
+  std::set<std::string> seen;
+  auto add = [&](std::string path) {
+    while (!path.empty() && (path.back() == '"' || path.back() == ',')) path.pop_back();
+    if (path.size() < 2 || path[0] != '/') return;
+    if (seen.insert(path).second) out.push_back(path);
+  };
+  for (const std::string marker : {" in /", " file /", "open() \"/"}) {
+    size_t at = 0;
+    while ((at = output.find(marker, at)) != std::string::npos) {
+      const size_t start = at + marker.size() - 1;
+      size_t end = output.find_first_of(" \n\"", start);
+      if (end == std::string::npos) end = output.size();
+      std::string path = output.substr(start, end - start);
+      // "x.conf:12" -> "x.conf"
+      if (const size_t colon = path.rfind(':'); colon != std::string::npos &&
+                                                colon + 1 < path.size() &&
+                                                absl::ascii_isdigit(path[colon + 1])) {
+        path.resize(colon);
+      }
+      add(path);
+      at = end;
+    }
+  }
+  return out;
+}
 
 // Waits on inotify (pid file and error log directories), a pidfd of the master and the wake
 // eventfd; never on a timer unless a directory to watch does not exist yet.
@@ -167,24 +229,44 @@ void NginxDriver::WatchLoop() {
   int master_fd = -1;
   uint64_t errors_notified = 0;
   bool first = true;
+  // Config watching: directories of the config files (the main one and every one nginx -t
+  // named), and when to re-test (set by a change in them, or the slow timer).
+  std::set<int> config_wds;
+  std::set<std::string> config_dirs;
+  std::set<std::string> own_files;  // names in those directories that are not config
+  absl::Time retest_at = absl::InfiniteFuture();
   auto notify = [&](Change c) {
     watchers_.Notify([c](const bool&, const std::function<void(Change)>& call) { call(c); });
   };
   while (true) {
     std::string pid_file, error_log;
     uint64_t generation;
+    v1::ConfigTest last_test;
+    std::vector<std::string> config_files;
+    bool tested = false;
     {
       absl::MutexLock lock(&mu_);
       if (stopping_) break;
       pid_file = spec_.pid_file();
       error_log = spec_.error_log();
       generation = spec_generation_;
+      last_test = last_test_;
+      config_files = ConfigFilesLocked();
+      tested = config_tested_;
+      config_tested_ = false;
     }
-    if (in >= 0 && (generation != armed_generation || !all_armed)) {
+    // Every config test (an action's or our own) is told at once, so the controller judges
+    // on it rather than on the one before.
+    if (tested) notify(Change::kConfigTested);
+    std::set<std::string> want_config_dirs;
+    for (const auto& f : config_files) want_config_dirs.insert(DirOf(f));
+    if (in >= 0 &&
+        (generation != armed_generation || !all_armed || want_config_dirs != config_dirs)) {
       for (const auto& [wd, dir] : watches) ::inotify_rm_watch(in, wd);
       watches.clear();
+      config_wds.clear();
       all_armed = true;
-      std::set<std::string> dirs;
+      std::set<std::string> dirs = want_config_dirs;
       if (!pid_file.empty()) dirs.insert(DirOf(pid_file));
       if (!error_log.empty()) dirs.insert(DirOf(error_log));
       for (const auto& d : dirs) {
@@ -193,9 +275,26 @@ void NginxDriver::WatchLoop() {
           all_armed = false;  // not there yet: look again in a second
         } else {
           watches[wd] = d;
+          if (want_config_dirs.count(d)) config_wds.insert(wd);
         }
       }
+      config_dirs = want_config_dirs;
+      own_files = {BaseOf(pid_file), BaseOf(error_log)};
       armed_generation = generation;
+    }
+    // A failing config is re-tested on the slow timer even if no change was seen (a file on a
+    // network mount, an include outside the watched directories).
+    if (last_test.ran() && !last_test.ok()) {
+      retest_at = std::min(retest_at, FromProto(last_test.at()) + kConfigRetestPeriod);
+    } else {
+      retest_at = absl::InfiniteFuture();
+    }
+    if (absl::Now() >= retest_at) {
+      retest_at = absl::InfiniteFuture();
+      const v1::ConfigTest t = TestConfig();
+      UPKEEP_LOG(info, "proxy_config_retested",
+                 {{"ok", t.ok() ? "true" : "false"}, {"reason", "config changed or timer"}});
+      continue;  // the files nginx names may have changed: re-arm
     }
     // What may have changed: the master, and the log.
     const pid_t now_master = MasterPid();
@@ -222,7 +321,14 @@ void NginxDriver::WatchLoop() {
     std::vector<pollfd> fds = {{wake_fd_, POLLIN, 0}};
     if (in >= 0) fds.push_back({in, POLLIN, 0});
     if (master_fd >= 0) fds.push_back({master_fd, POLLIN, 0});
-    ::poll(fds.data(), fds.size(), all_armed && in >= 0 ? -1 : 1000);
+    int wait_ms = all_armed && in >= 0 ? -1 : 1000;
+    if (retest_at != absl::InfiniteFuture()) {
+      const int64_t until = std::max<int64_t>(
+          0, absl::ToInt64Milliseconds(absl::Ceil(retest_at - absl::Now(), absl::Milliseconds(1))));
+      wait_ms = wait_ms < 0 ? static_cast<int>(std::min<int64_t>(until, 1 << 30))
+                            : static_cast<int>(std::min<int64_t>(until, wait_ms));
+    }
+    ::poll(fds.data(), fds.size(), wait_ms);
     uint64_t v;
     (void)!::read(wake_fd_, &v, sizeof(v));
     if (in >= 0) {
@@ -233,6 +339,13 @@ void NginxDriver::WatchLoop() {
         for (char* p = buf; p < buf + n;) {
           const auto* ev = reinterpret_cast<const inotify_event*>(p);
           if (ev->mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF)) all_armed = false;
+          // A config file written, replaced or removed: re-test once the writes settle. Only
+          // while the last test failed: a good config that someone edits is theirs to reload.
+          const std::string name = ev->len > 0 ? std::string(ev->name) : std::string();
+          if (config_wds.count(ev->wd) && !IgnoredConfigName(name, own_files) && last_test.ran() &&
+              !last_test.ok()) {
+            retest_at = std::min(retest_at, absl::Now() + kConfigSettle);
+          }
           p += sizeof(inotify_event) + ev->len;
         }
       }
@@ -363,6 +476,16 @@ void NginxDriver::ClearErrors() {
   errors_.clear();
 }
 
+std::vector<std::string> NginxDriver::ConfigFilesLocked() const {
+  // Without a config path nginx uses its built-in one, which its test output names.
+  std::vector<std::string> files;
+  if (!spec_.config().empty()) files.push_back(spec_.config());
+  for (auto& f : ConfigFilesNamed(last_test_.output())) {
+    if (std::find(files.begin(), files.end(), f) == files.end()) files.push_back(std::move(f));
+  }
+  return files;
+}
+
 void NginxDriver::Observe(v1::ProxyObservation* out) {
   const pid_t master = MasterPid();
   out->set_master_running(master > 0);
@@ -374,6 +497,7 @@ void NginxDriver::Observe(v1::ProxyObservation* out) {
   for (const auto& [key, rec] : errors_) *out->add_upstream_errors() = rec;
   out->set_error_log_excerpt(absl::StrJoin(excerpt_, "\n"));
   if (started_at_ != absl::InfinitePast()) *out->mutable_started_at() = ToProto(started_at_);
+  for (const auto& f : ConfigFilesLocked()) out->add_watched_config(f);
 }
 
 v1::ConfigTest NginxDriver::TestConfig() {
@@ -399,8 +523,12 @@ v1::ConfigTest NginxDriver::TestConfig() {
     t.set_ok(r->exit_code == 0);
     t.set_output(r->output);
   }
-  absl::MutexLock lock(&mu_);
-  last_test_ = t;
+  {
+    absl::MutexLock lock(&mu_);
+    last_test_ = t;
+    config_tested_ = true;
+  }
+  WakeWatcher();
   return t;
 }
 
@@ -462,17 +590,35 @@ absl::StatusOr<std::string> NginxDriver::Reload(absl::Duration timeout) {
   } else if (::kill(master, SIGHUP) != 0) {
     return absl::InternalError("cannot signal the nginx master");
   }
+  // Confirmed only once every old worker has exited or is shutting down (it has closed its
+  // listening sockets): until then an old worker with the old config still accepts, and a
+  // probe that reaches it says nothing about the new config.
   const absl::Time deadline = absl::Now() + timeout;
+  std::vector<pid_t> fresh;
+  std::vector<pid_t> accepting;
   while (absl::Now() < deadline) {
+    fresh.clear();
+    accepting.clear();
     for (pid_t w : Workers(master)) {
-      if (!std::binary_search(before.begin(), before.end(), w)) {
-        ClearErrors();
-        return absl::StrCat("nginx reloaded: new worker ", w, " (master ", master, ")");
-      }
+      if (!std::binary_search(before.begin(), before.end(), w)) fresh.push_back(w);
     }
-    absl::SleepFor(absl::Milliseconds(1));  // waiting for new workers to appear
+    for (pid_t w : before) {
+      if (Alive(w) && !WorkerShuttingDown(w)) accepting.push_back(w);
+    }
+    if (!fresh.empty() && accepting.empty()) {
+      ClearErrors();
+      return absl::StrCat("nginx reloaded: new worker(s) ", absl::StrJoin(fresh, ","),
+                          ", old worker(s) ", before.empty() ? "none" : absl::StrJoin(before, ","),
+                          " gone or shutting down (master ", master, ")");
+    }
+    absl::SleepFor(absl::Milliseconds(1));  // waiting for the workers to change over
   }
-  return absl::DeadlineExceededError("SIGHUP sent but no new nginx worker appeared");
+  if (fresh.empty()) {
+    return absl::DeadlineExceededError("SIGHUP sent but no new nginx worker appeared");
+  }
+  return absl::DeadlineExceededError(absl::StrCat(
+      "SIGHUP sent, new worker(s) ", absl::StrJoin(fresh, ","), " up, but old worker(s) ",
+      absl::StrJoin(accepting, ","), " still accept connections with the old config"));
 }
 
 absl::StatusOr<std::string> NginxDriver::Restart(absl::Duration timeout) {

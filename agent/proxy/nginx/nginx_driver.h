@@ -1,13 +1,18 @@
 // NginxDriver: the ProxyDriver (agent/proxy/proxy_driver.h) for nginx. Sees the master (pid
 // file + /proc) and its workers, tests the config (`nginx -t`, output kept), starts, reloads
-// (SIGHUP to the master, confirmed by new worker pids; never sent when the config test fails)
+// (SIGHUP to the master, confirmed once a new worker runs and every old worker has exited or
+// is shutting down; never sent when the config test fails)
 // and restarts nginx, and tails the error log — surviving rotation — turning upstream errors
 // into typed records counted since the last reload/restart.
 //
-// Watch starts one thread that waits on inotify (the directories of the pid file and of the
-// error log) and on a pidfd of the master, so a master that starts, stops or dies and a new
-// upstream error are seen the moment they happen, without polling. A directory that does not
-// exist yet is looked for again every second. Thread-safe; the destructor joins the thread.
+// Watch starts one thread that waits on inotify (the directories of the pid file, of the
+// error log and of the config files: the main one and every file `nginx -t` named) and on a
+// pidfd of the master, so a master that starts, stops or dies and a new upstream error are
+// seen the moment they happen, without polling. While the last config test fails, a change to
+// a config file (settled for 100 ms) or 30 s without one re-tests the config from that thread
+// (Change::kConfigTested), so a proxy kept down by a broken config is started again as soon
+// as the file is fixed. A directory that does not exist yet is looked for again every second.
+// Thread-safe; the destructor joins the thread.
 #ifndef UPKEEP_AGENT_PROXY_NGINX_NGINX_DRIVER_H_
 #define UPKEEP_AGENT_PROXY_NGINX_NGINX_DRIVER_H_
 
@@ -30,6 +35,12 @@
 #include "upkeep/v1/stack.pb.h"
 
 namespace upkeep::agent {
+
+// True when nginx worker `pid` is draining after a reload (it no longer accepts).
+bool WorkerShuttingDown(pid_t pid);
+
+// The config files an `nginx -t` output names (the main file, the file an error is in).
+std::vector<std::string> ConfigFilesNamed(const std::string& output);
 
 // Parses one error-log line; false when it is not an upstream error.
 bool ParseUpstreamErrorLine(const std::string& line, upkeep::v1::UpstreamErrorKind* kind,
@@ -58,6 +69,7 @@ class NginxDriver : public ProxyDriver {
   std::vector<std::string> BaseArgs() const;
   std::vector<pid_t> Workers(pid_t master) const;
   void ClearErrors();
+  std::vector<std::string> ConfigFilesLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool PollLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WatchLoop();
   void WakeWatcher();
@@ -66,6 +78,7 @@ class NginxDriver : public ProxyDriver {
   upkeep::v1::NginxSpec spec_ ABSL_GUARDED_BY(mu_);
   uint64_t spec_generation_ ABSL_GUARDED_BY(mu_) = 0;
   upkeep::v1::ConfigTest last_test_ ABSL_GUARDED_BY(mu_);
+  bool config_tested_ ABSL_GUARDED_BY(mu_) = false;  // a test ran since the watcher last told
   absl::Time started_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   // error-log tail
   ino_t log_inode_ ABSL_GUARDED_BY(mu_) = 0;

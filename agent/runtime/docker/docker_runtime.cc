@@ -335,6 +335,20 @@ class DockerRuntime : public Runtime {
       if (ParseDockerTime(state.value("FinishedAt", ""), &t)) {
         *obs->mutable_finished_at() = upkeep::ToProto(t);
       }
+      // The container's own addresses, so a diagnosis can compare them with the address nginx
+      // dialled (an upstream by name is resolved once, when nginx loads its config).
+      if (j.contains("NetworkSettings") && j["NetworkSettings"].is_object()) {
+        const Json& ns = j["NetworkSettings"];
+        if (ns.contains("Networks") && ns["Networks"].is_object()) {
+          for (const auto& [name, net] : ns["Networks"].items()) {
+            if (!net.is_object()) continue;
+            for (const char* key : {"IPAddress", "GlobalIPv6Address"}) {
+              const std::string ip = net.value(key, "");
+              if (!ip.empty()) obs->add_addresses(ip);
+            }
+          }
+        }
+      }
       if (state.contains("Health") && state["Health"].is_object()) {
         const std::string h = state["Health"].value("Status", "");
         if (h == "starting") obs->set_runtime_health(upkeep::v1::RUNTIME_HEALTH_STARTING);

@@ -121,5 +121,53 @@ TEST(StackObserver, SetDesiredReturnsAtOnceAndStopIsClean) {
   observer->reset();  // the destructor after Stop is a no-op
 }
 
+// Slow is not dead: after a probe times out, the same request is sent again and allowed to run
+// past the timeout, and the observation carries what it measured. A hung service gets no such
+// measurement, and Stop does not wait for one in flight.
+TEST(StackObserver, MeasuresASlowServicePastItsProbeTimeout) {
+  upkeep::testing::TempDir dir;
+  std::unique_ptr<Host> host = MakeHost({dir.path(), ""});
+  const int slow_port = FreePort(), hung_port = FreePort();
+  v1::Stack stack = ProcessStack("slow", "api", slow_port);
+  *stack.mutable_spec()->add_services() = upkeep::testing::SampleProcessSpec("hung", hung_port);
+  manifest::ApplyDefaults(&stack);
+  for (auto& svc : *stack.mutable_spec()->mutable_services()) {
+    *svc.mutable_probe()->mutable_timeout() = ToProto(absl::Milliseconds(200));
+  }
+  Runtime* rt = *host->runtimes.Get(stack);
+  for (const auto& svc : stack.spec().services()) ASSERT_TRUE(rt->Start(svc).ok());
+  ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", slow_port));
+  ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", hung_port));
+  upkeep::testing::HttpGetStatus("127.0.0.1", slow_port, "/fault/slow?ms=700");
+  upkeep::testing::HttpGetStatus("127.0.0.1", hung_port, "/fault/hang");
+
+  Reports reports;
+  auto observer = StackObserver::Create({"h"}, &host->runtimes, &host->proxies);
+  ASSERT_TRUE(observer.ok());
+  (*observer)->Start(reports.Callback());
+  (*observer)->SetDesired({stack});
+  v1::ServiceObservation slow, hung;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        absl::MutexLock lock(&reports.mu);
+        auto it = reports.last.find("slow");
+        if (it == reports.last.end() || it->second.services_size() != 2) return false;
+        slow = it->second.services(0);
+        hung = it->second.services(1);
+        return slow.probe().has_late_latency();
+      },
+      absl::Seconds(20)))
+      << slow.DebugString();
+  EXPECT_FALSE(slow.probe().ok());
+  EXPECT_GT(FromProto(slow.probe().late_latency()), absl::Milliseconds(200))
+      << "measured past the timeout";
+  EXPECT_EQ(slow.probe().late_status_code(), 200);
+  EXPECT_FALSE(hung.probe().has_late_latency()) << "a hung service never answers";
+  (*observer)->Stop();  // joins the measurer still waiting on the hung service
+  for (const auto& svc : stack.spec().services()) {
+    ASSERT_TRUE(rt->Stop(svc, absl::Seconds(5)).ok());
+  }
+}
+
 }  // namespace
 }  // namespace upkeep::agent

@@ -2,13 +2,16 @@
 #include "agent/observe/prober.h"
 
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "agent/observe/ports.h"
 #include "core/proto_time.h"
 #include "gtest/gtest.h"
 #include "tests/support/net.h"
 #include "tests/support/subprocess.h"
+#include "tests/support/wait.h"
 
 namespace upkeep::agent {
 namespace {
@@ -44,11 +47,12 @@ TEST(Prober, AHungUpstreamDoesNotDelayTheOthers) {
   v1::ProbeSpec spec;
   spec.set_failure_threshold(3);
   HealthTracker t(spec);
-  const absl::Time start = absl::Now();
+  const absl::Time start = FromProto(results[0].at()) - absl::Seconds(1);  // started, then probed
   EXPECT_EQ(t.Update(results[0], start, absl::Now()), v1::HEALTH_STATE_STARTING);
   t.Update(results[0], start, absl::Now());
   EXPECT_EQ(t.Update(results[0], start, absl::Now()), v1::HEALTH_STATE_UNHEALTHY);
-  EXPECT_EQ(t.Update(results[1], start + absl::Seconds(1), absl::Now()), v1::HEALTH_STATE_HEALTHY);
+  EXPECT_EQ(t.Update(results[1], start + absl::Milliseconds(500), absl::Now()),
+            v1::HEALTH_STATE_HEALTHY);
 }
 
 TEST(Ports, FindsWhatAProcessListensOn) {
@@ -73,6 +77,78 @@ TEST(Ports, FindsWhatAProcessListensOn) {
   ASSERT_EQ(parsed.size(), 1u);
   EXPECT_EQ(parsed[0].socket.port(), 8002);
   EXPECT_EQ(parsed[0].inode, 4242u);
+}
+
+// A probe is stamped when it is sent, so evidence that straddles a restart is seen as older
+// than the restart.
+TEST(Prober, StampsAProbeWhenItIsSent) {
+  const int port = FreePort();
+  auto p = upkeep::testing::Subprocess::Start(
+      {upkeep::testing::BinPath("upkeep-sample-service"), "--port", absl::StrCat(port)},
+      "/dev/null");
+  ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", port));
+  upkeep::testing::HttpGetStatus("127.0.0.1", port, "/fault/slow?ms=300");
+  ProbeRequest r{
+      false, absl::StrCat("http://127.0.0.1:", port, "/health"), "", absl::Seconds(5), {}};
+  const absl::Time before = absl::Now();
+  const v1::ProbeResult result = Probe(r);
+  const absl::Time after = absl::Now();
+  ASSERT_TRUE(result.ok()) << result.error();
+  EXPECT_GE(FromProto(result.at()), before);
+  EXPECT_LE(FromProto(result.at()) + FromProto(result.latency()), after)
+      << "stamped when the answer came, not when the probe was sent";
+}
+
+// The tracker judges only the current process: a new start resets the run, and a probe sent
+// before that start (answered by, or timing out on, the old process) is not counted.
+TEST(HealthTracker, JudgesOnlyProbesOfTheCurrentProcess) {
+  v1::ProbeSpec spec;
+  spec.set_failure_threshold(2);
+  HealthTracker t(spec);
+  const absl::Time t0 = absl::FromUnixSeconds(1000);
+  v1::ProbeResult failed;
+  failed.set_error("timeout");
+  *failed.mutable_at() = ToProto(t0);
+  t.Update(failed, t0 - absl::Seconds(10), t0);
+  EXPECT_EQ(t.Update(failed, t0 - absl::Seconds(10), t0 + absl::Seconds(1)),
+            v1::HEALTH_STATE_UNHEALTHY);
+  // Restarted at t0 + 2 s; two failed probes sent before that arrive afterwards.
+  const absl::Time restarted = t0 + absl::Seconds(2);
+  *failed.mutable_at() = ToProto(restarted - absl::Milliseconds(50));
+  EXPECT_EQ(t.Update(failed, restarted, restarted + absl::Milliseconds(60)),
+            v1::HEALTH_STATE_STARTING);
+  EXPECT_EQ(t.Update(failed, restarted, restarted + absl::Milliseconds(90)),
+            v1::HEALTH_STATE_STARTING);
+  EXPECT_EQ(t.consecutive_failures(), 0);
+  EXPECT_EQ(t.started_at(), restarted);
+  // The first probe of the new process counts.
+  v1::ProbeResult ok;
+  ok.set_ok(true);
+  *ok.mutable_at() = ToProto(restarted + absl::Milliseconds(100));
+  EXPECT_EQ(t.Update(ok, restarted, restarted + absl::Milliseconds(101)), v1::HEALTH_STATE_HEALTHY);
+}
+
+// A service in its own network namespace (like a container on a bridge network) whose socket
+// is held by a child of its main process: seen only through /proc/PID/net of that process.
+TEST(Ports, ReadsAServicesOwnNetworkNamespaceAndItsChildren) {
+  const int port = FreePort();
+  auto p = upkeep::testing::Subprocess::Start(
+      {"unshare", "-n", "sh", "-c",
+       absl::StrCat(upkeep::testing::BinPath("upkeep-sample-service"), " --port ", port, "; true")},
+      "/dev/null");
+  ASSERT_TRUE(p.ok()) << p.status();
+  const pid_t pid = (*p)->pid();
+  std::vector<v1::ListenSocket> mine;
+  ASSERT_TRUE(upkeep::testing::WaitFor([&] {
+    mine = ServiceListeners(pid);
+    return !mine.empty();
+  })) << "the child's socket in the service's namespace";
+  ASSERT_EQ(mine.size(), 1u);
+  EXPECT_EQ(mine[0].port(), port);
+  EXPECT_EQ(mine[0].address(), "127.0.0.1");
+  EXPECT_TRUE(ListenersOf(pid, ListListeners()).empty())
+      << "not in the agent's namespace, and not held by the main process itself";
+  EXPECT_GE(ProcessTree(pid).size(), 2u);
 }
 
 }  // namespace

@@ -1,13 +1,20 @@
 // NginxDriver against a real nginx under a temp prefix, proxying to a sample service.
 #include "agent/proxy/nginx/nginx_driver.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <fstream>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -147,11 +154,18 @@ struct ProxyChanges {
   absl::Mutex mu;
   int master ABSL_GUARDED_BY(mu) = 0;
   int upstream ABSL_GUARDED_BY(mu) = 0;
+  int config ABSL_GUARDED_BY(mu) = 0;
   std::function<void(ProxyDriver::Change)> Callback() {
     return [this](ProxyDriver::Change c) {
       absl::MutexLock lock(&mu);
-      (c == ProxyDriver::Change::kMaster ? master : upstream)++;
+      (c == ProxyDriver::Change::kMaster          ? master
+       : c == ProxyDriver::Change::kUpstreamError ? upstream
+                                                  : config)++;
     };
+  }
+  int Config() {
+    absl::MutexLock lock(&mu);
+    return config;
   }
   int Master() {
     absl::MutexLock lock(&mu);
@@ -195,6 +209,152 @@ TEST_F(NginxTest, WatchTellsMasterChangesAndNewUpstreamErrorsAsTheyHappen) {
   ASSERT_TRUE(restarted.ok()) << restarted.status();
   ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", port_));
   EXPECT_EQ(changes.Master(), after);
+}
+
+// A broken config keeps nginx down; once someone fixes the file, the driver re-tests it by
+// itself (inotify on the config's directory) and says so, so the controller can start nginx.
+TEST_F(NginxTest, RetestsABrokenConfigWhenItsFileIsFixed) {
+  WriteConfig(false);
+  NginxDriver nginx(spec_);
+  ProxyChanges changes;
+  auto watch = nginx.Watch(changes.Callback());
+  auto started = nginx.Start(absl::Seconds(10));
+  ASSERT_FALSE(started.ok()) << "a config that fails nginx -t is not started";
+  v1::ProxyObservation o;
+  nginx.Observe(&o);
+  ASSERT_FALSE(o.last_config_test().ok());
+  std::vector<std::string> watched(o.watched_config().begin(), o.watched_config().end());
+  EXPECT_NE(std::find(watched.begin(), watched.end(), dir_.Join("nginx.conf")), watched.end());
+  // The failed test is told at once (so the controller judges on it, not on the one before).
+  EXPECT_TRUE(WaitFor([&] { return changes.Config() >= 1; }));
+  const int told = changes.Config();
+  // The error log in the same directory is written to: that is no reason to re-test.
+  std::ofstream(dir_.Join("error.log"), std::ios::app) << "noise\n";
+  WriteConfig(true);
+  ASSERT_TRUE(WaitFor([&] {
+    v1::ProxyObservation p;
+    nginx.Observe(&p);
+    return p.last_config_test().ok();
+  })) << "the fixed config is re-tested without anyone asking";
+  EXPECT_TRUE(WaitFor([&] { return changes.Config() > told; }));
+  auto again = nginx.Start(absl::Seconds(10));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", port_));
+}
+
+TEST(NginxConfigFiles, NamesTheFilesOfATestOutput) {
+  EXPECT_EQ(
+      ConfigFilesNamed("nginx: [emerg] unknown directive \"x\" in /etc/nginx/conf.d/a.conf:12\n"
+                       "nginx: configuration file /etc/nginx/nginx.conf test failed\n"),
+      (std::vector<std::string>{"/etc/nginx/conf.d/a.conf", "/etc/nginx/nginx.conf"}));
+  EXPECT_EQ(ConfigFilesNamed("nginx: [emerg] open() \"/etc/nginx/sites/b.conf\" failed (2: No such "
+                             "file or directory) in /etc/nginx/nginx.conf:30\n"),
+            (std::vector<std::string>{"/etc/nginx/nginx.conf", "/etc/nginx/sites/b.conf"}));
+  EXPECT_TRUE(ConfigFilesNamed("").empty());
+}
+
+// A reload is confirmed only once no old worker accepts with the old config: an old worker
+// held busy by a half-sent request is still there after Reload returns, but shutting down.
+TEST_F(NginxTest, ReloadIsConfirmedWhenOldWorkersStopAccepting) {
+  NginxDriver nginx(spec_);
+  ASSERT_TRUE(nginx.Start(absl::Seconds(10)).ok());
+  ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", port_));
+  v1::ProxyObservation before;
+  ASSERT_TRUE(WaitFor([&] {
+    before.Clear();
+    nginx.Observe(&before);
+    return before.worker_pids_size() == 1;
+  }));
+  const pid_t old_worker = before.worker_pids(0);
+  // A client in the middle of its request header keeps the old worker from exiting.
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port_));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  const std::string partial = "GET / HTTP/1.1\r\nHost: x\r\n";
+  ASSERT_EQ(::write(fd, partial.data(), partial.size()), static_cast<ssize_t>(partial.size()));
+  auto reloaded = nginx.Reload(absl::Seconds(10));
+  ASSERT_TRUE(reloaded.ok()) << reloaded.status();
+  EXPECT_TRUE(::kill(old_worker, 0) != 0 || WorkerShuttingDown(old_worker))
+      << "the reload was confirmed while the old worker " << old_worker << " still accepted";
+  EXPECT_EQ(upkeep::testing::HttpGetStatus("127.0.0.1", port_, "/"), 200);
+  ::close(fd);
+}
+
+// A toy upstream that reads a request and then closes the connection, either cleanly (nginx:
+// "upstream prematurely closed connection") or with a reset ("Connection reset by peer").
+class ClosingUpstream {
+ public:
+  explicit ClosingUpstream(bool reset) : reset_(reset) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    ::listen(fd_, 16);
+    socklen_t len = sizeof(addr);
+    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~ClosingUpstream() {
+    stop_ = true;
+    thread_.join();
+    ::close(fd_);
+  }
+  int port() const { return port_; }
+
+ private:
+  void Loop() {
+    while (!stop_) {
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 50) <= 0) continue;
+      const int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) continue;
+      char buf[4096];
+      (void)!::read(c, buf, sizeof(buf));
+      if (reset_) {
+        linger l{1, 0};
+        ::setsockopt(c, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+      }
+      ::close(c);
+    }
+  }
+  const bool reset_;
+  int fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+TEST_F(NginxTest, ClassifiesUpstreamsThatCloseOrResetTheConnection) {
+  for (const bool reset : {false, true}) {
+    SCOPED_TRACE(reset ? "reset" : "closed");
+    ClosingUpstream upstream(reset);
+    WriteConfig(true, upstream.port());
+    NginxDriver nginx(spec_);
+    if (nginx.MasterPid() > 0) {
+      ASSERT_TRUE(nginx.Reload(absl::Seconds(10)).ok());
+    } else {
+      ASSERT_TRUE(nginx.Start(absl::Seconds(10)).ok());
+    }
+    ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", port_));
+    nginx.PollErrorLog();
+    const v1::UpstreamErrorKind want = reset ? v1::UPSTREAM_ERROR_KIND_CONNECTION_RESET
+                                             : v1::UPSTREAM_ERROR_KIND_PREMATURELY_CLOSED;
+    EXPECT_TRUE(WaitFor([&] {
+      EXPECT_EQ(upkeep::testing::HttpGetStatus("127.0.0.1", port_, "/"), 502);
+      v1::ProxyObservation o;
+      nginx.Observe(&o);
+      for (const auto& e : o.upstream_errors()) {
+        if (e.kind() == want) return true;
+      }
+      return false;
+    })) << "nginx's error log should show the upstream "
+        << (reset ? "resetting" : "closing");
+  }
 }
 
 }  // namespace

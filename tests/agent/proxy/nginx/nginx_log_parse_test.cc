@@ -39,5 +39,29 @@ TEST(NginxErrorLog, ParsesUpstreamErrors) {
                                       &kind, &upstream));
 }
 
+TEST(NginxErrorLog, ClassifiesClosedAndResetUpstreamConnections) {
+  v1::UpstreamErrorKind kind;
+  std::string upstream;
+  ASSERT_TRUE(ParseUpstreamErrorLine(
+      "2026/11/25 19:00:00 [error] 7#7: *41 upstream prematurely closed connection while reading "
+      "response header from upstream, client: 127.0.0.1, server: , request: \"GET /api/ "
+      "HTTP/1.1\", upstream: \"http://127.0.0.1:8002/\", host: \"x\"",
+      &kind, &upstream));
+  EXPECT_EQ(kind, v1::UPSTREAM_ERROR_KIND_PREMATURELY_CLOSED);
+  EXPECT_EQ(upstream, "http://127.0.0.1:8002/");
+  ASSERT_TRUE(ParseUpstreamErrorLine(
+      "2026/11/25 19:00:00 [error] 7#7: *42 recv() failed (104: Connection reset by peer) while "
+      "reading response header from upstream, client: 127.0.0.1, server: , request: \"GET / "
+      "HTTP/1.1\", upstream: \"http://172.18.0.3:8002/\", host: \"x\"",
+      &kind, &upstream));
+  EXPECT_EQ(kind, v1::UPSTREAM_ERROR_KIND_CONNECTION_RESET);
+  EXPECT_EQ(upstream, "http://172.18.0.3:8002/");
+  // A client that resets its own connection is not an upstream error.
+  EXPECT_FALSE(ParseUpstreamErrorLine(
+      "2026/11/25 19:00:00 [info] 7#7: *43 recv() failed (104: Connection reset by peer) while "
+      "waiting for request, client: 127.0.0.1, server: 0.0.0.0:80",
+      &kind, &upstream));
+}
+
 }  // namespace
 }  // namespace upkeep::agent
