@@ -1,6 +1,7 @@
 // DockerRuntime: the Engine API over the unix socket with libcurl (one easy handle per call;
 // the events thread owns its own multi handle), JSON with nlohmann (exceptions caught here).
 #include "agent/runtime/docker/docker_runtime.h"
+#include "agent/runtime/docker/compose.h"
 
 #include <curl/curl.h>
 #include <sys/stat.h>
@@ -115,6 +116,10 @@ class DockerRuntime : public Runtime {
     auto st = FillFromInspect(resp->body, &obs);
     if (!st.ok()) obs.set_error(absl::StrCat(ContainerSelector(spec), ": ", st.message()));
     return obs;
+  }
+
+  absl::StatusOr<std::string> Create(const ServiceSpec& spec, absl::Duration timeout) override {
+    return ComposeUp(spec.container().compose(), socket_, timeout);
   }
 
   absl::Status Start(const ServiceSpec& spec) override {
