@@ -13,11 +13,12 @@ constexpr char kUsage[] =
     "offline:\n"
     "  validate -f FILE|DIR                       check manifests\n"
     "  plan -f STACK.yaml --observed SNAP.json    diagnose a snapshot [-o json|text]\n"
+    "       [--now RFC3339] [--paused]            (now: --now or the clock, not the snapshot)\n"
     "  tls init|issue --dir DIR ...               the fleet's CA and certificates\n"
     "against a controller (--controller ADDR, default $UPKEEP_CONTROLLER or localhost:7400):\n"
     "  apply -f FILE|DIR       get stacks|hosts      describe stack NAME\n"
     "  explain stack NAME      plan stack NAME       events [--watch] [--stack NAME]\n"
-    "  actions [--stack NAME]  pause|resume stack NAME|host ID\n"
+    "  actions [--stack NAME]  pause|resume stack NAME|host ID  (pause ... --for 30m)\n"
     "  run ACTION --stack NAME --target T\n"
     "output: -o table|json|yaml\n";
 

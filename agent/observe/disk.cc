@@ -40,12 +40,12 @@ std::vector<v1::FilesystemUsage> ObserveDisks(const v1::Stack& stack,
   };
   std::vector<Want> wants;
   for (const auto& s : stack.spec().services()) {
-    for (const auto& p : s.data_paths()) wants.push_back({p, s.name() + " data", s.name()});
+    for (const auto& p : s.data_paths()) wants.push_back({p, s.name() + " data", s.name(), false});
   }
   if (stack.spec().has_proxy() && !stack.spec().proxy().nginx().error_log().empty()) {
     wants.push_back({stack.spec().proxy().nginx().error_log(), "nginx logs", "", true});
   }
-  if (!agent_data_dir.empty()) wants.push_back({agent_data_dir, "agent data"});
+  if (!agent_data_dir.empty()) wants.push_back({agent_data_dir, "agent data", "", false});
 
   std::map<dev_t, v1::FilesystemUsage> by_dev;
   for (const auto& w : wants) {

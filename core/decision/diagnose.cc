@@ -415,7 +415,19 @@ class Engine {
         FromProto(o.started_at()) > FromProto(stop->requested_at())) {
       stop = nullptr;
     }
-    if (stop == nullptr && !o.stopped_by_person()) return false;
+    bool runtime_stop = o.stopped_by_person();
+    if (runtime_stop && o.has_finished_at()) {
+      // A resume (or a start by hand through upkeep) after that stop ends it.
+      for (const auto& r : history_) {
+        const v1::ActionKind k = r.action().kind();
+        if (!r.dry_run() && r.action().target() == name &&
+            (k == v1::ACTION_KIND_RESET_BUDGET || k == v1::ACTION_KIND_START_SERVICE) &&
+            FromProto(r.requested_at()) > FromProto(o.finished_at())) {
+          runtime_stop = false;
+        }
+      }
+    }
+    if (stop == nullptr && !runtime_stop) return false;
     v1::PathNode* n = Node("service.stopped_by_person", name, "yes: leave it stopped");
     v1::Finding* f =
         Find(v1::SEVERITY_WARNING, "ManuallyStopped", name,
@@ -555,8 +567,11 @@ class Engine {
   }
 
   // ---- "Evidence first": the observation already explains the failing route ------------------
-  // Returns true when it does and neither a reload nor a restart of nginx can help.
-  bool ExplainedByEvidence(const std::vector<const v1::RouteSpec*>& failing) {
+  // What the evidence leaves nginx's ladder: nothing (kAlert: neither a reload nor a restart
+  // can help), one reload (kReloadOnly: nginx may run an older config than the file on disk,
+  // which a reload loads; a restart cannot do more), or the whole ladder (kLadder).
+  enum class Evidence { kLadder, kReloadOnly, kAlert };
+  Evidence ExplainedByEvidence(const std::vector<const v1::RouteSpec*>& failing) {
     const auto& proxy = observed_.proxy();
     const auto& test = proxy.last_config_test();
     // "Check nginx config: sudo nginx -t" — nginx runs an older config; the one on disk fails.
@@ -573,11 +588,11 @@ class Engine {
         (*f->mutable_evidence())["nginx_t"] = test.output();
       }
       summary_ = "a route fails and nginx's config fails `nginx -t`: alert, no reload";
-      return true;
+      return Evidence::kAlert;
     }
     std::map<std::string, const v1::ServiceSpec*> by_name;
     for (const auto& svc : desired_.spec().services()) by_name[svc.name()] = &svc;
-    bool explained = false;
+    bool explained = false, port_mismatch = false;
     for (const auto* route : failing) {
       auto sit = by_name.find(route->upstream());
       if (sit == by_name.end()) continue;
@@ -604,21 +619,18 @@ class Engine {
           v1::PathNode* n = Node("proxy.evidence", route->path(), "nginx dials another port", 1);
           Ev(n, "nginx_dials", dials);
           Ev(n, "expected_port", absl::StrCat(svc.port()));
-          if (HasFinding("PortMismatch", svc.name())) {
-            explained = true;
-            break;
-          }
+          port_mismatch = true;
+          if (HasFinding("PortMismatch", svc.name())) break;
           v1::Finding* pm =
               Find(v1::SEVERITY_ALERT, "PortMismatch", svc.name(),
                    absl::StrCat("nginx dials ", dials, " for ", route->path(), " but ", svc.name(),
                                 " listens on port ", svc.port(),
-                                ": fix the upstream in the nginx config (a reload or restart of "
-                                "nginx cannot help)"));
+                                ": fix the upstream in the nginx config (one reload loads the "
+                                "file if nginx runs an older one; a restart cannot do more)"));
           (*pm->mutable_evidence())["nginx_dials"] = dials;
           (*pm->mutable_evidence())["expected_port"] = absl::StrCat(svc.port());
           if (!listening.empty()) (*pm->mutable_evidence())["listening"] = absl::StrJoin(listening, ",");
           if (!e.sample().empty()) (*pm->mutable_evidence())["error_log"] = e.sample();
-          explained = true;
           break;
         }
         if ((host == "::1" && !v6 && v4) || (host == "127.0.0.1" && !v4 && v6)) {
@@ -658,19 +670,30 @@ class Engine {
         }
       }
     }
-    if (explained) summary_ = "a route fails for a reason nginx cannot fix by itself: alert";
-    return explained;
+    if (explained) {
+      summary_ = "a route fails for a reason nginx cannot fix by itself: alert";
+      return Evidence::kAlert;
+    }
+    return port_mismatch ? Evidence::kReloadOnly : Evidence::kLadder;
   }
 
-  // Whether an error-log entry concerns `route`: nginx's upstream URL keeps the request path.
-  static bool ErrorIsFor(const v1::UpstreamError& e, const v1::RouteSpec& route) {
-    std::string path = e.upstream();
-    if (auto p = path.find("://"); p != std::string::npos) path = path.substr(p + 3);
-    const auto slash = path.find('/');
-    if (slash == std::string::npos) return true;  // no path: cannot tell, count it
-    path = path.substr(slash);
-    return route.path() == "/" || path.rfind(route.path(), 0) == 0 ||
-           e.sample().find(absl::StrCat(" ", route.path())) != std::string::npos;
+  // Whether an error-log entry concerns `route`: the route with the longest path that prefixes
+  // the request nginx logged (`request: "GET /api/health HTTP/1.1"`). Without a request line it
+  // cannot tell, and counts it.
+  bool ErrorIsFor(const v1::UpstreamError& e, const v1::RouteSpec& route) const {
+    const std::string& line = e.sample();
+    const auto req = line.find("request: \"");
+    if (req == std::string::npos) return true;
+    const auto space = line.find(' ', req + 10);
+    if (space == std::string::npos) return true;
+    const std::string path = line.substr(space + 1, line.find(' ', space + 1) - space - 1);
+    const v1::RouteSpec* best = nullptr;
+    for (const auto& r : desired_.spec().proxy().routes()) {
+      if (path.rfind(r.path(), 0) == 0 && (best == nullptr || r.path().size() > best->path().size())) {
+        best = &r;
+      }
+    }
+    return best == nullptr || best->path() == route.path();
   }
 
   // ---- 4-6. routes through nginx ----------------------------------------------------------
@@ -739,7 +762,8 @@ class Engine {
     }
     // Evidence first: when the observation already explains the failure and nginx cannot fix
     // it, say so now instead of reloading and restarting nginx first.
-    if (ExplainedByEvidence(failing)) return;
+    const Evidence evidence = ExplainedByEvidence(failing);
+    if (evidence == Evidence::kAlert) return;
     const policy::Streak streak =
         policy::FailedStreak(history_, kProxyTarget, v1::ACTION_KIND_RELOAD_PROXY);
     const bool recent = streak.count > 0 && streak.last > now_ - kEscalationWindow;
@@ -756,6 +780,16 @@ class Engine {
     }
     const std::string paths = absl::StrJoin(
         failing, ", ", [](std::string* out, const auto* r) { absl::StrAppend(out, r->path()); });
+    if (evidence == Evidence::kReloadOnly && (reloaded || restarted)) {
+      // The reload loaded the file and nginx still dials the wrong port: the file says so.
+      v1::PathNode* n = Node("proxy.findings", kProxyTarget,
+                             "alert: after a reload nginx still dials the wrong port", 1);
+      Ev(n, "failing_routes",
+         absl::StrJoin(failing, ", ",
+                       [](std::string* out, const auto* r) { absl::StrAppend(out, r->path()); }));
+      summary_ = "nginx's config dials the wrong port (a reload did not change it): alert";
+      return;
+    }
     v1::PathNode* n = Node("proxy.reaches_upstreams", kProxyTarget,
                            restarted  ? "no, after reload and restart: alert"
                            : reloaded ? "no, after a reload: restart nginx"

@@ -269,9 +269,8 @@ INSTANTIATE_TEST_SUITE_P(
                e->set_kind(v1::UPSTREAM_ERROR_KIND_CONNECTION_REFUSED);
                e->set_upstream("http://[::1]:8002/health");
              },
-             {Record(v1::ACTION_KIND_RELOAD_PROXY, "nginx", kNow - absl::Seconds(9)),
-              Record(v1::ACTION_KIND_RESTART_PROXY, "nginx", kNow - absl::Seconds(5))},
-             v1::VERDICT_DEGRADED, "proxy.findings", "", "LocalhostFamilyMismatch"},
+             // Evidence first: named at once, with no reload or restart of nginx before.
+             {}, v1::VERDICT_DEGRADED, "proxy.evidence", "", "LocalhostFamilyMismatch"},
         Case{"GatewayTimeoutAlertsWithLatency",
              [](v1::StackObservation* o) {
                Route(o, "/api/")->mutable_probe()->CopyFrom(Fail(504, "http 504"));
