@@ -31,21 +31,29 @@ int RunPlanOffline(int argc, char** argv) {
       return true;
     };
     bool ok = true;
-    if (a == "-f" || a == "--filename") ok = value(&file);
-    else if (a == "--observed") ok = value(&observed);
-    else if (a == "-o" || a == "--output") ok = value(&output);
-    else if (a == "--now") ok = value(&now_text);
-    else if (a == "--paused") paused = true;
-    else ok = false;
+    if (a == "-f" || a == "--filename")
+      ok = value(&file);
+    else if (a == "--observed")
+      ok = value(&observed);
+    else if (a == "-o" || a == "--output")
+      ok = value(&output);
+    else if (a == "--now")
+      ok = value(&now_text);
+    else if (a == "--paused")
+      paused = true;
+    else
+      ok = false;
     if (!ok) {
-      std::fprintf(stderr, "usage: upkeepctl plan -f STACK.yaml --observed SNAPSHOT.json "
-                           "[-o json|text] [--now RFC3339] [--paused]\n");
+      std::fprintf(stderr,
+                   "usage: upkeepctl plan -f STACK.yaml --observed SNAPSHOT.json "
+                   "[-o json|text] [--now RFC3339] [--paused]\n");
       return 2;
     }
   }
   if (file.empty() || observed.empty() || (output != "json" && output != "text")) {
-    std::fprintf(stderr, "usage: upkeepctl plan -f STACK.yaml --observed SNAPSHOT.json "
-                         "[-o json|text] [--now RFC3339] [--paused]\n");
+    std::fprintf(stderr,
+                 "usage: upkeepctl plan -f STACK.yaml --observed SNAPSHOT.json "
+                 "[-o json|text] [--now RFC3339] [--paused]\n");
     return 2;
   }
   const manifest::LoadResult loaded = manifest::LoadPath(file);

@@ -184,7 +184,8 @@ class ExecutorImpl : public Executor {
         }
         case v1::ACTION_KIND_CREATE_SERVICE: {
           // The exact command and its output go with the result, failed or not.
-          absl::StatusOr<std::string> r = runtime->Create(*service, std::min(budget, absl::Minutes(2)));
+          absl::StatusOr<std::string> r =
+              runtime->Create(*service, std::min(budget, absl::Minutes(2)));
           *output = r.ok() ? *r : std::string(r.status().message());
           return r.status();
         }

@@ -16,8 +16,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/time/time.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "agent/base/subscription.h"
 #include "upkeep/v1/observation.pb.h"
 #include "upkeep/v1/stack.pb.h"

@@ -354,10 +354,9 @@ bool Reconciler::PausedLocked(const WorkKey& key) const {
   const bool host_paused =
       paused_hosts_.count(key.host) > 0 &&
       (!paused_host_until_.count(key.host) || now < paused_host_until_.at(key.host));
-  const bool stack_paused =
-      it != stacks_.end() && it->second.status().paused() &&
-      (!it->second.status().has_paused_until() ||
-       now < FromProto(it->second.status().paused_until()));
+  const bool stack_paused = it != stacks_.end() && it->second.status().paused() &&
+                            (!it->second.status().has_paused_until() ||
+                             now < FromProto(it->second.status().paused_until()));
   return host_paused || stack_paused;
 }
 
@@ -402,9 +401,8 @@ void Reconciler::Reconcile(const WorkKey& key) {
   }
   // `upkeepctl pause ... --for D` has run out: resume, as a person would (events, budgets).
   if (pause_expired) {
-    absl::Status st = stack_pause_expired
-                          ? SetPaused(key.stack, "", false, kPauseExpired)
-                          : SetPaused("", key.host, false, kPauseExpired);
+    absl::Status st = stack_pause_expired ? SetPaused(key.stack, "", false, kPauseExpired)
+                                          : SetPaused("", key.host, false, kPauseExpired);
     if (!st.ok()) {
       UPKEEP_LOG(error, "auto_resume_failed", {{"error", std::string(st.message())}});
     }
@@ -682,9 +680,9 @@ absl::StatusOr<std::vector<v1::Diagnosis>> Reconciler::Plan(const std::string& s
 
 absl::Status Reconciler::SetPaused(const std::string& stack, const std::string& host, bool paused,
                                    const std::string& who, absl::Duration for_duration) {
-  const absl::Time until =
-      paused && for_duration > absl::ZeroDuration() ? clock_->Now() + for_duration
-                                                    : absl::InfinitePast();
+  const absl::Time until = paused && for_duration > absl::ZeroDuration()
+                               ? clock_->Now() + for_duration
+                               : absl::InfinitePast();
   if (!stack.empty()) {
     if (absl::Status st = store_->SetStackPaused(stack, paused); !st.ok()) return st;
   } else if (!host.empty()) {

@@ -429,10 +429,10 @@ class Engine {
     }
     if (stop == nullptr && !runtime_stop) return false;
     v1::PathNode* n = Node("service.stopped_by_person", name, "yes: leave it stopped");
-    v1::Finding* f =
-        Find(v1::SEVERITY_WARNING, "ManuallyStopped", name,
-             absl::StrCat(name, " was stopped by a person: upkeep leaves it stopped until "
-                                "someone starts it or resumes the stack"));
+    v1::Finding* f = Find(v1::SEVERITY_WARNING, "ManuallyStopped", name,
+                          absl::StrCat(name,
+                                       " was stopped by a person: upkeep leaves it stopped until "
+                                       "someone starts it or resumes the stack"));
     if (stop != nullptr) {
       const std::string who =
           stop->requested_by().empty() ? std::string("a person") : stop->requested_by();
@@ -458,11 +458,11 @@ class Engine {
     const int used = policy::RestartsInWindow(policy, history_, name, now_);
     if (used >= policy.restart_budget().max() && ServiceHealthy(o)) {
       // Healthy right now, but not yet for healthyReset: the episode (and its one alert) go on.
-      v1::Finding* f = Find(
-          v1::SEVERITY_ALERT, "CrashLooping", name,
-          absl::StrCat(name, " is crash-looping: ", used, " starts/restarts in the window; "
-                       "upkeep acts on it again once it stays healthy for ",
-                       absl::FormatDuration(FromProto(policy.healthy_reset()))));
+      v1::Finding* f = Find(v1::SEVERITY_ALERT, "CrashLooping", name,
+                            absl::StrCat(name, " is crash-looping: ", used,
+                                         " starts/restarts in the window; "
+                                         "upkeep acts on it again once it stays healthy for ",
+                                         absl::FormatDuration(FromProto(policy.healthy_reset()))));
       (*f->mutable_evidence())["restarts_in_window"] = absl::StrCat(used);
       (*f->mutable_evidence())["healthy_now"] = "true";
     }
@@ -485,8 +485,9 @@ class Engine {
 
   void DiskBlamed(const std::string& target, const std::string& output) {
     v1::Finding* f = Find(v1::SEVERITY_ALERT, "DiskFull", target,
-                          absl::StrCat(target, " fails with \"No space left on device\": free "
-                                               "disk space; restarting cannot help"));
+                          absl::StrCat(target,
+                                       " fails with \"No space left on device\": free "
+                                       "disk space; restarting cannot help"));
     (*f->mutable_evidence())["output"] = output.substr(0, 400);
     for (const auto& fs : observed_.host().filesystems()) {
       if (target == kProxyTarget ? fs.proxy_logs()
@@ -507,10 +508,10 @@ class Engine {
       Ev(n, "disk_warning", absl::StrFormat("%.0f%%", limit));
       if (disk_full_.count(fs.mount())) continue;
       disk_full_.insert(fs.mount());
-      v1::Finding* f = Find(
-          v1::SEVERITY_ALERT, "DiskFull", fs.mount(),
-          absl::StrFormat("%s is %.1f%% full (over %.0f%%); it holds %s", fs.mount(),
-                          fs.used_percent(), limit, absl::StrJoin(fs.holds(), ", ")));
+      v1::Finding* f =
+          Find(v1::SEVERITY_ALERT, "DiskFull", fs.mount(),
+               absl::StrFormat("%s is %.1f%% full (over %.0f%%); it holds %s", fs.mount(),
+                               fs.used_percent(), limit, absl::StrJoin(fs.holds(), ", ")));
       (*f->mutable_evidence())["used"] = absl::StrFormat("%.1f%%", fs.used_percent());
       (*f->mutable_evidence())["available_bytes"] = absl::StrCat(fs.available_bytes());
       (*f->mutable_evidence())["holds"] = absl::StrJoin(fs.holds(), ", ");
@@ -522,9 +523,8 @@ class Engine {
   bool DiskFullFor(const v1::ServiceSpec& spec, v1::PathNode* parent) {
     const double limit = desired_.spec().policy().disk_warning();
     for (const auto& fs : observed_.host().filesystems()) {
-      if (fs.used_percent() < limit ||
-          std::find(fs.services().begin(), fs.services().end(), spec.name()) ==
-              fs.services().end()) {
+      if (fs.used_percent() < limit || std::find(fs.services().begin(), fs.services().end(),
+                                                 spec.name()) == fs.services().end()) {
         continue;
       }
       Ev(parent, "disk", absl::StrFormat("%s %.1f%% full", fs.mount(), fs.used_percent()));
@@ -532,7 +532,8 @@ class Engine {
       return true;
     }
     if (const v1::ActionRecord* last = LastOn(spec.name());
-        last != nullptr && (NoSpace(last->result().output()) || NoSpace(last->result().message()))) {
+        last != nullptr &&
+        (NoSpace(last->result().output()) || NoSpace(last->result().message()))) {
       Node("service.disk", spec.name(), "no space left on device: not restarted", 1);
       DiskBlamed(spec.name(), last->result().output().empty() ? last->result().message()
                                                               : last->result().output());
@@ -558,8 +559,9 @@ class Engine {
                        r.certificate_subject().empty() ? "no subject" : r.certificate_subject(),
                        expired ? ") expired on " : ") expires on ",
                        absl::FormatTime("%Y-%m-%d %H:%M UTC", expires, absl::UTCTimeZone()),
-                       expired ? "" : absl::StrCat(", in ", absl::ToInt64Hours(expires - now_) / 24,
-                                                   " days: renew it")));
+                       expired ? ""
+                               : absl::StrCat(", in ", absl::ToInt64Hours(expires - now_) / 24,
+                                              " days: renew it")));
       (*f->mutable_evidence())["not_after"] =
           absl::FormatTime(absl::RFC3339_sec, expires, absl::UTCTimeZone());
       (*f->mutable_evidence())["certificate_warning"] = absl::FormatDuration(warn);
@@ -612,9 +614,9 @@ class Engine {
         int port = 0;
         if (!ParseUpstream(e.upstream(), &host, &port)) continue;
         if (!ErrorIsFor(e, *route)) continue;
-        const std::string dials = absl::StrCat(host.find(':') != std::string::npos ? "[" : "",
-                                               host, host.find(':') != std::string::npos ? "]" : "",
-                                               ":", port);
+        const std::string dials =
+            absl::StrCat(host.find(':') != std::string::npos ? "[" : "", host,
+                         host.find(':') != std::string::npos ? "]" : "", ":", port);
         if (port != svc.port()) {
           v1::PathNode* n = Node("proxy.evidence", route->path(), "nginx dials another port", 1);
           Ev(n, "nginx_dials", dials);
@@ -629,7 +631,8 @@ class Engine {
                                 "file if nginx runs an older one; a restart cannot do more)"));
           (*pm->mutable_evidence())["nginx_dials"] = dials;
           (*pm->mutable_evidence())["expected_port"] = absl::StrCat(svc.port());
-          if (!listening.empty()) (*pm->mutable_evidence())["listening"] = absl::StrJoin(listening, ",");
+          if (!listening.empty())
+            (*pm->mutable_evidence())["listening"] = absl::StrJoin(listening, ",");
           if (!e.sample().empty()) (*pm->mutable_evidence())["error_log"] = e.sample();
           break;
         }
@@ -638,20 +641,19 @@ class Engine {
               Node("proxy.evidence", route->path(), "nginx dials the other address family", 1);
           Ev(n, "nginx_dials", dials);
           Ev(n, "listening", absl::StrJoin(listening, ","));
-          v1::Finding* fm = Find(
-              v1::SEVERITY_ALERT, "LocalhostFamilyMismatch", svc.name(),
-              absl::StrCat("nginx dials ", dials, " but ", svc.name(), " listens on ",
-                           absl::StrJoin(listening, ", "),
-                           " only: `localhost` resolves to both families; use an explicit "
-                           "address in proxy_pass or listen on both (a reload cannot help)"));
+          v1::Finding* fm =
+              Find(v1::SEVERITY_ALERT, "LocalhostFamilyMismatch", svc.name(),
+                   absl::StrCat("nginx dials ", dials, " but ", svc.name(), " listens on ",
+                                absl::StrJoin(listening, ", "),
+                                " only: `localhost` resolves to both families; use an explicit "
+                                "address in proxy_pass or listen on both (a reload cannot help)"));
           (*fm->mutable_evidence())["nginx_dials"] = dials;
           (*fm->mutable_evidence())["listening"] = absl::StrJoin(listening, ",");
           explained = true;
           break;
         }
         if (o != nullptr && o->addresses_size() > 0 && host != "127.0.0.1" && host != "::1" &&
-            std::find(o->addresses().begin(), o->addresses().end(), host) ==
-                o->addresses().end()) {
+            std::find(o->addresses().begin(), o->addresses().end(), host) == o->addresses().end()) {
           // nginx resolved the name when it started; the container has moved since. A reload
           // resolves again (so the ladder goes on), but say why, and how to stop it recurring.
           v1::PathNode* n =
@@ -689,7 +691,8 @@ class Engine {
     const std::string path = line.substr(space + 1, line.find(' ', space + 1) - space - 1);
     const v1::RouteSpec* best = nullptr;
     for (const auto& r : desired_.spec().proxy().routes()) {
-      if (path.rfind(r.path(), 0) == 0 && (best == nullptr || r.path().size() > best->path().size())) {
+      if (path.rfind(r.path(), 0) == 0 &&
+          (best == nullptr || r.path().size() > best->path().size())) {
         best = &r;
       }
     }
@@ -784,9 +787,9 @@ class Engine {
       // The reload loaded the file and nginx still dials the wrong port: the file says so.
       v1::PathNode* n = Node("proxy.findings", kProxyTarget,
                              "alert: after a reload nginx still dials the wrong port", 1);
-      Ev(n, "failing_routes",
-         absl::StrJoin(failing, ", ",
-                       [](std::string* out, const auto* r) { absl::StrAppend(out, r->path()); }));
+      Ev(n, "failing_routes", absl::StrJoin(failing, ", ", [](std::string* out, const auto* r) {
+           absl::StrAppend(out, r->path());
+         }));
       summary_ = "nginx's config dials the wrong port (a reload did not change it): alert";
       return;
     }

@@ -24,8 +24,11 @@ CliRun Plan(const std::string& snapshot, const std::string& manifest = "",
             std::vector<std::string> extra = {"--now", kExamplesAt}) {
   testing::TempDir dir;
   std::vector<std::string> argv = {
-      testing::BinPath("upkeepctl"), "plan", "-f",
-      manifest.empty() ? testing::SourcePath("manifests/demo.yaml") : manifest, "--observed",
+      testing::BinPath("upkeepctl"),
+      "plan",
+      "-f",
+      manifest.empty() ? testing::SourcePath("manifests/demo.yaml") : manifest,
+      "--observed",
       snapshot};
   argv.insert(argv.end(), extra.begin(), extra.end());
   auto p = testing::Subprocess::Start(argv, dir.Join("out"));

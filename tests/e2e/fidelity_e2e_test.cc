@@ -155,8 +155,8 @@ TEST_P(FidelityTest, LeavesAServiceAPersonStoppedUntilResumed) {
   v1::RunActionResponse resp;
   ASSERT_TRUE(h->fleet().RunAction(&ctx, req, &resp).ok()) << Summary(*h);
   ASSERT_EQ(resp.record().result().outcome(), v1::ACTION_OUTCOME_SUCCEEDED) << Summary(*h);
-  ASSERT_TRUE(WaitFor([&] { return HasFinding(*h, "ManuallyStopped", "backend"); },
-                      absl::Seconds(20)))
+  ASSERT_TRUE(
+      WaitFor([&] { return HasFinding(*h, "ManuallyStopped", "backend"); }, absl::Seconds(20)))
       << Summary(*h);
   WaitTwoReconciles(*h);
   EXPECT_TRUE(HasFinding(*h, "ManuallyStopped", "backend")) << Summary(*h);
@@ -184,8 +184,8 @@ TEST_P(FidelityTest, PauseForResumesByItself) {
   v1::PauseResponse resp;
   ASSERT_TRUE(h->fleet().Pause(&ctx, req, &resp).ok());
   ASSERT_TRUE(h->CrashBackend().ok());
-  ASSERT_TRUE(WaitFor([&] { return !Events(*h, "Resumed", "pause expired").empty(); },
-                      absl::Seconds(30)))
+  ASSERT_TRUE(
+      WaitFor([&] { return !Events(*h, "Resumed", "pause expired").empty(); }, absl::Seconds(30)))
       << Summary(*h);
   const absl::Time resumed_at = FromProto(Events(*h, "Resumed", "pause expired")[0].at());
   EXPECT_TRUE(h->WaitServing(absl::Seconds(40)).ok()) << Summary(*h);

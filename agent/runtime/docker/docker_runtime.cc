@@ -1,7 +1,6 @@
 // DockerRuntime: the Engine API over the unix socket with libcurl (one easy handle per call;
 // the events thread owns its own multi handle), JSON with nlohmann (exceptions caught here).
 #include "agent/runtime/docker/docker_runtime.h"
-#include "agent/runtime/docker/compose.h"
 
 #include <curl/curl.h>
 #include <sys/stat.h>
@@ -21,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "agent/runtime/docker/compose.h"
 #include "core/log.h"
 #include "core/proto_time.h"
 #include "nlohmann/json.hpp"

@@ -115,8 +115,7 @@ TEST_P(Scenario, DiagnosesAsTheRunbookSays) {
     absl::Time now = FromProto(snapshot.observed_at());
     if (e->Get("now")) {
       std::string err;
-      ASSERT_TRUE(absl::ParseTime(absl::RFC3339_full, str("now"), &now, &err))
-          << err;
+      ASSERT_TRUE(absl::ParseTime(absl::RFC3339_full, str("now"), &now, &err)) << err;
     }
     const std::vector<v1::ActionRecord> history(snapshot.history().begin(),
                                                 snapshot.history().end());
@@ -176,7 +175,8 @@ TEST_P(Scenario, DiagnosesAsTheRunbookSays) {
       const auto slash = want.find('/');
       const std::string code = want.substr(0, slash);
       for (const auto& f : d.findings()) {
-        if (f.code() == code && (slash == std::string::npos || f.target() == want.substr(slash + 1)))
+        if (f.code() == code &&
+            (slash == std::string::npos || f.target() == want.substr(slash + 1)))
           return true;
       }
       return false;
@@ -200,9 +200,9 @@ TEST_P(Scenario, DiagnosesAsTheRunbookSays) {
     }
     if (e->Get("message_contains")) {
       const std::string want = str("message_contains");
-      EXPECT_TRUE(std::any_of(d.findings().begin(), d.findings().end(), [&](const auto& f) {
-        return absl::StrContains(f.message(), want);
-      })) << "no finding says " << want;
+      EXPECT_TRUE(std::any_of(d.findings().begin(), d.findings().end(),
+                              [&](const auto& f) { return absl::StrContains(f.message(), want); }))
+          << "no finding says " << want;
     }
   }
   EXPECT_GT(steps, 0);
@@ -220,11 +220,12 @@ TEST(ScenarioCorpus, CoversTheRunbookAndIssue11) {
   const auto names = ScenarioNames();
   EXPECT_GE(names.size(), 30u);
   for (const char* must :
-       {"evidence-wrong-port", "evidence-localhost-family", "evidence-config-test-fails-while-running",
-        "evidence-stale-container-address", "flapping-backend", "manually-stopped-upkeepctl",
-        "manually-stopped-docker-stop", "backend-container-missing-compose", "certificate-expiring",
-        "disk-full-backend-crashed", "disk-full-nginx-t-no-space", "db-down-while-nginx-down",
-        "two-services-crashed", "fault-while-paused"}) {
+       {"evidence-wrong-port", "evidence-localhost-family",
+        "evidence-config-test-fails-while-running", "evidence-stale-container-address",
+        "flapping-backend", "manually-stopped-upkeepctl", "manually-stopped-docker-stop",
+        "backend-container-missing-compose", "certificate-expiring", "disk-full-backend-crashed",
+        "disk-full-nginx-t-no-space", "db-down-while-nginx-down", "two-services-crashed",
+        "fault-while-paused"}) {
     EXPECT_TRUE(std::count(names.begin(), names.end(), must)) << must;
   }
 }

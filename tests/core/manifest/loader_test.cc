@@ -92,7 +92,8 @@ spec:
   const LoadResult bad = LoadString(
       absl::StrReplaceAll(text, {{"file: /srv/shop/compose.yml", "file: compose.yml"}}), "c.yaml");
   ASSERT_FALSE(bad.ok());
-  EXPECT_TRUE(absl::StrContains(bad.errors[0].ToString(), "compose.file")) << bad.errors[0].ToString();
+  EXPECT_TRUE(absl::StrContains(bad.errors[0].ToString(), "compose.file"))
+      << bad.errors[0].ToString();
 }
 
 TEST(Loader, ReadsSeveralDocumentsPerFile) {
@@ -167,8 +168,9 @@ INSTANTIATE_TEST_SUITE_P(
                   "enforce or dry-run"},
         ErrorCase{"DiskWarningOver100", "  proxy:", "  policy: {diskWarning: 120}\n  proxy:", 12,
                   "spec.policy.diskWarning", "between"},
-        ErrorCase{"RelativeDataPath", "      port: 8080", "      port: 8080\n      dataPaths: [data]",
-                  9, "spec.services[0].dataPaths", "not absolute"},
+        ErrorCase{"RelativeDataPath", "      port: 8080",
+                  "      port: 8080\n      dataPaths: [data]", 9, "spec.services[0].dataPaths",
+                  "not absolute"},
         ErrorCase{"InvalidYaml", "hosts: [web-1]", "hosts: [web-1", 6, "", "invalid YAML"}),
     [](const ::testing::TestParamInfo<ErrorCase>& info) { return info.param.name; });
 

@@ -95,8 +95,7 @@ TEST(Policy, BackoffGrowsAcrossFlapsUntilAFixHoldsForHealthyReset) {
   // Healthy for healthyReset after the last fix: the episode is over.
   const absl::Time later = kT0 + absl::Minutes(8);
   EXPECT_EQ(FlapsInEpisode(spec, h, "backend", later), 0);
-  EXPECT_EQ(Judge(spec, h, h.back().action(), later, false).policy(),
-            v1::POLICY_VERDICT_ALLOWED);
+  EXPECT_EQ(Judge(spec, h, h.back().action(), later, false).policy(), v1::POLICY_VERDICT_ALLOWED);
 }
 
 TEST(Policy, ARunOfFailedRepairsIsNotAFlap) {
