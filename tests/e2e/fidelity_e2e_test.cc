@@ -264,9 +264,11 @@ TEST_P(ComposeTest, RecreatesAMissingContainerWithCompose) {
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
     v1::ApplyRequest req;
-    *req.add_stacks() = loaded.stacks[0];
+    req.add_manifests()->set_filename("compose.yaml");
+    req.mutable_manifests(0)->set_content(manifest);
     v1::ApplyResponse resp;
     ASSERT_TRUE(h->fleet().Apply(&ctx, req, &resp).ok());
+    ASSERT_EQ(resp.applied_size(), 1) << resp.DebugString();
   }
   // The container goes away entirely (`docker rm -f`), as after a `docker compose down`.
   auto rm = upkeep::testing::Subprocess::Start(
