@@ -169,7 +169,7 @@ INSTANTIATE_TEST_SUITE_P(
         ErrorCase{"DiskWarningOver100", "  proxy:", "  policy: {diskWarning: 120}\n  proxy:", 12,
                   "spec.policy.diskWarning", "between"},
         ErrorCase{"RelativeDataPath", "      port: 8080",
-                  "      port: 8080\n      dataPaths: [data]", 9, "spec.services[0].dataPaths",
+                  "      port: 8080\n      dataPaths: [data]", 11, "spec.services[0].dataPaths",
                   "not absolute"},
         ErrorCase{"InvalidYaml", "hosts: [web-1]", "hosts: [web-1", 6, "", "invalid YAML"}),
     [](const ::testing::TestParamInfo<ErrorCase>& info) { return info.param.name; });
