@@ -679,6 +679,33 @@ class Engine {
     return port_mismatch ? Evidence::kReloadOnly : Evidence::kLadder;
   }
 
+  // The newest reload of the current escalation that was planned on evidence (a port
+  // mismatch); its finding is raised again from the record while the route still fails.
+  const v1::ActionRecord* StickyEvidence() {
+    const policy::Streak streak =
+        policy::FailedStreak(history_, kProxyTarget, v1::ACTION_KIND_RELOAD_PROXY);
+    if (streak.count == 0 || streak.last <= now_ - kEscalationWindow) return nullptr;
+    int seen = 0;
+    for (auto it = history_.rbegin(); it != history_.rend() && seen < streak.count; ++it) {
+      if (it->dry_run() || it->action().target() != kProxyTarget) continue;
+      if (!policy::SameClass(it->action().kind(), v1::ACTION_KIND_RELOAD_PROXY)) continue;
+      ++seen;
+      const auto& params = it->action().params();
+      auto code = params.find("evidence_code");
+      if (code == params.end()) continue;
+      const std::string target =
+          params.count("evidence_target") ? params.at("evidence_target") : std::string();
+      if (!HasFinding(code->second, target)) {
+        v1::Finding* f =
+            Find(v1::SEVERITY_ALERT, code->second, target,
+                 params.count("evidence_message") ? params.at("evidence_message") : std::string());
+        (*f->mutable_evidence())["seen_before"] = it->action().id();
+      }
+      return &*it;
+    }
+    return nullptr;
+  }
+
   // Whether an error-log entry concerns `route`: the route with the longest path that prefixes
   // the request nginx logged (`request: "GET /api/health HTTP/1.1"`). Without a request line it
   // cannot tell, and counts it.
@@ -749,6 +776,9 @@ class Engine {
       }
     }
     // Upstreams are healthy by direct probe (checked above), yet nginx fails the route.
+    // A reload planned on evidence keeps that evidence's finding until the route answers, so
+    // its alert is raised once, not again each time nginx's error log starts afresh.
+    const v1::ActionRecord* sticky = StickyEvidence();
     const v1::ActionRecord* last = LastOn(kProxyTarget);
     // Verify: a repair of nginx is judged on a probe taken after it finished.
     if (last != nullptr && last->result().has_finished_at()) {
@@ -765,8 +795,9 @@ class Engine {
     }
     // Evidence first: when the observation already explains the failure and nginx cannot fix
     // it, say so now instead of reloading and restarting nginx first.
-    const Evidence evidence = ExplainedByEvidence(failing);
+    Evidence evidence = ExplainedByEvidence(failing);
     if (evidence == Evidence::kAlert) return;
+    if (evidence == Evidence::kLadder && sticky != nullptr) evidence = Evidence::kReloadOnly;
     const policy::Streak streak =
         policy::FailedStreak(history_, kProxyTarget, v1::ACTION_KIND_RELOAD_PROXY);
     const bool recent = streak.count > 0 && streak.last > now_ - kEscalationWindow;
@@ -802,9 +833,19 @@ class Engine {
     Ev(n, "upstream_errors", absl::StrCat(observed_.proxy().upstream_errors_size()));
     if (!restarted && !reloaded) {
       // "Backend healthy but nginx can't connect?" — a graceful reload first.
-      Plan({MakeAction(v1::ACTION_KIND_RELOAD_PROXY, kProxyTarget,
-                       absl::StrCat("upstreams healthy but ", paths, " failing through nginx"))},
-           1);
+      v1::Action reload =
+          MakeAction(v1::ACTION_KIND_RELOAD_PROXY, kProxyTarget,
+                     absl::StrCat("upstreams healthy but ", paths, " failing through nginx"));
+      if (evidence == Evidence::kReloadOnly) {
+        for (const auto& f : d_.findings()) {
+          if (f.code() != "PortMismatch") continue;
+          (*reload.mutable_params())["evidence_code"] = f.code();
+          (*reload.mutable_params())["evidence_target"] = f.target();
+          (*reload.mutable_params())["evidence_message"] = f.message();
+          break;
+        }
+      }
+      Plan({reload}, 1);
       return;
     }
     if (!restarted) {
