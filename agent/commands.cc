@@ -148,7 +148,7 @@ int RunObserveCommand(int argc, char** argv) {
   v1::Stack stack;
   if (!LoadStack(f, &stack)) return 1;
   std::unique_ptr<Host> host = MakeHost({f.data, f.docker_socket});
-  auto observer = StackObserver::Create({f.host_id}, &host->runtimes, &host->proxies);
+  auto observer = StackObserver::Create({f.host_id, f.data}, &host->runtimes, &host->proxies);
   if (!observer.ok()) {
     std::fprintf(stderr, "upkeep-agent observe: %s\n",
                  std::string(observer.status().message()).c_str());

@@ -44,6 +44,7 @@ struct Args {
   bool insecure = false;  // allow plaintext to a non-loopback controller
   bool watch = false;
   int limit = 50;
+  std::string pause_for;  // pause --for 30m
   std::vector<std::string> positional;
   std::vector<std::pair<std::string, std::string>> params;
 };
@@ -95,6 +96,8 @@ Args Parse(int argc, char** argv) {
       a.token = value();
     else if (s == "--insecure")
       a.insecure = true;
+    else if (s == "--for")
+      a.pause_for = value();
     else if (s == "--limit")
       a.limit = std::atoi(value().c_str());
     else if (s == "--param") {
@@ -621,10 +624,20 @@ int Actions(const Args& a) {
 
 int PauseResume(const Args& a, bool pause) {
   if (a.positional.size() < 3 || (a.positional[1] != "stack" && a.positional[1] != "host")) {
-    Fail(absl::StrCat(pause ? "pause" : "resume", " stack NAME | host ID"), 2);
+    Fail(absl::StrCat(pause ? "pause" : "resume", " stack NAME | host ID",
+                      pause ? " [--for DURATION]" : ""),
+         2);
+  }
+  v1::PauseRequest req;
+  if (!a.pause_for.empty()) {
+    if (!pause) Fail("--for goes with pause", 2);
+    auto d = manifest::ParseDuration(a.pause_for);
+    if (!d.ok() || *d <= absl::ZeroDuration()) {
+      Fail(absl::StrCat("--for ", a.pause_for, ": not a duration (e.g. 30m, 2h)"), 2);
+    }
+    req.mutable_duration()->set_seconds(absl::ToInt64Seconds(*d));
   }
   auto stub = Connect(a);
-  v1::PauseRequest req;
   if (a.positional[1] == "stack")
     req.set_stack(a.positional[2]);
   else
@@ -632,8 +645,9 @@ int PauseResume(const Args& a, bool pause) {
   v1::PauseResponse resp;
   auto ctx = Ctx();
   Check(pause ? stub->Pause(ctx.get(), req, &resp) : stub->Resume(ctx.get(), req, &resp), a);
-  std::printf("%s/%s %s\n", a.positional[1].c_str(), a.positional[2].c_str(),
-              pause ? "paused" : "resumed");
+  std::printf("%s/%s %s%s\n", a.positional[1].c_str(), a.positional[2].c_str(),
+              pause ? "paused" : "resumed",
+              a.pause_for.empty() ? "" : absl::StrCat(" for ", a.pause_for).c_str());
   return 0;
 }
 

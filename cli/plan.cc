@@ -1,6 +1,9 @@
 // upkeepctl plan -f STACK.yaml --observed SNAPSHOT.json [-o json|text] [--now RFC3339]
+//                [--paused]
 // The diagnosis the engine makes for that observation, offline. SNAPSHOT.json is the protobuf
-// JSON mapping of upkeep.v1.StackObservation, with the action history in `history`.
+// JSON mapping of upkeep.v1.StackObservation, with the action history in `history` (which also
+// carries manual stops) and the pause state in `paused`. "Now" is --now or the current time,
+// never the snapshot's own time: an old snapshot is judged stale, as the controller would.
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -19,6 +22,7 @@ namespace upkeep::cli {
 
 int RunPlanOffline(int argc, char** argv) {
   std::string file, observed, output = "text", now_text;
+  bool paused = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&](std::string* out) {
@@ -27,20 +31,29 @@ int RunPlanOffline(int argc, char** argv) {
       return true;
     };
     bool ok = true;
-    if (a == "-f" || a == "--filename") ok = value(&file);
-    else if (a == "--observed") ok = value(&observed);
-    else if (a == "-o" || a == "--output") ok = value(&output);
-    else if (a == "--now") ok = value(&now_text);
-    else ok = false;
+    if (a == "-f" || a == "--filename")
+      ok = value(&file);
+    else if (a == "--observed")
+      ok = value(&observed);
+    else if (a == "-o" || a == "--output")
+      ok = value(&output);
+    else if (a == "--now")
+      ok = value(&now_text);
+    else if (a == "--paused")
+      paused = true;
+    else
+      ok = false;
     if (!ok) {
-      std::fprintf(stderr, "usage: upkeepctl plan -f STACK.yaml --observed SNAPSHOT.json "
-                           "[-o json|text] [--now RFC3339]\n");
+      std::fprintf(stderr,
+                   "usage: upkeepctl plan -f STACK.yaml --observed SNAPSHOT.json "
+                   "[-o json|text] [--now RFC3339] [--paused]\n");
       return 2;
     }
   }
   if (file.empty() || observed.empty() || (output != "json" && output != "text")) {
-    std::fprintf(stderr, "usage: upkeepctl plan -f STACK.yaml --observed SNAPSHOT.json "
-                         "[-o json|text] [--now RFC3339]\n");
+    std::fprintf(stderr,
+                 "usage: upkeepctl plan -f STACK.yaml --observed SNAPSHOT.json "
+                 "[-o json|text] [--now RFC3339] [--paused]\n");
     return 2;
   }
   const manifest::LoadResult loaded = manifest::LoadPath(file);
@@ -72,7 +85,7 @@ int RunPlanOffline(int argc, char** argv) {
                  snapshot.stack().c_str());
     return 1;
   }
-  absl::Time now = snapshot.has_observed_at() ? FromProto(snapshot.observed_at()) : absl::Now();
+  absl::Time now = absl::Now();
   if (!now_text.empty()) {
     std::string err;
     if (!absl::ParseTime(absl::RFC3339_full, now_text, &now, &err)) {
@@ -82,7 +95,9 @@ int RunPlanOffline(int argc, char** argv) {
   }
   std::vector<upkeep::v1::ActionRecord> history(snapshot.history().begin(),
                                                 snapshot.history().end());
-  const upkeep::v1::Diagnosis d = decision::Diagnose(*stack, snapshot, history, now);
+  decision::DiagnoseOptions options;
+  options.paused = paused || snapshot.paused();
+  const upkeep::v1::Diagnosis d = decision::Diagnose(*stack, snapshot, history, now, options);
   if (output == "json") {
     std::string json;
     google::protobuf::util::JsonPrintOptions p;

@@ -9,7 +9,7 @@ PACKAGES=(
   libabsl-dev libyaml-dev nlohmann-json3-dev libcurl4-openssl-dev libcpp-httplib-dev
   libspdlog-dev libsqlite3-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev
   clang libclang-rt-14-dev
-  nginx docker.io monit curl iproute2 procps
+  nginx docker.io docker-compose monit curl iproute2 procps
   etcd-server golang-etcd-server-dev
   chromium chromium-driver python3-selenium python3-grpcio python3-grpc-tools python3-protobuf
   dpkg-dev systemd

@@ -127,6 +127,7 @@ class ExecutorImpl : public Executor {
       case v1::ACTION_KIND_RESTART_SERVICE:
       case v1::ACTION_KIND_STOP_SERVICE:
       case v1::ACTION_KIND_COLLECT_LOGS:
+      case v1::ACTION_KIND_CREATE_SERVICE:
         for (const auto& s : stack->spec().services()) {
           if (s.name() == action.target()) *service = &s;
         }
@@ -180,6 +181,13 @@ class ExecutorImpl : public Executor {
           absl::Status st = runtime->Restart(*service, stop_timeout);
           *output = st.ok() ? absl::StrCat(service->name(), " restarted") : "";
           return st;
+        }
+        case v1::ACTION_KIND_CREATE_SERVICE: {
+          // The exact command and its output go with the result, failed or not.
+          absl::StatusOr<std::string> r =
+              runtime->Create(*service, std::min(budget, absl::Minutes(2)));
+          *output = r.ok() ? *r : std::string(r.status().message());
+          return r.status();
         }
         case v1::ACTION_KIND_STOP_SERVICE: {
           absl::Status st = runtime->Stop(*service, stop_timeout);

@@ -93,7 +93,8 @@ int RunDaemon(int argc, char** argv) {
                {{"note", "no --allow-exec: process-runtime services will be refused"}});
   }
   std::unique_ptr<Host> host = MakeHost({options.data_dir, options.docker_socket, exec});
-  auto observer = StackObserver::Create({options.host_id}, &host->runtimes, &host->proxies);
+  auto observer =
+      StackObserver::Create({options.host_id, options.data_dir}, &host->runtimes, &host->proxies);
   if (!observer.ok()) {
     UPKEEP_LOG(critical, "agent_start_failed",
                {{"error", std::string(observer.status().message())}});

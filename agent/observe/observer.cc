@@ -9,6 +9,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "agent/observe/certificate.h"
+#include "agent/observe/disk.h"
 #include "agent/observe/ports.h"
 #include "agent/observe/prober.h"
 #include "agent/proxy/proxy_drivers.h"
@@ -143,6 +145,10 @@ class ObserverImpl : public StackObserver {
       v1::RouteObservation* r = o.mutable_proxy()->add_routes();
       r->set_path(route_paths[i]);
       *r->mutable_probe() = results[service_index.size() + i];
+    }
+    AddCertificates(stack, &certificates_, o.mutable_proxy());
+    for (auto& fs : ObserveDisks(stack, options_.data_dir)) {
+      *o.mutable_host()->add_filesystems() = std::move(fs);
     }
     return o;
   }
@@ -412,6 +418,10 @@ class ObserverImpl : public StackObserver {
         ro->set_path(r.path());
         *ro->mutable_probe() = it->second.last;
       }
+      AddCertificates(st.spec, &certificates_, o.mutable_proxy());
+    }
+    for (auto& fs : ObserveDisks(st.spec, options_.data_dir)) {
+      *o.mutable_host()->add_filesystems() = std::move(fs);
     }
     return o;
   }
@@ -512,6 +522,7 @@ class ObserverImpl : public StackObserver {
   }
 
   const ObserverOptions options_;
+  CertificateCache certificates_;
   RuntimeRegistry* const runtimes_;
   ProxyDrivers* const proxies_;
   absl::Mutex mu_;

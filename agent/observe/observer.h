@@ -28,6 +28,7 @@ class ProxyDrivers;
 
 struct ObserverOptions {
   std::string host_id;
+  std::string data_dir;  // the agent's own data, watched for a full disk (may be empty)
 };
 
 class StackObserver {

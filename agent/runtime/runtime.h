@@ -16,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "agent/base/subscription.h"
 #include "upkeep/v1/observation.pb.h"
@@ -35,6 +36,14 @@ class Runtime {
   virtual absl::Status Start(const upkeep::v1::ServiceSpec& spec) = 0;
   virtual absl::Status Stop(const upkeep::v1::ServiceSpec& spec, absl::Duration timeout) = 0;
   virtual absl::Status Restart(const upkeep::v1::ServiceSpec& spec, absl::Duration timeout) = 0;
+
+  // Creates a service that does not exist from its definition (e.g. its compose file) and
+  // starts it. Returns what was run and its output, for the audit log. Default: unsupported.
+  virtual absl::StatusOr<std::string> Create(const upkeep::v1::ServiceSpec& spec,
+                                             absl::Duration timeout) {
+    return absl::UnimplementedError(
+        absl::StrCat("this runtime cannot create ", spec.name(), "; create it by hand"));
+  }
 
   // The last `tail` lines the service wrote (stdout and stderr).
   virtual absl::StatusOr<std::string> Logs(const upkeep::v1::ServiceSpec& spec, int tail) = 0;

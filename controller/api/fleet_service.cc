@@ -9,6 +9,7 @@
 #include "absl/time/time.h"
 #include "controller/auth/authenticator.h"
 #include "core/manifest/loader.h"
+#include "core/proto_time.h"
 
 namespace upkeep::controller {
 namespace {
@@ -236,7 +237,8 @@ grpc::Status FleetServiceImpl::ListActions(grpc::ServerContext*, const v1::ListA
 
 grpc::Status FleetServiceImpl::Pause(grpc::ServerContext* ctx, const v1::PauseRequest* req,
                                      v1::PauseResponse*) {
-  return ToGrpc(reconciler_->SetPaused(req->stack(), req->host(), true, Caller(ctx)));
+  return ToGrpc(reconciler_->SetPaused(req->stack(), req->host(), true, Caller(ctx),
+                                       FromProto(req->duration())));
 }
 
 grpc::Status FleetServiceImpl::Resume(grpc::ServerContext* ctx, const v1::PauseRequest* req,

@@ -15,6 +15,9 @@
 namespace upkeep::controller {
 namespace {
 
+// Who resumes a stack or host whose `pause --for` ran out.
+constexpr char kPauseExpired[] = "upkeep (pause expired)";
+
 namespace v1 = upkeep::v1;
 
 std::string PathText(const v1::Diagnosis& d) {
@@ -346,14 +349,42 @@ v1::StackObservation Reconciler::ObservationLocked(const WorkKey& key) {
 }
 
 bool Reconciler::PausedLocked(const WorkKey& key) const {
+  const absl::Time now = clock_->Now();
   auto it = stacks_.find(key.stack);
-  return paused_hosts_.count(key.host) > 0 || (it != stacks_.end() && it->second.status().paused());
+  const bool host_paused =
+      paused_hosts_.count(key.host) > 0 &&
+      (!paused_host_until_.count(key.host) || now < paused_host_until_.at(key.host));
+  const bool stack_paused = it != stacks_.end() && it->second.status().paused() &&
+                            (!it->second.status().has_paused_until() ||
+                             now < FromProto(it->second.status().paused_until()));
+  return host_paused || stack_paused;
+}
+
+absl::Time Reconciler::PauseEndsLocked(const WorkKey& key, bool* expired) const {
+  absl::Time ends = absl::InfiniteFuture();
+  *expired = false;
+  const absl::Time now = clock_->Now();
+  if (auto h = paused_host_until_.find(key.host);
+      h != paused_host_until_.end() && paused_hosts_.count(key.host)) {
+    ends = std::min(ends, h->second);
+    *expired |= h->second <= now;
+  }
+  auto it = stacks_.find(key.stack);
+  if (it != stacks_.end() && it->second.status().paused() &&
+      it->second.status().has_paused_until()) {
+    const absl::Time until = FromProto(it->second.status().paused_until());
+    ends = std::min(ends, until);
+    *expired |= until <= now;
+  }
+  return ends;
 }
 
 void Reconciler::Reconcile(const WorkKey& key) {
   v1::Stack stack;
   v1::StackObservation observed;
   bool paused = false;
+  absl::Time pause_ends = absl::InfiniteFuture();
+  bool pause_expired = false, stack_pause_expired = false;
   {
     absl::MutexLock lock(&mu_);
     auto it = stacks_.find(key.stack);
@@ -364,6 +395,17 @@ void Reconciler::Reconcile(const WorkKey& key) {
     stack = it->second;
     observed = ObservationLocked(key);
     paused = PausedLocked(key);
+    pause_ends = PauseEndsLocked(key, &pause_expired);
+    stack_pause_expired = pause_expired && it->second.status().has_paused_until() &&
+                          FromProto(it->second.status().paused_until()) <= clock_->Now();
+  }
+  // `upkeepctl pause ... --for D` has run out: resume, as a person would (events, budgets).
+  if (pause_expired) {
+    absl::Status st = stack_pause_expired ? SetPaused(key.stack, "", false, kPauseExpired)
+                                          : SetPaused("", key.host, false, kPauseExpired);
+    if (!st.ok()) {
+      UPKEEP_LOG(error, "auto_resume_failed", {{"error", std::string(st.message())}});
+    }
   }
   const History history = dispatcher_.HistoryOf(key);
   const absl::Time now = clock_->Now();
@@ -498,6 +540,9 @@ void Reconciler::Reconcile(const WorkKey& key) {
       (d.verdict() == v1::VERDICT_REPAIRING && !allowed.empty()) ||
       (d.verdict() == v1::VERDICT_REPAIRING && next_due == absl::InfiniteFuture()) || verifying;
   if (waits_on_time) next_due = std::min(next_due, now + options_.resync);
+  if (pause_ends != absl::InfiniteFuture() && pause_ends > now) {
+    next_due = std::min(next_due, pause_ends);
+  }
   if (next_due != absl::InfiniteFuture()) queue_.AddAfter(key, next_due - now);
 }
 
@@ -641,7 +686,10 @@ absl::StatusOr<std::vector<v1::Diagnosis>> Reconciler::Plan(const std::string& s
 }
 
 absl::Status Reconciler::SetPaused(const std::string& stack, const std::string& host, bool paused,
-                                   const std::string& who) {
+                                   const std::string& who, absl::Duration for_duration) {
+  const absl::Time until = paused && for_duration > absl::ZeroDuration()
+                               ? clock_->Now() + for_duration
+                               : absl::InfinitePast();
   if (!stack.empty()) {
     if (absl::Status st = store_->SetStackPaused(stack, paused); !st.ok()) return st;
   } else if (!host.empty()) {
@@ -650,15 +698,30 @@ absl::Status Reconciler::SetPaused(const std::string& stack, const std::string& 
     return absl::InvalidArgumentError("name a stack or a host");
   }
   std::vector<std::pair<WorkKey, std::vector<std::string>>> resets;
+  v1::StackStatus status_to_save;
   {
     absl::MutexLock lock(&mu_);
     if (!stack.empty()) {
       auto it = stacks_.find(stack);
-      if (it != stacks_.end()) it->second.mutable_status()->set_paused(paused);
+      if (it != stacks_.end()) {
+        it->second.mutable_status()->set_paused(paused);
+        if (until != absl::InfinitePast()) {
+          *it->second.mutable_status()->mutable_paused_until() = ToProto(until);
+        } else {
+          it->second.mutable_status()->clear_paused_until();
+        }
+        status_to_save = it->second.status();
+      }
     } else if (paused) {
       paused_hosts_.insert(host);
+      if (until != absl::InfinitePast()) {
+        paused_host_until_[host] = until;
+      } else {
+        paused_host_until_.erase(host);
+      }
     } else {
       paused_hosts_.erase(host);
+      paused_host_until_.erase(host);
     }
     // Resuming also resumes crash-looping targets: their restart budget starts afresh.
     if (!paused) {
@@ -670,9 +733,20 @@ absl::Status Reconciler::SetPaused(const std::string& stack, const std::string& 
         for (const auto& alert : ks.active_alerts) {
           if (alert.rfind("CrashLooping/", 0) == 0) targets.push_back(alert.substr(13));
         }
+        // ... and services a person stopped: resuming means "run it all again".
+        // (Not when a timed pause ran out: nobody asked for those to run again.)
+        for (const auto& f : ks.diagnosis.findings()) {
+          if (f.code() == "ManuallyStopped" && for_duration == absl::ZeroDuration() &&
+              who != kPauseExpired) {
+            targets.push_back(f.target());
+          }
+        }
         if (!targets.empty()) resets.emplace_back(key, std::move(targets));
       }
     }
+  }
+  if (!stack.empty() && status_to_save.paused() == paused) {
+    if (absl::Status st = store_->SaveStatus(stack, status_to_save); !st.ok()) return st;
   }
   for (const auto& [key, targets] : resets) {
     dispatcher_.ResetBudgets(key, targets, "resumed by a person", who);

@@ -78,8 +78,10 @@ class Reconciler : public AgentListener {
   std::vector<upkeep::v1::Host> Hosts();
   absl::StatusOr<std::vector<upkeep::v1::Diagnosis>> Plan(const std::string& stack,
                                                           const std::string& host);
+  // `for_duration` > 0 (pause only): the stack or host resumes by itself after that long.
   absl::Status SetPaused(const std::string& stack, const std::string& host, bool paused,
-                         const std::string& who = "");
+                         const std::string& who = "",
+                         absl::Duration for_duration = absl::ZeroDuration());
   absl::StatusOr<upkeep::v1::ActionRecord> RunAction(const upkeep::v1::RunActionRequest& request,
                                                      absl::Duration wait,
                                                      const std::string& who = "");
@@ -127,6 +129,10 @@ class Reconciler : public AgentListener {
   void IndexLocked(const std::string& stack, const upkeep::v1::Stack* old,
                    const upkeep::v1::Stack* now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool PausedLocked(const WorkKey& key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // When a timed pause of the key's stack or host ends (InfiniteFuture: none); `expired` when
+  // it already has.
+  absl::Time PauseEndsLocked(const WorkKey& key, bool* expired) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   upkeep::v1::StackObservation ObservationLocked(const WorkKey& key)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CountConnectedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -148,6 +154,9 @@ class Reconciler : public AgentListener {
   // Hosts a stack names, and hosts connected now; nothing else (any hello must not grow it).
   std::map<std::string, HostState> hosts_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> paused_hosts_ ABSL_GUARDED_BY(mu_);
+  // Host pauses with --for (in memory: a restarted controller keeps such a host paused until
+  // someone resumes it). Stack pauses keep theirs in status.paused_until.
+  std::map<std::string, absl::Time> paused_host_until_ ABSL_GUARDED_BY(mu_);
   std::map<WorkKey, KeyState> keys_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;

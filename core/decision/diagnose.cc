@@ -11,6 +11,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "core/decision/verify.h"
 #include "core/policy/policy.h"
@@ -62,9 +63,11 @@ class Engine {
   v1::Diagnosis Run() {
     if (!AgentConnected() || !ObservationFresh()) return Finish(v1::VERDICT_UNKNOWN);
     if (ActionInFlight()) return Finish(v1::VERDICT_WAITING);
+    CheckDisks();
     const bool proxy_up = CheckProxy();
     const bool services_ok = CheckServices();
     if (proxy_up && services_ok) CheckRoutes();
+    if (proxy_up) CheckCertificates();
     return Finish(Verdict());
   }
 
@@ -93,6 +96,13 @@ class Engine {
     return f;
   }
 
+  bool HasFinding(const std::string& code, const std::string& target) const {
+    for (const auto& f : d_.findings()) {
+      if (f.code() == code && f.target() == target) return true;
+    }
+    return false;
+  }
+
   v1::Action MakeAction(v1::ActionKind kind, const std::string& target,
                         const std::string& reason) const {
     v1::Action a;
@@ -113,6 +123,7 @@ class Engine {
         Node("policy", actions.back().target(), v1::PolicyVerdict_Name(main.policy()), depth + 1);
     Ev(n, "reason", main.policy_reason());
     if (main.policy() == v1::POLICY_VERDICT_BUDGET_EXHAUSTED) {
+      if (HasFinding("CrashLooping", actions.back().target())) return main.policy();
       v1::Finding* f =
           Find(v1::SEVERITY_ALERT, "CrashLooping", actions.back().target(),
                absl::StrCat(actions.back().target(), " is crash-looping: ", main.policy_reason()));
@@ -201,6 +212,14 @@ class Engine {
     const v1::ActionRecord* last = LastOn(kProxyTarget);
     const bool tested_since_last_action =
         test.ran() && (last == nullptr || FromProto(test.at()) >= FromProto(last->requested_at()));
+    if (tested_since_last_action && !test.ok() && NoSpace(test.output())) {
+      // "No space left on device" is the disk's fault, not the config's: starting cannot help.
+      v1::PathNode* t = Node("proxy.config_valid", kProxyTarget, "no: the disk is full: alert", 1);
+      Ev(t, "nginx_t", test.output());
+      DiskBlamed(kProxyTarget, test.output());
+      summary_ = "nginx is down and `nginx -t` finds no space left on the device";
+      return false;
+    }
     if (tested_since_last_action && !test.ok()) {
       v1::PathNode* t = Node("proxy.config_valid", kProxyTarget, "no: alert", 1);
       Ev(t, "nginx_t", test.output());
@@ -294,6 +313,8 @@ class Engine {
         return false;
       }
     }
+    Episode(spec, o);
+    if (!o.running() && StoppedByPerson(spec, o)) return false;
     if (!o.error().empty()) {
       v1::PathNode* n = Node("service.observable", name, "no: runtime error");
       Ev(n, "error", o.error());
@@ -308,10 +329,26 @@ class Engine {
       if (o.oom_killed()) Ev(n, "oom_killed", "true");
       if (o.restart_count() > 0) Ev(n, "restart_count", absl::StrCat(o.restart_count()));
       if (o.has_finished_at()) Ev(n, "finished_at", absl::FormatTime(FromProto(o.finished_at())));
+      if (DiskFullFor(spec, n)) return false;
       if (!o.exists() && desired_.spec().runtime() == v1::RUNTIME_KIND_DOCKER) {
-        Find(v1::SEVERITY_ALERT, "ContainerMissing", name,
-             absl::StrCat("no container for ", name,
-                          ": create it (docker compose up -d); upkeep only starts existing ones"));
+        const auto& compose = spec.container().compose();
+        if (compose.file().empty()) {
+          Find(v1::SEVERITY_ALERT, "ContainerMissing", name,
+               absl::StrCat("no container for ", name,
+                            ": create it (docker compose up -d), or name its compose file in "
+                            "container.compose.file so upkeep can"));
+          return false;
+        }
+        // "Backend container not running? → docker compose --profile aws up -d backend-aws"
+        v1::Action create =
+            MakeAction(v1::ACTION_KIND_CREATE_SERVICE, name,
+                       absl::StrCat("no container for ", name, ": recreate it with compose"));
+        auto& params = *create.mutable_params();
+        params["project"] = compose.project();
+        params["service"] = compose.service();
+        params["file"] = compose.file();
+        if (!compose.profile().empty()) params["profile"] = compose.profile();
+        Plan({create}, 0);
         return false;
       }
       // A start that just reported success gets a moment to show up.
@@ -340,6 +377,7 @@ class Engine {
       // "Services Not Listening on Expected Ports": a restart will not move the port.
       if (PortMoved(spec, o, n)) return false;
       if (SlowNotHung(spec, o, n)) return false;
+      if (DiskFullFor(spec, n)) return false;
       v1::Action logs = MakeAction(v1::ACTION_KIND_COLLECT_LOGS, name,
                                    absl::StrCat(name, " is unhealthy: collect its logs first"));
       (*logs.mutable_params())["tail"] = absl::StrCat(spec.logs().tail());
@@ -410,6 +448,64 @@ class Engine {
     return true;
   }
 
+  // ---- "Respect people": a person stopped it; like Docker's unless-stopped ------------------
+  bool StoppedByPerson(const v1::ServiceSpec& spec, const v1::ServiceObservation& o) {
+    const std::string& name = spec.name();
+    const v1::ActionRecord* stop = nullptr;
+    for (auto it = history_.rbegin(); it != history_.rend(); ++it) {
+      if (it->dry_run() || it->action().target() != name) continue;
+      const v1::ActionKind k = it->action().kind();
+      if (k == v1::ACTION_KIND_STOP_SERVICE) {
+        if (it->result().outcome() == v1::ACTION_OUTCOME_SUCCEEDED) stop = &*it;
+        break;
+      }
+      // A start (by upkeep or by hand) or a resume ends the person's stop.
+      if (k == v1::ACTION_KIND_START_SERVICE || k == v1::ACTION_KIND_RESTART_SERVICE ||
+          k == v1::ACTION_KIND_CREATE_SERVICE || k == v1::ACTION_KIND_RESET_BUDGET) {
+        break;
+      }
+    }
+    // Started outside upkeep since the stop (docker start): the stop no longer holds.
+    if (stop != nullptr && o.has_started_at() &&
+        FromProto(o.started_at()) > FromProto(stop->requested_at())) {
+      stop = nullptr;
+    }
+    bool runtime_stop = o.stopped_by_person();
+    if (runtime_stop && o.has_finished_at()) {
+      // A resume (or a start by hand through upkeep) after that stop ends it.
+      for (const auto& r : history_) {
+        const v1::ActionKind k = r.action().kind();
+        if (!r.dry_run() && r.action().target() == name &&
+            (k == v1::ACTION_KIND_RESET_BUDGET || k == v1::ACTION_KIND_START_SERVICE) &&
+            FromProto(r.requested_at()) > FromProto(o.finished_at())) {
+          runtime_stop = false;
+        }
+      }
+    }
+    if (stop == nullptr && !runtime_stop) return false;
+    v1::PathNode* n = Node("service.stopped_by_person", name, "yes: leave it stopped");
+    v1::Finding* f = Find(v1::SEVERITY_WARNING, "ManuallyStopped", name,
+                          absl::StrCat(name,
+                                       " was stopped by a person: upkeep leaves it stopped until "
+                                       "someone starts it or resumes the stack"));
+    if (stop != nullptr) {
+      const std::string who =
+          stop->requested_by().empty() ? std::string("a person") : stop->requested_by();
+      Ev(n, "stopped_by", who);
+      Ev(n, "stopped_at", absl::FormatTime(FromProto(stop->requested_at())));
+      (*f->mutable_evidence())["stopped_by"] = who;
+      (*f->mutable_evidence())["action"] = stop->action().id();
+    } else {
+      Ev(n, "runtime", "stopped outside upkeep");
+      (*f->mutable_evidence())["stopped_by"] = "outside upkeep (runtime stop)";
+    }
+    if (summary_.empty()) {
+      summary_ = absl::StrCat(name, " was stopped by a person: left stopped");
+    }
+    waiting_ = true;
+    return true;
+  }
+
   // "Slow is not dead": the probe timed out, but the same request, allowed to run on, was
   // answered. Restarting a slow service does not make it faster; a person decides.
   bool SlowNotHung(const v1::ServiceSpec& spec, const v1::ServiceObservation& o,
@@ -451,13 +547,10 @@ class Engine {
     return it != services_.end() && it->second->probe().has_late_latency();
   }
 
-  // What nginx's error log says about the failing routes, as evidence for the reload:
-  // a connection the upstream closed or reset (keepalive to an upstream that restarted), and an
-  // address nginx dialled that is no longer the upstream's (a name resolved at config load).
-  void ExplainUpstreamErrors(const std::vector<const v1::RouteSpec*>& failing,
-                             v1::PathNode* parent) {
-    std::map<std::string, const v1::ServiceSpec*> by_name;
-    for (const auto& s : desired_.spec().services()) by_name[s.name()] = &s;
+  // What nginx's error log says about the failing routes, as evidence for the reload: a
+  // connection the upstream closed or reset (keepalive to an upstream that restarted). A stale
+  // address is told by the evidence step (ProxyEvidence), before the ladder.
+  void ExplainUpstreamErrors(v1::PathNode* parent) {
     for (const auto& e : observed_.proxy().upstream_errors()) {
       std::string host;
       int port = 0;
@@ -474,30 +567,282 @@ class Engine {
                               "restarted; a reload gives nginx fresh connections"));
         (*f->mutable_evidence())["sample"] = e.sample();
       }
-      for (const auto* route : failing) {
-        auto spec_it = by_name.find(route->upstream());
-        auto obs_it = services_.find(route->upstream());
-        if (spec_it == by_name.end() || obs_it == services_.end()) continue;
-        const v1::ServiceObservation& o = *obs_it->second;
-        if (o.addresses_size() == 0 || port != spec_it->second->port()) continue;
-        bool current = false;
-        for (const auto& a : o.addresses()) current |= a == host;
-        if (current || host == "127.0.0.1" || host == "::1") continue;
-        const std::string now_at = absl::StrJoin(o.addresses(), ", ");
-        Ev(parent, "nginx_dials", absl::StrCat(host, ":", port));
-        Ev(parent, "upstream_now_at", now_at);
-        v1::Finding* f =
-            Find(v1::SEVERITY_WARNING, "StaleUpstreamAddress", route->upstream(),
-                 absl::StrCat("nginx dials ", host, ":", port, " for ", route->path(), " but ",
-                              route->upstream(), " is now at ", now_at,
-                              ": nginx resolved the name when it loaded its config. A reload "
-                              "resolves it again; add a `resolver` (and a variable in proxy_pass) "
-                              "so nginx follows the container"));
-        (*f->mutable_evidence())["nginx_dials"] = absl::StrCat(host, ":", port);
-        (*f->mutable_evidence())["upstream_now_at"] = now_at;
-        break;
+    }
+  }
+
+  // ---- "Flapping": one alert for a whole episode -------------------------------------------
+  void Episode(const v1::ServiceSpec& spec, const v1::ServiceObservation& o) {
+    const auto& policy = desired_.spec().policy();
+    const std::string& name = spec.name();
+    const int used = policy::RestartsInWindow(policy, history_, name, now_);
+    if (used >= policy.restart_budget().max() && ServiceHealthy(o)) {
+      // Healthy right now, but not yet for healthyReset: the episode (and its one alert) go on.
+      v1::Finding* f = Find(v1::SEVERITY_ALERT, "CrashLooping", name,
+                            absl::StrCat(name, " is crash-looping: ", used,
+                                         " starts/restarts in the window; "
+                                         "upkeep acts on it again once it stays healthy for ",
+                                         absl::FormatDuration(FromProto(policy.healthy_reset()))));
+      (*f->mutable_evidence())["restarts_in_window"] = absl::StrCat(used);
+      (*f->mutable_evidence())["healthy_now"] = "true";
+    }
+    if (const int flaps = policy::FlapsInEpisode(policy, history_, name, now_); flaps > 0) {
+      v1::PathNode* n = Node("service.flapping", name, absl::StrCat("yes: ", flaps, " relapses"));
+      Ev(n, "healthy_reset", absl::FormatDuration(FromProto(policy.healthy_reset())));
+      v1::Finding* f = Find(
+          v1::SEVERITY_ALERT, "Flapping", name,
+          absl::StrCat(name, " flaps: ", flaps, " repairs worked and then failed again within ",
+                       absl::FormatDuration(FromProto(policy.healthy_reset())),
+                       "; backoff grows with each relapse"));
+      (*f->mutable_evidence())["relapses"] = absl::StrCat(flaps);
+    }
+  }
+
+  // ---- "Beyond 502": disks -----------------------------------------------------------------
+  static bool NoSpace(const std::string& text) {
+    return text.find("No space left on device") != std::string::npos;
+  }
+
+  void DiskBlamed(const std::string& target, const std::string& output) {
+    v1::Finding* f = Find(v1::SEVERITY_ALERT, "DiskFull", target,
+                          absl::StrCat(target,
+                                       " fails with \"No space left on device\": free "
+                                       "disk space; restarting cannot help"));
+    (*f->mutable_evidence())["output"] = output.substr(0, 400);
+    for (const auto& fs : observed_.host().filesystems()) {
+      if (target == kProxyTarget ? fs.proxy_logs()
+                                 : std::count(fs.services().begin(), fs.services().end(), target)) {
+        (*f->mutable_evidence())["filesystem"] = fs.mount();
+        (*f->mutable_evidence())["used"] = absl::StrFormat("%.1f%%", fs.used_percent());
       }
     }
+  }
+
+  // Every filesystem over diskWarning that holds something the stack needs.
+  void CheckDisks() {
+    const double limit = desired_.spec().policy().disk_warning();
+    for (const auto& fs : observed_.host().filesystems()) {
+      if (fs.used_percent() < limit) continue;
+      v1::PathNode* n = Node("host.disk", fs.mount(), "full: alert");
+      Ev(n, "used", absl::StrFormat("%.1f%%", fs.used_percent()));
+      Ev(n, "disk_warning", absl::StrFormat("%.0f%%", limit));
+      if (disk_full_.count(fs.mount())) continue;
+      disk_full_.insert(fs.mount());
+      v1::Finding* f =
+          Find(v1::SEVERITY_ALERT, "DiskFull", fs.mount(),
+               absl::StrFormat("%s is %.1f%% full (over %.0f%%); it holds %s", fs.mount(),
+                               fs.used_percent(), limit, absl::StrJoin(fs.holds(), ", ")));
+      (*f->mutable_evidence())["used"] = absl::StrFormat("%.1f%%", fs.used_percent());
+      (*f->mutable_evidence())["available_bytes"] = absl::StrCat(fs.available_bytes());
+      (*f->mutable_evidence())["holds"] = absl::StrJoin(fs.holds(), ", ");
+    }
+  }
+
+  // A down or unhealthy service whose data sits on a full disk, or whose last repair failed
+  // with "No space left on device", is blamed on the disk: a restart cannot help.
+  bool DiskFullFor(const v1::ServiceSpec& spec, v1::PathNode* parent) {
+    const double limit = desired_.spec().policy().disk_warning();
+    for (const auto& fs : observed_.host().filesystems()) {
+      if (fs.used_percent() < limit || std::find(fs.services().begin(), fs.services().end(),
+                                                 spec.name()) == fs.services().end()) {
+        continue;
+      }
+      Ev(parent, "disk", absl::StrFormat("%s %.1f%% full", fs.mount(), fs.used_percent()));
+      Node("service.disk", spec.name(), "full: blamed on the disk, not restarted", 1);
+      return true;
+    }
+    if (const v1::ActionRecord* last = LastOn(spec.name());
+        last != nullptr &&
+        (NoSpace(last->result().output()) || NoSpace(last->result().message()))) {
+      Node("service.disk", spec.name(), "no space left on device: not restarted", 1);
+      DiskBlamed(spec.name(), last->result().output().empty() ? last->result().message()
+                                                              : last->result().output());
+      return true;
+    }
+    return false;
+  }
+
+  // ---- "Beyond 502": certificates ----------------------------------------------------------
+  void CheckCertificates() {
+    const absl::Duration warn = FromProto(desired_.spec().policy().certificate_warning());
+    for (const auto& r : observed_.proxy().routes()) {
+      if (!r.has_certificate_not_after()) continue;
+      const absl::Time expires = FromProto(r.certificate_not_after());
+      if (expires - now_ > warn) continue;
+      const bool expired = expires <= now_;
+      v1::PathNode* n = Node("route.certificate", r.path(), expired ? "expired" : "expires soon");
+      Ev(n, "not_after", absl::FormatTime(absl::RFC3339_sec, expires, absl::UTCTimeZone()));
+      v1::Finding* f = Find(
+          expired ? v1::SEVERITY_ALERT : v1::SEVERITY_WARNING,
+          expired ? "CertificateExpired" : "CertificateExpiring", r.path(),
+          absl::StrCat("the certificate served for ", r.path(), " (",
+                       r.certificate_subject().empty() ? "no subject" : r.certificate_subject(),
+                       expired ? ") expired on " : ") expires on ",
+                       absl::FormatTime("%Y-%m-%d %H:%M UTC", expires, absl::UTCTimeZone()),
+                       expired ? ""
+                               : absl::StrCat(", in ", absl::ToInt64Hours(expires - now_) / 24,
+                                              " days: renew it")));
+      (*f->mutable_evidence())["not_after"] =
+          absl::FormatTime(absl::RFC3339_sec, expires, absl::UTCTimeZone());
+      (*f->mutable_evidence())["certificate_warning"] = absl::FormatDuration(warn);
+    }
+  }
+
+  // ---- "Evidence first": the observation already explains the failing route ------------------
+  // What the evidence leaves nginx's ladder: nothing (kAlert: neither a reload nor a restart
+  // can help), one reload (kReloadOnly: nginx may run an older config than the file on disk,
+  // which a reload loads; a restart cannot do more), or the whole ladder (kLadder).
+  enum class Evidence { kLadder, kReloadOnly, kAlert };
+  Evidence ExplainedByEvidence(const std::vector<const v1::RouteSpec*>& failing) {
+    const auto& proxy = observed_.proxy();
+    const auto& test = proxy.last_config_test();
+    // "Check nginx config: sudo nginx -t" — nginx runs an older config; the one on disk fails.
+    if (test.ran() && !test.ok()) {
+      v1::PathNode* n = Node("proxy.evidence", kProxyTarget, "config fails nginx -t: alert", 1);
+      Ev(n, "nginx_t", test.output());
+      if (NoSpace(test.output())) {
+        DiskBlamed(kProxyTarget, test.output());
+      } else {
+        v1::Finding* f =
+            Find(v1::SEVERITY_ALERT, "ConfigInvalid", kProxyTarget,
+                 "nginx runs, but its config fails `nginx -t`: a reload would be refused and a "
+                 "restart would stop nginx; fix the config");
+        (*f->mutable_evidence())["nginx_t"] = test.output();
+      }
+      summary_ = "a route fails and nginx's config fails `nginx -t`: alert, no reload";
+      return Evidence::kAlert;
+    }
+    std::map<std::string, const v1::ServiceSpec*> by_name;
+    for (const auto& svc : desired_.spec().services()) by_name[svc.name()] = &svc;
+    bool explained = false, port_mismatch = false;
+    for (const auto* route : failing) {
+      auto sit = by_name.find(route->upstream());
+      if (sit == by_name.end()) continue;
+      const v1::ServiceSpec& svc = *sit->second;
+      const v1::ServiceObservation* o =
+          services_.count(svc.name()) ? services_[svc.name()] : nullptr;
+      std::vector<std::string> listening;
+      bool v4 = false, v6 = false;
+      if (o != nullptr) {
+        for (const auto& l : o->listening()) {
+          listening.push_back(absl::StrCat(l.address(), ":", l.port()));
+          if (l.port() == svc.port()) (l.ipv6() ? v6 : v4) = true;
+        }
+      }
+      for (const auto& e : proxy.upstream_errors()) {
+        std::string host;
+        int port = 0;
+        if (!ParseUpstream(e.upstream(), &host, &port)) continue;
+        if (!ErrorIsFor(e, *route)) continue;
+        const std::string dials =
+            absl::StrCat(host.find(':') != std::string::npos ? "[" : "", host,
+                         host.find(':') != std::string::npos ? "]" : "", ":", port);
+        if (port != svc.port()) {
+          v1::PathNode* n = Node("proxy.evidence", route->path(), "nginx dials another port", 1);
+          Ev(n, "nginx_dials", dials);
+          Ev(n, "expected_port", absl::StrCat(svc.port()));
+          port_mismatch = true;
+          if (HasFinding("PortMismatch", svc.name())) break;
+          v1::Finding* pm =
+              Find(v1::SEVERITY_ALERT, "PortMismatch", svc.name(),
+                   absl::StrCat("nginx dials ", dials, " for ", route->path(), " but ", svc.name(),
+                                " listens on port ", svc.port(),
+                                ": fix the upstream in the nginx config (one reload loads the "
+                                "file if nginx runs an older one; a restart cannot do more)"));
+          (*pm->mutable_evidence())["nginx_dials"] = dials;
+          (*pm->mutable_evidence())["expected_port"] = absl::StrCat(svc.port());
+          if (!listening.empty())
+            (*pm->mutable_evidence())["listening"] = absl::StrJoin(listening, ",");
+          if (!e.sample().empty()) (*pm->mutable_evidence())["error_log"] = e.sample();
+          break;
+        }
+        if ((host == "::1" && !v6 && v4) || (host == "127.0.0.1" && !v4 && v6)) {
+          v1::PathNode* n =
+              Node("proxy.evidence", route->path(), "nginx dials the other address family", 1);
+          Ev(n, "nginx_dials", dials);
+          Ev(n, "listening", absl::StrJoin(listening, ","));
+          v1::Finding* fm =
+              Find(v1::SEVERITY_ALERT, "LocalhostFamilyMismatch", svc.name(),
+                   absl::StrCat("nginx dials ", dials, " but ", svc.name(), " listens on ",
+                                absl::StrJoin(listening, ", "),
+                                " only: `localhost` resolves to both families; use an explicit "
+                                "address in proxy_pass or listen on both (a reload cannot help)"));
+          (*fm->mutable_evidence())["nginx_dials"] = dials;
+          (*fm->mutable_evidence())["listening"] = absl::StrJoin(listening, ",");
+          explained = true;
+          break;
+        }
+        if (o != nullptr && o->addresses_size() > 0 && host != "127.0.0.1" && host != "::1" &&
+            std::find(o->addresses().begin(), o->addresses().end(), host) == o->addresses().end()) {
+          // nginx resolved the name when it started; the container has moved since. A reload
+          // resolves again (so the ladder goes on), but say why, and how to stop it recurring.
+          v1::PathNode* n =
+              Node("proxy.evidence", route->path(), "nginx dials a stale address: reload", 1);
+          Ev(n, "nginx_dials", dials);
+          Ev(n, "upstream_now_at", absl::StrJoin(o->addresses(), ","));
+          v1::Finding* sa = Find(
+              v1::SEVERITY_WARNING, "StaleUpstreamAddress", svc.name(),
+              absl::StrCat("nginx dials ", dials, " for ", route->path(), " but ", svc.name(),
+                           " is now at ", absl::StrJoin(o->addresses(), ", "),
+                           ": nginx resolved the name at start; a reload re-resolves it (add a "
+                           "`resolver` and a variable in proxy_pass to keep it current)"));
+          (*sa->mutable_evidence())["nginx_dials"] = dials;
+          (*sa->mutable_evidence())["upstream_now_at"] = absl::StrJoin(o->addresses(), ",");
+          break;
+        }
+      }
+    }
+    if (explained) {
+      summary_ = "a route fails for a reason nginx cannot fix by itself: alert";
+      return Evidence::kAlert;
+    }
+    return port_mismatch ? Evidence::kReloadOnly : Evidence::kLadder;
+  }
+
+  // The newest reload of the current escalation that was planned on evidence (a port
+  // mismatch); its finding is raised again from the record while the route still fails.
+  const v1::ActionRecord* StickyEvidence() {
+    const policy::Streak streak =
+        policy::FailedStreak(history_, kProxyTarget, v1::ACTION_KIND_RELOAD_PROXY);
+    if (streak.count == 0 || streak.last <= now_ - kEscalationWindow) return nullptr;
+    int seen = 0;
+    for (auto it = history_.rbegin(); it != history_.rend() && seen < streak.count; ++it) {
+      if (it->dry_run() || it->action().target() != kProxyTarget) continue;
+      if (!policy::SameClass(it->action().kind(), v1::ACTION_KIND_RELOAD_PROXY)) continue;
+      ++seen;
+      const auto& params = it->action().params();
+      auto code = params.find("evidence_code");
+      if (code == params.end()) continue;
+      const std::string target =
+          params.count("evidence_target") ? params.at("evidence_target") : std::string();
+      if (!HasFinding(code->second, target)) {
+        v1::Finding* f =
+            Find(v1::SEVERITY_ALERT, code->second, target,
+                 params.count("evidence_message") ? params.at("evidence_message") : std::string());
+        (*f->mutable_evidence())["seen_before"] = it->action().id();
+      }
+      return &*it;
+    }
+    return nullptr;
+  }
+
+  // Whether an error-log entry concerns `route`: the route with the longest path that prefixes
+  // the request nginx logged (`request: "GET /api/health HTTP/1.1"`). Without a request line it
+  // cannot tell, and counts it.
+  bool ErrorIsFor(const v1::UpstreamError& e, const v1::RouteSpec& route) const {
+    const std::string& line = e.sample();
+    const auto req = line.find("request: \"");
+    if (req == std::string::npos) return true;
+    const auto space = line.find(' ', req + 10);
+    if (space == std::string::npos) return true;
+    const std::string path = line.substr(space + 1, line.find(' ', space + 1) - space - 1);
+    const v1::RouteSpec* best = nullptr;
+    for (const auto& r : desired_.spec().proxy().routes()) {
+      if (path.rfind(r.path(), 0) == 0 &&
+          (best == nullptr || r.path().size() > best->path().size())) {
+        best = &r;
+      }
+    }
+    return best == nullptr || best->path() == route.path();
   }
 
   // ---- 4-6. routes through nginx ----------------------------------------------------------
@@ -550,6 +895,9 @@ class Engine {
       }
     }
     // Upstreams are healthy by direct probe (checked above), yet nginx fails the route.
+    // A reload planned on evidence keeps that evidence's finding until the route answers, so
+    // its alert is raised once, not again each time nginx's error log starts afresh.
+    const v1::ActionRecord* sticky = StickyEvidence();
     const v1::ActionRecord* last = LastOn(kProxyTarget);
     // Verify: a repair of nginx is judged on a probe taken after it finished.
     if (last != nullptr && last->result().has_finished_at()) {
@@ -564,6 +912,11 @@ class Engine {
         return;
       }
     }
+    // Evidence first: when the observation already explains the failure and nginx cannot fix
+    // it, say so now instead of reloading and restarting nginx first.
+    Evidence evidence = ExplainedByEvidence(failing);
+    if (evidence == Evidence::kAlert) return;
+    if (evidence == Evidence::kLadder && sticky != nullptr) evidence = Evidence::kReloadOnly;
     const policy::Streak streak =
         policy::FailedStreak(history_, kProxyTarget, v1::ACTION_KIND_RELOAD_PROXY);
     const bool recent = streak.count > 0 && streak.last > now_ - kEscalationWindow;
@@ -580,6 +933,16 @@ class Engine {
     }
     const std::string paths = absl::StrJoin(
         failing, ", ", [](std::string* out, const auto* r) { absl::StrAppend(out, r->path()); });
+    if (evidence == Evidence::kReloadOnly && (reloaded || restarted)) {
+      // The reload loaded the file and nginx still dials the wrong port: the file says so.
+      v1::PathNode* n = Node("proxy.findings", kProxyTarget,
+                             "alert: after a reload nginx still dials the wrong port", 1);
+      Ev(n, "failing_routes", absl::StrJoin(failing, ", ", [](std::string* out, const auto* r) {
+           absl::StrAppend(out, r->path());
+         }));
+      summary_ = "nginx's config dials the wrong port (a reload did not change it): alert";
+      return;
+    }
     v1::PathNode* n = Node("proxy.reaches_upstreams", kProxyTarget,
                            restarted  ? "no, after reload and restart: alert"
                            : reloaded ? "no, after a reload: restart nginx"
@@ -587,12 +950,22 @@ class Engine {
                            1);
     Ev(n, "failing_routes", paths);
     Ev(n, "upstream_errors", absl::StrCat(observed_.proxy().upstream_errors_size()));
-    ExplainUpstreamErrors(failing, n);
+    ExplainUpstreamErrors(n);
     if (!restarted && !reloaded) {
       // "Backend healthy but nginx can't connect?" — a graceful reload first.
-      Plan({MakeAction(v1::ACTION_KIND_RELOAD_PROXY, kProxyTarget,
-                       absl::StrCat("upstreams healthy but ", paths, " failing through nginx"))},
-           1);
+      v1::Action reload =
+          MakeAction(v1::ACTION_KIND_RELOAD_PROXY, kProxyTarget,
+                     absl::StrCat("upstreams healthy but ", paths, " failing through nginx"));
+      if (evidence == Evidence::kReloadOnly) {
+        for (const auto& f : d_.findings()) {
+          if (f.code() != "PortMismatch") continue;
+          (*reload.mutable_params())["evidence_code"] = f.code();
+          (*reload.mutable_params())["evidence_target"] = f.target();
+          (*reload.mutable_params())["evidence_message"] = f.message();
+          break;
+        }
+      }
+      Plan({reload}, 1);
       return;
     }
     if (!restarted) {
@@ -743,6 +1116,7 @@ class Engine {
   v1::Diagnosis d_;
   std::string summary_;
   bool waiting_ = false;
+  std::set<std::string> disk_full_;
 };
 
 }  // namespace

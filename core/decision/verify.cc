@@ -44,8 +44,8 @@ bool TargetFixed(const v1::Stack& desired, const std::string& target,
 
 bool IsRepair(v1::ActionKind k) {
   return k == v1::ACTION_KIND_START_SERVICE || k == v1::ACTION_KIND_RESTART_SERVICE ||
-         k == v1::ACTION_KIND_START_PROXY || k == v1::ACTION_KIND_RELOAD_PROXY ||
-         k == v1::ACTION_KIND_RESTART_PROXY;
+         k == v1::ACTION_KIND_CREATE_SERVICE || k == v1::ACTION_KIND_START_PROXY ||
+         k == v1::ACTION_KIND_RELOAD_PROXY || k == v1::ACTION_KIND_RESTART_PROXY;
 }
 
 std::vector<size_t> Verify(const v1::Stack& desired, const v1::StackObservation& observed,

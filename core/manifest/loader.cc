@@ -212,6 +212,8 @@ class Walker {
         total += absl::Minutes(v);
       else if (unit == "h")
         total += absl::Hours(v);
+      else if (unit == "d")
+        total += absl::Hours(24 * v);
       else
         return std::nullopt;
       i = k;
@@ -317,7 +319,7 @@ void ParseProbe(Walker& w, const Node& n, const std::string& path, v1::ProbeSpec
 void ParseService(Walker& w, const Node& n, const std::string& path, v1::ServiceSpec* out) {
   if (!w.CheckMap(n, path,
                   {"name", "container", "process", "port", "address", "probe", "logs", "dependsOn",
-                   "stopTimeout"})) {
+                   "stopTimeout", "dataPaths"})) {
     return;
   }
   if (!n["name"]) {
@@ -336,7 +338,8 @@ void ParseService(Walker& w, const Node& n, const std::string& path, v1::Service
       if (c["name"]) {
         if (auto s = w.String(c["name"], p + ".name")) out->mutable_container()->set_name(*s);
       }
-      if (c["compose"] && w.CheckMap(c["compose"], p + ".compose", {"project", "service"})) {
+      if (c["compose"] &&
+          w.CheckMap(c["compose"], p + ".compose", {"project", "service", "file", "profile"})) {
         const Node cc = c["compose"];
         auto* compose = out->mutable_container()->mutable_compose();
         for (const char* key : {"project", "service"}) {
@@ -344,6 +347,21 @@ void ParseService(Walker& w, const Node& n, const std::string& path, v1::Service
             w.Error(cc, absl::StrCat(p, ".compose.", key), "required");
           } else if (auto s = w.String(cc[key], absl::StrCat(p, ".compose.", key))) {
             std::string(key) == "project" ? compose->set_project(*s) : compose->set_service(*s);
+          }
+        }
+        if (cc["file"]) {
+          if (auto s = w.String(cc["file"], p + ".compose.file")) {
+            if (s->empty() || (*s)[0] != '/') {
+              w.Error(cc["file"], p + ".compose.file",
+                      "must be an absolute path (the agent runs compose from anywhere)");
+            }
+            compose->set_file(*s);
+          }
+        }
+        if (cc["profile"]) {
+          if (auto s = w.String(cc["profile"], p + ".compose.profile")) {
+            if (!cc["file"]) w.Error(cc["profile"], p + ".compose.profile", "needs compose.file");
+            compose->set_profile(*s);
           }
         }
       }
@@ -399,6 +417,14 @@ void ParseService(Walker& w, const Node& n, const std::string& path, v1::Service
   }
   if (n["dependsOn"]) {
     for (auto& s : w.StringList(n["dependsOn"], path + ".dependsOn")) out->add_depends_on(s);
+  }
+  if (n["dataPaths"]) {
+    for (auto& s : w.StringList(n["dataPaths"], path + ".dataPaths")) {
+      if (s.empty() || s[0] != '/') {
+        w.Error(n["dataPaths"], path + ".dataPaths", absl::StrCat("\"", s, "\" is not absolute"));
+      }
+      out->add_data_paths(s);
+    }
   }
   if (n["stopTimeout"]) {
     if (auto d = w.Duration(n["stopTimeout"], path + ".stopTimeout", true)) {
@@ -507,7 +533,7 @@ void ParseProxy(Walker& w, const Node& n, const std::string& path, v1::ProxySpec
 void ParsePolicy(Walker& w, const Node& n, const std::string& path, v1::PolicySpec* out) {
   if (!w.CheckMap(n, path,
                   {"mode", "restartBudget", "backoff", "healthyReset", "maxActionsPerMinute",
-                   "staleAfter"})) {
+                   "staleAfter", "certificateWarning", "diskWarning"})) {
     return;
   }
   if (n["mode"]) {
@@ -559,6 +585,16 @@ void ParsePolicy(Walker& w, const Node& n, const std::string& path, v1::PolicySp
   if (n["staleAfter"]) {
     if (auto d = w.Duration(n["staleAfter"], path + ".staleAfter")) {
       *out->mutable_stale_after() = ToProto(*d);
+    }
+  }
+  if (n["certificateWarning"]) {
+    if (auto d = w.Duration(n["certificateWarning"], path + ".certificateWarning")) {
+      *out->mutable_certificate_warning() = ToProto(*d);
+    }
+  }
+  if (n["diskWarning"]) {
+    if (auto v = w.Int(n["diskWarning"], path + ".diskWarning", 1, 100)) {
+      out->set_disk_warning(*v);
     }
   }
   if (n["maxActionsPerMinute"]) {
@@ -930,6 +966,8 @@ void ApplyDefaults(v1::Stack* stack) {
   set_duration(policy->mutable_healthy_reset(), absl::Minutes(10));
   if (policy->max_actions_per_minute() == 0) policy->set_max_actions_per_minute(30);
   set_duration(policy->mutable_stale_after(), absl::Seconds(15));
+  set_duration(policy->mutable_certificate_warning(), absl::Hours(24 * 14));
+  if (policy->disk_warning() == 0) policy->set_disk_warning(95);
 }
 
 LoadResult LoadString(absl::string_view content, absl::string_view filename) {

@@ -11,7 +11,8 @@ namespace {
 namespace v1 = upkeep::v1;
 
 bool IsServiceStart(v1::ActionKind k) {
-  return k == v1::ACTION_KIND_START_SERVICE || k == v1::ACTION_KIND_RESTART_SERVICE;
+  return k == v1::ACTION_KIND_START_SERVICE || k == v1::ACTION_KIND_RESTART_SERVICE ||
+         k == v1::ACTION_KIND_CREATE_SERVICE;
 }
 bool IsProxyChange(v1::ActionKind k) {
   return k == v1::ACTION_KIND_RELOAD_PROXY || k == v1::ACTION_KIND_RESTART_PROXY ||
@@ -49,17 +50,33 @@ int RestartsInWindow(const v1::PolicySpec& spec, absl::Span<const v1::ActionReco
 }
 
 Streak FailedStreak(absl::Span<const v1::ActionRecord> history, const std::string& target,
-                    v1::ActionKind kind) {
+                    v1::ActionKind kind, absl::Duration held_for, absl::Time now) {
   Streak s;
+  absl::Time next = now;  // when the target needed the next action of the class
   for (auto it = history.rbegin(); it != history.rend(); ++it) {
     if (it->action().target() != target || it->dry_run()) continue;
     if (it->action().kind() == v1::ACTION_KIND_RESET_BUDGET) break;
     if (!SameClass(it->action().kind(), kind)) continue;
-    if (it->verification() == v1::VERIFICATION_FIXED) break;
+    if (it->verification() == v1::VERIFICATION_FIXED) {
+      if (held_for <= absl::ZeroDuration()) break;
+      const absl::Time fixed_at = it->result().has_finished_at()
+                                      ? FromProto(it->result().finished_at())
+                                      : FromProto(it->requested_at());
+      if (next - fixed_at >= held_for) break;  // the fix held: the streak ends here
+      ++s.fixed;
+    }
     if (s.count == 0) s.last = FromProto(it->requested_at());
     ++s.count;
+    next = FromProto(it->requested_at());
   }
   return s;
+}
+
+int FlapsInEpisode(const v1::PolicySpec& spec, absl::Span<const v1::ActionRecord> history,
+                   const std::string& target, absl::Time now) {
+  const Streak s = FailedStreak(history, target, v1::ACTION_KIND_RESTART_SERVICE,
+                                FromProto(spec.healthy_reset()), now);
+  return s.fixed >= 2 ? s.fixed : 0;
 }
 
 v1::PlannedAction Judge(const v1::PolicySpec& spec, absl::Span<const v1::ActionRecord> history,
@@ -86,7 +103,8 @@ v1::PlannedAction Judge(const v1::PolicySpec& spec, absl::Span<const v1::ActionR
     }
   }
   if (SameClass(kind, kind)) {
-    const Streak streak = FailedStreak(history, action.target(), kind);
+    const Streak streak =
+        FailedStreak(history, action.target(), kind, FromProto(spec.healthy_reset()), now);
     if (streak.count > 0) {
       const absl::Duration initial = FromProto(spec.backoff().initial());
       const absl::Duration max = FromProto(spec.backoff().max());

@@ -26,13 +26,24 @@ int RestartsInWindow(const upkeep::v1::PolicySpec& spec,
                      absl::Time now);
 
 // The number of consecutive actions of `kind`'s class on `target` since the last one that was
-// verified FIXED (newest first), and the time of the newest.
+// verified FIXED (newest first), and the time of the newest. With `held_for` > 0 a fix counts
+// only once the target then stayed healthy that long (until the next action of the class, or
+// `now`): a fix that flapped back continues the streak, so backoff grows across flaps.
 struct Streak {
   int count = 0;
   absl::Time last = absl::InfinitePast();
+  int fixed = 0;  // of them, repairs that worked for a while, then did not hold (flaps)
 };
 Streak FailedStreak(absl::Span<const upkeep::v1::ActionRecord> history, const std::string& target,
-                    upkeep::v1::ActionKind kind);
+                    upkeep::v1::ActionKind kind, absl::Duration held_for = absl::ZeroDuration(),
+                    absl::Time now = absl::InfiniteFuture());
+
+// How often `target` flapped at `now`: its start/restart repairs that worked and then did not
+// hold for `healthy_reset`, since the last fix that held. 0 below two (one relapse is not a
+// flap). Diagnose raises one Flapping alert for the whole episode from this, not one per flap.
+int FlapsInEpisode(const upkeep::v1::PolicySpec& spec,
+                   absl::Span<const upkeep::v1::ActionRecord> history, const std::string& target,
+                   absl::Time now);
 
 // Same class: service start/restart form one class (a restart after a failed start backs
 // off); nginx reload/restart/start form another; logs and config tests are never limited.

@@ -2,6 +2,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "gtest/gtest.h"
@@ -16,13 +17,21 @@ struct CliRun {
   std::string out;
 };
 
-CliRun Plan(const std::string& snapshot, const std::string& manifest = "") {
+// The documented snapshots were taken at this time.
+constexpr char kExamplesAt[] = "2026-11-24T21:00:00Z";
+
+CliRun Plan(const std::string& snapshot, const std::string& manifest = "",
+            std::vector<std::string> extra = {"--now", kExamplesAt}) {
   testing::TempDir dir;
-  auto p = testing::Subprocess::Start(
-      {testing::BinPath("upkeepctl"), "plan", "-f",
-       manifest.empty() ? testing::SourcePath("manifests/demo.yaml") : manifest, "--observed",
-       snapshot},
-      dir.Join("out"));
+  std::vector<std::string> argv = {
+      testing::BinPath("upkeepctl"),
+      "plan",
+      "-f",
+      manifest.empty() ? testing::SourcePath("manifests/demo.yaml") : manifest,
+      "--observed",
+      snapshot};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  auto p = testing::Subprocess::Start(argv, dir.Join("out"));
   EXPECT_TRUE(p.ok());
   auto st = (*p)->Wait(absl::Seconds(20));
   std::ifstream in(dir.Join("out"));
@@ -57,6 +66,22 @@ INSTANTIATE_TEST_SUITE_P(
         Example{"still-502-after-restart.json", "DEGRADED", "PortMismatch"},
         Example{"backend-slow.json", "DEGRADED", "SlowUpstream"},
         Example{"upstream-keepalive-reset.json", "REPAIRING", "UpstreamConnectionClosed"}));
+
+TEST(PlanCli, TakesNowFromTheClockNotFromTheSnapshot) {
+  // Without --now the plan is made now: a snapshot from 2026-11-24 is stale.
+  const CliRun r = Plan(testing::SourcePath("docs/examples/backend-down.json"), "", {});
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "UNKNOWN")) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "observation.fresh: no")) << r.out;
+}
+
+TEST(PlanCli, PausedPlansButDoesNotAct) {
+  const CliRun r = Plan(testing::SourcePath("docs/examples/backend-down.json"), "",
+                        {"--now", kExamplesAt, "--paused"});
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "start-service backend  [paused]")) << r.out;
+  EXPECT_FALSE(absl::StrContains(r.out, "REPAIRING")) << r.out;
+}
 
 TEST(PlanCli, RejectsGarbageSnapshotsWithAClearError) {
   testing::TempDir dir;

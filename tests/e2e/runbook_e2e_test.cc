@@ -195,8 +195,16 @@ TEST_P(RunbookTest, ReloadsNginxWhenUpstreamsHealthyButRouteFails) {
 TEST_P(RunbookTest, AlertsWithFindingsWhenNothingAutomaticCanFixIt) {
   START_OR_RETURN(h);
   ASSERT_TRUE(h->MisconfigureNginxPort().ok());
-  ASSERT_TRUE(WaitFor([&] { return !EventsWithReason(*h, "Alert", baseline_seq_).empty(); },
-                      absl::Seconds(40)))
+  // Evidence first: PortMismatch is alerted at once, with one reload (nginx may run an older
+  // config than the file); then nothing automatic is left.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto d = h->Describe();
+        return !EventsWithReason(*h, "Alert", baseline_seq_).empty() && d.ok() &&
+               d->stack().status().diagnoses_size() > 0 &&
+               d->stack().status().diagnoses(0).verdict() == upkeep::v1::VERDICT_DEGRADED;
+      },
+      absl::Seconds(40)))
       << Summary(*h);
   auto describe = h->Describe();
   ASSERT_TRUE(describe.ok());
@@ -208,11 +216,11 @@ TEST_P(RunbookTest, AlertsWithFindingsWhenNothingAutomaticCanFixIt) {
     has_alert = has_alert || f.severity() == upkeep::v1::SEVERITY_ALERT;
   }
   EXPECT_TRUE(has_alert) << diagnosis.DebugString();
-  // No more than the allowed escalation: one reload, one restart, no service restarts.
+  // No more than the allowed escalation: one reload, no restart of nginx, no service restarts.
   EXPECT_LE(ActionsOf(*h, upkeep::v1::ACTION_KIND_RELOAD_PROXY, "nginx", baseline_).size(), 1u)
       << Summary(*h);
-  EXPECT_LE(ActionsOf(*h, upkeep::v1::ACTION_KIND_RESTART_PROXY, "nginx", baseline_).size(), 1u)
-      << Summary(*h);
+  EXPECT_TRUE(ActionsOf(*h, upkeep::v1::ACTION_KIND_RESTART_PROXY, "nginx", baseline_).empty())
+      << "a restart cannot change the port nginx dials" << Summary(*h);
   EXPECT_TRUE(ActionsOf(*h, upkeep::v1::ACTION_KIND_RESTART_SERVICE, "backend", baseline_).empty())
       << Summary(*h);
   // Each finding is alerted once, not on every reconcile.

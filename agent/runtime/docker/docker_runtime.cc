@@ -20,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "agent/runtime/docker/compose.h"
 #include "core/log.h"
 #include "core/proto_time.h"
 #include "nlohmann/json.hpp"
@@ -115,6 +116,10 @@ class DockerRuntime : public Runtime {
     auto st = FillFromInspect(resp->body, &obs);
     if (!st.ok()) obs.set_error(absl::StrCat(ContainerSelector(spec), ": ", st.message()));
     return obs;
+  }
+
+  absl::StatusOr<std::string> Create(const ServiceSpec& spec, absl::Duration timeout) override {
+    return ComposeUp(spec.container().compose(), socket_, timeout);
   }
 
   absl::Status Start(const ServiceSpec& spec) override {

@@ -295,6 +295,44 @@ TEST_F(ControllerTest, PausedStackPlansButSendsNothing) {
   ASSERT_TRUE(WaitFor([&] { return !a.actions().empty(); }));
 }
 
+// `upkeepctl pause stack shop --for D`: planned, not acted on, until D is up; then the
+// controller resumes by itself (event "Resumed ... pause expired") and acts.
+TEST_F(ControllerTest, PauseForResumesByItself) {
+  Controller c(dir_.path());
+  v1::ApplyResponse resp;
+  ASSERT_TRUE(c.Apply(StackYaml("h1"), &resp).ok());
+  {
+    grpc::ClientContext ctx;
+    v1::PauseRequest req;
+    req.set_stack("shop");
+    req.mutable_duration()->set_seconds(1);
+    v1::PauseResponse r;
+    ASSERT_TRUE(c.fleet().Pause(&ctx, req, &r).ok());
+  }
+  auto stack = c.reconciler().GetStack("shop");
+  ASSERT_TRUE(stack.ok());
+  EXPECT_TRUE(stack->status().paused());
+  EXPECT_TRUE(stack->status().has_paused_until());
+  RawAgent a(c.channel());
+  ASSERT_TRUE(a.Hello("h1"));
+  ASSERT_TRUE(a.Send(Observation("h1", false)));
+  // Nobody resumes it: the start goes out once the pause has run out.
+  ASSERT_TRUE(WaitFor([&] { return !a.actions().empty(); }, absl::Seconds(20)));
+  EXPECT_EQ(a.actions()[0].kind(), v1::ACTION_KIND_START_SERVICE);
+  EXPECT_TRUE(WaitFor([&] {
+    auto events = c.store().ListEvents("shop", 0, 100);
+    if (!events.ok()) return false;
+    for (const auto& e : *events) {
+      if (e.reason() == "Resumed" && absl::StrContains(e.message(), "pause expired")) return true;
+    }
+    return false;
+  }));
+  stack = c.reconciler().GetStack("shop");
+  ASSERT_TRUE(stack.ok());
+  EXPECT_FALSE(stack->status().paused());
+  EXPECT_FALSE(stack->status().has_paused_until());
+}
+
 TEST_F(ControllerTest, BrokenManifestIsRejectedWithStructuredErrorsAndStoredStackStays) {
   Controller c(dir_.path());
   v1::ApplyResponse ok;

@@ -82,8 +82,8 @@ v1::StackObservation Healthy() {
   o.mutable_host()->set_host_id("h1");
   o.mutable_host()->set_agent_connected(true);
   *o.mutable_observed_at() = ToProto(kNow);
-  for (const auto& [name, port] :
-       std::vector<std::pair<std::string, int>>{{"db", 5432}, {"backend", 8002}, {"frontend", 3000}}) {
+  for (const auto& [name, port] : std::vector<std::pair<std::string, int>>{
+           {"db", 5432}, {"backend", 8002}, {"frontend", 3000}}) {
     v1::ServiceObservation* s = o.add_services();
     s->set_name(name);
     s->set_exists(true);
@@ -186,21 +186,37 @@ TEST_P(DiagnoseBranches, FollowsTheRunbook) {
 INSTANTIATE_TEST_SUITE_P(
     Runbook, DiagnoseBranches,
     ::testing::Values(
-        Case{"AllHealthy", [](v1::StackObservation*) {}, {}, v1::VERDICT_HEALTHY, "route.ok", "",
+        Case{"AllHealthy",
+             [](v1::StackObservation*) {},
+             {},
+             v1::VERDICT_HEALTHY,
+             "route.ok",
+             "",
              ""},
         Case{"AgentDisconnectedIsUnknown",
              [](v1::StackObservation* o) { o->mutable_host()->set_agent_connected(false); },
-             {}, v1::VERDICT_UNKNOWN, "agent.connected", "", ""},
+             {},
+             v1::VERDICT_UNKNOWN,
+             "agent.connected",
+             "",
+             ""},
         Case{"StaleObservationIsUnknown",
              [](v1::StackObservation* o) {
                *o->mutable_observed_at() = ToProto(kNow - absl::Minutes(5));
                Svc(o, "backend")->set_running(false);
              },
-             {}, v1::VERDICT_UNKNOWN, "observation.fresh", "", ""},
+             {},
+             v1::VERDICT_UNKNOWN,
+             "observation.fresh",
+             "",
+             ""},
         Case{"ProxyDownTestsThenStarts",
              [](v1::StackObservation* o) { o->mutable_proxy()->set_master_running(false); },
-             {}, v1::VERDICT_REPAIRING, "proxy.config_valid",
-             "TEST_PROXY_CONFIG:nginx:ALLOWED,START_PROXY:nginx:ALLOWED", ""},
+             {},
+             v1::VERDICT_REPAIRING,
+             "proxy.config_valid",
+             "TEST_PROXY_CONFIG:nginx:ALLOWED,START_PROXY:nginx:ALLOWED",
+             ""},
         Case{"ProxyDownWithInvalidConfigAlerts",
              [](v1::StackObservation* o) {
                o->mutable_proxy()->set_master_running(false);
@@ -210,46 +226,69 @@ INSTANTIATE_TEST_SUITE_P(
                t->set_output("nginx: [emerg] unknown directive");
                *t->mutable_at() = ToProto(kNow);
              },
-             {}, v1::VERDICT_DEGRADED, "proxy.config_valid", "", "ConfigInvalid"},
+             {},
+             v1::VERDICT_DEGRADED,
+             "proxy.config_valid",
+             "",
+             "ConfigInvalid"},
         Case{"StoppedBackendIsStarted",
              [](v1::StackObservation* o) {
                Svc(o, "backend")->set_running(false);
                Svc(o, "backend")->set_exit_code(137);
                Route(o, "/api/")->mutable_probe()->CopyFrom(Fail(502, "http 502"));
              },
-             {}, v1::VERDICT_REPAIRING, "service.running", "START_SERVICE:backend:ALLOWED", ""},
+             {},
+             v1::VERDICT_REPAIRING,
+             "service.running",
+             "START_SERVICE:backend:ALLOWED",
+             ""},
         Case{"UnhealthyBackendLogsThenRestart",
              [](v1::StackObservation* o) {
                auto* s = Svc(o, "backend");
                s->set_health(v1::HEALTH_STATE_UNHEALTHY);
                *s->mutable_probe() = Fail(0, "timeout");
              },
-             {}, v1::VERDICT_REPAIRING, "service.healthy",
-             "COLLECT_LOGS:backend:ALLOWED,RESTART_SERVICE:backend:ALLOWED", ""},
+             {},
+             v1::VERDICT_REPAIRING,
+             "service.healthy",
+             "COLLECT_LOGS:backend:ALLOWED,RESTART_SERVICE:backend:ALLOWED",
+             ""},
         Case{"StartingServiceIsWaitedFor",
              [](v1::StackObservation* o) {
                Svc(o, "frontend")->set_health(v1::HEALTH_STATE_STARTING);
              },
-             {}, v1::VERDICT_WAITING, "service.healthy", "", ""},
+             {},
+             v1::VERDICT_WAITING,
+             "service.healthy",
+             "",
+             ""},
         Case{"DependentOfDownServiceIsNotRestarted",
              [](v1::StackObservation* o) {
                Svc(o, "db")->set_running(false);
                Svc(o, "backend")->set_health(v1::HEALTH_STATE_UNHEALTHY);
              },
-             {}, v1::VERDICT_REPAIRING, "service.dependency_down", "START_SERVICE:db:ALLOWED",
+             {},
+             v1::VERDICT_REPAIRING,
+             "service.dependency_down",
+             "START_SERVICE:db:ALLOWED",
              ""},
         Case{"UpstreamHealthyRouteFailingReloads",
              [](v1::StackObservation* o) {
                Route(o, "/api/")->mutable_probe()->CopyFrom(Fail(502, "http 502"));
              },
-             {}, v1::VERDICT_REPAIRING, "proxy.reaches_upstreams",
-             "RELOAD_PROXY:nginx:ALLOWED", ""},
+             {},
+             v1::VERDICT_REPAIRING,
+             "proxy.reaches_upstreams",
+             "RELOAD_PROXY:nginx:ALLOWED",
+             ""},
         Case{"StillFailingAfterReloadRestartsNginx",
              [](v1::StackObservation* o) {
                Route(o, "/api/")->mutable_probe()->CopyFrom(Fail(502, "http 502"));
              },
              {Record(v1::ACTION_KIND_RELOAD_PROXY, "nginx", kNow - absl::Seconds(5))},
-             v1::VERDICT_REPAIRING, "proxy.reaches_upstreams", "RESTART_PROXY:nginx:ALLOWED",
+             v1::VERDICT_REPAIRING,
+             "proxy.reaches_upstreams",
+             "RESTART_PROXY:nginx:ALLOWED",
              ""},
         Case{"StillFailingAfterRestartAlertsWithPortMismatch",
              [](v1::StackObservation* o) {
@@ -261,7 +300,10 @@ INSTANTIATE_TEST_SUITE_P(
              },
              {Record(v1::ACTION_KIND_RELOAD_PROXY, "nginx", kNow - absl::Seconds(9)),
               Record(v1::ACTION_KIND_RESTART_PROXY, "nginx", kNow - absl::Seconds(5))},
-             v1::VERDICT_DEGRADED, "proxy.findings", "", "PortMismatch"},
+             v1::VERDICT_DEGRADED,
+             "proxy.findings",
+             "",
+             "PortMismatch"},
         Case{"IPv6LocalhostMismatchIsNamed",
              [](v1::StackObservation* o) {
                Route(o, "/api/")->mutable_probe()->CopyFrom(Fail(502, "http 502"));
@@ -269,21 +311,32 @@ INSTANTIATE_TEST_SUITE_P(
                e->set_kind(v1::UPSTREAM_ERROR_KIND_CONNECTION_REFUSED);
                e->set_upstream("http://[::1]:8002/health");
              },
-             {Record(v1::ACTION_KIND_RELOAD_PROXY, "nginx", kNow - absl::Seconds(9)),
-              Record(v1::ACTION_KIND_RESTART_PROXY, "nginx", kNow - absl::Seconds(5))},
-             v1::VERDICT_DEGRADED, "proxy.findings", "", "LocalhostFamilyMismatch"},
+             // Evidence first: named at once, with no reload or restart of nginx before.
+             {},
+             v1::VERDICT_DEGRADED,
+             "proxy.evidence",
+             "",
+             "LocalhostFamilyMismatch"},
         Case{"GatewayTimeoutAlertsWithLatency",
              [](v1::StackObservation* o) {
                Route(o, "/api/")->mutable_probe()->CopyFrom(Fail(504, "http 504"));
              },
-             {}, v1::VERDICT_DEGRADED, "route.ok", "", "UpstreamTimeout"},
+             {},
+             v1::VERDICT_DEGRADED,
+             "route.ok",
+             "",
+             "UpstreamTimeout"},
         Case{"ServiceOnWrongPortAlertsInsteadOfRestarting",
              [](v1::StackObservation* o) {
                auto* s = Svc(o, "backend");
                s->set_health(v1::HEALTH_STATE_UNHEALTHY);
                s->mutable_listening(0)->set_port(8003);
              },
-             {}, v1::VERDICT_DEGRADED, "service.port", "", "PortMismatch"},
+             {},
+             v1::VERDICT_DEGRADED,
+             "service.port",
+             "",
+             "PortMismatch"},
         Case{"ActionInFlightIsWaitedFor",
              [](v1::StackObservation* o) { Svc(o, "backend")->set_running(false); },
              {[] {
@@ -294,17 +347,26 @@ INSTANTIATE_TEST_SUITE_P(
                *r.mutable_requested_at() = ToProto(kNow - absl::Seconds(1));
                return r;
              }()},
-             v1::VERDICT_WAITING, "action.in_flight", "", ""},
+             v1::VERDICT_WAITING,
+             "action.in_flight",
+             "",
+             ""},
         Case{"BackoffAfterAFailedRestart",
              [](v1::StackObservation* o) { Svc(o, "backend")->set_running(false); },
              {Record(v1::ACTION_KIND_START_SERVICE, "backend", kNow - absl::Milliseconds(500))},
-             v1::VERDICT_WAITING, "policy", "", ""},
+             v1::VERDICT_WAITING,
+             "policy",
+             "",
+             ""},
         Case{"BudgetExhaustedIsCrashLooping",
              [](v1::StackObservation* o) { Svc(o, "backend")->set_running(false); },
              {Record(v1::ACTION_KIND_START_SERVICE, "backend", kNow - absl::Minutes(5)),
               Record(v1::ACTION_KIND_START_SERVICE, "backend", kNow - absl::Minutes(4)),
               Record(v1::ACTION_KIND_START_SERVICE, "backend", kNow - absl::Minutes(2))},
-             v1::VERDICT_DEGRADED, "policy", "", "CrashLooping"}),
+             v1::VERDICT_DEGRADED,
+             "policy",
+             "",
+             "CrashLooping"}),
     [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
 
 TEST(Diagnose, DryRunPlansButMarksWouldDo) {
@@ -351,8 +413,10 @@ TEST(Policy, RateLimitHoldsActionsPerMinute) {
   v1::Stack s = Stack();
   s.mutable_spec()->mutable_policy()->set_max_actions_per_minute(2);
   std::vector<v1::ActionRecord> history = {
-      Record(v1::ACTION_KIND_RELOAD_PROXY, "nginx", kNow - absl::Seconds(20), v1::VERIFICATION_FIXED),
-      Record(v1::ACTION_KIND_START_SERVICE, "db", kNow - absl::Seconds(10), v1::VERIFICATION_FIXED)};
+      Record(v1::ACTION_KIND_RELOAD_PROXY, "nginx", kNow - absl::Seconds(20),
+             v1::VERIFICATION_FIXED),
+      Record(v1::ACTION_KIND_START_SERVICE, "db", kNow - absl::Seconds(10),
+             v1::VERIFICATION_FIXED)};
   v1::Action a;
   a.set_kind(v1::ACTION_KIND_START_SERVICE);
   a.set_target("backend");

@@ -7,6 +7,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "core/proto_time.h"
 #include "gtest/gtest.h"
@@ -15,6 +16,8 @@
 
 namespace upkeep::manifest {
 namespace {
+
+namespace v1 = upkeep::v1;
 
 constexpr char kGood[] = R"(apiVersion: upkeep/v1
 kind: Stack
@@ -74,6 +77,40 @@ TEST(Loader, ReadsTheNginxSystemdUnitAndNotifiersBesideStacks) {
   EXPECT_EQ(r.notifiers[0].spec().url().file(), "/etc/upkeep/slack-url");
   EXPECT_EQ(r.notifiers[0].spec().events_size(), 5) << "every event class by default";
   EXPECT_EQ(r.notifiers[0].spec().max_per_minute(), 20);
+}
+
+TEST(Loader, ReadsComposeFileProfileAndBeyond502Settings) {
+  const char* text = R"(apiVersion: upkeep/v1
+kind: Stack
+metadata: {name: shop}
+spec:
+  hosts: [aws]
+  runtime: docker
+  services:
+    - name: backend
+      container: {compose: {project: shop, service: backend-aws, file: /srv/shop/compose.yml, profile: aws}}
+      port: 8002
+      dataPaths: [/srv/shop/backend]
+  policy: {certificateWarning: 30d, diskWarning: 90}
+)";
+  const LoadResult r = LoadString(text, "c.yaml");
+  ASSERT_TRUE(r.ok()) << r.errors[0].ToString();
+  const auto& svc = r.stacks[0].spec().services(0);
+  EXPECT_EQ(svc.container().compose().file(), "/srv/shop/compose.yml");
+  EXPECT_EQ(svc.container().compose().profile(), "aws");
+  EXPECT_EQ(svc.data_paths(0), "/srv/shop/backend");
+  EXPECT_EQ(FromProto(r.stacks[0].spec().policy().certificate_warning()), absl::Hours(24 * 30));
+  EXPECT_EQ(r.stacks[0].spec().policy().disk_warning(), 90);
+  // Defaults: 14 days, 95 %.
+  v1::Stack empty;
+  ApplyDefaults(&empty);
+  EXPECT_EQ(FromProto(empty.spec().policy().certificate_warning()), absl::Hours(24 * 14));
+  EXPECT_EQ(empty.spec().policy().disk_warning(), 95);
+  const LoadResult bad = LoadString(
+      absl::StrReplaceAll(text, {{"file: /srv/shop/compose.yml", "file: compose.yml"}}), "c.yaml");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_TRUE(absl::StrContains(bad.errors[0].ToString(), "compose.file"))
+      << bad.errors[0].ToString();
 }
 
 TEST(Loader, ReadsSeveralDocumentsPerFile) {
@@ -146,6 +183,11 @@ INSTANTIATE_TEST_SUITE_P(
                   "spec.services[0].process", "required with runtime process"},
         ErrorCase{"BadMode", "  proxy:", "  policy: {mode: yolo}\n  proxy:", 12, "spec.policy.mode",
                   "enforce or dry-run"},
+        ErrorCase{"DiskWarningOver100", "  proxy:", "  policy: {diskWarning: 120}\n  proxy:", 12,
+                  "spec.policy.diskWarning", "between"},
+        ErrorCase{"RelativeDataPath", "      port: 8080",
+                  "      port: 8080\n      dataPaths: [data]", 11, "spec.services[0].dataPaths",
+                  "not absolute"},
         ErrorCase{"InvalidYaml", "hosts: [web-1]", "hosts: [web-1", 6, "", "invalid YAML"}),
     [](const ::testing::TestParamInfo<ErrorCase>& info) { return info.param.name; });
 

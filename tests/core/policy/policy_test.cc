@@ -72,5 +72,39 @@ TEST(Policy, HealthyResetClearsTheBudgetAfterAFixThatHeld) {
   EXPECT_EQ(RestartsInWindow(spec, flapping, "backend", kT0 + absl::Minutes(5)), 3);
 }
 
+TEST(Policy, BackoffGrowsAcrossFlapsUntilAFixHoldsForHealthyReset) {
+  auto spec = Spec(absl::Hours(1), absl::Minutes(5), 10);
+  *spec.mutable_backoff()->mutable_initial() = ToProto(absl::Seconds(10));
+  *spec.mutable_backoff()->mutable_max() = ToProto(absl::Minutes(10));
+  // Three restarts, each verified FIXED, each relapsing within a minute: a flapping service.
+  std::vector<v1::ActionRecord> h = {Restart(kT0, v1::VERIFICATION_FIXED),
+                                     Restart(kT0 + absl::Minutes(1), v1::VERIFICATION_FIXED),
+                                     Restart(kT0 + absl::Minutes(2), v1::VERIFICATION_FIXED)};
+  const absl::Time now = kT0 + absl::Minutes(2) + absl::Seconds(30);
+  const Streak s =
+      FailedStreak(h, "backend", v1::ACTION_KIND_RESTART_SERVICE, absl::Minutes(5), now);
+  EXPECT_EQ(s.count, 3);
+  EXPECT_EQ(s.fixed, 3);
+  // Without healthyReset every FIXED ended the streak: backoff never grew.
+  EXPECT_EQ(FailedStreak(h, "backend", v1::ACTION_KIND_RESTART_SERVICE).count, 0);
+  // 10s * 2^2 = 40s after the last restart.
+  const v1::PlannedAction p = Judge(spec, h, h.back().action(), now, false);
+  EXPECT_EQ(p.policy(), v1::POLICY_VERDICT_BACKOFF) << p.policy_reason();
+  EXPECT_EQ(FromProto(p.not_before()), kT0 + absl::Minutes(2) + absl::Seconds(40));
+  EXPECT_EQ(FlapsInEpisode(spec, h, "backend", now), 3);
+  // Healthy for healthyReset after the last fix: the episode is over.
+  const absl::Time later = kT0 + absl::Minutes(8);
+  EXPECT_EQ(FlapsInEpisode(spec, h, "backend", later), 0);
+  EXPECT_EQ(Judge(spec, h, h.back().action(), later, false).policy(), v1::POLICY_VERDICT_ALLOWED);
+}
+
+TEST(Policy, ARunOfFailedRepairsIsNotAFlap) {
+  const auto spec = Spec(absl::Hours(1), absl::Minutes(5), 10);
+  std::vector<v1::ActionRecord> h = {Restart(kT0, v1::VERIFICATION_NOT_FIXED),
+                                     Restart(kT0 + absl::Minutes(1), v1::VERIFICATION_NOT_FIXED),
+                                     Restart(kT0 + absl::Minutes(2), v1::VERIFICATION_FIXED)};
+  EXPECT_EQ(FlapsInEpisode(spec, h, "backend", kT0 + absl::Minutes(3)), 0);
+}
+
 }  // namespace
 }  // namespace upkeep::policy

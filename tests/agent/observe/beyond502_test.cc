@@ -1,0 +1,88 @@
+// "Beyond 502" evidence: the filesystems a stack needs (statvfs on real paths) and the
+// certificate an https route serves (a real TLS server: openssl s_server with a certificate
+// made for the test, expiring in 5 days).
+#include <fstream>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "agent/observe/certificate.h"
+#include "agent/observe/disk.h"
+#include "gtest/gtest.h"
+#include "tests/support/net.h"
+#include "tests/support/subprocess.h"
+#include "tests/support/temp_dir.h"
+#include "tests/support/wait.h"
+
+namespace upkeep::agent {
+namespace {
+
+namespace v1 = upkeep::v1;
+
+TEST(Disks, NamesWhatEachFilesystemHolds) {
+  testing::TempDir dir;
+  v1::Stack stack;
+  auto* svc = stack.mutable_spec()->add_services();
+  svc->set_name("backend");
+  svc->add_data_paths(dir.Join("backend-data"));  // not created yet: its parent counts
+  stack.mutable_spec()->mutable_proxy()->mutable_nginx()->set_error_log(dir.Join("error.log"));
+  const auto disks = ObserveDisks(stack, dir.path());
+  ASSERT_EQ(disks.size(), 1u);  // all on the temp dir's filesystem
+  const auto& fs = disks[0];
+  EXPECT_GT(fs.used_percent(), 0);
+  EXPECT_LE(fs.used_percent(), 100);
+  EXPECT_GT(fs.available_bytes(), 0);
+  EXPECT_EQ(fs.holds_size(), 3);
+  ASSERT_EQ(fs.services_size(), 1);
+  EXPECT_EQ(fs.services(0), "backend");
+  EXPECT_TRUE(fs.proxy_logs());
+}
+
+TEST(Certificates, ReadsTheExpiryAnHttpsRouteServes) {
+  testing::TempDir dir;
+  const std::string key = dir.Join("k.pem"), crt = dir.Join("c.pem");
+  auto gen = testing::Subprocess::Start(
+      {"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt,
+       "-days", "5", "-subj", "/CN=dashboard.test"},
+      dir.Join("gen.log"));
+  ASSERT_TRUE(gen.ok());
+  auto gen_status = (*gen)->Wait(absl::Seconds(60));
+  ASSERT_TRUE(gen_status.has_value() && *gen_status == 0);
+  const int port = testing::FreePort();
+  auto server = testing::Subprocess::Start(
+      {"openssl", "s_server", "-quiet", "-accept", absl::StrCat("127.0.0.1:", port), "-cert", crt,
+       "-key", key, "-www"},
+      dir.Join("server.log"));
+  ASSERT_TRUE(server.ok());
+  const std::string url = absl::StrCat("https://127.0.0.1:", port, "/api/health");
+  absl::StatusOr<Certificate> cert = absl::UnavailableError("not yet");
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        cert = ReadCertificate(url, "dashboard.test", absl::Seconds(2));
+        return cert.ok();
+      },
+      absl::Seconds(20)))
+      << cert.status();
+  EXPECT_TRUE(absl::StrContains(cert->subject, "CN=dashboard.test")) << cert->subject;
+  const absl::Duration left = cert->not_after - absl::Now();
+  EXPECT_GT(left, absl::Hours(24 * 4));
+  EXPECT_LE(left, absl::Hours(24 * 5));
+  // And into the observation, through the cache.
+  v1::Stack stack;
+  auto* route = stack.mutable_spec()->mutable_proxy()->add_routes();
+  route->set_path("/api/");
+  route->mutable_probe()->set_url(url);
+  v1::ProxyObservation proxy;
+  proxy.add_routes()->set_path("/api/");
+  CertificateCache cache;
+  AddCertificates(stack, &cache, &proxy);
+  EXPECT_TRUE(proxy.routes(0).has_certificate_not_after());
+}
+
+TEST(Certificates, PlainHttpIsNotRead) {
+  EXPECT_FALSE(ReadCertificate("http://127.0.0.1:1/", "", absl::Seconds(1)).ok());
+}
+
+}  // namespace
+}  // namespace upkeep::agent
