@@ -19,6 +19,8 @@ constexpr char kUsage[] =
     "  explain stack NAME      plan stack NAME       events [--watch] [--stack NAME]\n"
     "  actions [--stack NAME]  pause|resume stack NAME|host ID\n"
     "  run ACTION --stack NAME --target T\n"
+    "against a standalone agent (--agent DATA/upkeep.sock): get, describe, explain, events,\n"
+    "  actions, pause, resume\n"
     "output: -o table|json|yaml\n";
 
 bool HasFlag(int argc, char** argv, const char* flag) {
