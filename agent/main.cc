@@ -1,5 +1,6 @@
 // upkeep-agent: `observe` / `act` run once against a manifest; with no subcommand it is the
-// daemon that connects to the controller; with --standalone it is the whole system alone. This file only dispatches.
+// daemon that connects to the controller; with --standalone it is the whole system alone. This file
+// only dispatches.
 #include <cstring>
 #include <string>
 

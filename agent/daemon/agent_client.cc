@@ -515,8 +515,8 @@ bool AgentClient::AwaitChannelReady() {
     }
     const grpc_connectivity_state state = channel_->GetState(true);
     if (state == GRPC_CHANNEL_READY) return true;
-    channel_->WaitForStateChange(
-        state, std::chrono::system_clock::now() + std::chrono::milliseconds(200));
+    channel_->WaitForStateChange(state,
+                                 std::chrono::system_clock::now() + std::chrono::milliseconds(200));
   }
 }
 

@@ -34,8 +34,8 @@
 #include "agent/act/executor.h"
 #include "agent/autonomy/desired_cache.h"
 #include "agent/autonomy/local_decider.h"
-#include "core/clock.h"
 #include "agent/observe/observer.h"
+#include "core/clock.h"
 #include "grpcpp/grpcpp.h"
 #include "upkeep/v1/agent_service.grpc.pb.h"
 
@@ -115,7 +115,7 @@ class AgentClient {
   std::shared_ptr<LocalDecider> decider_ ABSL_GUARDED_BY(mu_);
   bool autonomous_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time autonomous_since_ ABSL_GUARDED_BY(mu_);
-  std::vector<upkeep::v1::ActionResult> late_ ABSL_GUARDED_BY(mu_);  // after Stop deciding
+  std::vector<upkeep::v1::ActionResult> late_ ABSL_GUARDED_BY(mu_);    // after Stop deciding
   std::optional<upkeep::v1::Handback> handback_ ABSL_GUARDED_BY(mu_);  // until acknowledged
   absl::Time handed_back_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   // Serialises entering autonomy against opening a stream (never two deciders).

@@ -85,11 +85,12 @@ absl::StatusOr<std::string> Standalone::ResolveHostId(const StandaloneOptions& o
     return absl::InvalidArgumentError(absl::StrJoin(errors, "; "));
   }
   std::set<std::string> hosts;
-  for (const auto& s : loaded.stacks) hosts.insert(s.spec().hosts().begin(), s.spec().hosts().end());
+  for (const auto& s : loaded.stacks)
+    hosts.insert(s.spec().hosts().begin(), s.spec().hosts().end());
   if (hosts.size() != 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the manifests in ", options.manifests, " name ", hosts.size(),
-        " hosts (", absl::StrJoin(hosts, ", "), "): say which one this is with --host-id"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the manifests in ", options.manifests, " name ", hosts.size(), " hosts (",
+                     absl::StrJoin(hosts, ", "), "): say which one this is with --host-id"));
   }
   return *hosts.begin();
 }
@@ -145,8 +146,8 @@ absl::Status Standalone::Start() {
 
   const std::string sock = socket_path();
   ::unlink(sock.c_str());  // a socket left by a previous run
-  service_ = std::make_unique<Service>(decider_->reconciler(), decider_->store(),
-                                       options_.manifests);
+  service_ =
+      std::make_unique<Service>(decider_->reconciler(), decider_->store(), options_.manifests);
   grpc::ServerBuilder b;
   b.AddListeningPort(absl::StrCat("unix:", sock), grpc::InsecureServerCredentials());
   b.RegisterService(service_.get());
@@ -194,9 +195,8 @@ void Standalone::ActionLoop() {
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
-          +[](Standalone* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
-            return s->stop_ || !s->actions_.empty();
-          },
+          +[](Standalone* s)
+               ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) { return s->stop_ || !s->actions_.empty(); },
           this));
       if (stop_) return;
       action = actions_.front();
@@ -309,7 +309,8 @@ int RunStandalone(int argc, char** argv) {
   InitLogging("agent", json, spdlog::level::info);
   auto host_id = Standalone::ResolveHostId(options);
   if (!host_id.ok()) {
-    UPKEEP_LOG(critical, "agent_start_failed", {{"error", std::string(host_id.status().message())}});
+    UPKEEP_LOG(critical, "agent_start_failed",
+               {{"error", std::string(host_id.status().message())}});
     return 1;
   }
   options.host_id = *host_id;
@@ -325,14 +326,16 @@ int RunStandalone(int argc, char** argv) {
   std::unique_ptr<Host> host = MakeHost({options.data_dir, docker_socket, exec});
   auto observer = StackObserver::Create({options.host_id}, &host->runtimes, &host->proxies);
   if (!observer.ok()) {
-    UPKEEP_LOG(critical, "agent_start_failed", {{"error", std::string(observer.status().message())}});
+    UPKEEP_LOG(critical, "agent_start_failed",
+               {{"error", std::string(observer.status().message())}});
     return 1;
   }
   StackObserver* obs = observer->get();
   auto executor = Executor::Create(options.data_dir, &host->runtimes, &host->proxies,
                                    [obs] { obs->RefreshNow(); });
   if (!executor.ok()) {
-    UPKEEP_LOG(critical, "agent_start_failed", {{"error", std::string(executor.status().message())}});
+    UPKEEP_LOG(critical, "agent_start_failed",
+               {{"error", std::string(executor.status().message())}});
     return 1;
   }
   Standalone standalone(options, obs, executor->get());

@@ -49,7 +49,8 @@ class Controller {
     store_ = std::move(*controller::OpenSqliteStore(dir_));
     controller::ReconcilerOptions o;
     o.resync = absl::Milliseconds(100);
-    reconciler_ = std::move(*controller::Reconciler::Create(store_.get(), Clock::Real(), &metrics_, o));
+    reconciler_ =
+        std::move(*controller::Reconciler::Create(store_.get(), Clock::Real(), &metrics_, o));
     service_ = std::make_unique<controller::AgentServiceImpl>(reconciler_.get());
     reconciler_->SetHub(service_.get());
     grpc::ServerBuilder b;
@@ -126,7 +127,8 @@ class GatedExecutor : public Executor {
       absl::MutexLock lock(&mu_);
       if (hold_ && action.autonomous()) {
         ++held_;
-        mu_.Await(absl::Condition(+[](bool* h) { return !*h; }, &hold_));
+        mu_.Await(absl::Condition(
+            +[](bool* h) { return !*h; }, &hold_));
       }
       executed_[action.id()]++;
     }
@@ -231,18 +233,20 @@ TEST(Autonomy, APartitionedHostHealsACrashAloneAndHandsItBackOnce) {
   ASSERT_TRUE(WaitFor([&] { return w.agent.client->autonomous(); }, absl::Seconds(10)));
   w.agent.Crash();
   // Healed by the agent alone.
-  ASSERT_TRUE(WaitFor([&] {
-    auto d = w.agent.client->decider();
-    if (d == nullptr) return false;
-    auto recs = d->store()->ListActions("shop", "h1", 100);
-    if (!recs.ok()) return false;
-    for (const auto& r : *recs) {
-      if (r.action().autonomous() && r.result().outcome() == v1::ACTION_OUTCOME_SUCCEEDED) {
-        return true;
-      }
-    }
-    return false;
-  }, absl::Seconds(15)));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto d = w.agent.client->decider();
+        if (d == nullptr) return false;
+        auto recs = d->store()->ListActions("shop", "h1", 100);
+        if (!recs.ok()) return false;
+        for (const auto& r : *recs) {
+          if (r.action().autonomous() && r.result().outcome() == v1::ACTION_OUTCOME_SUCCEEDED) {
+            return true;
+          }
+        }
+        return false;
+      },
+      absl::Seconds(15)));
   EXPECT_TRUE(WaitFor([&] { return w.agent.Serving(); }));
   w.controller.Start();
   ASSERT_TRUE(WaitFor([&] { return w.controller.Connected("h1"); }, absl::Seconds(15)));
@@ -362,8 +366,7 @@ TEST(Autonomy, ARestartedAgentThatCannotReachTheControllerHealsFromItsDiskCopy) 
   ASSERT_TRUE(WaitFor([&] { return agent.Serving(); }));
   const int pid = agent.ApiPid();
   agent.Crash();
-  EXPECT_TRUE(WaitFor([&] { return agent.Serving() && agent.ApiPid() != pid; },
-                      absl::Seconds(15)));
+  EXPECT_TRUE(WaitFor([&] { return agent.Serving() && agent.ApiPid() != pid; }, absl::Seconds(15)));
 }
 
 TEST(Autonomy, ACorruptDiskCopyIsReportedAndNeverActedOn) {

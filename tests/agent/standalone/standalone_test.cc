@@ -5,6 +5,8 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <vector>
@@ -12,6 +14,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/proto_time.h"
 #include "demo/harness.h"
 #include "gtest/gtest.h"
 #include "tests/support/subprocess.h"
@@ -93,18 +96,21 @@ TEST_F(StandaloneTest, TheSocketIsPrivateToItsUser) {
 TEST_F(StandaloneTest, HealsEveryFaultOfTheDemoTourAlone) {
   // 1. The backend crashes: started again.
   ASSERT_TRUE(h_->CrashBackend().ok());
-  ASSERT_TRUE(WaitFor([&] { return ActionsOf(v1::ACTION_KIND_START_SERVICE, "backend") +
-                                       ActionsOf(v1::ACTION_KIND_RESTART_SERVICE, "backend") >
-                                   0; },
-                      absl::Seconds(30)))
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return ActionsOf(v1::ACTION_KIND_START_SERVICE, "backend") +
+                   ActionsOf(v1::ACTION_KIND_RESTART_SERVICE, "backend") >
+               0;
+      },
+      absl::Seconds(30)))
       << Log();
   ASSERT_TRUE(h_->WaitServing(absl::Seconds(30)).ok()) << Log();
   // 2. The backend hangs: logs collected, then restarted.
   const int restarts = ActionsOf(v1::ACTION_KIND_RESTART_SERVICE, "backend");
   ASSERT_TRUE(h_->HangBackend().ok());
-  ASSERT_TRUE(WaitFor([&] { return ActionsOf(v1::ACTION_KIND_RESTART_SERVICE, "backend") >
-                                   restarts; },
-                      absl::Seconds(40)))
+  ASSERT_TRUE(
+      WaitFor([&] { return ActionsOf(v1::ACTION_KIND_RESTART_SERVICE, "backend") > restarts; },
+              absl::Seconds(40)))
       << Log();
   EXPECT_GT(ActionsOf(v1::ACTION_KIND_COLLECT_LOGS, "backend"), 0);
   ASSERT_TRUE(h_->WaitServing(absl::Seconds(30)).ok()) << Log();
@@ -154,46 +160,64 @@ TEST_F(StandaloneTest, HealsEveryFaultOfTheDemoTourAlone) {
 
 TEST_F(StandaloneTest, PauseThroughTheSocketStopsActingAndResumeActsAgain) {
   int code = 0;
+  const int starts = ActionsOf(v1::ACTION_KIND_START_SERVICE, "frontend");  // bringing it up
   std::string out = Upkeepctl({"--agent", sock(), "pause", "stack", "demo"}, &code);
   ASSERT_EQ(code, 0) << out;
   ASSERT_TRUE(h_->StopFrontend().ok());
   // Planned, not done: the stack is degraded and nobody starts the frontend.
-  ASSERT_TRUE(WaitFor([&] {
-    auto d = h_->Describe();
-    if (!d.ok()) return false;
-    for (const auto& diag : d->stack().status().diagnoses()) {
-      for (const auto& a : diag.actions()) {
-        if (a.policy() == v1::POLICY_VERDICT_PAUSED) return true;
-      }
-    }
-    return false;
-  }, absl::Seconds(30)));
-  EXPECT_EQ(ActionsOf(v1::ACTION_KIND_START_SERVICE, "frontend"), 0);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto d = h_->Describe();
+        if (!d.ok()) return false;
+        for (const auto& diag : d->stack().status().diagnoses()) {
+          for (const auto& a : diag.actions()) {
+            if (a.policy() == v1::POLICY_VERDICT_PAUSED) return true;
+          }
+        }
+        return false;
+      },
+      absl::Seconds(30)));
+  EXPECT_EQ(ActionsOf(v1::ACTION_KIND_START_SERVICE, "frontend"), starts);
   out = Upkeepctl({"--agent", sock(), "resume", "stack", "demo"}, &code);
   ASSERT_EQ(code, 0) << out;
-  EXPECT_TRUE(WaitFor([&] { return ActionsOf(v1::ACTION_KIND_START_SERVICE, "frontend") > 0; },
+  EXPECT_TRUE(WaitFor([&] { return ActionsOf(v1::ACTION_KIND_START_SERVICE, "frontend") > starts; },
                       absl::Seconds(30)));
   EXPECT_TRUE(h_->WaitServing(absl::Seconds(30)).ok()) << Log();
 }
 
 TEST_F(StandaloneTest, AChangedManifestIsReReadAndABrokenOneChangesNothing) {
   // Dry-run written to the file: the agent re-reads it and only records what it would do.
+  const absl::Time t0 = absl::Now();
   ASSERT_TRUE(h_->SetDryRun(true).ok());
-  ASSERT_TRUE(WaitFor([&] {
-    auto s = h_->Describe();
-    return s.ok() && s->stack().spec().policy().mode() == v1::POLICY_MODE_DRY_RUN;
-  }, absl::Seconds(20))) << Log();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto s = h_->Describe();
+        return s.ok() && s->stack().spec().policy().mode() == v1::POLICY_MODE_DRY_RUN;
+      },
+      absl::Seconds(20)))
+      << Log();
   ASSERT_TRUE(h_->StopFrontend().ok());
-  ASSERT_TRUE(WaitFor([&] {
-    auto a = h_->Actions();
-    if (!a.ok()) return false;
-    for (const auto& r : *a) {
-      if (r.dry_run() && r.action().target() == "frontend") return true;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto a = h_->Actions();
+        if (!a.ok()) return false;
+        for (const auto& r : *a) {
+          if (r.dry_run() && r.action().target() == "frontend" &&
+              upkeep::FromProto(r.requested_at()) > t0) {
+            return true;
+          }
+        }
+        return false;
+      },
+      absl::Seconds(30)))
+      << Log();
+  auto records = h_->Actions();
+  ASSERT_TRUE(records.ok());
+  for (const auto& r : *records) {
+    if (r.action().target() == "frontend" && upkeep::FromProto(r.requested_at()) > t0) {
+      EXPECT_TRUE(r.dry_run()) << "dry-run does nothing: " << r.ShortDebugString();
     }
-    return false;
-  }, absl::Seconds(30))) << Log();
-  EXPECT_EQ(ActionsOf(v1::ACTION_KIND_START_SERVICE, "frontend"),
-            1 /* the dry-run record */);
+  }
   // A broken manifest: reported, nothing applied, the last good one stays.
   { std::ofstream(h_->manifest_path(), std::ios::app) << "\n  - : [broken\n"; }
   EXPECT_TRUE(WaitFor([&] { return absl::StrContains(Log(), "manifests_not_applied"); },
