@@ -94,7 +94,7 @@ class Fleet : public ::testing::Test {
   }
 
   // A host with one stack: nginx in front of a backend, both on the host's own loopback.
-  void AddHost(const std::string& h, int octet) {
+  void AddHost(const std::string& h, int octet, int budget = 5) {
     ASSERT_TRUE(net_->AddHost(h, octet).ok());
     hosts_.push_back(h);
     const std::string base = dir_.path() + "/" + h;
@@ -125,7 +125,8 @@ class Fleet : public ::testing::Test {
             "/error.log\n    routes:\n      - {path: /api/, upstream: backend, probe: {url: "
             "\"http://127.0.0.1:",
             kNginxPort,
-            "/api/health\", timeout: 1s}}\n  policy:\n    restartBudget: {max: 5, window: 10m}\n"
+            "/api/health\", timeout: 1s}}\n  policy:\n    restartBudget: {max: ",
+            budget, ", window: 10m}\n"
             "    backoff: {initial: 200ms, max: 5s}\n"));
     auto cert = tls::Issue(pki_, tls::IssueRequest::Agent(h));
     ASSERT_TRUE(cert.ok());
@@ -270,7 +271,7 @@ TEST_F(Fleet, APartitionedHostHealsACrashAloneAndNothingRunsTwice) {
       [&] {
         std::ifstream in(dir_.path() + "/h1/agent.log");
         std::string t((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-        return absl::StrContains(t, "autonomous");
+        return absl::StrContains(t, "event=autonomous ");
       },
       absl::Seconds(30)));
   const int pid = BackendPid("h1");
@@ -307,6 +308,70 @@ TEST_F(Fleet, APartitionedHostHealsACrashAloneAndNothingRunsTwice) {
   for (const auto& [id, starts] : journal) {
     EXPECT_TRUE(logged.count(id)) << "the agent ran " << id << " but the controller never heard";
   }
+}
+
+// Figures for bench/results/autonomy.md (not asserted; run with
+// --gtest_also_run_disabled_tests --gtest_filter=*Bench*): crash -> serving again on a connected
+// and on a partitioned host, and link up -> the controller's view current.
+TEST_F(Fleet, DISABLED_BenchCrashToServingConnectedVsPartitionedAndLinkUpToCurrentView) {
+  AddHost("h1", 11, /*budget=*/50);
+  ApplyAndWaitReady();
+  auto serving = [&] {
+    return RunCommand(
+               net_->Command("h1", {"curl", "-sf", "-m", "1",
+                                    absl::StrCat("http://127.0.0.1:", kNginxPort, "/api/health")}))
+        .ok();
+  };
+  auto crash_to_serving = [&] {
+    const int pid = BackendPid("h1");
+    const absl::Time t0 = absl::Now();
+    ::kill(pid, SIGKILL);
+    WaitFor([&] { return BackendPid("h1") != pid && serving(); }, absl::Seconds(30),
+            absl::Milliseconds(1));
+    return absl::Now() - t0;
+  };
+  std::vector<absl::Duration> connected, partitioned, view;
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(WaitFor([&] { return Ready("h1") && serving(); }, absl::Seconds(30)));
+    connected.push_back(crash_to_serving());
+  }
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(WaitFor([&] { return Ready("h1") && serving(); }, absl::Seconds(60)));
+    ASSERT_TRUE(net_->SetLink("h1", false).ok());
+    const size_t autonomous_before = [&] {
+      size_t n = 0;
+      for (const auto& r : Actions("h1")) n += r.action().autonomous();
+      return n;
+    }();
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          std::ifstream in(dir_.path() + "/h1/agent.log");
+          std::string t((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+          size_t n = 0, at = 0;
+          while ((at = t.find("event=autonomous ", at)) != std::string::npos) ++n, ++at;
+          return n > static_cast<size_t>(i);
+        },
+        absl::Seconds(30)));
+    partitioned.push_back(crash_to_serving());
+    const absl::Time up = absl::Now();
+    ASSERT_TRUE(net_->SetLink("h1", true).ok());
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          size_t n = 0;
+          for (const auto& r : Actions("h1")) n += r.action().autonomous();
+          return n > autonomous_before;
+        },
+        absl::Seconds(60), absl::Milliseconds(1)));
+    view.push_back(absl::Now() - up);
+  }
+  auto show = [](const char* what, const std::vector<absl::Duration>& v) {
+    std::string s;
+    for (const auto& d : v) absl::StrAppend(&s, " ", absl::ToInt64Milliseconds(d), "ms");
+    std::printf("BENCH %s:%s\n", what, s.c_str());
+  };
+  show("crash->serving connected", connected);
+  show("crash->serving partitioned", partitioned);
+  show("link-up->controller shows autonomous action", view);
 }
 
 }  // namespace
