@@ -508,13 +508,27 @@ void AgentClient::EnterAutonomy() {
 }
 
 bool AgentClient::AwaitChannelReady() {
+  // A READY seen before the channel has been anything else may be the stale state of the very
+  // connection that just broke (its GOAWAY not processed yet): it counts only after a change,
+  // or once it has lasted 10 s.
+  bool seen_down = false;
+  absl::Time ready_since = absl::InfinitePast();
   while (true) {
     {
       absl::MutexLock lock(&mu_);
       if (stop_) return false;
     }
     const grpc_connectivity_state state = channel_->GetState(true);
-    if (state == GRPC_CHANNEL_READY) return true;
+    if (state != GRPC_CHANNEL_READY) {
+      seen_down = true;
+      ready_since = absl::InfinitePast();
+    } else if (seen_down) {
+      return true;
+    } else if (ready_since == absl::InfinitePast()) {
+      ready_since = absl::Now();
+    } else if (absl::Now() - ready_since > absl::Seconds(10)) {
+      return true;
+    }
     channel_->WaitForStateChange(state,
                                  std::chrono::system_clock::now() + std::chrono::milliseconds(200));
   }

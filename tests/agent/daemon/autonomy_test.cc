@@ -318,8 +318,13 @@ TEST(Autonomy, WithTheControllerGoneForGoodABudgetStillStopsACrashLoop) {
   ASSERT_TRUE(WaitFor([&] { return Healthy(controller); }, absl::Seconds(20)));
   controller.Stop();  // for good
   ASSERT_TRUE(WaitFor([&] { return agent.client->autonomous(); }, absl::Seconds(10)));
+  // The agent stays autonomous: the controller never comes back.
+  const std::shared_ptr<LocalDecider> decider = agent.client->decider();
+  ASSERT_NE(decider, nullptr);
   auto autonomous_starts = [&] {
-    auto recs = agent.client->decider()->store()->ListActions("shop", "h1", 100);
+    EXPECT_TRUE(agent.client->autonomous());
+    auto recs = decider->store()->ListActions("shop", "h1", 100);
+    if (!recs.ok()) return 0;
     int n = 0;
     for (const auto& r : *recs) {
       n += r.action().autonomous() && r.result().outcome() == v1::ACTION_OUTCOME_SUCCEEDED;
@@ -327,7 +332,8 @@ TEST(Autonomy, WithTheControllerGoneForGoodABudgetStillStopsACrashLoop) {
     return n;
   };
   auto crash_looping = [&] {
-    auto ev = agent.client->decider()->store()->ListEvents("shop", 0, 1000);
+    auto ev = decider->store()->ListEvents("shop", 0, 1000);
+    if (!ev.ok()) return false;
     for (const auto& e : *ev) {
       if (e.reason() == "CrashLooping") return true;
     }
