@@ -149,7 +149,9 @@ void LocalDecider::OnObservation(const v1::StackObservation& observation) {
 }
 
 void LocalDecider::OnActionResult(const v1::ActionResult& result) {
-  reconciler_->OnActionResult(options_.host_id, result);
+  // Recorded now, not queued: a hand-back right after must see it (the fresh observation the
+  // executor asks for re-queues the key).
+  reconciler_->dispatcher()->OnResult(options_.host_id, result);
 }
 
 void LocalDecider::RecordResult(const v1::ActionResult& result) {

@@ -65,6 +65,7 @@ class LocalDecider {
   void Stop();
 
   void OnObservation(const upkeep::v1::StackObservation& observation);
+  // Records the result at once (blocks on the store; call it from the action worker).
   void OnActionResult(const upkeep::v1::ActionResult& result);
   // After Stop(): records a result directly (an action that was in flight when it stopped).
   void RecordResult(const upkeep::v1::ActionResult& result);

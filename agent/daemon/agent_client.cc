@@ -398,19 +398,23 @@ void AgentClient::ActionLoop() {
     } else {
       *msg.mutable_action_result() = executor_->Execute(action);
     }
-    std::shared_ptr<LocalDecider> decider;
-    {
-      absl::MutexLock lock(&mu_);
-      executing_ = executing_autonomous_ = false;
-      if (action.autonomous()) {
+    if (action.autonomous()) {
+      std::shared_ptr<LocalDecider> decider;
+      {
+        absl::MutexLock lock(&mu_);
         decider = decider_;
         // Local decisions stopped meanwhile: recorded by the hand-back.
         if (decider == nullptr) late_.push_back(msg.action_result());
       }
-    }
-    if (action.autonomous()) {
+      // Recorded before the action counts as finished: a hand-back waits for this.
       if (decider != nullptr) decider->OnActionResult(msg.action_result());
+      absl::MutexLock lock(&mu_);
+      executing_ = executing_autonomous_ = false;
       continue;
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      executing_ = executing_autonomous_ = false;
     }
     if (!Send(msg)) {
       absl::MutexLock lock(&mu_);
