@@ -1,10 +1,12 @@
 // upkeep-agent: `observe` / `act` run once against a manifest; with no subcommand it is the
-// daemon that connects to the controller. This file only dispatches.
+// daemon that connects to the controller; with --standalone it is the whole system alone. This file
+// only dispatches.
 #include <cstring>
 #include <string>
 
 #include "agent/commands.h"
 #include "agent/daemon/daemon.h"
+#include "agent/standalone/standalone.h"
 
 int main(int argc, char** argv) {
   if (argc >= 2 && std::strcmp(argv[1], "observe") == 0) {
@@ -12,6 +14,11 @@ int main(int argc, char** argv) {
   }
   if (argc >= 2 && std::strcmp(argv[1], "act") == 0) {
     return upkeep::agent::RunActCommand(argc - 1, argv + 1);
+  }
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--standalone") == 0) {
+      return upkeep::agent::RunStandalone(argc, argv);
+    }
   }
   return upkeep::agent::RunDaemon(argc, argv);
 }

@@ -1,4 +1,6 @@
 // upkeepctl commands that talk to a controller's FleetService.
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -42,6 +44,9 @@ struct Args {
   // client.crt, client.key) and $UPKEEP_TOKEN.
   std::string tls_ca, tls_cert, tls_key, token;
   bool insecure = false;  // allow plaintext to a non-loopback controller
+  // A standalone agent's unix socket (upkeep-agent --standalone): no controller, no TLS (the
+  // socket's 0600 permission is the access control).
+  std::string agent;
   bool watch = false;
   int limit = 50;
   std::string pause_for;  // pause --for 30m
@@ -74,6 +79,8 @@ Args Parse(int argc, char** argv) {
     };
     if (s == "--controller")
       a.controller = value();
+    else if (s == "--agent")
+      a.agent = value();
     else if (s == "-o" || s == "--output")
       a.output = value();
     else if (s == "-f" || s == "--filename")
@@ -118,6 +125,15 @@ Args Parse(int argc, char** argv) {
 }
 
 std::unique_ptr<v1::FleetService::Stub> Connect(const Args& a) {
+  if (!a.agent.empty()) {
+    if (::access(a.agent.c_str(), F_OK) != 0) {
+      Fail(absl::StrCat("--agent ", a.agent,
+                        ": no such socket (is `upkeep-agent --standalone` running there?)"),
+           2);
+    }
+    return v1::FleetService::NewStub(
+        grpc::CreateChannel(absl::StrCat("unix:", a.agent), grpc::InsecureChannelCredentials()));
+  }
   tls::ChannelTlsOptions options;
   options.bearer_token = a.token;
   auto creds =

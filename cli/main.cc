@@ -1,7 +1,9 @@
 // upkeepctl: dispatch only.
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "cli/commands.h"
 #include "cli/tls.h"
@@ -23,6 +25,8 @@ constexpr char kUsage[] =
     "  run ACTION --stack NAME --target T          get controllers (replicas on etcd)\n"
     "  diff -f FILE|DIR        get notifiers         notify test NAME\n"
     "  delete stack NAME|notifier NAME\n"
+    "against a standalone agent (--agent DATA/upkeep.sock): get, describe, explain, events,\n"
+    "  actions, pause, resume\n"
     "output: -o table|json|yaml\n";
 
 bool HasFlag(int argc, char** argv, const char* flag) {
@@ -35,6 +39,18 @@ bool HasFlag(int argc, char** argv, const char* flag) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Connection flags may come before the command: `upkeepctl --agent DIR/upkeep.sock get stacks`.
+  std::vector<char*> args(argv, argv + argc);
+  size_t first = 1;
+  while (first < args.size() && args[first][0] == '-' && std::strcmp(args[first], "-h") != 0 &&
+         std::strcmp(args[first], "--help") != 0) {
+    const bool boolean = std::strcmp(args[first], "--insecure") == 0;
+    first += boolean ? 1 : 2;
+  }
+  if (first > 1 && first < args.size()) {
+    std::rotate(args.begin() + 1, args.begin() + first, args.begin() + first + 1);
+    argv = args.data();
+  }
   if (argc < 2 || std::strcmp(argv[1], "-h") == 0 || std::strcmp(argv[1], "--help") == 0 ||
       std::strcmp(argv[1], "help") == 0) {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);

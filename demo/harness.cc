@@ -98,6 +98,7 @@ absl::Status StackHarness::Setup() {
   RETURN_IF_ERROR(WriteNginxConfig(backend_port_));
   RETURN_IF_ERROR(WriteManifest());
   if (options_.runtime == Runtime::kDocker) RETURN_IF_ERROR(DockerSetup());
+  if (options_.standalone) return StartAgent();  // it reads the manifest itself
   if (options_.tls) RETURN_IF_ERROR(MakePki());
   RETURN_IF_ERROR(StartController());
   RETURN_IF_ERROR(StartAgent());
@@ -276,6 +277,7 @@ absl::Status StackHarness::ApplyManifest() {
 absl::Status StackHarness::SetDryRun(bool dry_run) {
   options_.dry_run = dry_run;
   RETURN_IF_ERROR(WriteManifest());
+  if (options_.standalone) return absl::OkStatus();  // the agent re-reads the file
   return ApplyManifest();
 }
 
@@ -334,7 +336,35 @@ absl::Status StackHarness::StartController() {
   return absl::OkStatus();
 }
 
+absl::Status StackHarness::StartStandalone() {
+  const std::string data = options_.work_dir + "/agent";
+  std::vector<std::string> argv = {absl::StrCat(options_.bin_dir, "/upkeep-agent"),
+                                   "--standalone",
+                                   "-f",
+                                   manifest_path_,
+                                   "--data",
+                                   data,
+                                   "--host-id",
+                                   options_.host_id,
+                                   "--allow-exec",
+                                   options_.bin_dir};
+  if (!options_.docker_socket.empty()) {
+    argv.push_back("--docker-socket");
+    argv.push_back(options_.docker_socket);
+  }
+  ASSIGN_OR_RETURN(agent_, Subprocess::Start(argv, options_.work_dir + "/agent.log"));
+  fleet_ = upkeep::v1::FleetService::NewStub(grpc::CreateChannel(
+      absl::StrCat("unix:", agent_socket()), grpc::InsecureChannelCredentials()));
+  if (!upkeep::testing::WaitFor([&] { return fs::exists(agent_socket()); }, absl::Seconds(20))) {
+    return absl::DeadlineExceededError(absl::StrCat("the standalone agent did not listen on ",
+                                                    agent_socket(), "; see ", options_.work_dir,
+                                                    "/agent.log"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status StackHarness::StartAgent() {
+  if (options_.standalone) return StartStandalone();
   std::vector<std::string> argv = {absl::StrCat(options_.bin_dir, "/upkeep-agent"),
                                    "--controller",
                                    controller_address_,

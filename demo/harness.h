@@ -43,6 +43,10 @@ struct HarnessOptions {
   bool tls = true;
   // Extra environment for the controller ("NAME=VALUE"), e.g. a notifier's webhook URL.
   std::vector<std::string> controller_env;
+  // No controller: one `upkeep-agent --standalone -f MANIFEST --data DIR` is the whole system,
+  // and fleet() speaks to its unix socket DIR/upkeep.sock (reads and pause only; the manifest
+  // file is the desired state, re-read when it changes).
+  bool standalone = false;
 };
 
 // One line of what happened, for the demo's timeline.
@@ -61,6 +65,10 @@ class StackHarness {
   const std::string& controller_address() const { return controller_address_; }
   // The UPKEEP_TLS_DIR for upkeepctl (empty without TLS).
   std::string tls_dir() const { return options_.tls ? options_.work_dir + "/pki" : ""; }
+  // The standalone agent's socket (empty unless options.standalone).
+  std::string agent_socket() const {
+    return options_.standalone ? options_.work_dir + "/agent/upkeep.sock" : "";
+  }
   // Flags for an upkeep-agent of `host` (its certificate is issued on first use).
   absl::StatusOr<std::vector<std::string>> AgentTlsFlags(const std::string& host);
   const std::string& manifest_path() const { return manifest_path_; }
@@ -99,7 +107,7 @@ class StackHarness {
   absl::Status MakePki();
   absl::Status StartController();
   absl::Status KillAgent();
-  absl::Status StartAgent();
+  absl::Status StartAgent();  // the standalone agent too
 
   absl::StatusOr<std::vector<upkeep::v1::Event>> Events(int64_t after_seq = 0);
   absl::StatusOr<std::vector<upkeep::v1::ActionRecord>> Actions();
@@ -116,6 +124,7 @@ class StackHarness {
   absl::Status WriteNginxConfig(int backend_port_in_config);
   absl::Status WriteManifest();
   absl::Status ApplyManifest();
+  absl::Status StartStandalone();
   absl::Status NginxSignal(int sig);
   void StopNginxAndWait();
   absl::Status SampleFault(int port, const std::string& path);

@@ -40,11 +40,14 @@ class ExecutorImpl : public Executor {
     for (const auto& s : stacks) stacks_[s.metadata().name()] = s;
   }
 
+  std::vector<v1::ActionResult> Finished() override { return journal_->Finished(); }
+
   v1::ActionResult Execute(const v1::Action& action) override {
     v1::ActionResult result;
     result.set_id(action.id());
     result.set_kind(action.kind());
     result.set_target(action.target());
+    result.set_stack(action.stack());
     *result.mutable_started_at() = ToProto(absl::Now());
     if (action.id().empty())
       return Finish(std::move(result), v1::ACTION_OUTCOME_REFUSED, "action has no id", false);

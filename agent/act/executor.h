@@ -36,6 +36,9 @@ class Executor {
 
   virtual void SetDesired(const std::vector<upkeep::v1::Stack>& stacks) = 0;
   virtual upkeep::v1::ActionResult Execute(const upkeep::v1::Action& action) = 0;
+  // The results the journal holds, oldest first: the agent's own action history when it
+  // decides alone (agent/autonomy).
+  virtual std::vector<upkeep::v1::ActionResult> Finished() = 0;
 };
 
 }  // namespace upkeep::agent

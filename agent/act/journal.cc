@@ -73,6 +73,16 @@ Journal::State Journal::Lookup(const std::string& id, upkeep::v1::ActionResult* 
   return State::kFinished;
 }
 
+std::vector<upkeep::v1::ActionResult> Journal::Finished() {
+  absl::MutexLock lock(&mu_);
+  std::vector<upkeep::v1::ActionResult> out;
+  for (const auto& id : order_) {
+    const auto& e = entries_[id];
+    if (e.has_value()) out.push_back(*e);
+  }
+  return out;
+}
+
 absl::Status Journal::Append(const std::string& line) {
   if (fd_ < 0) return absl::FailedPreconditionError("journal not recovered");
   const ssize_t n = ::write(fd_, line.data(), line.size());

@@ -24,6 +24,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
@@ -44,6 +45,9 @@ class Journal {
   enum class State { kUnknown, kStarted, kFinished };
   // The state of `id`, and its result when finished.
   State Lookup(const std::string& id, upkeep::v1::ActionResult* result);
+
+  // Every finished result the journal holds, oldest first.
+  std::vector<upkeep::v1::ActionResult> Finished();
 
   absl::Status MarkStarted(const std::string& id);
   absl::Status MarkFinished(const upkeep::v1::ActionResult& result);

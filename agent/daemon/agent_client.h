@@ -10,6 +10,15 @@
 // states and actions go to the client's inbox, handled on its own threads); the stream ends
 // once (OnDone) and the reactor deletes itself there — nothing keeps a raw pointer to it past
 // that. Thread-safe; Start() spawns the threads, Shutdown() joins them.
+//
+// Autonomy (docs/operations.md): every desired state is kept on disk (DesiredCache) and loaded
+// at Start. When no stream has been up for `autonomous_after`, the client cancels any stream
+// attempt and decides for its own host with a LocalDecider (agent/autonomy). Once the
+// controller's channel is ready again, the supervisor stops local decisions first (queued local
+// actions are dropped, the one in flight finishes), collects the Handback and only then says
+// hello, with the handback in it — so there is never a moment with two deciders, and nothing
+// the agent did is re-run by the controller. The handback is re-sent with every hello until a
+// desired state proves the controller took it.
 #ifndef UPKEEP_AGENT_DAEMON_AGENT_CLIENT_H_
 #define UPKEEP_AGENT_DAEMON_AGENT_CLIENT_H_
 
@@ -23,7 +32,10 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "agent/act/executor.h"
+#include "agent/autonomy/desired_cache.h"
+#include "agent/autonomy/local_decider.h"
 #include "agent/observe/observer.h"
+#include "core/clock.h"
 #include "grpcpp/grpcpp.h"
 #include "upkeep/v1/agent_service.grpc.pb.h"
 
@@ -42,6 +54,10 @@ struct AgentClientOptions {
   // Mutual TLS to the controller (core/tls): all three set, or none (plaintext, loopback).
   std::string tls_ca, tls_cert, tls_key;
   bool insecure = false;  // allow plaintext to a non-loopback controller
+  // Decide locally after this long without a controller stream; zero or less: never.
+  absl::Duration autonomous_after = absl::Seconds(3);
+  Clock* clock = Clock::Real();
+  HandbackLimits handback;
 };
 
 class AgentClient {
@@ -54,6 +70,10 @@ class AgentClient {
   absl::Status Start();
   void Shutdown();
   bool connected() const;
+  // Whether the agent decides for its host on its own now.
+  bool autonomous() const;
+  // The local loop while autonomous (for tests and the standalone socket), else null.
+  std::shared_ptr<LocalDecider> decider() const;
 
   struct Link;  // what the client and one stream's reactor share
 
@@ -62,6 +82,16 @@ class AgentClient {
 
   void SuperviseLoop();
   void ActionLoop();
+  void AutonomyLoop();
+  // Starts deciding locally (autonomy thread). Holds transition_mu_.
+  void EnterAutonomy();
+  // Stops deciding locally and keeps the handback for the next hello (supervisor thread).
+  void LeaveAutonomy();
+  // Waits until the controller's channel is ready (or stop). False on stop.
+  bool AwaitChannelReady();
+  // A controller action decided before the last hand-back and not run yet: refused.
+  bool Superseded(const upkeep::v1::Action& action);
+  void ApplyDesired(const upkeep::v1::DesiredState& desired, bool save);
   void OnObservation(const upkeep::v1::StackObservation& o, bool event_driven);
   // From the reactor (a gRPC thread): only enqueue.
   void Inbox(const upkeep::v1::ControllerMessage& msg);
@@ -90,11 +120,26 @@ class AgentClient {
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   std::shared_ptr<Link> link_ ABSL_GUARDED_BY(mu_);  // the current stream, if any
   bool link_done_ ABSL_GUARDED_BY(mu_) = false;
-  std::optional<std::vector<upkeep::v1::Stack>> desired_ ABSL_GUARDED_BY(mu_);
+  std::optional<upkeep::v1::DesiredState> desired_ ABSL_GUARDED_BY(mu_);  // not yet applied
+  std::optional<upkeep::v1::DesiredState> last_desired_ ABSL_GUARDED_BY(mu_);
+  // Since when no stream has been up (InfinitePast: one is up, or none was ever tried).
+  absl::Time down_since_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  bool executing_ ABSL_GUARDED_BY(mu_) = false;
+  bool executing_autonomous_ ABSL_GUARDED_BY(mu_) = false;
+  std::shared_ptr<LocalDecider> decider_ ABSL_GUARDED_BY(mu_);
+  bool autonomous_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time autonomous_since_ ABSL_GUARDED_BY(mu_);
+  std::vector<upkeep::v1::ActionResult> late_ ABSL_GUARDED_BY(mu_);    // after Stop deciding
+  std::optional<upkeep::v1::Handback> handback_ ABSL_GUARDED_BY(mu_);  // until acknowledged
+  absl::Time handed_back_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  // Serialises entering autonomy against opening a stream (never two deciders).
+  absl::Mutex transition_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  std::unique_ptr<DesiredCache> cache_;
   std::deque<upkeep::v1::Action> actions_ ABSL_GUARDED_BY(mu_);
   std::deque<upkeep::v1::ActionResult> unsent_ ABSL_GUARDED_BY(mu_);
   std::thread supervisor_;
   std::thread action_thread_;
+  std::thread autonomy_thread_;
 };
 
 }  // namespace upkeep::agent

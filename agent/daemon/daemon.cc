@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "agent/act/executor.h"
 #include "agent/daemon/agent_client.h"
 #include "agent/daemon/host.h"
@@ -54,7 +55,10 @@ int RunDaemon(int argc, char** argv) {
       ok = value(&options.tls_cert);
     else if (a == "--tls-key")
       ok = value(&options.tls_key);
-    else if (a == "--log-json")
+    else if (a == "--autonomous-after") {
+      std::string d;
+      ok = value(&d) && absl::ParseDuration(d, &options.autonomous_after);
+    } else if (a == "--log-json")
       json = true;
     else if (a == "--insecure")
       options.insecure = true;
@@ -65,8 +69,10 @@ int RunDaemon(int argc, char** argv) {
           stderr,
           "usage: upkeep-agent --controller ADDR[,ADDR...] --host-id ID --data DIR "
           "[--docker-socket PATH] [--allow-exec DIR ...] [--tls-ca F --tls-cert F --tls-key F] "
-          "[--insecure] "
+          "[--insecure] [--autonomous-after DURATION (default 3s; 0: never)] "
           "[--log-json]\n"
+          "       upkeep-agent --standalone -f MANIFESTS --data DIR [--host-id ID] "
+          "[--allow-exec DIR ...]\n"
           "       upkeep-agent observe -f STACK.yaml [-o json|text]\n"
           "       upkeep-agent act -f STACK.yaml ACTION TARGET\n");
       return 2;

@@ -16,11 +16,11 @@ namespace {
 
 namespace v1 = upkeep::v1;
 
-std::string NewActionId(absl::Time now) {
+std::string NewActionIdWithPrefix(const std::string& prefix, absl::Time now) {
   static absl::Mutex mu(absl::kConstInit);
   static std::mt19937_64* rng = new std::mt19937_64(std::random_device{}());
   absl::MutexLock lock(&mu);
-  return absl::StrFormat("%x-%08x", absl::ToUnixNanos(now), (*rng)() & 0xffffffffu);
+  return absl::StrFormat("%s%x-%08x", prefix, absl::ToUnixNanos(now), (*rng)() & 0xffffffffu);
 }
 
 // What memory keeps of a record: outputs and the decision path live only in the store.
@@ -71,15 +71,17 @@ v1::ActionRecord ActionDispatcher::NewRecordLocked(const WorkKey& key, const v1:
   const absl::Time now = clock_->Now();
   v1::ActionRecord record;
   *record.mutable_action() = action;
-  record.mutable_action()->set_id(NewActionId(now));
+  record.mutable_action()->set_id(NewActionIdWithPrefix(options_.id_prefix, now));
   record.mutable_action()->set_stack(key.stack);
   record.mutable_action()->set_host(key.host);
   *record.mutable_action()->mutable_deadline() = ToProto(now + options_.action_deadline);
   *record.mutable_requested_at() = ToProto(now);
+  *record.mutable_action()->mutable_requested_at() = ToProto(now);
   record.set_verification(decision::IsRepair(action.kind()) ? v1::VERIFICATION_PENDING
                                                             : v1::VERIFICATION_UNSPECIFIED);
   record.set_manual(manual);
   record.set_why(why);
+  if (options_.autonomous) record.mutable_action()->set_autonomous(true);
   return record;
 }
 
@@ -250,7 +252,7 @@ void ActionDispatcher::RecordWouldDo(const WorkKey& key,
     for (const auto& a : would_do) {
       v1::ActionRecord rec;
       *rec.mutable_action() = a.action();
-      rec.mutable_action()->set_id(NewActionId(now));
+      rec.mutable_action()->set_id(NewActionIdWithPrefix(options_.id_prefix, now));
       rec.mutable_action()->set_stack(key.stack);
       rec.mutable_action()->set_host(key.host);
       *rec.mutable_requested_at() = ToProto(now);
@@ -379,6 +381,27 @@ WorkKey ActionDispatcher::OnResult(const std::string& host, const v1::ActionResu
   return key;
 }
 
+int ActionDispatcher::RecordAutonomous(const WorkKey& key,
+                                       const std::vector<v1::ActionRecord>& records) {
+  int recorded = 0;
+  for (const auto& r : records) {
+    if (r.action().id().empty() || !r.action().autonomous()) continue;
+    {
+      absl::MutexLock lock(&mu_);
+      if (index_.count(r.action().id())) continue;  // handed back before
+    }
+    if (store_->GetAction(r.action().id()).ok()) continue;
+    if (absl::Status st = store_->PutAction(r); !st.ok()) {
+      UPKEEP_LOG(error, "store_failed", {{"what", "autonomous"}, {"error", std::string(st.message())}});
+      continue;
+    }
+    absl::MutexLock lock(&mu_);
+    AppendLocked(key, r);
+    ++recorded;
+  }
+  return recorded;
+}
+
 void ActionDispatcher::ResendPending(const std::string& host,
                                      const std::vector<std::string>& stacks) {
   std::vector<v1::Action> resend;
@@ -434,7 +457,7 @@ void ActionDispatcher::ResetBudgets(const WorkKey& key, const std::vector<std::s
     const absl::Time now = clock_->Now();
     for (const auto& target : targets) {
       v1::ActionRecord r;
-      r.mutable_action()->set_id(NewActionId(now));
+      r.mutable_action()->set_id(NewActionIdWithPrefix(options_.id_prefix, now));
       r.mutable_action()->set_kind(v1::ACTION_KIND_RESET_BUDGET);
       r.mutable_action()->set_target(target);
       r.mutable_action()->set_stack(key.stack);

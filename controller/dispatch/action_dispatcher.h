@@ -52,6 +52,10 @@ struct DispatcherOptions {
   // longest window its policy looks back over).
   absl::Duration keep_for = absl::Minutes(15);
   size_t max_per_key = 256;  // hard cap, whatever keep_for says
+  // An agent deciding on its own (agent/autonomy) runs a dispatcher too: its ids start with
+  // this prefix ("auto-<host>-") and its actions are marked autonomous.
+  std::string id_prefix;
+  bool autonomous = false;
 };
 
 using History = std::shared_ptr<const std::vector<upkeep::v1::ActionRecord>>;
@@ -99,6 +103,10 @@ class ActionDispatcher {
 
   // An agent's result. Returns the key it belongs to (nullopt-like empty stack when unknown).
   WorkKey OnResult(const std::string& host, const upkeep::v1::ActionResult& result);
+  // Actions an agent decided on its own while partitioned (Hello.handback): recorded as they
+  // are, once per id (already known ids are skipped), so policy counts them. Returns how many
+  // were new.
+  int RecordAutonomous(const WorkKey& key, const std::vector<upkeep::v1::ActionRecord>& records);
   // Re-sends every unanswered action of `host`'s keys.
   void ResendPending(const std::string& host, const std::vector<std::string>& stacks);
 

@@ -252,6 +252,9 @@ void Reconciler::Connected(const std::string& host, const v1::Hello& hello) {
     h.capabilities.assign(hello.capabilities().begin(), hello.capabilities().end());
     CountConnectedLocked();
   }
+  // What the agent decided on its own while cut off: recorded before anyone decides for the
+  // host again (the agent stopped deciding before its hello).
+  if (hello.has_handback()) RecordHandback(host, hello.handback());
   SendDesired(host);
   std::vector<std::string> stacks = StacksOf(host);
   // Actions sent but never answered: the same id again (the agent replays, never redoes).
@@ -262,6 +265,42 @@ void Reconciler::Connected(const std::string& host, const v1::Hello& hello) {
   }
   absl::MutexLock lock(&mu_);
   EnqueueHostLocked(host);
+}
+
+void Reconciler::RecordHandback(const std::string& host, const v1::Handback& handback) {
+  std::map<WorkKey, std::vector<v1::ActionRecord>> by_key;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& r : handback.actions()) {
+      auto it = stacks_.find(r.action().stack());
+      // Only this host's own targets: an agent cannot write another host's history.
+      if (it == stacks_.end() || !Names(it->second, host) || r.action().host() != host) continue;
+      by_key[WorkKey{r.action().stack(), host}].push_back(r);
+    }
+  }
+  int recorded = 0;
+  for (const auto& [key, records] : by_key) recorded += dispatcher_.RecordAutonomous(key, records);
+  const std::vector<std::string> stacks = StacksOf(host);
+  const std::set<std::string> mine(stacks.begin(), stacks.end());
+  for (v1::Event e : handback.events()) {
+    if (!e.stack().empty() && !mine.count(e.stack())) continue;
+    e.set_seq(0);
+    e.set_host(host);
+    e.set_message(absl::StrCat("[autonomous] ", e.message()));
+    events_.Publish(std::move(e));
+  }
+  std::string dropped;
+  if (handback.dropped_actions() + handback.dropped_events() > 0) {
+    dropped = absl::StrCat(" (", handback.dropped_actions(), " older actions and ",
+                           handback.dropped_events(), " older events dropped by the agent)");
+  }
+  for (const auto& stack : stacks) {
+    events_.Publish("Normal", "AutonomyHandedBack", stack, host, "",
+                    absl::StrCat("agent ", host, " decided on its own from ",
+                                 absl::FormatTime(FromProto(handback.autonomous_since())), " to ",
+                                 absl::FormatTime(FromProto(handback.autonomous_until())), ": ",
+                                 recorded, " actions recorded", dropped));
+  }
 }
 
 void Reconciler::Observed(const std::string& host, v1::ObservationReport report) {
@@ -324,10 +363,12 @@ void Reconciler::SendDesired(const std::string& host) {
         v1::Stack* out = msg.mutable_desired()->add_stacks();
         *out = s;
         out->clear_status();
+        out->mutable_status()->set_paused(s.status().paused());  // the agent honours it alone
         revision = std::max(revision, s.metadata().revision());
       }
     }
     msg.mutable_desired()->set_revision(revision);
+    msg.mutable_desired()->set_host_paused(paused_hosts_.count(host) > 0);
   }
   if (hub_ != nullptr) hub_->Send(host, std::move(msg));
 }
@@ -751,11 +792,17 @@ absl::Status Reconciler::SetPaused(const std::string& stack, const std::string& 
   for (const auto& [key, targets] : resets) {
     dispatcher_.ResetBudgets(key, targets, "resumed by a person", who);
   }
+  std::vector<std::string> tell;  // hosts whose agents keep pause as last known
   {
     absl::MutexLock lock(&mu_);
     if (!stack.empty()) EnqueueStackLocked(stack);
     if (!host.empty()) EnqueueHostLocked(host);
+    if (!host.empty()) tell.push_back(host);
+    if (auto it = stacks_.find(stack); !stack.empty() && it != stacks_.end()) {
+      tell.assign(it->second.spec().hosts().begin(), it->second.spec().hosts().end());
+    }
   }
+  for (const auto& h : tell) SendDesired(h);
   events_.Publish("Normal", paused ? "Paused" : "Resumed", stack, host, "",
                   absl::StrCat(stack.empty() ? "host " + host : "stack " + stack,
                                paused ? " paused" : " resumed", who.empty() ? "" : " by " + who,

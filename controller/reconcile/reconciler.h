@@ -121,6 +121,7 @@ class Reconciler : public AgentListener {
   void TimerLoop();
   void DrainInbox(const std::string& host);
   void Connected(const std::string& host, const upkeep::v1::Hello& hello);
+  void RecordHandback(const std::string& host, const upkeep::v1::Handback& handback);
   void Observed(const std::string& host, upkeep::v1::ObservationReport report);
   void Disconnected(const std::string& host);
   void Reconcile(const WorkKey& key);
