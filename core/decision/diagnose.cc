@@ -585,7 +585,8 @@ class Engine {
       (*f->mutable_evidence())["restarts_in_window"] = absl::StrCat(used);
       (*f->mutable_evidence())["healthy_now"] = "true";
     }
-    if (const int flaps = policy::FlapsInEpisode(policy, history_, name, now_); flaps > 0) {
+    if (const int flaps = policy::FlapsInEpisode(policy, history_, name, now_, ServiceHealthy(o));
+        flaps > 0) {
       v1::PathNode* n = Node("service.flapping", name, absl::StrCat("yes: ", flaps, " relapses"));
       Ev(n, "healthy_reset", absl::FormatDuration(FromProto(policy.healthy_reset())));
       v1::Finding* f = Find(

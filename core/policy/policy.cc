@@ -73,9 +73,21 @@ Streak FailedStreak(absl::Span<const v1::ActionRecord> history, const std::strin
 }
 
 int FlapsInEpisode(const v1::PolicySpec& spec, absl::Span<const v1::ActionRecord> history,
-                   const std::string& target, absl::Time now) {
-  const Streak s = FailedStreak(history, target, v1::ACTION_KIND_RESTART_SERVICE,
-                                FromProto(spec.healthy_reset()), now);
+                   const std::string& target, absl::Time now, bool holding) {
+  const absl::Duration held_for = FromProto(spec.healthy_reset());
+  Streak s = FailedStreak(history, target, v1::ACTION_KIND_RESTART_SERVICE, held_for, now);
+  if (holding && s.fixed > 0) {
+    // FailedStreak measures the newest fix against `now`, as if it needed repair again (right
+    // for backoff, which judges a new repair). While the target is healthy that fix has not
+    // failed yet: it is no relapse, at most the start of the next one.
+    for (auto it = history.rbegin(); it != history.rend(); ++it) {
+      if (it->action().target() != target || it->dry_run()) continue;
+      if (it->action().kind() == v1::ACTION_KIND_RESET_BUDGET) break;
+      if (!SameClass(it->action().kind(), v1::ACTION_KIND_RESTART_SERVICE)) continue;
+      if (it->verification() == v1::VERIFICATION_FIXED) --s.fixed;  // counted by FailedStreak
+      break;
+    }
+  }
   return s.fixed >= 2 ? s.fixed : 0;
 }
 

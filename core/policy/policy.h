@@ -41,9 +41,10 @@ Streak FailedStreak(absl::Span<const upkeep::v1::ActionRecord> history, const st
 // How often `target` flapped at `now`: its start/restart repairs that worked and then did not
 // hold for `healthy_reset`, since the last fix that held. 0 below two (one relapse is not a
 // flap). Diagnose raises one Flapping alert for the whole episode from this, not one per flap.
+// `holding`: the target is healthy now, so its newest fix has not failed (yet) and is no relapse.
 int FlapsInEpisode(const upkeep::v1::PolicySpec& spec,
                    absl::Span<const upkeep::v1::ActionRecord> history, const std::string& target,
-                   absl::Time now);
+                   absl::Time now, bool holding = false);
 
 // Same class: service start/restart form one class (a restart after a failed start backs
 // off); nginx reload/restart/start form another; logs and config tests are never limited.

@@ -98,6 +98,20 @@ TEST(Policy, BackoffGrowsAcrossFlapsUntilAFixHoldsForHealthyReset) {
   EXPECT_EQ(Judge(spec, h, h.back().action(), later, false).policy(), v1::POLICY_VERDICT_ALLOWED);
 }
 
+TEST(Policy, TheNewestFixIsNoRelapseWhileItHolds) {
+  const auto spec = Spec(absl::Hours(1), absl::Minutes(5), 10);
+  // Started, crashed once, started again and healthy since: one relapse, not a flap.
+  std::vector<v1::ActionRecord> h = {Restart(kT0, v1::VERIFICATION_FIXED),
+                                     Restart(kT0 + absl::Seconds(5), v1::VERIFICATION_FIXED)};
+  const absl::Time now = kT0 + absl::Seconds(6);
+  EXPECT_EQ(FlapsInEpisode(spec, h, "backend", now, /*holding=*/true), 0);
+  // Unhealthy again: the newest fix failed too; two relapses are a flap.
+  EXPECT_EQ(FlapsInEpisode(spec, h, "backend", now, /*holding=*/false), 2);
+  // Repaired a third time and healthy: the two relapses still make the episode.
+  h.push_back(Restart(kT0 + absl::Seconds(7), v1::VERIFICATION_FIXED));
+  EXPECT_EQ(FlapsInEpisode(spec, h, "backend", kT0 + absl::Seconds(8), /*holding=*/true), 2);
+}
+
 TEST(Policy, ARunOfFailedRepairsIsNotAFlap) {
   const auto spec = Spec(absl::Hours(1), absl::Minutes(5), 10);
   std::vector<v1::ActionRecord> h = {Restart(kT0, v1::VERIFICATION_NOT_FIXED),
