@@ -1070,8 +1070,20 @@ class Engine {
     for (const auto& a : d_.actions()) {
       acting |= a.policy() == v1::POLICY_VERDICT_ALLOWED;
     }
+    // An alert about the past (the service flapped, crash-looped) while it is healthy now is
+    // told to people, but the stack serves: it is not DEGRADED (Ready stays true).
     bool alert = false;
-    for (const auto& f : d_.findings()) alert |= f.severity() == v1::SEVERITY_ALERT;
+    for (const auto& f : d_.findings()) {
+      if (f.severity() != v1::SEVERITY_ALERT) continue;
+      const auto healthy_now = f.evidence().find("healthy_now");
+      const bool history_only =
+          f.code() == "Flapping" || (f.code() == "CrashLooping" &&
+                                     healthy_now != f.evidence().end() &&
+                                     healthy_now->second == "true");
+      const auto svc = services_.find(f.target());
+      if (history_only && svc != services_.end() && ServiceHealthy(*svc->second)) continue;
+      alert = true;
+    }
     if (acting) return v1::VERDICT_REPAIRING;
     if (alert) return v1::VERDICT_DEGRADED;
     if (waiting_ || d_.actions_size() > 0) return v1::VERDICT_WAITING;
