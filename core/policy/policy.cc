@@ -74,21 +74,34 @@ Streak FailedStreak(absl::Span<const v1::ActionRecord> history, const std::strin
 
 int FlapsInEpisode(const v1::PolicySpec& spec, absl::Span<const v1::ActionRecord> history,
                    const std::string& target, absl::Time now, bool holding) {
+  // A relapse: a start/restart that worked and was needed again within healthyReset. "Worked"
+  // is verified FIXED, or succeeded and was followed by another (a service that crashes as soon
+  // as it serves is judged NOT_FIXED or not judged at all before the next one). While the target is healthy
+  // the newest one has not failed yet: it is no relapse, at most the start of the next one.
   const absl::Duration held_for = FromProto(spec.healthy_reset());
-  Streak s = FailedStreak(history, target, v1::ACTION_KIND_RESTART_SERVICE, held_for, now);
-  if (holding && s.fixed > 0) {
-    // FailedStreak measures the newest fix against `now`, as if it needed repair again (right
-    // for backoff, which judges a new repair). While the target is healthy that fix has not
-    // failed yet: it is no relapse, at most the start of the next one.
-    for (auto it = history.rbegin(); it != history.rend(); ++it) {
-      if (it->action().target() != target || it->dry_run()) continue;
-      if (it->action().kind() == v1::ACTION_KIND_RESET_BUDGET) break;
-      if (!SameClass(it->action().kind(), v1::ACTION_KIND_RESTART_SERVICE)) continue;
-      if (it->verification() == v1::VERIFICATION_FIXED) --s.fixed;  // counted by FailedStreak
-      break;
+  if (held_for <= absl::ZeroDuration()) return 0;
+  int flaps = 0;
+  bool newest = true;
+  absl::Time next = now;  // when the target needed the next action of the class
+  for (auto it = history.rbegin(); it != history.rend(); ++it) {
+    if (it->action().target() != target || it->dry_run()) continue;
+    if (it->action().kind() == v1::ACTION_KIND_RESET_BUDGET) break;
+    if (!SameClass(it->action().kind(), v1::ACTION_KIND_RESTART_SERVICE)) continue;
+    const bool fixed = it->verification() == v1::VERIFICATION_FIXED;
+    const bool succeeded = it->result().outcome() == v1::ACTION_OUTCOME_SUCCEEDED;
+    const bool worked = fixed || (succeeded && !newest);
+    const bool relapsed = worked && !(newest && holding);
+    newest = false;
+    if (worked) {
+      const absl::Time fixed_at = it->result().has_finished_at()
+                                      ? FromProto(it->result().finished_at())
+                                      : FromProto(it->requested_at());
+      if (next - fixed_at >= held_for) break;  // the fix held: the episode starts after it
+      if (relapsed) ++flaps;
     }
+    next = FromProto(it->requested_at());
   }
-  return s.fixed >= 2 ? s.fixed : 0;
+  return flaps >= 2 ? flaps : 0;
 }
 
 v1::PlannedAction Judge(const v1::PolicySpec& spec, absl::Span<const v1::ActionRecord> history,
