@@ -259,8 +259,7 @@ grpc::Status FleetServiceImpl::RunAction(grpc::ServerContext* ctx, const v1::Run
   return grpc::Status::OK;
 }
 
-grpc::Status FleetServiceImpl::ListNotifiers(grpc::ServerContext*,
-                                             const v1::ListNotifiersRequest*,
+grpc::Status FleetServiceImpl::ListNotifiers(grpc::ServerContext*, const v1::ListNotifiersRequest*,
                                              v1::ListNotifiersResponse* resp) {
   if (notifiers_ == nullptr) return grpc::Status::OK;
   for (auto& n : notifiers_->List()) *resp->add_notifiers() = std::move(n);

@@ -13,8 +13,7 @@ namespace upkeep::controller {
 
 class FleetServiceImpl : public upkeep::v1::FleetService::Service {
  public:
-  FleetServiceImpl(Reconciler* reconciler, Store* store)
-      : reconciler_(reconciler), store_(store) {}
+  FleetServiceImpl(Reconciler* reconciler, Store* store) : reconciler_(reconciler), store_(store) {}
 
   grpc::Status Apply(grpc::ServerContext*, const upkeep::v1::ApplyRequest*,
                      upkeep::v1::ApplyResponse*) override;

@@ -1076,10 +1076,9 @@ class Engine {
     for (const auto& f : d_.findings()) {
       if (f.severity() != v1::SEVERITY_ALERT) continue;
       const auto healthy_now = f.evidence().find("healthy_now");
-      const bool history_only =
-          f.code() == "Flapping" || (f.code() == "CrashLooping" &&
-                                     healthy_now != f.evidence().end() &&
-                                     healthy_now->second == "true");
+      const bool history_only = f.code() == "Flapping" ||
+                                (f.code() == "CrashLooping" && healthy_now != f.evidence().end() &&
+                                 healthy_now->second == "true");
       const auto svc = services_.find(f.target());
       if (history_only && svc != services_.end() && ServiceHealthy(*svc->second)) continue;
       alert = true;

@@ -17,8 +17,8 @@ namespace upkeep::manifest {
 
 struct ManifestError {
   std::string file;
-  int line = 0;        // 1-based; 0 when unknown
-  std::string field;   // e.g. "spec.services[0].port"
+  int line = 0;       // 1-based; 0 when unknown
+  std::string field;  // e.g. "spec.services[0].port"
   std::string message;
   // "FILE:LINE: field: message"
   std::string ToString() const;

@@ -76,8 +76,8 @@ int FlapsInEpisode(const v1::PolicySpec& spec, absl::Span<const v1::ActionRecord
                    const std::string& target, absl::Time now, bool holding) {
   // A relapse: a start/restart that worked and was needed again within healthyReset. "Worked"
   // is verified FIXED, or succeeded and was followed by another (a service that crashes as soon
-  // as it serves is judged NOT_FIXED or not judged at all before the next one). While the target is healthy
-  // the newest one has not failed yet: it is no relapse, at most the start of the next one.
+  // as it serves is judged NOT_FIXED or not judged at all before the next one). While the target is
+  // healthy the newest one has not failed yet: it is no relapse, at most the start of the next one.
   const absl::Duration held_for = FromProto(spec.healthy_reset());
   if (held_for <= absl::ZeroDuration()) return 0;
   int flaps = 0;

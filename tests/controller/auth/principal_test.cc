@@ -74,8 +74,7 @@ TEST(Authorize, RoleTable) {
       {admin, "/upkeep.v1.FleetService/NotYetInvented", kDenied},
       // Server reflection is a read: a viewer may list the services (grpcurl, grpc_cli).
       {viewer, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", kOk},
-      {Agent("web-1"), "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-       kDenied},
+      {Agent("web-1"), "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", kDenied},
       {Agent("web-1"), "/upkeep.v1.AgentService/Connect", kOk},
       {Agent("web-1"), "/upkeep.v1.FleetService/ListStacks", kDenied},
       {Agent("web-1"), "/upkeep.v1.FleetService/Apply", kDenied},
