@@ -506,8 +506,11 @@ void Reconciler::Reconcile(const WorkKey& key) {
       ks.problem_since = absl::InfinitePast();
     }
     problem_since = ks.problem_since;
-    // Alerts once per (code, target) until they clear.
-    std::set<std::string> current;
+    // Alerts once per (code, target) until they clear. A verdict that judged nothing (a repair
+    // in flight, no fresh observation) clears nothing: the alerts stand until a diagnosis that
+    // looked again says they are gone.
+    std::set<std::string> current =
+        decision::Judged(d) ? std::set<std::string>() : ks.active_alerts;
     for (const auto& f : d.findings()) {
       if (f.severity() != v1::SEVERITY_ALERT) continue;
       const std::string id = absl::StrCat(f.code(), "/", f.target());

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -1138,6 +1139,14 @@ upkeep::v1::Diagnosis Diagnose(const upkeep::v1::Stack& desired,
                                absl::Span<const upkeep::v1::ActionRecord> history, absl::Time now,
                                const DiagnoseOptions& options) {
   return Engine(desired, observed, history, now, options).Run();
+}
+
+bool Judged(const upkeep::v1::Diagnosis& d) {
+  if (d.verdict() == v1::VERDICT_UNKNOWN) return false;
+  for (const auto& n : d.path()) {
+    if (n.step() == "action.in_flight" && absl::StartsWith(n.decision(), "yes")) return false;
+  }
+  return true;
 }
 
 }  // namespace upkeep::decision

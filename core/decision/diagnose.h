@@ -24,6 +24,11 @@ upkeep::v1::Diagnosis Diagnose(const upkeep::v1::Stack& desired,
                                absl::Span<const upkeep::v1::ActionRecord> history, absl::Time now,
                                const DiagnoseOptions& options = {});
 
+// Whether `d` looked at the stack at all: false when it stopped before the checks (agent not
+// connected, observation stale, a repair's result not back yet). Such a diagnosis says nothing
+// about alerts, so none of them clears on it.
+bool Judged(const upkeep::v1::Diagnosis& d);
+
 }  // namespace upkeep::decision
 
 #endif  // UPKEEP_CORE_DECISION_DIAGNOSE_H_

@@ -68,23 +68,6 @@ absl::Time LastReconcile(StackHarness& h) {
   return FromProto(d->stack().status().last_reconcile());
 }
 
-std::string Summary(StackHarness& h) {
-  std::string s;
-  if (auto actions = h.Actions(); actions.ok()) {
-    for (const auto& a : *actions) {
-      absl::StrAppend(&s, "\n  action ", v1::ActionKind_Name(a.action().kind()), " ",
-                      a.action().target(), " -> ", v1::ActionOutcome_Name(a.result().outcome()),
-                      " ", a.result().output().substr(0, 300));
-    }
-  }
-  if (auto events = h.Events(0); events.ok()) {
-    for (const auto& e : *events) {
-      absl::StrAppend(&s, "\n  event ", e.type(), " ", e.reason(), ": ", e.message());
-    }
-  }
-  return s;
-}
-
 class CausesTest : public ::testing::TestWithParam<Runtime> {
  protected:
   std::unique_ptr<StackHarness> StartStack(HarnessOptions options = {}) {

@@ -84,4 +84,32 @@ void DockerEnv::Start() {
   }
 }
 
+std::string Summary(StackHarness& h) {
+  namespace v1 = upkeep::v1;
+  std::string s;
+  if (auto actions = h.Actions(); actions.ok()) {
+    for (const auto& a : *actions) {
+      absl::StrAppend(&s, "\n  action ", v1::ActionKind_Name(a.action().kind()), " ",
+                      a.action().target(), " -> ", v1::ActionOutcome_Name(a.result().outcome()),
+                      a.dry_run() ? " (dry-run) " : " ", a.result().output().substr(0, 300));
+    }
+  }
+  if (auto events = h.Events(0); events.ok()) {
+    for (const auto& e : *events) {
+      absl::StrAppend(&s, "\n  event ", e.type(), " ", e.reason(), ": ", e.message());
+    }
+  }
+  if (auto d = h.Describe(); d.ok()) {
+    for (const auto& diagnosis : d->stack().status().diagnoses()) {
+      absl::StrAppend(&s, "\n  last diagnosis on ", diagnosis.host(), ": ",
+                      v1::Verdict_Name(diagnosis.verdict()), " ", diagnosis.summary());
+      for (const auto& n : diagnosis.path()) {
+        absl::StrAppend(&s, "\n    ", n.step(), "[", n.target(), "] = ", n.decision());
+        for (const auto& [k, v] : n.evidence()) absl::StrAppend(&s, " ", k, "=", v);
+      }
+    }
+  }
+  return s;
+}
+
 }  // namespace upkeep::demo

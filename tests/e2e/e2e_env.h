@@ -1,11 +1,18 @@
-// The Docker side of the e2e suite: one private dockerd per test binary (started on first
-// use, stopped at exit) with the sample-service image imported.
+// What the e2e suite shares: one private dockerd per test binary (started on first use,
+// stopped at exit) with the sample-service image imported, and the summary a failing case
+// prints.
 #ifndef UPKEEP_TESTS_E2E_E2E_ENV_H_
 #define UPKEEP_TESTS_E2E_E2E_ENV_H_
 
 #include <string>
 
+#include "demo/harness.h"
+
 namespace upkeep::demo {
+
+// What happened to the stack, for a failing assertion: every action with its outcome and the
+// start of its output, every event, and the last diagnosis of each host with its path.
+std::string Summary(StackHarness& h);
 
 class DockerEnv {
  public:

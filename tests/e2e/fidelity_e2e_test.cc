@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "demo/harness.h"
 #include "gtest/gtest.h"
+#include "tests/e2e/e2e_env.h"
 #include "tests/support/net.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/wait.h"
@@ -62,24 +63,6 @@ class FidelityTest : public ::testing::Test {
       if (e.reason() == "Alert" && absl::StartsWith(e.message(), code + ":")) ++n;
     }
     return n;
-  }
-
-  static std::string Summary(StackHarness& h) {
-    std::string s;
-    auto actions = h.Actions();
-    if (actions.ok()) {
-      for (const auto& a : *actions) {
-        absl::StrAppend(&s, "\n  action ", v1::ActionKind_Name(a.action().kind()), " ",
-                        a.action().target(), " -> ", v1::ActionOutcome_Name(a.result().outcome()));
-      }
-    }
-    auto events = h.Events(0);
-    if (events.ok()) {
-      for (const auto& e : *events) {
-        absl::StrAppend(&s, "\n  event ", e.type(), " ", e.reason(), ": ", e.message());
-      }
-    }
-    return s;
   }
 
   std::string NginxConfig() const { return dir_.Join("nginx/nginx.conf"); }

@@ -51,26 +51,6 @@ std::vector<Event> EventsWithReason(StackHarness& h, const std::string& reason, 
   return out;
 }
 
-std::string Summary(StackHarness& h) {
-  std::string s;
-  auto actions = h.Actions();
-  if (actions.ok()) {
-    for (const auto& a : *actions) {
-      absl::StrAppend(&s, "\n  action ", upkeep::v1::ActionKind_Name(a.action().kind()), " ",
-                      a.action().target(), " -> ",
-                      upkeep::v1::ActionOutcome_Name(a.result().outcome()),
-                      a.dry_run() ? " (dry-run)" : "");
-    }
-  }
-  auto events = h.Events(0);
-  if (events.ok()) {
-    for (const auto& e : *events) {
-      absl::StrAppend(&s, "\n  event ", e.type(), " ", e.reason(), ": ", e.message());
-    }
-  }
-  return s;
-}
-
 class RunbookTest : public ::testing::TestWithParam<Runtime> {
  protected:
   std::unique_ptr<StackHarness> StartStack(HarnessOptions options = {}) {

@@ -1,4 +1,5 @@
-// A temporary directory removed (recursively) when the object goes away.
+// A temporary directory removed (recursively) when the object goes away, unless
+// UPKEEP_KEEP_TEST_DIRS is set (to read the logs of daemons a failing test started).
 #ifndef UPKEEP_TESTS_SUPPORT_TEMP_DIR_H_
 #define UPKEEP_TESTS_SUPPORT_TEMP_DIR_H_
 
@@ -15,6 +16,7 @@ class TempDir {
     path_ = ::mkdtemp(tmpl.data());
   }
   ~TempDir() {
+    if (const char* keep = std::getenv("UPKEEP_KEEP_TEST_DIRS"); keep != nullptr && *keep) return;
     std::error_code ec;
     std::filesystem::remove_all(path_, ec);
   }

@@ -504,6 +504,65 @@ TEST_F(ControllerTest, NoActionIsSentWhileTheStoreCannotRecordIt) {
   EXPECT_TRUE(c.store().GetAction(a.actions()[0].id()).ok());
 }
 
+// An alert stands while a repair is in flight: a diagnosis that waits for a result looked at
+// nothing, so it clears nothing (the e2e saw "Flapping" resolved and raised again mid-repair).
+TEST_F(ControllerTest, AnAlertIsNotResolvedWhileARepairIsInFlight) {
+  Controller c(dir_.path());
+  v1::ApplyResponse resp;
+  ASSERT_TRUE(c.Apply(StackYaml("h1"), &resp).ok());
+  RawAgent a(c.channel());
+  ASSERT_TRUE(a.Hello("h1"));
+  ASSERT_TRUE(WaitFor([&] { return a.has_desired(); }));
+  auto with_full_disk = [](v1::AgentMessage m) {
+    v1::FilesystemUsage* fs =
+        m.mutable_observation()->mutable_stacks(0)->mutable_host()->add_filesystems();
+    fs->set_mount("/var/log");
+    fs->set_used_percent(99);
+    fs->add_holds("nginx logs");
+    return m;
+  };
+  auto count = [&](const std::string& reason) {
+    size_t n = 0;
+    auto events = c.store().ListEvents("shop", 0, 1000);
+    for (const auto& e : *events) {
+      n += e.reason() == reason && absl::StrContains(e.message(), "DiskFull");
+    }
+    return n;
+  };
+  ASSERT_TRUE(a.Send(with_full_disk(Observation("h1", false))));
+  ASSERT_TRUE(WaitFor([&] { return !a.actions().empty() && count("Alert") == 1; }));
+  // The start is not answered; the next observation is diagnosed as waiting for its result.
+  ASSERT_TRUE(a.Send(with_full_disk(Observation("h1", false))));
+  ASSERT_TRUE(WaitFor([&] {
+    auto stack = c.reconciler().GetStack("shop");
+    if (!stack.ok() || stack->status().diagnoses_size() != 1) return false;
+    for (const auto& n : stack->status().diagnoses(0).path()) {
+      if (n.step() == "action.in_flight" && absl::StartsWith(n.decision(), "yes")) return true;
+    }
+    return false;
+  }));
+  EXPECT_EQ(count("Resolved"), 0u) << "the alert cleared on a diagnosis that judged nothing";
+  // The disk is freed and the start answered: the next diagnosis looks again and clears it.
+  const v1::Action act = a.actions()[0];
+  v1::AgentMessage result;
+  result.mutable_action_result()->set_id(act.id());
+  result.mutable_action_result()->set_kind(act.kind());
+  result.mutable_action_result()->set_target(act.target());
+  result.mutable_action_result()->set_outcome(v1::ACTION_OUTCOME_SUCCEEDED);
+  *result.mutable_action_result()->mutable_finished_at() = ToProto(absl::Now());
+  ASSERT_TRUE(a.Send(result));
+  ASSERT_TRUE(a.Send(Observation("h1", true)));
+  EXPECT_TRUE(WaitFor([&] { return count("Resolved") == 1; })) << [&] {
+    std::string out;
+    auto events = c.store().ListEvents("shop", 0, 1000);
+    for (const auto& e : *events) {
+      absl::StrAppend(&out, "\n", e.reason(), ": ", e.message());
+    }
+    return out;
+  }();
+  EXPECT_EQ(count("Alert"), 1u);
+}
+
 // Defect: a WatchEvents handler's subscriber could run after the handler returned.
 TEST_F(ControllerTest, WatchersComeAndGoWhileEventsFlow) {
   Controller c(dir_.path());
