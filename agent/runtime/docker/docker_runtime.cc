@@ -9,14 +9,19 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <csignal>
 #include <cstring>
+#include <map>
 #include <thread>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -29,10 +34,31 @@ namespace upkeep::agent {
 namespace {
 
 using Json = nlohmann::json;
+using docker_internal::ContainerEvent;
+using docker_internal::ExitFacts;
+using docker_internal::OwnCall;
 using upkeep::v1::ServiceObservation;
 using upkeep::v1::ServiceSpec;
 
 constexpr double kMaxApiVersion = 1.41;
+
+// Bounds of what is kept to tell a person's stop from a crash.
+constexpr size_t kEventsPerContainer = 64;
+constexpr size_t kContainersKept = 512;
+constexpr size_t kOwnCallsPerContainer = 16;
+constexpr absl::Duration kOwnCallKept = absl::Minutes(10);
+
+// The container events that tell how a run ended.
+bool IsExitEvent(const std::string& action) {
+  return action == "kill" || action == "die" || action == "stop" || action == "start" ||
+         action == "restart" || action == "oom";
+}
+
+// "1700000000.123456789", as /events takes `since` and `until`.
+std::string DockerTimestamp(absl::Time t) {
+  const int64_t ns = std::max<int64_t>(0, absl::ToUnixNanos(t));
+  return absl::StrFormat("%d.%09d", ns / 1000000000, ns % 1000000000);
+}
 
 struct HttpResponse {
   long code = 0;
@@ -113,8 +139,21 @@ class DockerRuntime : public Runtime {
       return obs;
     }
     if (resp->code == 404) return obs;  // removed between list and inspect
-    auto st = FillFromInspect(resp->body, &obs);
-    if (!st.ok()) obs.set_error(absl::StrCat(ContainerSelector(spec), ": ", st.message()));
+    int stop_signal = SIGTERM;
+    auto st = FillFromInspect(resp->body, &obs, &stop_signal);
+    if (!st.ok()) {
+      obs.set_error(absl::StrCat(ContainerSelector(spec), ": ", st.message()));
+      return obs;
+    }
+    if (obs.exists() && !obs.running() && obs.has_started_at() && obs.has_finished_at() &&
+        !obs.oom_killed()) {
+      ExitFacts exit;
+      exit.started_at = upkeep::FromProto(obs.started_at());
+      exit.exit_code = obs.exit_code();
+      exit.oom_killed = obs.oom_killed();
+      exit.stop_signal = stop_signal;
+      obs.set_stopped_by_person(!OutsideStop(spec, obs.container_id(), exit).empty());
+    }
     return obs;
   }
 
@@ -247,8 +286,11 @@ class DockerRuntime : public Runtime {
     if (!prefix.ok()) return prefix.status();
     auto resp = Raw(method, *prefix + path, timeout);
     if (!resp.ok()) {
-      absl::MutexLock lock(&mu_);
-      prefix_.clear();  // the daemon may come back as another version
+      {
+        absl::MutexLock lock(&mu_);
+        prefix_.clear();  // the daemon may come back as another version
+      }
+      ForgetEvents();  // ... and as a new daemon that stopped its containers on its way out
     }
     return resp;
   }
@@ -322,10 +364,16 @@ class DockerRuntime : public Runtime {
     }
   }
 
-  static absl::Status FillFromInspect(const std::string& body, ServiceObservation* obs) {
+  static absl::Status FillFromInspect(const std::string& body, ServiceObservation* obs,
+                                      int* stop_signal) {
     try {
       const Json j = Json::parse(body);
       const Json& state = j.at("State");
+      if (j.contains("Config") && j["Config"].is_object()) {
+        const Json& sig = j["Config"].value("StopSignal", Json());
+        if (sig.is_string())
+          *stop_signal = docker_internal::ParseStopSignal(sig.get<std::string>());
+      }
       obs->set_exists(true);
       obs->set_container_id(j.value("Id", ""));
       obs->set_running(state.value("Running", false));
@@ -374,12 +422,183 @@ class DockerRuntime : public Runtime {
     if (!id.ok()) return id.status();
     const std::string what = ContainerSelector(spec);
     if (id->empty()) return absl::NotFoundError(absl::StrCat(what, ": no such container"));
+    // The kill/die/stop events of our own stop or restart are stamped while the call runs.
+    const bool stops = verb == "stop" || verb == "restart";
+    const absl::Time begin = stops ? BeginOwnCall(*id) : absl::InfinitePast();
     auto resp = Call("POST", absl::StrCat("/containers/", *id, "/", verb, query), timeout);
+    if (stops) EndOwnCall(*id, begin);
     if (!resp.ok()) return resp.status();
     if (resp->code == 204 || resp->code == 304 || resp->code == 200) return absl::OkStatus();
     if (resp->code == 404) return absl::NotFoundError(absl::StrCat(what, ": no such container"));
     return absl::UnavailableError(
         absl::StrCat(what, ": ", verb, ": HTTP ", resp->code, ": ", ErrorMessage(resp->body)));
+  }
+
+  // ---- a person's stop ----
+
+  // Why the container's last run ended by a person's stop; "" when it did not.
+  std::string OutsideStop(const ServiceSpec& spec, const std::string& id, const ExitFacts& exit) {
+    if (id.empty()) return "";
+    bool replay;
+    {
+      absl::MutexLock lock(&hist_mu_);
+      History& h = history_[id];
+      h.touched = absl::Now();
+      replay = h.replayed_run != exit.started_at;
+      // The stream saw the whole run, up to its die (events arrive in order): nothing to ask.
+      if (replay && live_since_ <= exit.started_at) {
+        for (const auto& e : h.events) {
+          if (e.action == "die" && e.at >= exit.started_at) replay = false;
+        }
+      }
+    }
+    if (replay) {
+      auto events = Replay(id, exit.started_at);
+      if (events.ok()) {
+        AddEvents(id, *events);
+        absl::MutexLock lock(&hist_mu_);
+        history_[id].replayed_run = exit.started_at;
+      } else {
+        UPKEEP_LOG(
+            warn, "docker_events_replay_failed",
+            {{"container", id.substr(0, 12)}, {"error", std::string(events.status().message())}});
+      }
+    }
+    std::vector<ContainerEvent> events;
+    std::vector<OwnCall> own;
+    {
+      absl::MutexLock lock(&hist_mu_);
+      auto it = history_.find(id);
+      if (it != history_.end()) events = it->second.events;
+      auto o = own_.find(id);
+      if (o != own_.end()) own = o->second;
+    }
+    std::string cause = docker_internal::OutsideStopCause(events, own, exit);
+    if (!cause.empty()) {
+      absl::MutexLock lock(&hist_mu_);
+      auto it = history_.find(id);
+      if (it != history_.end() && it->second.logged_run != exit.started_at) {
+        it->second.logged_run = exit.started_at;
+        UPKEEP_LOG(info, "docker_stopped_outside_upkeep",
+                   {{"service", spec.name()}, {"container", id.substr(0, 12)}, {"cause", cause}});
+      }
+    }
+    return cause;
+  }
+
+  // The container's kill/die/stop/start/restart/oom events since `started_at` from dockerd's
+  // own event buffer: one request that ends at once (`until` is now, in the past on arrival).
+  absl::StatusOr<std::vector<ContainerEvent>> Replay(const std::string& id, absl::Time started_at) {
+    const Json filters = {{"type", Json::array({"container"})}, {"container", Json::array({id})}};
+    const std::string path = absl::StrCat(
+        "/events?since=", DockerTimestamp(started_at - absl::Seconds(1)),
+        "&until=", DockerTimestamp(absl::Now()), "&filters=", UrlEncode(filters.dump()));
+    auto resp = Call("GET", path, absl::Seconds(5));
+    if (!resp.ok()) return resp.status();
+    if (resp->code != 200) {
+      return absl::UnavailableError(absl::StrCat("events of ", id.substr(0, 12), ": HTTP ",
+                                                 resp->code, ": ", ErrorMessage(resp->body)));
+    }
+    std::vector<ContainerEvent> out;
+    size_t start = 0;
+    while (start < resp->body.size()) {
+      size_t nl = resp->body.find('\n', start);
+      if (nl == std::string::npos) nl = resp->body.size();
+      const std::string line = resp->body.substr(start, nl - start);
+      start = nl + 1;
+      if (absl::StripAsciiWhitespace(line).empty()) continue;
+      try {
+        const Json ev = Json::parse(line);
+        ContainerEvent e;
+        if (ev.value("Type", "") == "container" && ev.at("Actor").value("ID", "") == id &&
+            ParseEvent(ev, &e)) {
+          out.push_back(std::move(e));
+        }
+      } catch (const std::exception&) {
+        return absl::UnavailableError(
+            absl::StrCat("events of ", id.substr(0, 12), ": unexpected line: ", Shorten(line)));
+      }
+    }
+    return out;
+  }
+
+  // An event that tells how a run ended, with its time and (kill) signal.
+  static bool ParseEvent(const Json& ev, ContainerEvent* out) {
+    const std::string action = ev.value("Action", "");
+    if (!IsExitEvent(action)) return false;
+    int64_t ns = 0;
+    if (ev.contains("timeNano") && ev["timeNano"].is_number_integer()) {
+      ns = ev["timeNano"].get<int64_t>();
+    } else if (ev.contains("time") && ev["time"].is_number_integer()) {
+      ns = ev["time"].get<int64_t>() * 1000000000;
+    } else {
+      return false;
+    }
+    out->action = action;
+    out->at = absl::FromUnixNanos(ns);
+    out->signal = 0;
+    if (action == "kill") {
+      const Json attrs = ev.at("Actor").value("Attributes", Json::object());
+      const std::string sig = attrs.value("signal", "");
+      if (!absl::SimpleAtoi(sig, &out->signal)) out->signal = docker_internal::ParseStopSignal(sig);
+    }
+    return true;
+  }
+
+  void AddEvents(const std::string& id, const std::vector<ContainerEvent>& events) {
+    absl::MutexLock lock(&hist_mu_);
+    History& h = history_[id];
+    h.touched = absl::Now();
+    for (const auto& e : events) {
+      const bool seen = std::any_of(h.events.begin(), h.events.end(), [&](const ContainerEvent& k) {
+        return k.at == e.at && k.action == e.action && k.signal == e.signal;
+      });
+      if (!seen) h.events.push_back(e);
+    }
+    std::stable_sort(h.events.begin(), h.events.end(),
+                     [](const ContainerEvent& a, const ContainerEvent& b) { return a.at < b.at; });
+    if (h.events.size() > kEventsPerContainer) {
+      h.events.erase(h.events.begin(), h.events.end() - kEventsPerContainer);
+    }
+    while (history_.size() > kContainersKept) {
+      auto oldest = history_.begin();
+      for (auto it = history_.begin(); it != history_.end(); ++it) {
+        if (it->second.touched < oldest->second.touched) oldest = it;
+      }
+      history_.erase(oldest);
+    }
+  }
+
+  // The stream broke or dockerd could not be reached: what it told may be from a daemon that
+  // has since shut down (stopping its containers as `docker stop` would). Judge again from the
+  // daemon that answers next.
+  void ForgetEvents() {
+    absl::MutexLock lock(&hist_mu_);
+    history_.clear();
+    live_since_ = absl::InfiniteFuture();
+  }
+
+  absl::Time BeginOwnCall(const std::string& id) {
+    const absl::Time now = absl::Now();
+    absl::MutexLock lock(&hist_mu_);
+    auto& calls = own_[id];
+    calls.erase(std::remove_if(calls.begin(), calls.end(),
+                               [&](const OwnCall& c) { return c.end < now - kOwnCallKept; }),
+                calls.end());
+    if (calls.size() >= kOwnCallsPerContainer) calls.erase(calls.begin());
+    calls.push_back({now, absl::InfiniteFuture()});
+    return now;
+  }
+
+  void EndOwnCall(const std::string& id, absl::Time begin) {
+    const absl::Time now = absl::Now();
+    absl::MutexLock lock(&hist_mu_);
+    for (auto& c : own_[id]) {
+      if (c.begin == begin && c.end == absl::InfiniteFuture()) {
+        c.end = now;
+        break;
+      }
+    }
   }
 
   // ---- events ----
@@ -420,15 +639,27 @@ class DockerRuntime : public Runtime {
   void HandleEvent(const std::string& line) {
     if (line.empty()) return;
     std::string action;
+    std::string id;
     Json attrs;
+    ContainerEvent event;
     try {
       const Json ev = Json::parse(line);
       if (ev.value("Type", "") != "container") return;
       action = ev.value("Action", "");
       attrs = ev.at("Actor").value("Attributes", Json::object());
+      id = ev.at("Actor").value("ID", "");
+      if (!ParseEvent(ev, &event)) event.action.clear();
     } catch (const std::exception&) {
       UPKEEP_LOG(warn, "docker_event_unparsable", {{"line", Shorten(line)}});
       return;
+    }
+    if (!id.empty()) {
+      if (action == "destroy") {
+        absl::MutexLock lock(&hist_mu_);
+        history_.erase(id);
+      } else if (!event.action.empty()) {
+        AddEvents(id, {event});
+      }
     }
     const std::string verb = action.substr(0, action.find(':'));
     static const char* kInteresting[] = {"die",           "start", "stop",    "restart", "kill",
@@ -509,6 +740,10 @@ class DockerRuntime : public Runtime {
   }
 
   void OnConnected() {
+    {
+      absl::MutexLock lock(&hist_mu_);
+      live_since_ = absl::Now();  // every event from now on reaches HandleEvent
+    }
     bool reconnect;
     {
       absl::MutexLock lock(&mu_);
@@ -529,6 +764,7 @@ class DockerRuntime : public Runtime {
         if (stopping_) return;
       }
       const bool had_data = StreamOnce();
+      ForgetEvents();
       if (had_data) backoff = absl::Milliseconds(100);
       {
         absl::MutexLock lock(&mu_);
@@ -553,9 +789,80 @@ class DockerRuntime : public Runtime {
   int connects_ ABSL_GUARDED_BY(mu_) = 0;
   ServiceWatchers watchers_;
   std::thread events_thread_;
+
+  // What is known of each container's recent runs (by id). hist_mu_ is never held across I/O.
+  struct History {
+    std::vector<ContainerEvent> events;              // sorted by time, at most kEventsPerContainer
+    absl::Time replayed_run = absl::InfinitePast();  // StartedAt of the run replayed from dockerd
+    absl::Time logged_run = absl::InfinitePast();    // StartedAt of the run logged as stopped
+    absl::Time touched = absl::InfinitePast();
+  };
+  absl::Mutex hist_mu_;
+  std::map<std::string, History> history_ ABSL_GUARDED_BY(hist_mu_);
+  // Since when the events stream has delivered every event; InfiniteFuture while it is down.
+  absl::Time live_since_ ABSL_GUARDED_BY(hist_mu_) = absl::InfiniteFuture();
+  // This runtime's own stops and restarts, by container id (kept apart from history_: a broken
+  // stream forgets events, never our own calls).
+  std::map<std::string, std::vector<OwnCall>> own_ ABSL_GUARDED_BY(hist_mu_);
 };
 
 }  // namespace
+
+namespace docker_internal {
+
+int ParseStopSignal(const std::string& raw) {
+  std::string s = absl::AsciiStrToUpper(absl::StripAsciiWhitespace(raw));
+  if (s.empty()) return SIGTERM;
+  int n = 0;
+  if (absl::SimpleAtoi(s, &n)) return n > 0 && n < 65 ? n : 0;
+  if (absl::StartsWith(s, "SIG")) s = s.substr(3);
+  static const std::pair<const char*, int> kNames[] = {
+      {"HUP", SIGHUP},       {"INT", SIGINT},   {"QUIT", SIGQUIT},   {"ILL", SIGILL},
+      {"TRAP", SIGTRAP},     {"ABRT", SIGABRT}, {"BUS", SIGBUS},     {"FPE", SIGFPE},
+      {"KILL", SIGKILL},     {"USR1", SIGUSR1}, {"SEGV", SIGSEGV},   {"USR2", SIGUSR2},
+      {"PIPE", SIGPIPE},     {"ALRM", SIGALRM}, {"TERM", SIGTERM},   {"CHLD", SIGCHLD},
+      {"CONT", SIGCONT},     {"STOP", SIGSTOP}, {"TSTP", SIGTSTP},   {"TTIN", SIGTTIN},
+      {"TTOU", SIGTTOU},     {"URG", SIGURG},   {"XCPU", SIGXCPU},   {"XFSZ", SIGXFSZ},
+      {"VTALRM", SIGVTALRM}, {"PROF", SIGPROF}, {"WINCH", SIGWINCH}, {"IO", SIGIO},
+      {"PWR", SIGPWR},       {"SYS", SIGSYS}};
+  for (const auto& [name, num] : kNames) {
+    if (s == name) return num;
+  }
+  return 0;
+}
+
+std::string OutsideStopCause(const std::vector<ContainerEvent>& unsorted,
+                             const std::vector<OwnCall>& own, const ExitFacts& exit) {
+  if (exit.oom_killed) return "";
+  std::vector<ContainerEvent> events = unsorted;
+  std::stable_sort(events.begin(), events.end(),
+                   [](const ContainerEvent& a, const ContainerEvent& b) { return a.at < b.at; });
+  std::string cause;
+  for (const auto& e : events) {
+    if (e.at < exit.started_at) continue;  // an earlier run
+    if (e.action == "oom") return "";      // the OOM killer is never a person
+    const bool ours = std::any_of(
+        own.begin(), own.end(), [&](const OwnCall& c) { return c.begin <= e.at && e.at <= c.end; });
+    if (ours) continue;
+    if (e.action == "start" || e.action == "restart") {
+      cause.clear();  // a later start ends what came before
+    } else if (e.action == "stop") {
+      cause = "docker stop";
+    } else if (e.action == "kill" && e.signal > 0) {
+      if (e.signal == SIGKILL) {
+        cause = "docker kill (SIGKILL)";
+      } else if (e.signal == exit.stop_signal) {
+        cause = absl::StrCat("docker stop or kill (signal ", e.signal,
+                             ", the container's stop signal)");
+      } else if (exit.exit_code == 128 + e.signal) {
+        cause = absl::StrCat("docker kill (signal ", e.signal, ", exit code ", exit.exit_code, ")");
+      }
+    }
+  }
+  return cause;
+}
+
+}  // namespace docker_internal
 
 std::string DemuxDockerStream(const std::string& raw) {
   std::string out;
