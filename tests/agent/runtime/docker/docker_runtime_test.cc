@@ -1,6 +1,9 @@
 // DockerRuntime against a real, private dockerd running upkeep-sample containers (host network).
 #include "agent/runtime/docker/docker_runtime.h"
 
+#include <curl/curl.h>
+#include <signal.h>
+
 #include <string>
 #include <vector>
 
@@ -82,6 +85,46 @@ struct Changes {
 
 class DockerRuntimeTest : public upkeep::testing::DockerFixture {
  protected:
+  // POST to the Engine API as the docker CLI does (e.g. /containers/ID/stop); the HTTP code.
+  long ApiPost(const std::string& path) {
+    CURL* h = curl_easy_init();
+    const std::string url = "http://localhost/v1.41" + path;
+    curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, socket().c_str());
+    curl_easy_setopt(h, CURLOPT_URL, url.c_str());
+    curl_easy_setopt(h, CURLOPT_POST, 1L);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, "");
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 60000L);
+    curl_easy_setopt(
+        h, CURLOPT_WRITEFUNCTION, +[](char*, size_t s, size_t n, void*) { return s * n; });
+    long code = 0;
+    if (curl_easy_perform(h) == CURLE_OK) curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
+    curl_easy_cleanup(h);
+    return code;
+  }
+  // Inspect until the container has stopped.
+  upkeep::v1::ServiceObservation Stopped(Runtime* rt, const ServiceSpec& spec) {
+    upkeep::v1::ServiceObservation obs;
+    EXPECT_TRUE(WaitFor([&] {
+      obs = rt->Inspect(spec);
+      return obs.exists() && !obs.running();
+    })) << obs.DebugString();
+    return obs;
+  }
+  // A runtime as a restarted agent has it: nothing seen, only what dockerd still holds.
+  std::unique_ptr<Runtime> FreshRuntime() {
+    auto rt = CreateDockerRuntime(socket());
+    EXPECT_TRUE(rt.ok()) << rt.status();
+    return rt.ok() ? std::move(*rt) : nullptr;
+  }
+  // Starts the events stream for `spec` and waits until it is live (a restart of ours is seen).
+  std::unique_ptr<Subscription> WatchLive(const ServiceSpec& spec, Changes* changes, int port) {
+    auto watch = rt_->Watch({spec}, changes->Callback());
+    EXPECT_TRUE(rt_->Restart(spec, absl::Seconds(1)).ok());
+    EXPECT_TRUE(WaitFor([&] { return changes->Count() > 0; }));
+    EXPECT_TRUE(WaitForPort("127.0.0.1", port));
+    return watch;
+  }
+
   void SetUp() override {
     DockerFixture::SetUp();
     if (IsSkipped() || HasFatalFailure()) return;
@@ -309,6 +352,147 @@ TEST_F(DockerRuntimeTest, TwoStacksWatchingOneRuntimeBothGetTheirEvents) {
   EXPECT_EQ(changes_a.Count(), a_before) << "an ended watch is never called again";
 }
 
+// "Respect people": a `docker stop` upkeep did not do (POST /containers/ID/stop, as the CLI
+// does) is a person's stop, seen by the live stream and, after an agent restart, from dockerd's
+// event buffer; a `docker start` ends it, and a crash after that is a crash.
+TEST_F(DockerRuntimeTest, DockerStopByAPersonIsStoppedByPersonUntilStarted) {
+  const int port = FreePort();
+  const std::string name = Unique("stopped");
+  auto id = RunSample(Sample(name, port));
+  ASSERT_TRUE(id.ok()) << id.status();
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  const ServiceSpec spec = NameSpec(name);
+  Changes changes;
+  auto watch = WatchLive(spec, &changes, port);
+  ASSERT_FALSE(rt_->Inspect(spec).stopped_by_person());
+
+  ASSERT_EQ(ApiPost(absl::StrCat("/containers/", *id, "/stop?t=5")), 204);
+  auto obs = Stopped(rt_.get(), spec);
+  EXPECT_TRUE(obs.stopped_by_person()) << obs.DebugString();
+  EXPECT_EQ(obs.exit_code(), 0);
+  // After an agent restart: replayed from dockerd.
+  EXPECT_TRUE(FreshRuntime()->Inspect(spec).stopped_by_person());
+
+  ASSERT_EQ(ApiPost(absl::StrCat("/containers/", *id, "/start")), 204);
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  obs = rt_->Inspect(spec);
+  EXPECT_TRUE(obs.running());
+  EXPECT_FALSE(obs.stopped_by_person());
+
+  HttpGetStatus("127.0.0.1", port, "/fault/crash");
+  obs = Stopped(rt_.get(), spec);
+  EXPECT_FALSE(obs.stopped_by_person())
+      << "a crash after the person's start: " << obs.DebugString();
+  EXPECT_FALSE(FreshRuntime()->Inspect(spec).stopped_by_person());
+}
+
+// Without any watch (the first Inspect replays the run) and for `docker kill` (SIGKILL).
+TEST_F(DockerRuntimeTest, DockerKillByAPersonIsStoppedByPerson) {
+  const int port = FreePort();
+  const std::string name = Unique("killed");
+  ASSERT_TRUE(RunSample(Sample(name, port)).ok());
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  const ServiceSpec spec = NameSpec(name);
+  ASSERT_TRUE(Docker({"kill", name}).ok());
+  const auto obs = Stopped(rt_.get(), spec);
+  EXPECT_TRUE(obs.stopped_by_person()) << obs.DebugString();
+  EXPECT_EQ(obs.exit_code(), 137);
+}
+
+// A crash, SIGKILL of the main pid from the host (what the kernel's OOM killer or a fault
+// does: no API call) and a non-stopping `docker kill -s USR1` followed by a crash are never a
+// person's stop: that would leave the service down.
+TEST_F(DockerRuntimeTest, CrashesAreNotStoppedByPerson) {
+  const int port = FreePort();
+  const std::string name = Unique("crasher");
+  auto id = RunSample(Sample(name, port));
+  ASSERT_TRUE(id.ok()) << id.status();
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  const ServiceSpec spec = NameSpec(name);
+  Changes changes;
+  auto watch = WatchLive(spec, &changes, port);
+
+  HttpGetStatus("127.0.0.1", port, "/fault/crash");
+  auto obs = Stopped(rt_.get(), spec);
+  EXPECT_GT(obs.exit_code(), 128);
+  EXPECT_FALSE(obs.stopped_by_person()) << "crash: " << obs.DebugString();
+
+  ASSERT_TRUE(rt_->Start(spec).ok());
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  obs = rt_->Inspect(spec);
+  ASSERT_GT(obs.pid(), 0);
+  ASSERT_EQ(kill(obs.pid(), SIGKILL), 0) << "kill " << obs.pid();
+  obs = Stopped(rt_.get(), spec);
+  EXPECT_EQ(obs.exit_code(), 137);
+  EXPECT_FALSE(obs.stopped_by_person()) << "SIGKILL from the host: " << obs.DebugString();
+
+  ASSERT_TRUE(rt_->Start(spec).ok());
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  ASSERT_EQ(ApiPost(absl::StrCat("/containers/", *id, "/kill?signal=SIGUSR1")), 204);
+  ASSERT_TRUE(WaitFor([&] { return HttpGetStatus("127.0.0.1", port, "/health") == 500; }));
+  EXPECT_TRUE(rt_->Inspect(spec).running());
+  HttpGetStatus("127.0.0.1", port, "/fault/crash");
+  obs = Stopped(rt_.get(), spec);
+  EXPECT_FALSE(obs.stopped_by_person()) << "USR1, then a crash: " << obs.DebugString();
+  EXPECT_FALSE(FreshRuntime()->Inspect(spec).stopped_by_person());
+}
+
+// The runtime's own Stop and Restart (repairs, `upkeepctl run stop-service`, which the decision
+// side attributes through its action history) are not an outside stop, with or without a watch.
+TEST_F(DockerRuntimeTest, OwnStopAndRestartAreNotStoppedByPerson) {
+  const int port = FreePort();
+  const std::string name = Unique("own");
+  ASSERT_TRUE(RunSample(Sample(name, port)).ok());
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  const ServiceSpec spec = NameSpec(name);
+
+  ASSERT_TRUE(rt_->Stop(spec, absl::Seconds(5)).ok());
+  auto obs = Stopped(rt_.get(), spec);
+  EXPECT_FALSE(obs.stopped_by_person()) << "own stop, no watch: " << obs.DebugString();
+
+  ASSERT_TRUE(rt_->Start(spec).ok());
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  Changes changes;
+  auto watch = WatchLive(spec, &changes, port);
+  ASSERT_TRUE(rt_->Stop(spec, absl::Seconds(5)).ok());
+  obs = Stopped(rt_.get(), spec);
+  EXPECT_FALSE(obs.stopped_by_person()) << "own stop, watched: " << obs.DebugString();
+
+  // Restart, then a crash of the new run: the restart's kill belongs to the run before.
+  ASSERT_TRUE(rt_->Start(spec).ok());
+  ASSERT_TRUE(rt_->Restart(spec, absl::Seconds(5)).ok());
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  HttpGetStatus("127.0.0.1", port, "/fault/crash");
+  obs = Stopped(rt_.get(), spec);
+  EXPECT_FALSE(obs.stopped_by_person()) << "own restart, then a crash: " << obs.DebugString();
+  EXPECT_FALSE(FreshRuntime()->Inspect(spec).stopped_by_person());
+}
+
+// The live stream remembers a person's stop that dockerd's 256-event buffer has since dropped;
+// a restarted agent cannot know it any more and takes it for a crash (the documented gap).
+TEST_F(DockerRuntimeTest, LiveStreamRemembersAStopBeyondDockerdsEventBuffer) {
+  const int port = FreePort(), other_port = FreePort();
+  const std::string name = Unique("remembered");
+  auto id = RunSample(Sample(name, port));
+  auto other = RunSample(Sample(Unique("noisy"), other_port));
+  ASSERT_TRUE(id.ok() && other.ok());
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  ASSERT_TRUE(WaitForPort("127.0.0.1", other_port));
+  const ServiceSpec spec = NameSpec(name);
+  Changes changes;
+  auto watch = WatchLive(spec, &changes, port);
+  ASSERT_EQ(ApiPost(absl::StrCat("/containers/", *id, "/stop?t=5")), 204);
+  ASSERT_TRUE(WaitFor([&] { return changes.QuietFor(absl::Milliseconds(200)); }));
+  // 270 events of another container push the stop out of dockerd's buffer (SIGUSR2: healthy).
+  for (int i = 0; i < 270; ++i) {
+    ASSERT_EQ(ApiPost(absl::StrCat("/containers/", *other, "/kill?signal=SIGUSR2")), 204);
+  }
+  const auto obs = Stopped(rt_.get(), spec);
+  EXPECT_TRUE(obs.stopped_by_person()) << obs.DebugString();
+  EXPECT_FALSE(FreshRuntime()->Inspect(spec).stopped_by_person())
+      << "dockerd no longer holds the stop; if this fails, its buffer grew: update the docs";
+}
+
 // Last in the file: restarts the shared dockerd.
 TEST_F(DockerRuntimeTest, WatchReconnectsAfterDaemonRestart) {
   const int port = FreePort();
@@ -325,6 +509,11 @@ TEST_F(DockerRuntimeTest, WatchReconnectsAfterDaemonRestart) {
   // While the daemon is away and after: errors, then a reconnect reports the service.
   const absl::Time back = absl::Now();
   ASSERT_TRUE(WaitFor([&] { return changes.FirstAfter(back).has_value(); }, absl::Seconds(20)));
+  // dockerd stopped it on its way out, as `docker stop` would (kill, die and stop events on
+  // the stream): that is no person's stop.
+  const auto obs = rt_->Inspect(spec);
+  EXPECT_FALSE(obs.running());
+  EXPECT_FALSE(obs.stopped_by_person()) << "stopped by dockerd's shutdown: " << obs.DebugString();
   // The stream is live again: a start is seen.
   const absl::Time start_at = absl::Now();
   ASSERT_TRUE(rt_->Start(spec).ok());
