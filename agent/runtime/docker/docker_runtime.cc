@@ -240,6 +240,9 @@ class DockerRuntime : public Runtime {
     curl_easy_cleanup(h);
     if (rc != CURLE_OK) {
       std::string why = SocketProblem(socket_);
+      // dockerd is not there: it may come back as a new daemon that stopped its containers on
+      // its way out (a timeout, by contrast, says nothing of that).
+      if (!why.empty() || rc == CURLE_COULDNT_CONNECT) ForgetEvents(/*stream_down=*/false);
       if (why.empty()) {
         why = absl::StrCat("docker API ", method, " ", path, " via ", socket_, ": ",
                            errbuf[0] != 0 ? errbuf : curl_easy_strerror(rc));
@@ -290,7 +293,6 @@ class DockerRuntime : public Runtime {
         absl::MutexLock lock(&mu_);
         prefix_.clear();  // the daemon may come back as another version
       }
-      ForgetEvents();  // ... and as a new daemon that stopped its containers on its way out
     }
     return resp;
   }
@@ -371,8 +373,9 @@ class DockerRuntime : public Runtime {
       const Json& state = j.at("State");
       if (j.contains("Config") && j["Config"].is_object()) {
         const Json& sig = j["Config"].value("StopSignal", Json());
-        if (sig.is_string())
+        if (sig.is_string()) {
           *stop_signal = docker_internal::ParseStopSignal(sig.get<std::string>());
+        }
       }
       obs->set_exists(true);
       obs->set_container_id(j.value("Id", ""));
@@ -572,10 +575,10 @@ class DockerRuntime : public Runtime {
   // The stream broke or dockerd could not be reached: what it told may be from a daemon that
   // has since shut down (stopping its containers as `docker stop` would). Judge again from the
   // daemon that answers next.
-  void ForgetEvents() {
+  void ForgetEvents(bool stream_down) {
     absl::MutexLock lock(&hist_mu_);
     history_.clear();
-    live_since_ = absl::InfiniteFuture();
+    if (stream_down) live_since_ = absl::InfiniteFuture();
   }
 
   absl::Time BeginOwnCall(const std::string& id) {
@@ -764,7 +767,7 @@ class DockerRuntime : public Runtime {
         if (stopping_) return;
       }
       const bool had_data = StreamOnce();
-      ForgetEvents();
+      ForgetEvents(/*stream_down=*/true);
       if (had_data) backoff = absl::Milliseconds(100);
       {
         absl::MutexLock lock(&mu_);
