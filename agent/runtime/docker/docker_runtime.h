@@ -30,9 +30,10 @@ namespace upkeep::agent {
 // an Inspect that raced the stream), replays that run once from dockerd's own event buffer
 // (`/events?since=<StartedAt>&until=<now>`, one bounded request per exit: dockerd keeps its last
 // 256 events in memory). Its own Stop/Restart calls are marked while they run: events stamped
-// within one are its own, never a person's. When the stream breaks or dockerd cannot be reached,
-// all of it is forgotten (a dockerd that shuts down stops its containers as `docker stop` would;
-// after it comes back those exits are judged from the new daemon's events, which have none).
+// within one are its own, never a person's (kept in memory only: after an agent restart an own
+// stop replayed from dockerd counts as outside). When the stream breaks or dockerd cannot be
+// reached, the events are forgotten (a dockerd that shuts down stops its containers as `docker
+// stop` would; after it comes back those exits are judged from the new daemon's events: none).
 //
 // `socket_path` e.g. /var/run/docker.sock. Fails only on unusable arguments; an unreachable
 // daemon shows up as ServiceObservation.error (and the events stream keeps reconnecting).
