@@ -3,12 +3,12 @@
 #include "core/decision/diagnose.h"
 
 #include <algorithm>
-#include <functional>
-#include <map>
-#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -57,6 +57,7 @@ class Engine {
     d_.set_stack(desired.metadata().name());
     d_.set_host(observed.host().host_id());
     *d_.mutable_at() = ToProto(now);
+    for (const auto& s : desired.spec().services()) specs_[s.name()] = &s;
     for (const auto& s : observed.services()) services_[s.name()] = &s;
     for (const auto& r : observed.proxy().routes()) routes_[r.path()] = &r;
   }
@@ -74,44 +75,44 @@ class Engine {
 
  private:
   // ---- the path -------------------------------------------------------------------------
-  v1::PathNode* Node(const std::string& step, const std::string& target,
-                     const std::string& decision, int depth = 0) {
+  // Strings are taken as views and copied once, into the message: most are literals.
+  v1::PathNode* Node(absl::string_view step, absl::string_view target, absl::string_view decision,
+                     int depth = 0) {
     v1::PathNode* n = d_.add_path();
-    n->set_step(step);
-    n->set_target(target);
-    n->set_decision(decision);
+    n->set_step(step.data(), step.size());
+    n->set_target(target.data(), target.size());
+    n->set_decision(decision.data(), decision.size());
     n->set_depth(depth);
     return n;
   }
-  static void Ev(v1::PathNode* n, const std::string& k, const std::string& v) {
-    (*n->mutable_evidence())[k] = v;
+  static void Ev(v1::PathNode* n, const std::string& k, std::string v) {
+    (*n->mutable_evidence())[k] = std::move(v);
   }
 
-  v1::Finding* Find(v1::Severity sev, const std::string& code, const std::string& target,
-                    const std::string& message) {
+  v1::Finding* Find(v1::Severity sev, absl::string_view code, absl::string_view target,
+                    std::string message) {
     v1::Finding* f = d_.add_findings();
     f->set_severity(sev);
-    f->set_code(code);
-    f->set_target(target);
-    f->set_message(message);
+    f->set_code(code.data(), code.size());
+    f->set_target(target.data(), target.size());
+    f->set_message(std::move(message));
     return f;
   }
 
-  bool HasFinding(const std::string& code, const std::string& target) const {
+  bool HasFinding(absl::string_view code, absl::string_view target) const {
     for (const auto& f : d_.findings()) {
       if (f.code() == code && f.target() == target) return true;
     }
     return false;
   }
 
-  v1::Action MakeAction(v1::ActionKind kind, const std::string& target,
-                        const std::string& reason) const {
+  v1::Action MakeAction(v1::ActionKind kind, absl::string_view target, std::string reason) const {
     v1::Action a;
     a.set_kind(kind);
-    a.set_target(target);
+    a.set_target(target.data(), target.size());
     a.set_stack(desired_.metadata().name());
     a.set_host(observed_.host().host_id());
-    a.set_reason(reason);
+    a.set_reason(std::move(reason));
     return a;
   }
 
@@ -119,17 +120,18 @@ class Engine {
   // of its last (main) action. Returns the verdict.
   v1::PolicyVerdict Plan(std::vector<v1::Action> actions, int depth) {
     const auto& policy = desired_.spec().policy();
-    v1::PlannedAction main = policy::Judge(policy, history_, actions.back(), now_, options_.paused);
-    v1::PathNode* n =
-        Node("policy", actions.back().target(), v1::PolicyVerdict_Name(main.policy()), depth + 1);
+    v1::PlannedAction main =
+        policy::Judge(policy, history_, std::move(actions.back()), now_, options_.paused);
+    actions.pop_back();
+    const std::string& target = main.action().target();
+    v1::PathNode* n = Node("policy", target, v1::PolicyVerdict_Name(main.policy()), depth + 1);
     Ev(n, "reason", main.policy_reason());
     if (main.policy() == v1::POLICY_VERDICT_BUDGET_EXHAUSTED) {
-      if (HasFinding("CrashLooping", actions.back().target())) return main.policy();
-      v1::Finding* f =
-          Find(v1::SEVERITY_ALERT, "CrashLooping", actions.back().target(),
-               absl::StrCat(actions.back().target(), " is crash-looping: ", main.policy_reason()));
+      if (HasFinding("CrashLooping", target)) return main.policy();
+      v1::Finding* f = Find(v1::SEVERITY_ALERT, "CrashLooping", target,
+                            absl::StrCat(target, " is crash-looping: ", main.policy_reason()));
       (*f->mutable_evidence())["restarts_in_window"] =
-          absl::StrCat(policy::RestartsInWindow(policy, history_, actions.back().target(), now_));
+          absl::StrCat(policy::RestartsInWindow(policy, history_, target, now_));
       return main.policy();
     }
     if (main.policy() == v1::POLICY_VERDICT_BACKOFF ||
@@ -137,13 +139,18 @@ class Engine {
       waiting_ = true;
       return main.policy();
     }
-    for (size_t i = 0; i + 1 < actions.size(); ++i) {
-      v1::PlannedAction p = main;
-      *p.mutable_action() = actions[i];
-      *d_.add_actions() = p;
+    // The unit's other actions carry the main one's verdict (everything but its action).
+    v1::Action main_action = std::move(*main.mutable_action());
+    main.clear_action();
+    for (v1::Action& a : actions) {
+      v1::PlannedAction* p = d_.add_actions();
+      *p = main;
+      *p->mutable_action() = std::move(a);
     }
-    *d_.add_actions() = main;
-    return main.policy();
+    *main.mutable_action() = std::move(main_action);
+    v1::PlannedAction* added = d_.add_actions();
+    *added = std::move(main);
+    return added->policy();
   }
 
   // ---- 1. "Run: bash scripts/debug_dashboard_remote.sh" — do we see the host at all? -----
@@ -171,9 +178,11 @@ class Engine {
 
   // Verify before escalating: an action whose result has not come back is waited for.
   bool ActionInFlight() {
-    for (auto it = history_.rbegin(); it != history_.rend(); ++it) {
+    const absl::Time timed_out = now_ - kInFlightTimeout;
+    const auto history = history_.all();
+    for (auto it = history.rbegin(); it != history.rend(); ++it) {
       if (it->dry_run() || it->action().kind() == v1::ACTION_KIND_RESET_BUDGET) continue;
-      if (FromProto(it->requested_at()) < now_ - kInFlightTimeout) break;
+      if (FromProto(it->requested_at()) < timed_out) break;
       if (it->result().id().empty()) {
         v1::PathNode* n =
             Node("action.in_flight", it->action().target(), "yes: waiting for its result");
@@ -190,12 +199,10 @@ class Engine {
   }
 
   // The newest executed (not dry-run) record on `target`, if any.
-  const v1::ActionRecord* LastOn(const std::string& target) const {
-    for (auto it = history_.rbegin(); it != history_.rend(); ++it) {
-      if (!it->dry_run() && it->action().target() == target &&
-          it->action().kind() != v1::ACTION_KIND_RESET_BUDGET) {
-        return &*it;
-      }
+  const v1::ActionRecord* LastOn(absl::string_view target) const {
+    const auto records = history_.Of(target);
+    for (auto it = records.rbegin(); it != records.rend(); ++it) {
+      if (!(*it)->dry_run() && (*it)->action().kind() != v1::ACTION_KIND_RESET_BUDGET) return *it;
     }
     return nullptr;
   }
@@ -247,12 +254,13 @@ class Engine {
   // whose observation is still on its way is planned again at once (5 tests in 170 ms).
   v1::ConfigTest LatestConfigTest() const {
     v1::ConfigTest t = observed_.proxy().last_config_test();
-    for (auto it = history_.rbegin(); it != history_.rend(); ++it) {
-      if (it->dry_run() || it->action().target() != kProxyTarget ||
-          it->action().kind() != v1::ACTION_KIND_TEST_PROXY_CONFIG) {
+    const auto records = history_.Of(kProxyTarget);
+    for (auto it = records.rbegin(); it != records.rend(); ++it) {
+      const v1::ActionRecord& record = **it;
+      if (record.dry_run() || record.action().kind() != v1::ACTION_KIND_TEST_PROXY_CONFIG) {
         continue;
       }
-      const auto& r = it->result();
+      const auto& r = record.result();
       if (r.id().empty() || !r.has_finished_at()) continue;
       if (r.outcome() != v1::ACTION_OUTCOME_SUCCEEDED && r.outcome() != v1::ACTION_OUTCOME_FAILED) {
         continue;
@@ -268,30 +276,34 @@ class Engine {
   }
 
   // ---- 3. upstream services, dependencies first -------------------------------------------
+  // The desired services, each after those it depends on (a cycle, which the manifest loader
+  // rejects, is cut at depth 64).
+  using Names = absl::flat_hash_set<absl::string_view>;
   std::vector<const v1::ServiceSpec*> DependencyOrder() const {
     std::vector<const v1::ServiceSpec*> order;
-    std::set<std::string> done;
-    std::map<std::string, const v1::ServiceSpec*> by_name;
-    for (const auto& s : desired_.spec().services()) by_name[s.name()] = &s;
-    std::function<void(const v1::ServiceSpec*, int)> visit = [&](const v1::ServiceSpec* s,
-                                                                 int depth) {
-      if (done.count(s->name()) || depth > 64) return;
-      for (const auto& d : s->depends_on()) {
-        if (auto it = by_name.find(d); it != by_name.end()) visit(it->second, depth + 1);
-      }
-      if (done.insert(s->name()).second) order.push_back(s);
-    };
-    for (const auto& s : desired_.spec().services()) visit(&s, 0);
+    order.reserve(desired_.spec().services_size());
+    Names done;
+    for (const auto& s : desired_.spec().services()) VisitDependencies(&s, 0, &done, &order);
     return order;
+  }
+  void VisitDependencies(const v1::ServiceSpec* s, int depth, Names* done,
+                         std::vector<const v1::ServiceSpec*>* order) const {
+    if (done->contains(s->name()) || depth > 64) return;
+    for (const auto& d : s->depends_on()) {
+      if (auto it = specs_.find(d); it != specs_.end()) {
+        VisitDependencies(it->second, depth + 1, done, order);
+      }
+    }
+    if (done->insert(s->name()).second) order->push_back(s);
   }
 
   bool CheckServices() {
     bool all_ok = true;
-    std::set<std::string> down;
+    Names down;
     for (const v1::ServiceSpec* spec : DependencyOrder()) {
-      const v1::ServiceObservation empty;
       auto it = services_.find(spec->name());
-      const v1::ServiceObservation& o = it != services_.end() ? *it->second : empty;
+      const v1::ServiceObservation& o =
+          it != services_.end() ? *it->second : v1::ServiceObservation::default_instance();
       if (!CheckService(*spec, o, down)) {
         all_ok = false;
         down.insert(spec->name());
@@ -301,11 +313,11 @@ class Engine {
   }
 
   bool CheckService(const v1::ServiceSpec& spec, const v1::ServiceObservation& o,
-                    const std::set<std::string>& down) {
+                    const Names& down) {
     const std::string& name = spec.name();
     // "a service whose dependency is down is not restarted; its dependency is fixed first"
     for (const auto& dep : spec.depends_on()) {
-      if (down.count(dep)) {
+      if (down.contains(dep)) {
         v1::PathNode* n =
             Node("service.dependency_down", name, absl::StrCat("yes: waiting for ", dep));
         Ev(n, "dependency", dep);
@@ -453,11 +465,13 @@ class Engine {
   bool StoppedByPerson(const v1::ServiceSpec& spec, const v1::ServiceObservation& o) {
     const std::string& name = spec.name();
     const v1::ActionRecord* stop = nullptr;
-    for (auto it = history_.rbegin(); it != history_.rend(); ++it) {
-      if (it->dry_run() || it->action().target() != name) continue;
-      const v1::ActionKind k = it->action().kind();
+    const auto records = history_.Of(name);
+    for (auto it = records.rbegin(); it != records.rend(); ++it) {
+      const v1::ActionRecord& r = **it;
+      if (r.dry_run()) continue;
+      const v1::ActionKind k = r.action().kind();
       if (k == v1::ACTION_KIND_STOP_SERVICE) {
-        if (it->result().outcome() == v1::ACTION_OUTCOME_SUCCEEDED) stop = &*it;
+        if (r.result().outcome() == v1::ACTION_OUTCOME_SUCCEEDED) stop = &r;
         break;
       }
       // A start (by upkeep or by hand) or a resume ends the person's stop.
@@ -474,11 +488,12 @@ class Engine {
     bool runtime_stop = o.stopped_by_person();
     if (runtime_stop && o.has_finished_at()) {
       // A resume (or a start by hand through upkeep) after that stop ends it.
-      for (const auto& r : history_) {
-        const v1::ActionKind k = r.action().kind();
-        if (!r.dry_run() && r.action().target() == name &&
+      const absl::Time stopped = FromProto(o.finished_at());
+      for (const v1::ActionRecord* r : records) {
+        const v1::ActionKind k = r->action().kind();
+        if (!r->dry_run() &&
             (k == v1::ACTION_KIND_RESET_BUDGET || k == v1::ACTION_KIND_START_SERVICE) &&
-            FromProto(r.requested_at()) > FromProto(o.finished_at())) {
+            FromProto(r->requested_at()) > stopped) {
           runtime_stop = false;
         }
       }
@@ -713,12 +728,10 @@ class Engine {
       summary_ = "a route fails and nginx's config fails `nginx -t`: alert, no reload";
       return Evidence::kAlert;
     }
-    std::map<std::string, const v1::ServiceSpec*> by_name;
-    for (const auto& svc : desired_.spec().services()) by_name[svc.name()] = &svc;
     bool explained = false, port_mismatch = false;
     for (const auto* route : failing) {
-      auto sit = by_name.find(route->upstream());
-      if (sit == by_name.end()) continue;
+      auto sit = specs_.find(route->upstream());
+      if (sit == specs_.end()) continue;
       const v1::ServiceSpec& svc = *sit->second;
       const v1::ServiceObservation* o =
           services_.count(svc.name()) ? services_[svc.name()] : nullptr;
@@ -807,11 +820,13 @@ class Engine {
         policy::FailedStreak(history_, kProxyTarget, v1::ACTION_KIND_RELOAD_PROXY);
     if (streak.count == 0 || streak.last <= now_ - kEscalationWindow) return nullptr;
     int seen = 0;
-    for (auto it = history_.rbegin(); it != history_.rend() && seen < streak.count; ++it) {
-      if (it->dry_run() || it->action().target() != kProxyTarget) continue;
-      if (!policy::SameClass(it->action().kind(), v1::ACTION_KIND_RELOAD_PROXY)) continue;
+    const auto records = history_.Of(kProxyTarget);
+    for (auto it = records.rbegin(); it != records.rend() && seen < streak.count; ++it) {
+      const v1::ActionRecord& r = **it;
+      if (r.dry_run()) continue;
+      if (!policy::SameClass(r.action().kind(), v1::ACTION_KIND_RELOAD_PROXY)) continue;
       ++seen;
-      const auto& params = it->action().params();
+      const auto& params = r.action().params();
       auto code = params.find("evidence_code");
       if (code == params.end()) continue;
       const std::string target =
@@ -820,9 +835,9 @@ class Engine {
         v1::Finding* f =
             Find(v1::SEVERITY_ALERT, code->second, target,
                  params.count("evidence_message") ? params.at("evidence_message") : std::string());
-        (*f->mutable_evidence())["seen_before"] = it->action().id();
+        (*f->mutable_evidence())["seen_before"] = r.action().id();
       }
-      return &*it;
+      return &r;
     }
     return nullptr;
   }
@@ -925,12 +940,13 @@ class Engine {
     bool reloaded = false, restarted = false;
     if (recent) {
       int seen = 0;
-      for (auto it = history_.rbegin(); it != history_.rend() && seen < streak.count; ++it) {
-        if (it->dry_run() || it->action().target() != kProxyTarget) continue;
-        if (!policy::SameClass(it->action().kind(), v1::ACTION_KIND_RELOAD_PROXY)) continue;
+      const auto records = history_.Of(kProxyTarget);
+      for (auto it = records.rbegin(); it != records.rend() && seen < streak.count; ++it) {
+        const v1::ActionKind kind = (*it)->action().kind();
+        if ((*it)->dry_run() || !policy::SameClass(kind, v1::ACTION_KIND_RELOAD_PROXY)) continue;
         ++seen;
-        reloaded |= it->action().kind() == v1::ACTION_KIND_RELOAD_PROXY;
-        restarted |= it->action().kind() == v1::ACTION_KIND_RESTART_PROXY;
+        reloaded |= kind == v1::ACTION_KIND_RELOAD_PROXY;
+        restarted |= kind == v1::ACTION_KIND_RESTART_PROXY;
       }
     }
     const std::string paths = absl::StrJoin(
@@ -985,8 +1001,6 @@ class Engine {
   void AlertStill502(const std::vector<const v1::RouteSpec*>& failing) {
     const auto& proxy = observed_.proxy();
     Node("proxy.findings", kProxyTarget, "alert: no automatic action left", 2);
-    std::map<std::string, const v1::ServiceSpec*> by_name;
-    for (const auto& s : desired_.spec().services()) by_name[s.name()] = &s;
     for (const auto* route : failing) {
       v1::Finding* f = Find(v1::SEVERITY_ALERT, "StillFailing", route->path(),
                             absl::StrCat(route->path(),
@@ -1000,8 +1014,8 @@ class Engine {
         ev["nginx_t"] = proxy.last_config_test().output();
       }
       if (!proxy.error_log_excerpt().empty()) ev["error_log"] = proxy.error_log_excerpt();
-      const v1::ServiceSpec* svc =
-          by_name.count(route->upstream()) ? by_name[route->upstream()] : nullptr;
+      const auto spec = specs_.find(route->upstream());
+      const v1::ServiceSpec* svc = spec != specs_.end() ? spec->second : nullptr;
       if (svc == nullptr) continue;
       ev["expected_upstream"] = absl::StrCat(svc->address(), ":", svc->port());
       const v1::ServiceObservation* o =
@@ -1121,15 +1135,17 @@ class Engine {
 
   const v1::Stack& desired_;
   const v1::StackObservation& observed_;
-  absl::Span<const v1::ActionRecord> history_;
+  const policy::History history_;
   const absl::Time now_;
   const DiagnoseOptions& options_;
-  std::map<std::string, const v1::ServiceObservation*> services_;
-  std::map<std::string, const v1::RouteObservation*> routes_;
+  // By name: the desired services, and what was observed of services and routes.
+  absl::flat_hash_map<absl::string_view, const v1::ServiceSpec*> specs_;
+  absl::flat_hash_map<absl::string_view, const v1::ServiceObservation*> services_;
+  absl::flat_hash_map<absl::string_view, const v1::RouteObservation*> routes_;
   v1::Diagnosis d_;
   std::string summary_;
   bool waiting_ = false;
-  std::set<std::string> disk_full_;
+  absl::flat_hash_set<std::string> disk_full_;
 };
 
 }  // namespace
