@@ -3,6 +3,7 @@
 #include "core/decision/diagnose.h"
 
 #include <algorithm>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -116,13 +117,14 @@ class Engine {
     return a;
   }
 
-  // Judges `actions` as one unit (e.g. collect logs + restart): the unit's verdict is the one
-  // of its last (main) action. Returns the verdict.
-  v1::PolicyVerdict Plan(std::vector<v1::Action> actions, int depth) {
+  // Judges `main` and plans it. `first` (collect logs before a restart, test the config before
+  // a start), when given, forms one unit with it: planned before it, with its verdict. Returns
+  // the verdict.
+  v1::PolicyVerdict Plan(v1::Action main_action, int depth,
+                         std::optional<v1::Action> first = std::nullopt) {
     const auto& policy = desired_.spec().policy();
     v1::PlannedAction main =
-        policy::Judge(policy, history_, std::move(actions.back()), now_, options_.paused);
-    actions.pop_back();
+        policy::Judge(policy, history_, std::move(main_action), now_, options_.paused);
     const std::string& target = main.action().target();
     v1::PathNode* n = Node("policy", target, v1::PolicyVerdict_Name(main.policy()), depth + 1);
     Ev(n, "reason", main.policy_reason());
@@ -139,15 +141,15 @@ class Engine {
       waiting_ = true;
       return main.policy();
     }
-    // The unit's other actions carry the main one's verdict (everything but its action).
-    v1::Action main_action = std::move(*main.mutable_action());
-    main.clear_action();
-    for (v1::Action& a : actions) {
+    if (first.has_value()) {
+      // Everything of main's verdict but its action.
+      main_action = std::move(*main.mutable_action());
+      main.clear_action();
       v1::PlannedAction* p = d_.add_actions();
       *p = main;
-      *p->mutable_action() = std::move(a);
+      *p->mutable_action() = std::move(*first);
+      *main.mutable_action() = std::move(main_action);
     }
-    *main.mutable_action() = std::move(main_action);
     v1::PlannedAction* added = d_.add_actions();
     *added = std::move(main);
     return added->policy();
@@ -242,10 +244,9 @@ class Engine {
              test.ran() ? (test.ok() ? "yes" : "unknown: test again") : "untested", 1);
     if (test.ran()) Ev(t, "nginx_t", test.output());
     // "nginx down → test its config; valid → start it"
-    Plan({MakeAction(v1::ACTION_KIND_TEST_PROXY_CONFIG, kProxyTarget,
-                     "nginx is not running: test its config before starting it"),
-          MakeAction(v1::ACTION_KIND_START_PROXY, kProxyTarget, "nginx is not running")},
-         1);
+    Plan(MakeAction(v1::ACTION_KIND_START_PROXY, kProxyTarget, "nginx is not running"), 1,
+         MakeAction(v1::ACTION_KIND_TEST_PROXY_CONFIG, kProxyTarget,
+                    "nginx is not running: test its config before starting it"));
     return false;
   }
 
@@ -361,7 +362,7 @@ class Engine {
         params["service"] = compose.service();
         params["file"] = compose.file();
         if (!compose.profile().empty()) params["profile"] = compose.profile();
-        Plan({create}, 0);
+        Plan(std::move(create), 0);
         return false;
       }
       // A start that just reported success gets a moment to show up.
@@ -373,7 +374,7 @@ class Engine {
         waiting_ = true;
         return false;
       }
-      Plan({MakeAction(v1::ACTION_KIND_START_SERVICE, name, absl::StrCat(name, " is not running"))},
+      Plan(MakeAction(v1::ACTION_KIND_START_SERVICE, name, absl::StrCat(name, " is not running")),
            0);
       return false;
     }
@@ -398,7 +399,7 @@ class Engine {
           MakeAction(v1::ACTION_KIND_RESTART_SERVICE, name, absl::StrCat(name, " is unhealthy"));
       (*restart.mutable_params())["stop_timeout_ms"] =
           absl::StrCat(absl::ToInt64Milliseconds(FromProto(spec.stop_timeout())));
-      Plan({logs, restart}, 0);
+      Plan(std::move(restart), 0, std::move(logs));
       return false;
     }
     if (o.health() != v1::HEALTH_STATE_HEALTHY) {
@@ -983,13 +984,13 @@ class Engine {
           break;
         }
       }
-      Plan({reload}, 1);
+      Plan(std::move(reload), 1);
       return;
     }
     if (!restarted) {
       // "→ sudo systemctl restart nginx"
-      Plan({MakeAction(v1::ACTION_KIND_RESTART_PROXY, kProxyTarget,
-                       absl::StrCat(paths, " still failing after a reload"))},
+      Plan(MakeAction(v1::ACTION_KIND_RESTART_PROXY, kProxyTarget,
+                      absl::StrCat(paths, " still failing after a reload")),
            1);
       return;
     }

@@ -24,25 +24,33 @@ bool IsProxyChange(v1::ActionKind k) {
 
 History::History(absl::Span<const v1::ActionRecord> records) : all_(records) {
   if (records.empty()) return;
-  // Count each target's records, give each target its slice, then fill the slices in order.
-  for (const auto& r : records) ++targets_[r.action().target()].size;
+  // Find each record's target once, count each target's records, give each target its slice
+  // of by_target_, then fill the slices in order.
+  std::vector<uint32_t> target_of(records.size());
+  for (size_t i = 0; i < records.size(); ++i) {
+    const auto [it, added] = targets_.try_emplace(records[i].action().target(), ranges_.size());
+    if (added) ranges_.emplace_back();
+    target_of[i] = it->second;
+    ++ranges_[it->second].size;
+  }
   uint32_t begin = 0;
-  for (auto& [target, range] : targets_) {
+  for (Range& range : ranges_) {
     range.begin = begin;
     begin += range.size;
     range.size = 0;
   }
   by_target_.resize(records.size());
-  for (const auto& r : records) {
-    Range& range = targets_.find(r.action().target())->second;
-    by_target_[range.begin + range.size++] = &r;
+  for (size_t i = 0; i < records.size(); ++i) {
+    Range& range = ranges_[target_of[i]];
+    by_target_[range.begin + range.size++] = &records[i];
   }
 }
 
 absl::Span<const v1::ActionRecord* const> History::Of(absl::string_view target) const {
   const auto it = targets_.find(target);
   if (it == targets_.end()) return {};
-  return absl::MakeConstSpan(by_target_).subspan(it->second.begin, it->second.size);
+  const Range& range = ranges_[it->second];
+  return absl::MakeConstSpan(by_target_).subspan(range.begin, range.size);
 }
 
 bool SameClass(v1::ActionKind a, v1::ActionKind b) {

@@ -44,8 +44,9 @@ class History {
     uint32_t begin = 0, size = 0;
   };
   absl::Span<const upkeep::v1::ActionRecord> all_;
-  absl::flat_hash_map<absl::string_view, Range> targets_;   // into by_target_
-  std::vector<const upkeep::v1::ActionRecord*> by_target_;  // grouped by target, in order
+  absl::flat_hash_map<absl::string_view, uint32_t> targets_;  // into ranges_
+  std::vector<Range> ranges_;                                 // of by_target_
+  std::vector<const upkeep::v1::ActionRecord*> by_target_;    // grouped by target, in order
 };
 
 // Each question below takes the history as a History (built once, for many questions) or as
