@@ -52,18 +52,25 @@ bool ParseUpstream(const std::string& upstream, std::string* host, int* port) {
 
 class Engine {
  public:
+  // Fills `out`, an empty message.
   Engine(const v1::Stack& desired, const v1::StackObservation& observed,
-         absl::Span<const v1::ActionRecord> history, absl::Time now, const DiagnoseOptions& options)
-      : desired_(desired), observed_(observed), history_(history), now_(now), options_(options) {
-    d_.set_stack(desired.metadata().name());
-    d_.set_host(observed.host().host_id());
-    *d_.mutable_at() = ToProto(now);
+         absl::Span<const v1::ActionRecord> history, absl::Time now, const DiagnoseOptions& options,
+         v1::Diagnosis* out)
+      : desired_(desired),
+        observed_(observed),
+        history_(history),
+        now_(now),
+        options_(options),
+        d_(out) {
+    d_->set_stack(desired.metadata().name());
+    d_->set_host(observed.host().host_id());
+    *d_->mutable_at() = ToProto(now);
     for (const auto& s : desired.spec().services()) specs_[s.name()] = &s;
     for (const auto& s : observed.services()) services_[s.name()] = &s;
     for (const auto& r : observed.proxy().routes()) routes_[r.path()] = &r;
   }
 
-  v1::Diagnosis Run() {
+  void Run() {
     if (!AgentConnected() || !ObservationFresh()) return Finish(v1::VERDICT_UNKNOWN);
     if (ActionInFlight()) return Finish(v1::VERDICT_WAITING);
     CheckDisks();
@@ -79,7 +86,7 @@ class Engine {
   // Strings are taken as views and copied once, into the message: most are literals.
   v1::PathNode* Node(absl::string_view step, absl::string_view target, absl::string_view decision,
                      int depth = 0) {
-    v1::PathNode* n = d_.add_path();
+    v1::PathNode* n = d_->add_path();
     n->set_step(step.data(), step.size());
     n->set_target(target.data(), target.size());
     n->set_decision(decision.data(), decision.size());
@@ -92,7 +99,7 @@ class Engine {
 
   v1::Finding* Find(v1::Severity sev, absl::string_view code, absl::string_view target,
                     std::string message) {
-    v1::Finding* f = d_.add_findings();
+    v1::Finding* f = d_->add_findings();
     f->set_severity(sev);
     f->set_code(code.data(), code.size());
     f->set_target(target.data(), target.size());
@@ -101,7 +108,7 @@ class Engine {
   }
 
   bool HasFinding(absl::string_view code, absl::string_view target) const {
-    for (const auto& f : d_.findings()) {
+    for (const auto& f : d_->findings()) {
       if (f.code() == code && f.target() == target) return true;
     }
     return false;
@@ -145,12 +152,12 @@ class Engine {
       // Everything of main's verdict but its action.
       main_action = std::move(*main.mutable_action());
       main.clear_action();
-      v1::PlannedAction* p = d_.add_actions();
+      v1::PlannedAction* p = d_->add_actions();
       *p = main;
       *p->mutable_action() = std::move(*first);
       *main.mutable_action() = std::move(main_action);
     }
-    v1::PlannedAction* added = d_.add_actions();
+    v1::PlannedAction* added = d_->add_actions();
     *added = std::move(main);
     return added->policy();
   }
@@ -976,7 +983,7 @@ class Engine {
           MakeAction(v1::ACTION_KIND_RELOAD_PROXY, kProxyTarget,
                      absl::StrCat("upstreams healthy but ", paths, " failing through nginx"));
       if (evidence == Evidence::kReloadOnly) {
-        for (const auto& f : d_.findings()) {
+        for (const auto& f : d_->findings()) {
           if (f.code() != "PortMismatch") continue;
           (*reload.mutable_params())["evidence_code"] = f.code();
           (*reload.mutable_params())["evidence_target"] = f.target();
@@ -1083,13 +1090,13 @@ class Engine {
 
   v1::Verdict Verdict() {
     bool acting = false;
-    for (const auto& a : d_.actions()) {
+    for (const auto& a : d_->actions()) {
       acting |= a.policy() == v1::POLICY_VERDICT_ALLOWED;
     }
     // An alert about the past (the service flapped, crash-looped) while it is healthy now is
     // told to people, but the stack serves: it is not DEGRADED (Ready stays true).
     bool alert = false;
-    for (const auto& f : d_.findings()) {
+    for (const auto& f : d_->findings()) {
       if (f.severity() != v1::SEVERITY_ALERT) continue;
       const auto healthy_now = f.evidence().find("healthy_now");
       const bool history_only = f.code() == "Flapping" ||
@@ -1101,12 +1108,12 @@ class Engine {
     }
     if (acting) return v1::VERDICT_REPAIRING;
     if (alert) return v1::VERDICT_DEGRADED;
-    if (waiting_ || d_.actions_size() > 0) return v1::VERDICT_WAITING;
+    if (waiting_ || d_->actions_size() > 0) return v1::VERDICT_WAITING;
     return v1::VERDICT_HEALTHY;
   }
 
-  v1::Diagnosis Finish(v1::Verdict verdict) {
-    d_.set_verdict(verdict);
+  void Finish(v1::Verdict verdict) {
+    d_->set_verdict(verdict);
     if (summary_.empty()) {
       switch (verdict) {
         case v1::VERDICT_HEALTHY:
@@ -1114,7 +1121,7 @@ class Engine {
           break;
         case v1::VERDICT_REPAIRING: {
           std::vector<std::string> parts;
-          for (const auto& a : d_.actions()) {
+          for (const auto& a : d_->actions()) {
             parts.push_back(absl::StrCat(v1::ActionKind_Name(a.action().kind()).substr(12), " ",
                                          a.action().target()));
           }
@@ -1122,16 +1129,15 @@ class Engine {
           break;
         }
         case v1::VERDICT_DEGRADED:
-          summary_ = d_.findings_size() > 0 ? d_.findings(0).message() : "degraded";
+          summary_ = d_->findings_size() > 0 ? d_->findings(0).message() : "degraded";
           break;
         default:
-          summary_ = d_.actions_size() > 0
-                         ? absl::StrCat("waiting: ", d_.actions(0).policy_reason())
+          summary_ = d_->actions_size() > 0
+                         ? absl::StrCat("waiting: ", d_->actions(0).policy_reason())
                          : "waiting for services to become ready";
       }
     }
-    d_.set_summary(summary_);
-    return std::move(d_);
+    d_->set_summary(std::move(summary_));
   }
 
   const v1::Stack& desired_;
@@ -1143,7 +1149,7 @@ class Engine {
   absl::flat_hash_map<absl::string_view, const v1::ServiceSpec*> specs_;
   absl::flat_hash_map<absl::string_view, const v1::ServiceObservation*> services_;
   absl::flat_hash_map<absl::string_view, const v1::RouteObservation*> routes_;
-  v1::Diagnosis d_;
+  v1::Diagnosis* const d_;
   std::string summary_;
   bool waiting_ = false;
   absl::flat_hash_set<std::string> disk_full_;
@@ -1155,7 +1161,18 @@ upkeep::v1::Diagnosis Diagnose(const upkeep::v1::Stack& desired,
                                const upkeep::v1::StackObservation& observed,
                                absl::Span<const upkeep::v1::ActionRecord> history, absl::Time now,
                                const DiagnoseOptions& options) {
-  return Engine(desired, observed, history, now, options).Run();
+  v1::Diagnosis d;
+  Engine(desired, observed, history, now, options, &d).Run();
+  return d;
+}
+
+upkeep::v1::Diagnosis* Diagnose(const upkeep::v1::Stack& desired,
+                                const upkeep::v1::StackObservation& observed,
+                                absl::Span<const upkeep::v1::ActionRecord> history, absl::Time now,
+                                google::protobuf::Arena* arena, const DiagnoseOptions& options) {
+  auto* d = google::protobuf::Arena::CreateMessage<v1::Diagnosis>(arena);
+  Engine(desired, observed, history, now, options, d).Run();
+  return d;
 }
 
 bool Judged(const upkeep::v1::Diagnosis& d) {
