@@ -126,6 +126,21 @@ void BM_DiagnoseOnArena(benchmark::State& state) {
       static_cast<double>(g_allocs.load() - allocs_before), benchmark::Counter::kAvgIterations);
 }
 
+// The floor under Diagnose: copying the diagnosis it returns (the same path, evidence,
+// findings and actions, built without deciding anything).
+void BM_CopyDiagnosis(benchmark::State& state) {
+  const Input in = Make(state.range(0), state.range(1), state.range(2), state.range(3) != 0);
+  const v1::Diagnosis d = upkeep::decision::Diagnose(in.stack, in.observed, in.history, kNow);
+  const int64_t allocs_before = g_allocs.load();
+  for (auto _ : state) {
+    v1::Diagnosis copy = d;
+    benchmark::DoNotOptimize(copy);
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.counters["allocs"] = benchmark::Counter(
+      static_cast<double>(g_allocs.load() - allocs_before), benchmark::Counter::kAvgIterations);
+}
+
 // The demo stack (2 services, 2 routes) healthy without history, and broken with some; a
 // 20-service stack with 200 history records, healthy and broken.
 void Cases(benchmark::internal::Benchmark* b) {
@@ -137,6 +152,7 @@ void Cases(benchmark::internal::Benchmark* b) {
 }
 BENCHMARK(BM_Diagnose)->Apply(Cases);
 BENCHMARK(BM_DiagnoseOnArena)->Apply(Cases);
+BENCHMARK(BM_CopyDiagnosis)->Apply(Cases);
 
 }  // namespace
 

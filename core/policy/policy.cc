@@ -47,6 +47,7 @@ History::History(absl::Span<const v1::ActionRecord> records) : all_(records) {
 }
 
 absl::Span<const v1::ActionRecord* const> History::Of(absl::string_view target) const {
+  if (targets_.empty()) return {};  // no history: not even a hash to compute
   const auto it = targets_.find(target);
   if (it == targets_.end()) return {};
   const Range& range = ranges_[it->second];
