@@ -282,8 +282,23 @@ void Reconciler::RecordHandback(const std::string& host, const v1::Handback& han
   for (const auto& [key, records] : by_key) recorded += dispatcher_.RecordAutonomous(key, records);
   const std::vector<std::string> stacks = StacksOf(host);
   const std::set<std::string> mine(stacks.begin(), stacks.end());
-  for (v1::Event e : handback.events()) {
-    if (!e.stack().empty() && !mine.count(e.stack())) continue;
+  std::vector<v1::Event> fresh;
+  {
+    absl::MutexLock lock(&mu_);
+    HostState& h = hosts_[host];
+    for (const v1::Event& e : handback.events()) {
+      const absl::Time at = FromProto(e.at());
+      if (at < h.handed_back_at || (at == h.handed_back_at && e.seq() <= h.handed_back_seq)) {
+        continue;  // recorded from an earlier hello
+      }
+      h.handed_back_at = at;
+      h.handed_back_seq = e.seq();
+      if (!e.stack().empty() && !mine.count(e.stack())) continue;
+      fresh.push_back(e);
+    }
+  }
+  if (recorded == 0 && fresh.empty()) return;  // the same hand-back again: nothing new
+  for (v1::Event& e : fresh) {
     e.set_seq(0);
     e.set_host(host);
     e.set_message(absl::StrCat("[autonomous] ", e.message()));

@@ -111,6 +111,11 @@ class Reconciler : public AgentListener {
     absl::Time last_heard = absl::InfinitePast();
     std::string version;
     std::vector<std::string> capabilities;
+    // The newest hand-back event recorded (its time, then the agent's seq): a hello that
+    // repeats a hand-back (the stream broke before the agent heard it was recorded) adds
+    // only what is newer. Actions need no mark: their ids make them idempotent.
+    absl::Time handed_back_at = absl::InfinitePast();
+    int64_t handed_back_seq = 0;
   };
 
   Reconciler(Store* store, Clock* clock, Metrics* metrics, ReconcilerOptions options);

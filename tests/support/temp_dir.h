@@ -1,25 +1,22 @@
 // A temporary directory removed (recursively) when the object goes away, unless
 // UPKEEP_KEEP_TEST_DIRS is set (to read the logs of daemons a failing test started).
+//
+// Before it goes, whatever was left running from it is killed: the services upkeep's process
+// runtime started with their state under it (they outlive an agent by design, so a test that
+// ends, or dies on an assertion, would leave them behind; told apart from a reused pid by their
+// start time), and every other process that works in it or holds a file under it open (nginx
+// masters and workers, a daemon of a test that failed before stopping it).
 #ifndef UPKEEP_TESTS_SUPPORT_TEMP_DIR_H_
 #define UPKEEP_TESTS_SUPPORT_TEMP_DIR_H_
 
-#include <cstdlib>
-#include <filesystem>
 #include <string>
 
 namespace upkeep::testing {
 
 class TempDir {
  public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "upkeep-test-XXXXXX").string();
-    path_ = ::mkdtemp(tmpl.data());
-  }
-  ~TempDir() {
-    if (const char* keep = std::getenv("UPKEEP_KEEP_TEST_DIRS"); keep != nullptr && *keep) return;
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
+  TempDir();
+  ~TempDir();
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
 
@@ -29,6 +26,9 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// Kills what was started from `dir` and still runs (see above); returns how many processes.
+int StopLeftoversUnder(const std::string& dir);
 
 }  // namespace upkeep::testing
 

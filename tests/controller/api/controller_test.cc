@@ -563,6 +563,66 @@ TEST_F(ControllerTest, AnAlertIsNotResolvedWhileARepairIsInFlight) {
   EXPECT_EQ(count("Alert"), 1u);
 }
 
+// A hello repeats its hand-back when the stream broke before the agent heard it was recorded:
+// the second one records nothing twice.
+TEST_F(ControllerTest, ARepeatedHandbackIsRecordedOnce) {
+  Controller c(dir_.path());
+  v1::ApplyResponse resp;
+  ASSERT_TRUE(c.Apply(StackYaml("h1"), &resp).ok());
+  v1::AgentMessage hello;
+  hello.mutable_hello()->set_host_id("h1");
+  hello.mutable_hello()->set_version("test");
+  v1::Handback* hb = hello.mutable_hello()->mutable_handback();
+  const absl::Time t0 = absl::Now() - absl::Minutes(1);
+  *hb->mutable_autonomous_since() = ToProto(t0);
+  *hb->mutable_autonomous_until() = ToProto(t0 + absl::Seconds(30));
+  v1::ActionRecord* r = hb->add_actions();
+  r->mutable_action()->set_id("local-1");
+  r->mutable_action()->set_stack("shop");
+  r->mutable_action()->set_host("h1");
+  r->mutable_action()->set_kind(v1::ACTION_KIND_START_SERVICE);
+  r->mutable_action()->set_target("backend");
+  r->mutable_action()->set_autonomous(true);
+  *r->mutable_requested_at() = ToProto(t0 + absl::Seconds(1));
+  r->mutable_result()->set_id("local-1");
+  r->mutable_result()->set_outcome(v1::ACTION_OUTCOME_SUCCEEDED);
+  for (int i = 1; i <= 2; ++i) {
+    v1::Event* e = hb->add_events();
+    e->set_seq(i);
+    *e->mutable_at() = ToProto(t0 + absl::Seconds(i));
+    e->set_type("Normal");
+    e->set_reason("ActionSucceeded");
+    e->set_stack("shop");
+    e->set_message(absl::StrCat("local event ", i));
+  }
+  auto count = [&](const std::string& text) {
+    size_t n = 0;
+    auto events = c.store().ListEvents("shop", 0, 1000);
+    for (const auto& e : *events) n += absl::StrContains(e.message(), text);
+    return n;
+  };
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    RawAgent a(c.channel());
+    ASSERT_TRUE(a.Send(hello));
+    ASSERT_TRUE(WaitFor([&] { return a.has_desired(); }));
+  }  // each stream breaks after the hello was processed
+  // One more event decided since: only it is new.
+  v1::Event* e = hb->add_events();
+  e->set_seq(3);
+  *e->mutable_at() = ToProto(t0 + absl::Seconds(3));
+  e->set_stack("shop");
+  e->set_message("local event 3");
+  RawAgent a(c.channel());
+  ASSERT_TRUE(a.Send(hello));
+  ASSERT_TRUE(WaitFor([&] { return a.has_desired() && count("local event 3") == 1; }));
+  EXPECT_EQ(count("local event 1"), 1u);
+  EXPECT_EQ(count("local event 2"), 1u);
+  EXPECT_EQ(count("decided on its own"), 2u) << "once for the first hand-back, once for event 3";
+  auto actions = c.store().ListActions("shop", "h1", 10);
+  ASSERT_TRUE(actions.ok());
+  EXPECT_EQ(actions->size(), 1u);
+}
+
 // Defect: a WatchEvents handler's subscriber could run after the handler returned.
 TEST_F(ControllerTest, WatchersComeAndGoWhileEventsFlow) {
   Controller c(dir_.path());

@@ -14,8 +14,10 @@
 
 namespace upkeep::testing {
 
-absl::StatusOr<std::unique_ptr<EtcdCluster>> EtcdCluster::Start(int members) {
+absl::StatusOr<std::unique_ptr<EtcdCluster>> EtcdCluster::Start(int members,
+                                                                std::optional<EtcdTls> tls) {
   std::unique_ptr<EtcdCluster> c(new EtcdCluster());
+  c->tls_ = std::move(tls);
   std::vector<std::string> peers;
   for (int i = 0; i < members; ++i) {
     c->endpoints_.push_back(absl::StrCat("127.0.0.1:", FreePort()));
@@ -28,7 +30,7 @@ absl::StatusOr<std::unique_ptr<EtcdCluster>> EtcdCluster::Start(int members) {
     if (absl::Status st = c->StartMember(i, true); !st.ok()) return st;
   }
   for (int i = 0; i < members; ++i) {
-    if (!Ready(c->endpoints_[i], absl::Seconds(30))) {
+    if (!c->Ready(c->endpoints_[i], absl::Seconds(30))) {
       return absl::DeadlineExceededError(absl::StrCat("etcd member ", i, " at ", c->endpoints_[i],
                                                       " not ready in 30 s:\n", c->Log(i)));
     }
@@ -38,43 +40,47 @@ absl::StatusOr<std::unique_ptr<EtcdCluster>> EtcdCluster::Start(int members) {
 
 absl::Status EtcdCluster::StartMember(int i, bool fresh) {
   const std::string name = absl::StrCat("m", i);
-  const std::string client = "http://" + endpoints_[i];
+  const std::string client = (tls_ ? "https://" : "http://") + endpoints_[i];
   const std::string peer = absl::StrCat("http://127.0.0.1:", peer_ports_[i]);
   // Short heartbeat and election timeouts: a killed member's leadership moves in about a second.
   // --max-txn-ops: ApplyStacks writes every stack of one apply in one transaction.
-  auto p = Subprocess::Start({"etcd",
-                              "--name",
-                              name,
-                              "--data-dir",
-                              dir_.Join(name),
-                              "--listen-client-urls",
-                              client,
-                              "--advertise-client-urls",
-                              client,
-                              "--listen-peer-urls",
-                              peer,
-                              "--initial-advertise-peer-urls",
-                              peer,
-                              "--initial-cluster",
-                              initial_cluster_,
-                              "--initial-cluster-state",
-                              fresh ? "new" : "existing",
-                              "--initial-cluster-token",
-                              "upkeep-test",
-                              "--heartbeat-interval",
-                              "50",
-                              "--election-timeout",
-                              "500",
-                              "--max-txn-ops",
-                              "1024",
-                              "--logger",
-                              "zap",
-                              "--log-level",
-                              "warn",
-                              "--listen-metrics-urls",
-                              "",
-                              "--enable-pprof=false"},
-                             dir_.Join(name + ".log"));
+  std::vector<std::string> argv = {"etcd",
+                                   "--name",
+                                   name,
+                                   "--data-dir",
+                                   dir_.Join(name),
+                                   "--listen-client-urls",
+                                   client,
+                                   "--advertise-client-urls",
+                                   client,
+                                   "--listen-peer-urls",
+                                   peer,
+                                   "--initial-advertise-peer-urls",
+                                   peer,
+                                   "--initial-cluster",
+                                   initial_cluster_,
+                                   "--initial-cluster-state",
+                                   fresh ? "new" : "existing",
+                                   "--initial-cluster-token",
+                                   "upkeep-test",
+                                   "--heartbeat-interval",
+                                   "50",
+                                   "--election-timeout",
+                                   "500",
+                                   "--max-txn-ops",
+                                   "1024",
+                                   "--logger",
+                                   "zap",
+                                   "--log-level",
+                                   "warn",
+                                   "--listen-metrics-urls",
+                                   "",
+                                   "--enable-pprof=false"};
+  if (tls_) {
+    argv.insert(argv.end(), {"--cert-file", tls_->cert, "--key-file", tls_->key,
+                             "--trusted-ca-file", tls_->ca, "--client-cert-auth"});
+  }
+  auto p = Subprocess::Start(argv, dir_.Join(name + ".log"));
   if (!p.ok()) return p.status();
   members_[i] = std::move(*p);
   return absl::OkStatus();
@@ -104,8 +110,23 @@ absl::Status EtcdCluster::Restart(int i) {
   return absl::OkStatus();
 }
 
-bool EtcdCluster::Ready(const std::string& endpoint, absl::Duration timeout) {
-  auto channel = grpc::CreateChannel(endpoint, grpc::InsecureChannelCredentials());
+static std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+bool EtcdCluster::Ready(const std::string& endpoint, absl::Duration timeout) const {
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  if (tls_) {
+    grpc::SslCredentialsOptions o;
+    o.pem_root_certs = ReadAll(tls_->ca);
+    o.pem_cert_chain = ReadAll(tls_->client_cert);
+    o.pem_private_key = ReadAll(tls_->client_key);
+    creds = grpc::SslCredentials(o);
+  }
+  auto channel = grpc::CreateChannel(endpoint, creds);
   auto kv = etcdserverpb::KV::NewStub(channel);
   return WaitFor(
       [&] {

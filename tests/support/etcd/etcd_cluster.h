@@ -4,6 +4,7 @@
 #define UPKEEP_TESTS_SUPPORT_ETCD_ETCD_CLUSTER_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,10 +14,18 @@
 
 namespace upkeep::testing {
 
+// Mutual TLS on the client endpoints: etcd serves `cert`/`key` and requires client certificates
+// signed by `ca` (--client-cert-auth). `client_cert`/`client_key` are what Ready() presents.
+struct EtcdTls {
+  std::string ca, cert, key;
+  std::string client_cert, client_key;
+};
+
 class EtcdCluster {
  public:
   // Starts `members` members and waits until the cluster has a leader and answers a read.
-  static absl::StatusOr<std::unique_ptr<EtcdCluster>> Start(int members = 3);
+  static absl::StatusOr<std::unique_ptr<EtcdCluster>> Start(int members = 3,
+                                                            std::optional<EtcdTls> tls = {});
   ~EtcdCluster();
 
   // "127.0.0.1:PORT" of each member's client (gRPC) endpoint, in member order.
@@ -28,7 +37,7 @@ class EtcdCluster {
   // Restarts a killed member with its data directory.
   absl::Status Restart(int i);
   // True when `endpoint` answers a linearizable read within `timeout`.
-  static bool Ready(const std::string& endpoint, absl::Duration timeout);
+  bool Ready(const std::string& endpoint, absl::Duration timeout) const;
   // The member's log (for failure messages).
   std::string Log(int i) const;
 
@@ -37,6 +46,7 @@ class EtcdCluster {
   absl::Status StartMember(int i, bool fresh);
 
   TempDir dir_;
+  std::optional<EtcdTls> tls_;
   std::vector<std::string> endpoints_;
   std::vector<int> peer_ports_;
   std::string initial_cluster_;
