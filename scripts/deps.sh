@@ -11,7 +11,7 @@ PACKAGES=(
   clang libclang-rt-14-dev
   nginx docker.io docker-compose monit curl iproute2 procps
   etcd-server golang-etcd-server-dev
-  chromium chromium-driver python3-selenium python3-grpcio python3-grpc-tools python3-protobuf
+  chromium chromium-driver python3-selenium libnss3-tools python3-grpcio python3-grpc-tools python3-protobuf
   dpkg-dev systemd
 )
 

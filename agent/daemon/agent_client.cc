@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <random>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -14,6 +15,31 @@
 namespace upkeep::agent {
 
 namespace v1 = upkeep::v1;
+
+bool QueueOutbound(std::deque<v1::AgentMessage>* queue, size_t in_flight, size_t max,
+                   v1::AgentMessage msg) {
+  if (msg.has_observation()) {
+    std::set<std::string> stacks;
+    for (const auto& o : msg.observation().stacks()) stacks.insert(o.stack());
+    bool event_driven = msg.observation().event_driven();
+    for (auto it = queue->begin() + std::min(in_flight, queue->size()); it != queue->end();) {
+      bool superseded = it->has_observation();
+      if (superseded) {
+        for (const auto& o : it->observation().stacks()) superseded &= stacks.count(o.stack()) > 0;
+      }
+      if (!superseded) {
+        ++it;
+        continue;
+      }
+      event_driven |= it->observation().event_driven();
+      it = queue->erase(it);
+    }
+    msg.mutable_observation()->set_event_driven(event_driven);
+    if (queue->size() >= max) return false;
+  }
+  queue->push_back(std::move(msg));
+  return true;
+}
 
 // Shared by the client and one stream's reactor; outlives the reactor, which clears `reactor`
 // in OnDone before deleting itself.
@@ -250,10 +276,10 @@ bool AgentClient::Send(v1::AgentMessage msg) {
   if (link == nullptr) return false;
   absl::MutexLock lock(&link->mu);
   if (link->reactor == nullptr || link->closing) return false;
-  if (link->outbound.size() >= options_.max_outbound_queue && msg.has_observation()) {
+  if (!QueueOutbound(&link->outbound, link->writing ? 1 : 0, options_.max_outbound_queue,
+                     std::move(msg))) {
     return false;  // the next observation replaces it
   }
-  link->outbound.push_back(std::move(msg));
   link->reactor->WriteLocked();
   return true;
 }

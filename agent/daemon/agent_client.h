@@ -60,6 +60,14 @@ struct AgentClientOptions {
   HandbackLimits handback;
 };
 
+// Queues `msg` on a stream's outbound queue, whose first `in_flight` messages are being
+// written. An observation replaces the queued, unwritten observations of the same stacks and
+// goes last, keeping their event_driven flag: the controller judges on the latest evidence,
+// never works through a backlog (a burst of observations once had it act on ones 12 s old). An
+// observation is refused (false) when the queue still holds `max` messages.
+bool QueueOutbound(std::deque<upkeep::v1::AgentMessage>* queue, size_t in_flight, size_t max,
+                   upkeep::v1::AgentMessage msg);
+
 class AgentClient {
  public:
   // `observer` and `executor` are not owned and must outlive the client.

@@ -38,6 +38,15 @@ void AppendFailingProbeTimes(const v1::StackObservation& o, std::string* key) {
   }
 }
 constexpr absl::Duration kRoutePeriod = absl::Seconds(1);
+// How soon after its last probe a route may be probed again for a new upstream error.
+constexpr absl::Duration kErrorRepoke = absl::Milliseconds(250);
+
+// Whether a new upstream error in the proxy's log calls for probing a route now, given its
+// last probe: only one that passed (or none yet), and not one sent within kErrorRepoke.
+bool RepokeOnUpstreamError(const v1::ProbeResult& last, absl::Time now) {
+  if (!last.has_at()) return true;
+  return last.ok() && now - FromProto(last.at()) >= kErrorRepoke;
+}
 constexpr absl::Duration kForcedWindow = absl::Seconds(3);
 // How long a measuring request (sent after a probe timed out) may run.
 constexpr absl::Duration kLateLimit = absl::Seconds(30);
@@ -213,13 +222,18 @@ class ObserverImpl : public StackObserver {
     dirty_ = true;
   }
 
-  // Proxy watch callback (the driver's thread): a new upstream error probes the routes now.
+  // Proxy watch callback (the driver's thread): a new upstream error probes now the routes
+  // that last passed. A route already failing keeps its period: its own failing probes write
+  // such errors, and poking it for them would probe it in a loop as fast as nginx answers (a
+  // thousand probes and observations a second, which buried the controller in stale ones).
+  // At most once per kErrorRepoke: real traffic can log errors by the hundred per second.
   void OnProxyChange(const std::string& stack, ProxyDriver::Change change) {
     absl::MutexLock lock(&mu_);
     auto it = stacks_.find(stack);
     if (it != stacks_.end() && change == ProxyDriver::Change::kUpstreamError) {
+      const absl::Time now = absl::Now();
       for (auto& [key, t] : it->second->targets) {
-        if (t->route) t->poke = true;
+        if (t->route && RepokeOnUpstreamError(t->last, now)) t->poke = true;
       }
     }
     dirty_ = true;

@@ -1,5 +1,11 @@
 // Diagnose on stacks of realistic size: the demo's (2 services, 2 routes) and a big one
 // (20 services, 10 routes, 200 history records), healthy and broken.
+// Besides time, `allocs`: calls to operator new per Diagnose, a figure the machine's load does
+// not move (before/after figures are taken on a busy, shared machine).
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -8,6 +14,21 @@
 #include "core/decision/diagnose.h"
 #include "core/manifest/loader.h"
 #include "core/proto_time.h"
+
+// Counts allocations: operator new and delete replaced as a pair, over malloc (GCC cannot see
+// that they pair, hence the pragma).
+std::atomic<int64_t> g_allocs{0};
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+void* operator new(std::size_t size) {
+  g_allocs.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+#pragma GCC diagnostic pop
 
 namespace {
 
@@ -22,8 +43,9 @@ struct Input {
 };
 
 Input Make(int services, int routes, int history, bool broken) {
-  std::string yaml = "apiVersion: upkeep/v1\nkind: Stack\nmetadata: {name: s}\nspec:\n"
-                     "  hosts: [h]\n  runtime: process\n  services:\n";
+  std::string yaml =
+      "apiVersion: upkeep/v1\nkind: Stack\nmetadata: {name: s}\nspec:\n"
+      "  hosts: [h]\n  runtime: process\n  services:\n";
   for (int i = 0; i < services; ++i) {
     yaml += absl::StrCat("    - {name: s", i, ", port: ", 9000 + i,
                          ", process: {command: [x]}, probe: {http: {path: /health}}",
@@ -75,15 +97,62 @@ Input Make(int services, int routes, int history, bool broken) {
 
 void BM_Diagnose(benchmark::State& state) {
   const Input in = Make(state.range(0), state.range(1), state.range(2), state.range(3) != 0);
+  const int64_t allocs_before = g_allocs.load();
   for (auto _ : state) {
     benchmark::DoNotOptimize(upkeep::decision::Diagnose(in.stack, in.observed, in.history, kNow));
   }
   state.SetItemsProcessed(state.iterations());
+  state.counters["allocs"] = benchmark::Counter(
+      static_cast<double>(g_allocs.load() - allocs_before), benchmark::Counter::kAvgIterations);
 }
 
-// services, routes, history, broken
-BENCHMARK(BM_Diagnose)->Args({2, 2, 0, 0})->Args({2, 2, 20, 1})->Args({20, 10, 200, 0})
-    ->Args({20, 10, 200, 1});
+// The same on an arena that is reused, as a caller that diagnoses often would: an initial
+// block of its own, reset after each diagnosis.
+void BM_DiagnoseOnArena(benchmark::State& state) {
+  const Input in = Make(state.range(0), state.range(1), state.range(2), state.range(3) != 0);
+  std::vector<char> block(256 << 10);
+  google::protobuf::ArenaOptions options;
+  options.initial_block = block.data();
+  options.initial_block_size = block.size();
+  google::protobuf::Arena arena(options);
+  const int64_t allocs_before = g_allocs.load();
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(
+        upkeep::decision::Diagnose(in.stack, in.observed, in.history, kNow, &arena));
+    arena.Reset();
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.counters["allocs"] = benchmark::Counter(
+      static_cast<double>(g_allocs.load() - allocs_before), benchmark::Counter::kAvgIterations);
+}
+
+// The floor under Diagnose: copying the diagnosis it returns (the same path, evidence,
+// findings and actions, built without deciding anything).
+void BM_CopyDiagnosis(benchmark::State& state) {
+  const Input in = Make(state.range(0), state.range(1), state.range(2), state.range(3) != 0);
+  const v1::Diagnosis d = upkeep::decision::Diagnose(in.stack, in.observed, in.history, kNow);
+  const int64_t allocs_before = g_allocs.load();
+  for (auto _ : state) {
+    v1::Diagnosis copy = d;
+    benchmark::DoNotOptimize(copy);
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.counters["allocs"] = benchmark::Counter(
+      static_cast<double>(g_allocs.load() - allocs_before), benchmark::Counter::kAvgIterations);
+}
+
+// The demo stack (2 services, 2 routes) healthy without history, and broken with some; a
+// 20-service stack with 200 history records, healthy and broken.
+void Cases(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"services", "routes", "history", "broken"})
+      ->Args({2, 2, 0, 0})
+      ->Args({2, 2, 20, 1})
+      ->Args({20, 10, 200, 0})
+      ->Args({20, 10, 200, 1});
+}
+BENCHMARK(BM_Diagnose)->Apply(Cases);
+BENCHMARK(BM_DiagnoseOnArena)->Apply(Cases);
+BENCHMARK(BM_CopyDiagnosis)->Apply(Cases);
 
 }  // namespace
 

@@ -66,15 +66,24 @@ absl::StatusOr<std::unique_ptr<StatusServer>> StatusServer::Start(StatusServerOp
   std::unique_ptr<StatusServer> s(new StatusServer(std::move(options)));
   if (tls) {
     const StatusServerOptions& o = s->options_;
-    // Client certificates are asked for, not required: a browser may bring a token instead.
+    // Client certificates are asked for, not required: a browser may bring a token instead
+    // (the verify callback accepts the handshake; CertificateUri reads the verify result).
     auto ssl = std::make_unique<httplib::SSLServer>([&o](SSL_CTX& ctx) {
       if (SSL_CTX_use_certificate_chain_file(&ctx, o.tls_cert.c_str()) != 1 ||
           SSL_CTX_use_PrivateKey_file(&ctx, o.tls_key.c_str(), SSL_FILETYPE_PEM) != 1 ||
           SSL_CTX_load_verify_locations(&ctx, o.tls_ca.c_str(), nullptr) != 1) {
         return false;
       }
+      SSL_CTX_set_min_proto_version(&ctx, TLS1_2_VERSION);
       SSL_CTX_set_verify(&ctx, SSL_VERIFY_PEER, [](int, X509_STORE_CTX*) { return 1; });
-      return true;
+      // With SSL_VERIFY_PEER, OpenSSL refuses to resume a session (ID or TLS 1.3 ticket) on a
+      // context without a session id context: a fatal internal_error alert ("session id
+      // context uninitialized", ssl_sess.c). Browsers resume on every new connection after
+      // the first, so Chromium failed sub-resources and the event stream with
+      // ERR_SSL_PROTOCOL_ERROR. A resumed session keeps the peer certificate and its verify
+      // result, so roles hold across resumption.
+      static const unsigned char kContext[] = "upkeep-status";
+      return SSL_CTX_set_session_id_context(&ctx, kContext, sizeof(kContext) - 1) == 1;
     });
     if (!ssl->is_valid()) {
       return absl::InvalidArgumentError(absl::StrCat("--http with TLS: cannot load ", o.tls_cert,

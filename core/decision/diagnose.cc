@@ -3,12 +3,13 @@
 #include "core/decision/diagnose.h"
 
 #include <algorithm>
-#include <functional>
-#include <map>
-#include <set>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -51,17 +52,25 @@ bool ParseUpstream(const std::string& upstream, std::string* host, int* port) {
 
 class Engine {
  public:
+  // Fills `out`, an empty message.
   Engine(const v1::Stack& desired, const v1::StackObservation& observed,
-         absl::Span<const v1::ActionRecord> history, absl::Time now, const DiagnoseOptions& options)
-      : desired_(desired), observed_(observed), history_(history), now_(now), options_(options) {
-    d_.set_stack(desired.metadata().name());
-    d_.set_host(observed.host().host_id());
-    *d_.mutable_at() = ToProto(now);
+         absl::Span<const v1::ActionRecord> history, absl::Time now, const DiagnoseOptions& options,
+         v1::Diagnosis* out)
+      : desired_(desired),
+        observed_(observed),
+        history_(history),
+        now_(now),
+        options_(options),
+        d_(out) {
+    d_->set_stack(desired.metadata().name());
+    d_->set_host(observed.host().host_id());
+    *d_->mutable_at() = ToProto(now);
+    for (const auto& s : desired.spec().services()) specs_[s.name()] = &s;
     for (const auto& s : observed.services()) services_[s.name()] = &s;
     for (const auto& r : observed.proxy().routes()) routes_[r.path()] = &r;
   }
 
-  v1::Diagnosis Run() {
+  void Run() {
     if (!AgentConnected() || !ObservationFresh()) return Finish(v1::VERDICT_UNKNOWN);
     if (ActionInFlight()) return Finish(v1::VERDICT_WAITING);
     CheckDisks();
@@ -74,62 +83,64 @@ class Engine {
 
  private:
   // ---- the path -------------------------------------------------------------------------
-  v1::PathNode* Node(const std::string& step, const std::string& target,
-                     const std::string& decision, int depth = 0) {
-    v1::PathNode* n = d_.add_path();
-    n->set_step(step);
-    n->set_target(target);
-    n->set_decision(decision);
+  // Strings are taken as views and copied once, into the message: most are literals.
+  v1::PathNode* Node(absl::string_view step, absl::string_view target, absl::string_view decision,
+                     int depth = 0) {
+    v1::PathNode* n = d_->add_path();
+    n->set_step(step.data(), step.size());
+    n->set_target(target.data(), target.size());
+    n->set_decision(decision.data(), decision.size());
     n->set_depth(depth);
     return n;
   }
-  static void Ev(v1::PathNode* n, const std::string& k, const std::string& v) {
-    (*n->mutable_evidence())[k] = v;
+  static void Ev(v1::PathNode* n, const std::string& k, std::string v) {
+    (*n->mutable_evidence())[k] = std::move(v);
   }
 
-  v1::Finding* Find(v1::Severity sev, const std::string& code, const std::string& target,
-                    const std::string& message) {
-    v1::Finding* f = d_.add_findings();
+  v1::Finding* Find(v1::Severity sev, absl::string_view code, absl::string_view target,
+                    std::string message) {
+    v1::Finding* f = d_->add_findings();
     f->set_severity(sev);
-    f->set_code(code);
-    f->set_target(target);
-    f->set_message(message);
+    f->set_code(code.data(), code.size());
+    f->set_target(target.data(), target.size());
+    f->set_message(std::move(message));
     return f;
   }
 
-  bool HasFinding(const std::string& code, const std::string& target) const {
-    for (const auto& f : d_.findings()) {
+  bool HasFinding(absl::string_view code, absl::string_view target) const {
+    for (const auto& f : d_->findings()) {
       if (f.code() == code && f.target() == target) return true;
     }
     return false;
   }
 
-  v1::Action MakeAction(v1::ActionKind kind, const std::string& target,
-                        const std::string& reason) const {
+  v1::Action MakeAction(v1::ActionKind kind, absl::string_view target, std::string reason) const {
     v1::Action a;
     a.set_kind(kind);
-    a.set_target(target);
+    a.set_target(target.data(), target.size());
     a.set_stack(desired_.metadata().name());
     a.set_host(observed_.host().host_id());
-    a.set_reason(reason);
+    a.set_reason(std::move(reason));
     return a;
   }
 
-  // Judges `actions` as one unit (e.g. collect logs + restart): the unit's verdict is the one
-  // of its last (main) action. Returns the verdict.
-  v1::PolicyVerdict Plan(std::vector<v1::Action> actions, int depth) {
+  // Judges `main` and plans it. `first` (collect logs before a restart, test the config before
+  // a start), when given, forms one unit with it: planned before it, with its verdict. Returns
+  // the verdict.
+  v1::PolicyVerdict Plan(v1::Action main_action, int depth,
+                         std::optional<v1::Action> first = std::nullopt) {
     const auto& policy = desired_.spec().policy();
-    v1::PlannedAction main = policy::Judge(policy, history_, actions.back(), now_, options_.paused);
-    v1::PathNode* n =
-        Node("policy", actions.back().target(), v1::PolicyVerdict_Name(main.policy()), depth + 1);
+    v1::PlannedAction main =
+        policy::Judge(policy, history_, std::move(main_action), now_, options_.paused);
+    const std::string& target = main.action().target();
+    v1::PathNode* n = Node("policy", target, v1::PolicyVerdict_Name(main.policy()), depth + 1);
     Ev(n, "reason", main.policy_reason());
     if (main.policy() == v1::POLICY_VERDICT_BUDGET_EXHAUSTED) {
-      if (HasFinding("CrashLooping", actions.back().target())) return main.policy();
-      v1::Finding* f =
-          Find(v1::SEVERITY_ALERT, "CrashLooping", actions.back().target(),
-               absl::StrCat(actions.back().target(), " is crash-looping: ", main.policy_reason()));
+      if (HasFinding("CrashLooping", target)) return main.policy();
+      v1::Finding* f = Find(v1::SEVERITY_ALERT, "CrashLooping", target,
+                            absl::StrCat(target, " is crash-looping: ", main.policy_reason()));
       (*f->mutable_evidence())["restarts_in_window"] =
-          absl::StrCat(policy::RestartsInWindow(policy, history_, actions.back().target(), now_));
+          absl::StrCat(policy::RestartsInWindow(policy, history_, target, now_));
       return main.policy();
     }
     if (main.policy() == v1::POLICY_VERDICT_BACKOFF ||
@@ -137,13 +148,18 @@ class Engine {
       waiting_ = true;
       return main.policy();
     }
-    for (size_t i = 0; i + 1 < actions.size(); ++i) {
-      v1::PlannedAction p = main;
-      *p.mutable_action() = actions[i];
-      *d_.add_actions() = p;
+    if (first.has_value()) {
+      // Everything of main's verdict but its action.
+      main_action = std::move(*main.mutable_action());
+      main.clear_action();
+      v1::PlannedAction* p = d_->add_actions();
+      *p = main;
+      *p->mutable_action() = std::move(*first);
+      *main.mutable_action() = std::move(main_action);
     }
-    *d_.add_actions() = main;
-    return main.policy();
+    v1::PlannedAction* added = d_->add_actions();
+    *added = std::move(main);
+    return added->policy();
   }
 
   // ---- 1. "Run: bash scripts/debug_dashboard_remote.sh" — do we see the host at all? -----
@@ -171,9 +187,11 @@ class Engine {
 
   // Verify before escalating: an action whose result has not come back is waited for.
   bool ActionInFlight() {
-    for (auto it = history_.rbegin(); it != history_.rend(); ++it) {
+    const absl::Time timed_out = now_ - kInFlightTimeout;
+    const auto history = history_.all();
+    for (auto it = history.rbegin(); it != history.rend(); ++it) {
       if (it->dry_run() || it->action().kind() == v1::ACTION_KIND_RESET_BUDGET) continue;
-      if (FromProto(it->requested_at()) < now_ - kInFlightTimeout) break;
+      if (FromProto(it->requested_at()) < timed_out) break;
       if (it->result().id().empty()) {
         v1::PathNode* n =
             Node("action.in_flight", it->action().target(), "yes: waiting for its result");
@@ -190,12 +208,10 @@ class Engine {
   }
 
   // The newest executed (not dry-run) record on `target`, if any.
-  const v1::ActionRecord* LastOn(const std::string& target) const {
-    for (auto it = history_.rbegin(); it != history_.rend(); ++it) {
-      if (!it->dry_run() && it->action().target() == target &&
-          it->action().kind() != v1::ACTION_KIND_RESET_BUDGET) {
-        return &*it;
-      }
+  const v1::ActionRecord* LastOn(absl::string_view target) const {
+    const auto records = history_.Of(target);
+    for (auto it = records.rbegin(); it != records.rend(); ++it) {
+      if (!(*it)->dry_run() && (*it)->action().kind() != v1::ACTION_KIND_RESET_BUDGET) return *it;
     }
     return nullptr;
   }
@@ -235,10 +251,9 @@ class Engine {
              test.ran() ? (test.ok() ? "yes" : "unknown: test again") : "untested", 1);
     if (test.ran()) Ev(t, "nginx_t", test.output());
     // "nginx down → test its config; valid → start it"
-    Plan({MakeAction(v1::ACTION_KIND_TEST_PROXY_CONFIG, kProxyTarget,
-                     "nginx is not running: test its config before starting it"),
-          MakeAction(v1::ACTION_KIND_START_PROXY, kProxyTarget, "nginx is not running")},
-         1);
+    Plan(MakeAction(v1::ACTION_KIND_START_PROXY, kProxyTarget, "nginx is not running"), 1,
+         MakeAction(v1::ACTION_KIND_TEST_PROXY_CONFIG, kProxyTarget,
+                    "nginx is not running: test its config before starting it"));
     return false;
   }
 
@@ -247,12 +262,13 @@ class Engine {
   // whose observation is still on its way is planned again at once (5 tests in 170 ms).
   v1::ConfigTest LatestConfigTest() const {
     v1::ConfigTest t = observed_.proxy().last_config_test();
-    for (auto it = history_.rbegin(); it != history_.rend(); ++it) {
-      if (it->dry_run() || it->action().target() != kProxyTarget ||
-          it->action().kind() != v1::ACTION_KIND_TEST_PROXY_CONFIG) {
+    const auto records = history_.Of(kProxyTarget);
+    for (auto it = records.rbegin(); it != records.rend(); ++it) {
+      const v1::ActionRecord& record = **it;
+      if (record.dry_run() || record.action().kind() != v1::ACTION_KIND_TEST_PROXY_CONFIG) {
         continue;
       }
-      const auto& r = it->result();
+      const auto& r = record.result();
       if (r.id().empty() || !r.has_finished_at()) continue;
       if (r.outcome() != v1::ACTION_OUTCOME_SUCCEEDED && r.outcome() != v1::ACTION_OUTCOME_FAILED) {
         continue;
@@ -268,30 +284,34 @@ class Engine {
   }
 
   // ---- 3. upstream services, dependencies first -------------------------------------------
+  // The desired services, each after those it depends on (a cycle, which the manifest loader
+  // rejects, is cut at depth 64).
+  using Names = absl::flat_hash_set<absl::string_view>;
   std::vector<const v1::ServiceSpec*> DependencyOrder() const {
     std::vector<const v1::ServiceSpec*> order;
-    std::set<std::string> done;
-    std::map<std::string, const v1::ServiceSpec*> by_name;
-    for (const auto& s : desired_.spec().services()) by_name[s.name()] = &s;
-    std::function<void(const v1::ServiceSpec*, int)> visit = [&](const v1::ServiceSpec* s,
-                                                                 int depth) {
-      if (done.count(s->name()) || depth > 64) return;
-      for (const auto& d : s->depends_on()) {
-        if (auto it = by_name.find(d); it != by_name.end()) visit(it->second, depth + 1);
-      }
-      if (done.insert(s->name()).second) order.push_back(s);
-    };
-    for (const auto& s : desired_.spec().services()) visit(&s, 0);
+    order.reserve(desired_.spec().services_size());
+    Names done;
+    for (const auto& s : desired_.spec().services()) VisitDependencies(&s, 0, &done, &order);
     return order;
+  }
+  void VisitDependencies(const v1::ServiceSpec* s, int depth, Names* done,
+                         std::vector<const v1::ServiceSpec*>* order) const {
+    if (done->contains(s->name()) || depth > 64) return;
+    for (const auto& d : s->depends_on()) {
+      if (auto it = specs_.find(d); it != specs_.end()) {
+        VisitDependencies(it->second, depth + 1, done, order);
+      }
+    }
+    if (done->insert(s->name()).second) order->push_back(s);
   }
 
   bool CheckServices() {
     bool all_ok = true;
-    std::set<std::string> down;
+    Names down;
     for (const v1::ServiceSpec* spec : DependencyOrder()) {
-      const v1::ServiceObservation empty;
       auto it = services_.find(spec->name());
-      const v1::ServiceObservation& o = it != services_.end() ? *it->second : empty;
+      const v1::ServiceObservation& o =
+          it != services_.end() ? *it->second : v1::ServiceObservation::default_instance();
       if (!CheckService(*spec, o, down)) {
         all_ok = false;
         down.insert(spec->name());
@@ -301,11 +321,11 @@ class Engine {
   }
 
   bool CheckService(const v1::ServiceSpec& spec, const v1::ServiceObservation& o,
-                    const std::set<std::string>& down) {
+                    const Names& down) {
     const std::string& name = spec.name();
     // "a service whose dependency is down is not restarted; its dependency is fixed first"
     for (const auto& dep : spec.depends_on()) {
-      if (down.count(dep)) {
+      if (down.contains(dep)) {
         v1::PathNode* n =
             Node("service.dependency_down", name, absl::StrCat("yes: waiting for ", dep));
         Ev(n, "dependency", dep);
@@ -349,7 +369,7 @@ class Engine {
         params["service"] = compose.service();
         params["file"] = compose.file();
         if (!compose.profile().empty()) params["profile"] = compose.profile();
-        Plan({create}, 0);
+        Plan(std::move(create), 0);
         return false;
       }
       // A start that just reported success gets a moment to show up.
@@ -361,7 +381,7 @@ class Engine {
         waiting_ = true;
         return false;
       }
-      Plan({MakeAction(v1::ACTION_KIND_START_SERVICE, name, absl::StrCat(name, " is not running"))},
+      Plan(MakeAction(v1::ACTION_KIND_START_SERVICE, name, absl::StrCat(name, " is not running")),
            0);
       return false;
     }
@@ -386,7 +406,7 @@ class Engine {
           MakeAction(v1::ACTION_KIND_RESTART_SERVICE, name, absl::StrCat(name, " is unhealthy"));
       (*restart.mutable_params())["stop_timeout_ms"] =
           absl::StrCat(absl::ToInt64Milliseconds(FromProto(spec.stop_timeout())));
-      Plan({logs, restart}, 0);
+      Plan(std::move(restart), 0, std::move(logs));
       return false;
     }
     if (o.health() != v1::HEALTH_STATE_HEALTHY) {
@@ -453,11 +473,13 @@ class Engine {
   bool StoppedByPerson(const v1::ServiceSpec& spec, const v1::ServiceObservation& o) {
     const std::string& name = spec.name();
     const v1::ActionRecord* stop = nullptr;
-    for (auto it = history_.rbegin(); it != history_.rend(); ++it) {
-      if (it->dry_run() || it->action().target() != name) continue;
-      const v1::ActionKind k = it->action().kind();
+    const auto records = history_.Of(name);
+    for (auto it = records.rbegin(); it != records.rend(); ++it) {
+      const v1::ActionRecord& r = **it;
+      if (r.dry_run()) continue;
+      const v1::ActionKind k = r.action().kind();
       if (k == v1::ACTION_KIND_STOP_SERVICE) {
-        if (it->result().outcome() == v1::ACTION_OUTCOME_SUCCEEDED) stop = &*it;
+        if (r.result().outcome() == v1::ACTION_OUTCOME_SUCCEEDED) stop = &r;
         break;
       }
       // A start (by upkeep or by hand) or a resume ends the person's stop.
@@ -474,11 +496,12 @@ class Engine {
     bool runtime_stop = o.stopped_by_person();
     if (runtime_stop && o.has_finished_at()) {
       // A resume (or a start by hand through upkeep) after that stop ends it.
-      for (const auto& r : history_) {
-        const v1::ActionKind k = r.action().kind();
-        if (!r.dry_run() && r.action().target() == name &&
+      const absl::Time stopped = FromProto(o.finished_at());
+      for (const v1::ActionRecord* r : records) {
+        const v1::ActionKind k = r->action().kind();
+        if (!r->dry_run() &&
             (k == v1::ACTION_KIND_RESET_BUDGET || k == v1::ACTION_KIND_START_SERVICE) &&
-            FromProto(r.requested_at()) > FromProto(o.finished_at())) {
+            FromProto(r->requested_at()) > stopped) {
           runtime_stop = false;
         }
       }
@@ -713,12 +736,10 @@ class Engine {
       summary_ = "a route fails and nginx's config fails `nginx -t`: alert, no reload";
       return Evidence::kAlert;
     }
-    std::map<std::string, const v1::ServiceSpec*> by_name;
-    for (const auto& svc : desired_.spec().services()) by_name[svc.name()] = &svc;
     bool explained = false, port_mismatch = false;
     for (const auto* route : failing) {
-      auto sit = by_name.find(route->upstream());
-      if (sit == by_name.end()) continue;
+      auto sit = specs_.find(route->upstream());
+      if (sit == specs_.end()) continue;
       const v1::ServiceSpec& svc = *sit->second;
       const v1::ServiceObservation* o =
           services_.count(svc.name()) ? services_[svc.name()] : nullptr;
@@ -807,11 +828,13 @@ class Engine {
         policy::FailedStreak(history_, kProxyTarget, v1::ACTION_KIND_RELOAD_PROXY);
     if (streak.count == 0 || streak.last <= now_ - kEscalationWindow) return nullptr;
     int seen = 0;
-    for (auto it = history_.rbegin(); it != history_.rend() && seen < streak.count; ++it) {
-      if (it->dry_run() || it->action().target() != kProxyTarget) continue;
-      if (!policy::SameClass(it->action().kind(), v1::ACTION_KIND_RELOAD_PROXY)) continue;
+    const auto records = history_.Of(kProxyTarget);
+    for (auto it = records.rbegin(); it != records.rend() && seen < streak.count; ++it) {
+      const v1::ActionRecord& r = **it;
+      if (r.dry_run()) continue;
+      if (!policy::SameClass(r.action().kind(), v1::ACTION_KIND_RELOAD_PROXY)) continue;
       ++seen;
-      const auto& params = it->action().params();
+      const auto& params = r.action().params();
       auto code = params.find("evidence_code");
       if (code == params.end()) continue;
       const std::string target =
@@ -820,9 +843,9 @@ class Engine {
         v1::Finding* f =
             Find(v1::SEVERITY_ALERT, code->second, target,
                  params.count("evidence_message") ? params.at("evidence_message") : std::string());
-        (*f->mutable_evidence())["seen_before"] = it->action().id();
+        (*f->mutable_evidence())["seen_before"] = r.action().id();
       }
-      return &*it;
+      return &r;
     }
     return nullptr;
   }
@@ -925,12 +948,13 @@ class Engine {
     bool reloaded = false, restarted = false;
     if (recent) {
       int seen = 0;
-      for (auto it = history_.rbegin(); it != history_.rend() && seen < streak.count; ++it) {
-        if (it->dry_run() || it->action().target() != kProxyTarget) continue;
-        if (!policy::SameClass(it->action().kind(), v1::ACTION_KIND_RELOAD_PROXY)) continue;
+      const auto records = history_.Of(kProxyTarget);
+      for (auto it = records.rbegin(); it != records.rend() && seen < streak.count; ++it) {
+        const v1::ActionKind kind = (*it)->action().kind();
+        if ((*it)->dry_run() || !policy::SameClass(kind, v1::ACTION_KIND_RELOAD_PROXY)) continue;
         ++seen;
-        reloaded |= it->action().kind() == v1::ACTION_KIND_RELOAD_PROXY;
-        restarted |= it->action().kind() == v1::ACTION_KIND_RESTART_PROXY;
+        reloaded |= kind == v1::ACTION_KIND_RELOAD_PROXY;
+        restarted |= kind == v1::ACTION_KIND_RESTART_PROXY;
       }
     }
     const std::string paths = absl::StrJoin(
@@ -959,7 +983,7 @@ class Engine {
           MakeAction(v1::ACTION_KIND_RELOAD_PROXY, kProxyTarget,
                      absl::StrCat("upstreams healthy but ", paths, " failing through nginx"));
       if (evidence == Evidence::kReloadOnly) {
-        for (const auto& f : d_.findings()) {
+        for (const auto& f : d_->findings()) {
           if (f.code() != "PortMismatch") continue;
           (*reload.mutable_params())["evidence_code"] = f.code();
           (*reload.mutable_params())["evidence_target"] = f.target();
@@ -967,13 +991,13 @@ class Engine {
           break;
         }
       }
-      Plan({reload}, 1);
+      Plan(std::move(reload), 1);
       return;
     }
     if (!restarted) {
       // "→ sudo systemctl restart nginx"
-      Plan({MakeAction(v1::ACTION_KIND_RESTART_PROXY, kProxyTarget,
-                       absl::StrCat(paths, " still failing after a reload"))},
+      Plan(MakeAction(v1::ACTION_KIND_RESTART_PROXY, kProxyTarget,
+                      absl::StrCat(paths, " still failing after a reload")),
            1);
       return;
     }
@@ -985,8 +1009,6 @@ class Engine {
   void AlertStill502(const std::vector<const v1::RouteSpec*>& failing) {
     const auto& proxy = observed_.proxy();
     Node("proxy.findings", kProxyTarget, "alert: no automatic action left", 2);
-    std::map<std::string, const v1::ServiceSpec*> by_name;
-    for (const auto& s : desired_.spec().services()) by_name[s.name()] = &s;
     for (const auto* route : failing) {
       v1::Finding* f = Find(v1::SEVERITY_ALERT, "StillFailing", route->path(),
                             absl::StrCat(route->path(),
@@ -1000,8 +1022,8 @@ class Engine {
         ev["nginx_t"] = proxy.last_config_test().output();
       }
       if (!proxy.error_log_excerpt().empty()) ev["error_log"] = proxy.error_log_excerpt();
-      const v1::ServiceSpec* svc =
-          by_name.count(route->upstream()) ? by_name[route->upstream()] : nullptr;
+      const auto spec = specs_.find(route->upstream());
+      const v1::ServiceSpec* svc = spec != specs_.end() ? spec->second : nullptr;
       if (svc == nullptr) continue;
       ev["expected_upstream"] = absl::StrCat(svc->address(), ":", svc->port());
       const v1::ServiceObservation* o =
@@ -1068,13 +1090,13 @@ class Engine {
 
   v1::Verdict Verdict() {
     bool acting = false;
-    for (const auto& a : d_.actions()) {
+    for (const auto& a : d_->actions()) {
       acting |= a.policy() == v1::POLICY_VERDICT_ALLOWED;
     }
     // An alert about the past (the service flapped, crash-looped) while it is healthy now is
     // told to people, but the stack serves: it is not DEGRADED (Ready stays true).
     bool alert = false;
-    for (const auto& f : d_.findings()) {
+    for (const auto& f : d_->findings()) {
       if (f.severity() != v1::SEVERITY_ALERT) continue;
       const auto healthy_now = f.evidence().find("healthy_now");
       const bool history_only = f.code() == "Flapping" ||
@@ -1086,12 +1108,12 @@ class Engine {
     }
     if (acting) return v1::VERDICT_REPAIRING;
     if (alert) return v1::VERDICT_DEGRADED;
-    if (waiting_ || d_.actions_size() > 0) return v1::VERDICT_WAITING;
+    if (waiting_ || d_->actions_size() > 0) return v1::VERDICT_WAITING;
     return v1::VERDICT_HEALTHY;
   }
 
-  v1::Diagnosis Finish(v1::Verdict verdict) {
-    d_.set_verdict(verdict);
+  void Finish(v1::Verdict verdict) {
+    d_->set_verdict(verdict);
     if (summary_.empty()) {
       switch (verdict) {
         case v1::VERDICT_HEALTHY:
@@ -1099,7 +1121,7 @@ class Engine {
           break;
         case v1::VERDICT_REPAIRING: {
           std::vector<std::string> parts;
-          for (const auto& a : d_.actions()) {
+          for (const auto& a : d_->actions()) {
             parts.push_back(absl::StrCat(v1::ActionKind_Name(a.action().kind()).substr(12), " ",
                                          a.action().target()));
           }
@@ -1107,29 +1129,30 @@ class Engine {
           break;
         }
         case v1::VERDICT_DEGRADED:
-          summary_ = d_.findings_size() > 0 ? d_.findings(0).message() : "degraded";
+          summary_ = d_->findings_size() > 0 ? d_->findings(0).message() : "degraded";
           break;
         default:
-          summary_ = d_.actions_size() > 0
-                         ? absl::StrCat("waiting: ", d_.actions(0).policy_reason())
+          summary_ = d_->actions_size() > 0
+                         ? absl::StrCat("waiting: ", d_->actions(0).policy_reason())
                          : "waiting for services to become ready";
       }
     }
-    d_.set_summary(summary_);
-    return std::move(d_);
+    d_->set_summary(std::move(summary_));
   }
 
   const v1::Stack& desired_;
   const v1::StackObservation& observed_;
-  absl::Span<const v1::ActionRecord> history_;
+  const policy::History history_;
   const absl::Time now_;
   const DiagnoseOptions& options_;
-  std::map<std::string, const v1::ServiceObservation*> services_;
-  std::map<std::string, const v1::RouteObservation*> routes_;
-  v1::Diagnosis d_;
+  // By name: the desired services, and what was observed of services and routes.
+  absl::flat_hash_map<absl::string_view, const v1::ServiceSpec*> specs_;
+  absl::flat_hash_map<absl::string_view, const v1::ServiceObservation*> services_;
+  absl::flat_hash_map<absl::string_view, const v1::RouteObservation*> routes_;
+  v1::Diagnosis* const d_;
   std::string summary_;
   bool waiting_ = false;
-  std::set<std::string> disk_full_;
+  absl::flat_hash_set<std::string> disk_full_;
 };
 
 }  // namespace
@@ -1138,7 +1161,18 @@ upkeep::v1::Diagnosis Diagnose(const upkeep::v1::Stack& desired,
                                const upkeep::v1::StackObservation& observed,
                                absl::Span<const upkeep::v1::ActionRecord> history, absl::Time now,
                                const DiagnoseOptions& options) {
-  return Engine(desired, observed, history, now, options).Run();
+  v1::Diagnosis d;
+  Engine(desired, observed, history, now, options, &d).Run();
+  return d;
+}
+
+upkeep::v1::Diagnosis* Diagnose(const upkeep::v1::Stack& desired,
+                                const upkeep::v1::StackObservation& observed,
+                                absl::Span<const upkeep::v1::ActionRecord> history, absl::Time now,
+                                google::protobuf::Arena* arena, const DiagnoseOptions& options) {
+  auto* d = google::protobuf::Arena::CreateMessage<v1::Diagnosis>(arena);
+  Engine(desired, observed, history, now, options, d).Run();
+  return d;
 }
 
 bool Judged(const upkeep::v1::Diagnosis& d) {

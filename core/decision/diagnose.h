@@ -8,6 +8,7 @@
 
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "google/protobuf/arena.h"
 #include "upkeep/v1/action.pb.h"
 #include "upkeep/v1/diagnosis.pb.h"
 #include "upkeep/v1/observation.pb.h"
@@ -23,6 +24,17 @@ upkeep::v1::Diagnosis Diagnose(const upkeep::v1::Stack& desired,
                                const upkeep::v1::StackObservation& observed,
                                absl::Span<const upkeep::v1::ActionRecord> history, absl::Time now,
                                const DiagnoseOptions& options = {});
+
+// The same, built on `arena`: the diagnosis and everything in it live there until the arena is
+// reset or destroyed. Most of what a diagnosis costs is allocating and freeing its strings and
+// maps one at a time; a caller that diagnoses often can reuse one arena (with an initial block
+// of its own, Reset() between diagnoses) and pay for neither. With a null arena the message is
+// on the heap and the caller owns it.
+upkeep::v1::Diagnosis* Diagnose(const upkeep::v1::Stack& desired,
+                                const upkeep::v1::StackObservation& observed,
+                                absl::Span<const upkeep::v1::ActionRecord> history, absl::Time now,
+                                google::protobuf::Arena* arena,
+                                const DiagnoseOptions& options = {});
 
 // Whether `d` looked at the stack at all: false when it stopped before the checks (agent not
 // connected, observation stale, a repair's result not back yet). Such a diagnosis says nothing

@@ -1,6 +1,7 @@
 #include "core/policy/policy.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "core/proto_time.h"
@@ -21,59 +22,93 @@ bool IsProxyChange(v1::ActionKind k) {
 
 }  // namespace
 
+History::History(absl::Span<const v1::ActionRecord> records) : all_(records) {
+  if (records.empty()) return;
+  // Find each record's target once, count each target's records, give each target its slice
+  // of by_target_, then fill the slices in order.
+  std::vector<uint32_t> target_of(records.size());
+  for (size_t i = 0; i < records.size(); ++i) {
+    const auto [it, added] = targets_.try_emplace(records[i].action().target(), ranges_.size());
+    if (added) ranges_.emplace_back();
+    target_of[i] = it->second;
+    ++ranges_[it->second].size;
+  }
+  uint32_t begin = 0;
+  for (Range& range : ranges_) {
+    range.begin = begin;
+    begin += range.size;
+    range.size = 0;
+  }
+  by_target_.resize(records.size());
+  for (size_t i = 0; i < records.size(); ++i) {
+    Range& range = ranges_[target_of[i]];
+    by_target_[range.begin + range.size++] = &records[i];
+  }
+}
+
+absl::Span<const v1::ActionRecord* const> History::Of(absl::string_view target) const {
+  if (targets_.empty()) return {};  // no history: not even a hash to compute
+  const auto it = targets_.find(target);
+  if (it == targets_.end()) return {};
+  const Range& range = ranges_[it->second];
+  return absl::MakeConstSpan(by_target_).subspan(range.begin, range.size);
+}
+
 bool SameClass(v1::ActionKind a, v1::ActionKind b) {
   return (IsServiceStart(a) && IsServiceStart(b)) || (IsProxyChange(a) && IsProxyChange(b));
 }
 
-int RestartsInWindow(const v1::PolicySpec& spec, absl::Span<const v1::ActionRecord> history,
-                     const std::string& target, absl::Time now) {
-  const absl::Duration window = FromProto(spec.restart_budget().window());
+int RestartsInWindow(const v1::PolicySpec& spec, const History& history, absl::string_view target,
+                     absl::Time now) {
+  const absl::Time window_start = now - FromProto(spec.restart_budget().window());
   const absl::Duration healthy_reset = FromProto(spec.healthy_reset());
   int count = 0;
   // The start of the quiet stretch that follows the newer records: a repair verified FIXED
   // followed by `healthy_reset` without another start or restart resets the budget.
   absl::Time quiet_until = now;
-  for (auto it = history.rbegin(); it != history.rend(); ++it) {
-    if (it->action().target() != target) continue;
-    if (it->action().kind() == v1::ACTION_KIND_RESET_BUDGET) break;
-    if (it->dry_run() || !IsServiceStart(it->action().kind())) continue;
-    if (healthy_reset > absl::ZeroDuration() && it->verification() == v1::VERIFICATION_FIXED &&
-        it->result().has_finished_at() &&
-        quiet_until - FromProto(it->result().finished_at()) >= healthy_reset) {
+  const auto records = history.Of(target);
+  for (auto it = records.rbegin(); it != records.rend(); ++it) {
+    const v1::ActionRecord& r = **it;
+    if (r.action().kind() == v1::ACTION_KIND_RESET_BUDGET) break;
+    if (r.dry_run() || !IsServiceStart(r.action().kind())) continue;
+    if (healthy_reset > absl::ZeroDuration() && r.verification() == v1::VERIFICATION_FIXED &&
+        r.result().has_finished_at() &&
+        quiet_until - FromProto(r.result().finished_at()) >= healthy_reset) {
       break;  // healthy long enough after this fix: what came before no longer counts
     }
-    quiet_until = FromProto(it->requested_at());
-    if (FromProto(it->requested_at()) <= now - window) continue;
+    quiet_until = FromProto(r.requested_at());
+    if (quiet_until <= window_start) continue;
     ++count;
   }
   return count;
 }
 
-Streak FailedStreak(absl::Span<const v1::ActionRecord> history, const std::string& target,
-                    v1::ActionKind kind, absl::Duration held_for, absl::Time now) {
+Streak FailedStreak(const History& history, absl::string_view target, v1::ActionKind kind,
+                    absl::Duration held_for, absl::Time now) {
   Streak s;
   absl::Time next = now;  // when the target needed the next action of the class
-  for (auto it = history.rbegin(); it != history.rend(); ++it) {
-    if (it->action().target() != target || it->dry_run()) continue;
-    if (it->action().kind() == v1::ACTION_KIND_RESET_BUDGET) break;
-    if (!SameClass(it->action().kind(), kind)) continue;
-    if (it->verification() == v1::VERIFICATION_FIXED) {
+  const auto records = history.Of(target);
+  for (auto it = records.rbegin(); it != records.rend(); ++it) {
+    const v1::ActionRecord& r = **it;
+    if (r.dry_run()) continue;
+    if (r.action().kind() == v1::ACTION_KIND_RESET_BUDGET) break;
+    if (!SameClass(r.action().kind(), kind)) continue;
+    if (r.verification() == v1::VERIFICATION_FIXED) {
       if (held_for <= absl::ZeroDuration()) break;
-      const absl::Time fixed_at = it->result().has_finished_at()
-                                      ? FromProto(it->result().finished_at())
-                                      : FromProto(it->requested_at());
+      const absl::Time fixed_at = r.result().has_finished_at() ? FromProto(r.result().finished_at())
+                                                               : FromProto(r.requested_at());
       if (next - fixed_at >= held_for) break;  // the fix held: the streak ends here
       ++s.fixed;
     }
-    if (s.count == 0) s.last = FromProto(it->requested_at());
+    next = FromProto(r.requested_at());
+    if (s.count == 0) s.last = next;
     ++s.count;
-    next = FromProto(it->requested_at());
   }
   return s;
 }
 
-int FlapsInEpisode(const v1::PolicySpec& spec, absl::Span<const v1::ActionRecord> history,
-                   const std::string& target, absl::Time now, bool holding) {
+int FlapsInEpisode(const v1::PolicySpec& spec, const History& history, absl::string_view target,
+                   absl::Time now, bool holding) {
   // A relapse: a start/restart that worked and was needed again within healthyReset. "Worked"
   // is verified FIXED, or succeeded and was followed by another (a service that crashes as soon
   // as it serves is judged NOT_FIXED or not judged at all before the next one). While the target is
@@ -83,31 +118,48 @@ int FlapsInEpisode(const v1::PolicySpec& spec, absl::Span<const v1::ActionRecord
   int flaps = 0;
   bool newest = true;
   absl::Time next = now;  // when the target needed the next action of the class
-  for (auto it = history.rbegin(); it != history.rend(); ++it) {
-    if (it->action().target() != target || it->dry_run()) continue;
-    if (it->action().kind() == v1::ACTION_KIND_RESET_BUDGET) break;
-    if (!SameClass(it->action().kind(), v1::ACTION_KIND_RESTART_SERVICE)) continue;
-    const bool fixed = it->verification() == v1::VERIFICATION_FIXED;
-    const bool succeeded = it->result().outcome() == v1::ACTION_OUTCOME_SUCCEEDED;
+  const auto records = history.Of(target);
+  for (auto it = records.rbegin(); it != records.rend(); ++it) {
+    const v1::ActionRecord& r = **it;
+    if (r.dry_run()) continue;
+    if (r.action().kind() == v1::ACTION_KIND_RESET_BUDGET) break;
+    if (!SameClass(r.action().kind(), v1::ACTION_KIND_RESTART_SERVICE)) continue;
+    const bool fixed = r.verification() == v1::VERIFICATION_FIXED;
+    const bool succeeded = r.result().outcome() == v1::ACTION_OUTCOME_SUCCEEDED;
     const bool worked = fixed || (succeeded && !newest);
     const bool relapsed = worked && !(newest && holding);
     newest = false;
     if (worked) {
-      const absl::Time fixed_at = it->result().has_finished_at()
-                                      ? FromProto(it->result().finished_at())
-                                      : FromProto(it->requested_at());
+      const absl::Time fixed_at = r.result().has_finished_at() ? FromProto(r.result().finished_at())
+                                                               : FromProto(r.requested_at());
       if (next - fixed_at >= held_for) break;  // the fix held: the episode starts after it
       if (relapsed) ++flaps;
     }
-    next = FromProto(it->requested_at());
+    next = FromProto(r.requested_at());
   }
   return flaps >= 2 ? flaps : 0;
 }
 
-v1::PlannedAction Judge(const v1::PolicySpec& spec, absl::Span<const v1::ActionRecord> history,
-                        const v1::Action& action, absl::Time now, bool paused) {
+int RestartsInWindow(const v1::PolicySpec& spec, absl::Span<const v1::ActionRecord> history,
+                     absl::string_view target, absl::Time now) {
+  return RestartsInWindow(spec, History(history), target, now);
+}
+
+Streak FailedStreak(absl::Span<const v1::ActionRecord> history, absl::string_view target,
+                    v1::ActionKind kind, absl::Duration held_for, absl::Time now) {
+  return FailedStreak(History(history), target, kind, held_for, now);
+}
+
+int FlapsInEpisode(const v1::PolicySpec& spec, absl::Span<const v1::ActionRecord> history,
+                   absl::string_view target, absl::Time now, bool holding) {
+  return FlapsInEpisode(spec, History(history), target, now, holding);
+}
+
+v1::PlannedAction Judge(const v1::PolicySpec& spec, const History& history, v1::Action action,
+                        absl::Time now, bool paused) {
   v1::PlannedAction out;
-  *out.mutable_action() = action;
+  *out.mutable_action() = std::move(action);
+  const v1::Action& planned = out.action();
   auto verdict = [&](v1::PolicyVerdict v, std::string reason) {
     out.set_policy(v);
     out.set_policy_reason(std::move(reason));
@@ -115,10 +167,10 @@ v1::PlannedAction Judge(const v1::PolicySpec& spec, absl::Span<const v1::ActionR
   };
   if (paused) return verdict(v1::POLICY_VERDICT_PAUSED, "paused: planned, not acted on");
 
-  const v1::ActionKind kind = action.kind();
+  const v1::ActionKind kind = planned.kind();
   if (IsServiceStart(kind)) {
     const int max = spec.restart_budget().max();
-    const int used = RestartsInWindow(spec, history, action.target(), now);
+    const int used = RestartsInWindow(spec, history, planned.target(), now);
     if (used >= max) {
       return verdict(
           v1::POLICY_VERDICT_BUDGET_EXHAUSTED,
@@ -129,7 +181,7 @@ v1::PlannedAction Judge(const v1::PolicySpec& spec, absl::Span<const v1::ActionR
   }
   if (SameClass(kind, kind)) {
     const Streak streak =
-        FailedStreak(history, action.target(), kind, FromProto(spec.healthy_reset()), now);
+        FailedStreak(history, planned.target(), kind, FromProto(spec.healthy_reset()), now);
     if (streak.count > 0) {
       const absl::Duration initial = FromProto(spec.backoff().initial());
       const absl::Duration max = FromProto(spec.backoff().max());
@@ -141,16 +193,17 @@ v1::PlannedAction Judge(const v1::PolicySpec& spec, absl::Span<const v1::ActionR
         *out.mutable_not_before() = ToProto(not_before);
         return verdict(v1::POLICY_VERDICT_BACKOFF,
                        absl::StrCat("backoff: ", streak.count, " earlier attempt(s) did not fix ",
-                                    action.target(), "; next not before +",
+                                    planned.target(), "; next not before +",
                                     absl::FormatDuration(not_before - now)));
       }
     }
   }
   const int per_minute = spec.max_actions_per_minute();
+  const absl::Time minute_ago = now - absl::Minutes(1);
   int recent = 0;
-  for (const auto& r : history) {
+  for (const auto& r : history.all()) {
     if (!r.dry_run() && r.action().kind() != v1::ACTION_KIND_RESET_BUDGET &&
-        FromProto(r.requested_at()) > now - absl::Minutes(1)) {
+        FromProto(r.requested_at()) > minute_ago) {
       ++recent;
     }
   }
@@ -163,6 +216,11 @@ v1::PlannedAction Judge(const v1::PolicySpec& spec, absl::Span<const v1::ActionR
     return verdict(v1::POLICY_VERDICT_DRY_RUN, "dry-run: would do, nothing done");
   }
   return verdict(v1::POLICY_VERDICT_ALLOWED, "allowed");
+}
+
+v1::PlannedAction Judge(const v1::PolicySpec& spec, absl::Span<const v1::ActionRecord> history,
+                        v1::Action action, absl::Time now, bool paused) {
+  return Judge(spec, History(history), std::move(action), now, paused);
 }
 
 }  // namespace upkeep::policy

@@ -12,6 +12,12 @@
 #ifndef UPKEEP_CORE_POLICY_POLICY_H_
 #define UPKEEP_CORE_POLICY_POLICY_H_
 
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "upkeep/v1/action.pb.h"
@@ -20,9 +26,37 @@
 
 namespace upkeep::policy {
 
+// The action history of one stack on one host (oldest first), with each target's records found
+// once. The questions below are about one target; Diagnose asks them for every service, so
+// scanning the whole history each time made a diagnosis O(services x history). Holds pointers
+// into `records`, which must outlive it. Immutable once built; thread-safe to read.
+class History {
+ public:
+  explicit History(absl::Span<const upkeep::v1::ActionRecord> records);
+
+  // Every record, oldest first.
+  absl::Span<const upkeep::v1::ActionRecord> all() const { return all_; }
+  // The records whose action targets `target`, oldest first (empty when there are none).
+  absl::Span<const upkeep::v1::ActionRecord* const> Of(absl::string_view target) const;
+
+ private:
+  struct Range {
+    uint32_t begin = 0, size = 0;
+  };
+  absl::Span<const upkeep::v1::ActionRecord> all_;
+  absl::flat_hash_map<absl::string_view, uint32_t> targets_;  // into ranges_
+  std::vector<Range> ranges_;                                 // of by_target_
+  std::vector<const upkeep::v1::ActionRecord*> by_target_;    // grouped by target, in order
+};
+
+// Each question below takes the history as a History (built once, for many questions) or as
+// the records themselves (indexed for that one question).
+
 // Starts and restarts of `target` that count against its budget at `now`.
+int RestartsInWindow(const upkeep::v1::PolicySpec& spec, const History& history,
+                     absl::string_view target, absl::Time now);
 int RestartsInWindow(const upkeep::v1::PolicySpec& spec,
-                     absl::Span<const upkeep::v1::ActionRecord> history, const std::string& target,
+                     absl::Span<const upkeep::v1::ActionRecord> history, absl::string_view target,
                      absl::Time now);
 
 // The number of consecutive actions of `kind`'s class on `target` since the last one that was
@@ -34,7 +68,10 @@ struct Streak {
   absl::Time last = absl::InfinitePast();
   int fixed = 0;  // of them, repairs that worked for a while, then did not hold (flaps)
 };
-Streak FailedStreak(absl::Span<const upkeep::v1::ActionRecord> history, const std::string& target,
+Streak FailedStreak(const History& history, absl::string_view target, upkeep::v1::ActionKind kind,
+                    absl::Duration held_for = absl::ZeroDuration(),
+                    absl::Time now = absl::InfiniteFuture());
+Streak FailedStreak(absl::Span<const upkeep::v1::ActionRecord> history, absl::string_view target,
                     upkeep::v1::ActionKind kind, absl::Duration held_for = absl::ZeroDuration(),
                     absl::Time now = absl::InfiniteFuture());
 
@@ -42,8 +79,10 @@ Streak FailedStreak(absl::Span<const upkeep::v1::ActionRecord> history, const st
 // hold for `healthy_reset`, since the last fix that held. 0 below two (one relapse is not a
 // flap). Diagnose raises one Flapping alert for the whole episode from this, not one per flap.
 // `holding`: the target is healthy now, so its newest fix has not failed (yet) and is no relapse.
+int FlapsInEpisode(const upkeep::v1::PolicySpec& spec, const History& history,
+                   absl::string_view target, absl::Time now, bool holding = false);
 int FlapsInEpisode(const upkeep::v1::PolicySpec& spec,
-                   absl::Span<const upkeep::v1::ActionRecord> history, const std::string& target,
+                   absl::Span<const upkeep::v1::ActionRecord> history, absl::string_view target,
                    absl::Time now, bool holding = false);
 
 // Same class: service start/restart form one class (a restart after a failed start backs
@@ -51,9 +90,11 @@ int FlapsInEpisode(const upkeep::v1::PolicySpec& spec,
 bool SameClass(upkeep::v1::ActionKind a, upkeep::v1::ActionKind b);
 
 // Judges `action` and returns it as a PlannedAction with policy, reason and not_before.
+upkeep::v1::PlannedAction Judge(const upkeep::v1::PolicySpec& spec, const History& history,
+                                upkeep::v1::Action action, absl::Time now, bool paused);
 upkeep::v1::PlannedAction Judge(const upkeep::v1::PolicySpec& spec,
                                 absl::Span<const upkeep::v1::ActionRecord> history,
-                                const upkeep::v1::Action& action, absl::Time now, bool paused);
+                                upkeep::v1::Action action, absl::Time now, bool paused);
 
 }  // namespace upkeep::policy
 

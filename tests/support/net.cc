@@ -7,10 +7,15 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <random>
+#include <set>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "tests/support/wait.h"
 
@@ -56,17 +61,38 @@ int Connect(const std::string& host, int port, absl::Duration timeout) {
 
 }  // namespace
 
-int FreePort() {
+namespace {
+
+bool BindableOnLoopback(int port) {
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  a.sin_port = htons(port);
+  // No SO_REUSEADDR: a port with any socket on it, even one in TIME_WAIT, is not handed out.
+  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
   ::close(fd);
-  return ntohs(a.sin_port);
+  return ok;
+}
+
+}  // namespace
+
+int FreePort() {
+  static absl::Mutex mu(absl::kConstInit);
+  static std::set<int>* given = new std::set<int>();
+  static std::mt19937* rng = new std::mt19937(std::random_device{}() ^ ::getpid());
+  std::uniform_int_distribution<int> pick(kFreePortMin, kFreePortMax - 1);
+  absl::MutexLock lock(&mu);
+  for (int attempt = 0; attempt < 10000; ++attempt) {
+    const int port = pick(*rng);
+    if (given->count(port) > 0 || !BindableOnLoopback(port)) continue;
+    given->insert(port);
+    return port;
+  }
+  std::fprintf(stderr, "FreePort: no free port in [%d, %d) after 10000 tries\n", kFreePortMin,
+               kFreePortMax);
+  std::abort();
 }
 
 bool CanConnect(const std::string& host, int port) {

@@ -8,7 +8,14 @@
 
 namespace upkeep::testing {
 
-// A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, close).
+// Where FreePort picks from: below the kernel's ephemeral range (ip_local_port_range,
+// 32768-60999 by default), so no outgoing connection takes the port as its local port (nor
+// holds it for TIME_WAIT's 60 s) between FreePort and the bind of whatever was given it — a
+// listener's bind fails then, even with SO_REUSEADDR — and bind(0) callers never get it.
+inline constexpr int kFreePortMin = 20000;
+inline constexpr int kFreePortMax = 32000;
+// A TCP port on 127.0.0.1, random in [kFreePortMin, kFreePortMax), bindable a moment ago (no
+// socket on it, not even in TIME_WAIT), never the same twice in one process.
 int FreePort();
 // True when a TCP connect to host:port succeeds.
 bool CanConnect(const std::string& host, int port);

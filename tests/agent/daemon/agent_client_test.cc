@@ -2,6 +2,7 @@
 // loopback, with a real observer and executor driving real processes.
 #include "agent/daemon/agent_client.h"
 
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "agent/daemon/host.h"
 #include "controller/api/agent_service.h"
 #include "core/manifest/loader.h"
+#include "core/proto_time.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "tests/support/net.h"
@@ -201,6 +203,45 @@ TEST(AgentClient, ShutsDownPromptlyWhileNoControllerAnswers) {
   const absl::Time t0 = absl::Now();
   agent.client->Shutdown();
   EXPECT_LT(absl::Now() - t0, absl::Seconds(3));
+}
+
+v1::AgentMessage ObservationMsg(const std::string& stack, int seq, bool event_driven = false) {
+  v1::AgentMessage m;
+  auto* o = m.mutable_observation()->add_stacks();
+  o->set_stack(stack);
+  *o->mutable_observed_at() = ToProto(absl::FromUnixSeconds(seq));
+  m.mutable_observation()->set_event_driven(event_driven);
+  return m;
+}
+
+// The controller judges on the latest evidence, never on a backlog: a new observation of a
+// stack replaces the unwritten ones queued before it (a burst once queued up to 1024 and had
+// the controller act on observations 12 s old), never the one being written nor other
+// messages, and goes after everything queued before it.
+TEST(QueueOutbound, AnObservationReplacesTheUnwrittenOnesOfItsStack) {
+  std::deque<v1::AgentMessage> q;
+  ASSERT_TRUE(QueueOutbound(&q, 0, 100, ObservationMsg("shop", 1)));
+  ASSERT_TRUE(QueueOutbound(&q, 1, 100, ObservationMsg("shop", 2, true)));  // 1 is in flight
+  v1::AgentMessage result;
+  result.mutable_action_result()->set_id("a1");
+  ASSERT_TRUE(QueueOutbound(&q, 1, 100, result));
+  ASSERT_TRUE(QueueOutbound(&q, 1, 100, ObservationMsg("blog", 3)));
+  ASSERT_TRUE(QueueOutbound(&q, 1, 100, ObservationMsg("shop", 4)));
+  ASSERT_EQ(q.size(), 4u);
+  EXPECT_EQ(q[0].observation().stacks(0).observed_at().seconds(), 1) << "being written";
+  EXPECT_EQ(q[1].action_result().id(), "a1");
+  EXPECT_EQ(q[2].observation().stacks(0).stack(), "blog");
+  EXPECT_EQ(q[3].observation().stacks(0).observed_at().seconds(), 4);
+  EXPECT_TRUE(q[3].observation().event_driven()) << "it replaced an event-driven one";
+
+  // Full: other stacks' observations wait for the next one; results are always queued.
+  std::deque<v1::AgentMessage> full;
+  for (int i = 0; i < 3; ++i)
+    ASSERT_TRUE(QueueOutbound(&full, 0, 3, ObservationMsg("s" + std::to_string(i), i)));
+  EXPECT_FALSE(QueueOutbound(&full, 0, 3, ObservationMsg("other", 9)));
+  EXPECT_TRUE(QueueOutbound(&full, 0, 3, ObservationMsg("s1", 10))) << "replaces s1's";
+  EXPECT_TRUE(QueueOutbound(&full, 0, 3, result));
+  EXPECT_EQ(full.size(), 4u);
 }
 
 }  // namespace

@@ -3,11 +3,16 @@
 #include "agent/observe/observer.h"
 
 #include <signal.h>
+#include <sys/stat.h>
 
+#include <algorithm>
+#include <fstream>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "agent/daemon/host.h"
@@ -16,6 +21,7 @@
 #include "gtest/gtest.h"
 #include "tests/support/net.h"
 #include "tests/support/sample_spec.h"
+#include "tests/support/subprocess.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/wait.h"
 
@@ -167,6 +173,75 @@ TEST(StackObserver, MeasuresASlowServicePastItsProbeTimeout) {
   for (const auto& svc : stack.spec().services()) {
     ASSERT_TRUE(rt->Stop(svc, absl::Seconds(5)).ok());
   }
+}
+
+// A route failing through nginx keeps its probe period. Each failing probe writes an upstream
+// error to nginx's log, and a new upstream error pokes the routes: poking a route already
+// failing probed it again at once, in a loop as fast as nginx answered (a thousand probes and
+// observations a second, which buried the controller in stale observations). The check is a
+// lower bound on the spacing of the route's probes, which a slow machine only makes wider.
+TEST(StackObserver, ARouteFailingThroughNginxIsNotPokedByItsOwnErrors) {
+  upkeep::testing::TempDir dir;
+  ::chmod(dir.path().c_str(), 0755);  // nginx workers run unprivileged
+  const int nginx_port = FreePort(), dead_port = FreePort(), api_port = FreePort();
+  std::ofstream(dir.Join("nginx.conf")) << absl::StrCat(
+      "worker_processes 1;\npid ", dir.Join("nginx.pid"), ";\nerror_log ", dir.Join("error.log"),
+      " error;\nevents {}\nhttp {\n access_log off;\n server { listen 127.0.0.1:", nginx_port,
+      "; location /api/ { proxy_pass http://127.0.0.1:", dead_port, "/; } }\n}\n");
+  auto nginx = upkeep::testing::Subprocess::Start(
+      {"nginx", "-p", dir.path(), "-c", dir.Join("nginx.conf"), "-g", "daemon off;"},
+      dir.Join("nginx.out"));
+  ASSERT_TRUE(nginx.ok()) << nginx.status();
+  ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", nginx_port));
+
+  std::unique_ptr<Host> host = MakeHost({dir.path(), ""});
+  v1::Stack stack = ProcessStack("shop", "api", api_port);
+  auto* proxy = stack.mutable_spec()->mutable_proxy();
+  proxy->mutable_nginx()->set_config(dir.Join("nginx.conf"));
+  proxy->mutable_nginx()->set_prefix(dir.path());
+  proxy->mutable_nginx()->set_pid_file(dir.Join("nginx.pid"));
+  proxy->mutable_nginx()->set_error_log(dir.Join("error.log"));
+  auto* route = proxy->add_routes();
+  route->set_path("/api/");
+  route->set_upstream("api");
+  route->mutable_probe()->set_url(absl::StrCat("http://127.0.0.1:", nginx_port, "/api/health"));
+  *route->mutable_probe()->mutable_timeout() = ToProto(absl::Seconds(1));
+  manifest::ApplyDefaults(&stack);
+
+  absl::Mutex mu;
+  std::set<absl::Time> failing;  // when each failing probe of /api/ reported was sent
+  auto observer = StackObserver::Create({"h"}, &host->runtimes, &host->proxies);
+  ASSERT_TRUE(observer.ok());
+  (*observer)->Start([&](const v1::StackObservation& o, bool) {
+    absl::MutexLock lock(&mu);
+    for (const auto& r : o.proxy().routes()) {
+      if (r.path() == "/api/" && !r.probe().ok() && r.probe().has_at()) {
+        failing.insert(FromProto(r.probe().at()));
+      }
+    }
+  });
+  (*observer)->SetDesired({stack});
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        absl::MutexLock lock(&mu);
+        return failing.size() >= 4;
+      },
+      absl::Seconds(30)));
+  (*observer)->Stop();
+  (*nginx)->Stop();
+
+  absl::MutexLock lock(&mu);
+  absl::Duration closest = absl::InfiniteDuration();
+  for (auto it = std::next(failing.begin()); it != failing.end(); ++it) {
+    closest = std::min(closest, *it - *std::prev(it));
+  }
+  std::ifstream log(dir.Join("error.log"));
+  int errors = 0;
+  for (std::string line; std::getline(log, line);)
+    errors += line.find("upstream") != std::string::npos;
+  EXPECT_GE(closest, absl::Milliseconds(500))
+      << "the failing route was probed again on its own upstream errors; nginx logged " << errors
+      << " upstream errors for " << failing.size() << " reported probes";
 }
 
 }  // namespace

@@ -1,16 +1,20 @@
 // The operators' side against a live installation (controller, agent, nginx, the sample
 // services): the status page in a real headless Chromium shows the stack degraded and then
-// healed without a reload (status_page_browser.py), and a webhook notifier delivers the
-// wrong-port alert with its decision path and evidence, then its "resolved" follow-up, to a
-// local receiver that fails its first delivery on purpose.
+// healed without a reload (status_page_browser.py), on the plaintext loopback page and on the
+// HTTPS page of a mutual-TLS installation (a viewer token; requests without credentials are
+// refused), and a webhook notifier delivers the wrong-port alert with its decision path and
+// evidence, then its "resolved" follow-up, to a local receiver that fails its first delivery on
+// purpose.
 #include <httplib.h>
 #include <sys/wait.h>
 
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
@@ -86,9 +90,71 @@ std::optional<json> FindEvent(const std::vector<json>& messages, const std::stri
   return std::nullopt;
 }
 
+bool BrowserInstalled() {
+  return std::filesystem::exists("/usr/bin/chromedriver") &&
+         std::filesystem::exists("/usr/bin/chromium");
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// Opens the page in Chromium (status_page_browser.py), breaks nginx (a reload with /api/ on a
+// port nothing listens on) once the page shows the stack healthy, calls `while_degraded` once
+// the page shows it degraded, repairs nginx, and expects the script to see it healed without a
+// reload. Returns the script's output.
+std::string BrowseThroughWrongPort(StackHarness& h, testing::TempDir& dir,
+                                   const std::vector<std::string>& extra_args,
+                                   const std::vector<std::string>& env,
+                                   const std::function<void()>& while_degraded) {
+  const std::string signals = dir.Join("signals");
+  std::filesystem::create_directories(signals);
+  std::vector<std::string> argv = {
+      "/usr/bin/python3",
+      "-u",
+      testing::SourcePath("tests/controller/http/status_page_browser.py"),
+      "--url",
+      h.status_url(),
+      "--signal-dir",
+      signals,
+      "--timeout",
+      "90"};
+  argv.insert(argv.end(), extra_args.begin(), extra_args.end());
+  const std::string log_path = dir.Join("browser.log");
+  auto browser = testing::Subprocess::Start(argv, log_path, env);
+  EXPECT_TRUE(browser.ok()) << browser.status();
+  if (!browser.ok()) return "";
+  auto log = [&] { return ReadFile(log_path); };
+  // Waits for a signal file; false at once when the script has exited (it failed).
+  auto signalled = [&](const char* name) {
+    return WaitFor(
+               [&] {
+                 return std::filesystem::exists(signals + "/" + name) || !(*browser)->Running();
+               },
+               absl::Seconds(150)) &&
+           std::filesystem::exists(signals + "/" + name);
+  };
+  if (!signalled("ready")) {
+    ADD_FAILURE() << "the page was never ready (the stack healthy, every load served):\n" << log();
+    return log();
+  }
+  EXPECT_TRUE(h.MisconfigureNginxPort().ok());
+  if (!signalled("degraded")) {
+    ADD_FAILURE() << "the page never showed the stack degraded:\n" << log();
+    EXPECT_TRUE(h.RestoreNginxConfig().ok());
+    return log();
+  }
+  while_degraded();
+  EXPECT_TRUE(h.RestoreNginxConfig().ok());
+  const auto status = (*browser)->Wait(absl::Seconds(200));
+  EXPECT_TRUE(status.has_value()) << log();
+  if (status.has_value()) EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << log();
+  return log();
+}
+
 TEST(StatusPageBrowser, ShowsDegradedThenHealedLiveAndWebhookCarriesTheWrongPortAlert) {
-  if (!std::filesystem::exists("/usr/bin/chromedriver") ||
-      !std::filesystem::exists("/usr/bin/chromium")) {
+  if (!BrowserInstalled()) {
     GTEST_SKIP() << "chromium / chromium-driver not installed (scripts/deps.sh)";
   }
   testing::TempDir dir;
@@ -98,9 +164,7 @@ TEST(StatusPageBrowser, ShowsDegradedThenHealedLiveAndWebhookCarriesTheWrongPort
   options.source_dir = testing::SourcePath("");
   options.bin_dir = testing::BinPath("");
   options.controller_env = {"UPKEEP_TEST_WEBHOOK=" + receiver.url()};
-  // Plaintext loopback, the default install: Chromium over the HTTPS port failed some loads
-  // with ERR_SSL_PROTOCOL_ERROR (open); roles on TLS are covered by status_server_test.
-  options.tls = false;
+  options.tls = false;  // the plaintext loopback page, the default install (HTTPS: below)
   auto h = StackHarness::Start(options);
   ASSERT_TRUE(h.ok()) << h.status();
   ASSERT_TRUE((*h)->WaitServing(absl::Seconds(60)).ok());
@@ -116,33 +180,12 @@ TEST(StatusPageBrowser, ShowsDegradedThenHealedLiveAndWebhookCarriesTheWrongPort
                    " UPKEEP_TLS_DIR=", (*h)->tls_dir(), " ", testing::BinPath("upkeepctl"));
   EXPECT_NE(Shell(ctl + " apply -f " + notifier).find("notifier/ops created"), std::string::npos);
 
-  const std::string signals = dir.Join("signals");
-  std::filesystem::create_directories(signals);
-  auto browser = testing::Subprocess::Start(
-      {"/usr/bin/python3", "-u",
-       testing::SourcePath("tests/controller/http/status_page_browser.py"), "--url",
-       (*h)->status_url(), "--signal-dir", signals, "--timeout", "90"},
-      dir.Join("browser.log"));
-  ASSERT_TRUE(browser.ok()) << browser.status();
-  auto log = [&] {
-    std::ifstream in(dir.Join("browser.log"));
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  };
-  ASSERT_TRUE(
-      WaitFor([&] { return std::filesystem::exists(signals + "/ready"); }, absl::Seconds(150)))
-      << log();
-
-  // The fault: nginx reloaded with /api/ pointing at a port nothing listens on.
-  ASSERT_TRUE((*h)->MisconfigureNginxPort().ok());
-  ASSERT_TRUE(
-      WaitFor([&] { return std::filesystem::exists(signals + "/degraded"); }, absl::Seconds(150)))
-      << log();
-  ASSERT_TRUE(WaitFor([&] { return FindEvent(receiver.Messages(), "alerts").has_value(); },
-                      absl::Seconds(60)));
-  ASSERT_TRUE((*h)->RestoreNginxConfig().ok());
-  const auto status = (*browser)->Wait(absl::Seconds(200));
-  ASSERT_TRUE(status.has_value()) << log();
-  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << log();
+  const std::string log = BrowseThroughWrongPort(**h, dir, {}, {}, [&] {
+    EXPECT_TRUE(WaitFor([&] { return FindEvent(receiver.Messages(), "alerts").has_value(); },
+                        absl::Seconds(60)));
+  });
+  ASSERT_FALSE(HasFailure()) << log;
+  ASSERT_TRUE(FindEvent(receiver.Messages(), "alerts").has_value());
 
   // The webhook: the alert explains itself, and its follow-up came.
   const json alert = *FindEvent(receiver.Messages(), "alerts");
@@ -159,7 +202,42 @@ TEST(StatusPageBrowser, ShowsDegradedThenHealedLiveAndWebhookCarriesTheWrongPort
   const std::string notifiers = Shell(ctl + " get notifiers");
   EXPECT_NE(notifiers.find("env:UPKEEP_TEST_WEBHOOK"), std::string::npos) << notifiers;
   EXPECT_EQ(notifiers.find(receiver.url()), std::string::npos) << "the URL is a secret";
-  std::printf("%s\nalert delivered:\n%s\n", log().c_str(), alert.dump(2).c_str());
+  std::printf("%s\nalert delivered:\n%s\n", log.c_str(), alert.dump(2).c_str());
+}
+
+// The same page on a mutual-TLS installation, as a viewer opens it: HTTPS with the
+// controller's certificate (Chromium trusts the fleet CA), a viewer token made with
+// `upkeep-controller token create` and opened once as ?token= (then an HttpOnly cookie carries
+// it to /api/state and /api/events). Before the browser, the script asserts that the page, the
+// API, the event stream and /metrics answer 401 without credentials or with a wrong token.
+// Chromium resumes TLS sessions on every connection after the first: this failed with
+// ERR_SSL_PROTOCOL_ERROR until the server set a session id context (status_server.cc).
+TEST(StatusPageBrowser, OverHttpsAViewerSeesDegradedThenHealedAndNobodyElse) {
+  if (!BrowserInstalled() || !std::filesystem::exists("/usr/bin/certutil")) {
+    GTEST_SKIP() << "chromium / chromium-driver / libnss3-tools not installed (scripts/deps.sh)";
+  }
+  testing::TempDir dir;
+  demo::HarnessOptions options;
+  options.work_dir = dir.path();
+  options.source_dir = testing::SourcePath("");
+  options.bin_dir = testing::BinPath("");
+  options.tls = true;
+  auto h = StackHarness::Start(options);
+  ASSERT_TRUE(h.ok()) << h.status();
+  ASSERT_TRUE((*h)->WaitServing(absl::Seconds(60)).ok());
+  ASSERT_EQ((*h)->status_url().rfind("https://", 0), 0u) << (*h)->status_url();
+
+  // The token a viewer is given (the running controller reads tokens.db on every request).
+  const std::string token(absl::StripTrailingAsciiWhitespace(
+      Shell(absl::StrCat(testing::BinPath("upkeep-controller"), " token create --data ",
+                         dir.Join("controller"), " --name page --role viewer"))));
+  ASSERT_EQ(token.rfind("upk_", 0), 0u) << token;
+
+  const std::string pki = (*h)->tls_dir();
+  const std::string log = BrowseThroughWrongPort(**h, dir, {"--ca", pki + "/ca.crt"},
+                                                 {"UPKEEP_VIEWER_TOKEN=" + token}, [] {});
+  EXPECT_NE(log.find("without a token: unauthenticated"), std::string::npos) << log;
+  if (!HasFailure()) std::printf("%s\n", log.c_str());
 }
 
 }  // namespace

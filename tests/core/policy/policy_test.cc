@@ -36,6 +36,39 @@ v1::ActionRecord Restart(absl::Time at, v1::Verification v) {
   return r;
 }
 
+TEST(History, GroupsRecordsByTargetOldestFirst) {
+  std::vector<v1::ActionRecord> h = {Restart(kT0, v1::VERIFICATION_NOT_FIXED),
+                                     Restart(kT0 + absl::Minutes(1), v1::VERIFICATION_NOT_FIXED),
+                                     Restart(kT0 + absl::Minutes(2), v1::VERIFICATION_FIXED)};
+  h[1].mutable_action()->set_target("nginx");
+  const History history(h);
+  ASSERT_EQ(history.Of("backend").size(), 2u);
+  EXPECT_EQ(history.Of("backend")[0], &h[0]);
+  EXPECT_EQ(history.Of("backend")[1], &h[2]);
+  ASSERT_EQ(history.Of("nginx").size(), 1u);
+  EXPECT_EQ(history.Of("nginx")[0], &h[1]);
+  EXPECT_TRUE(history.Of("frontend").empty());
+  EXPECT_EQ(history.all().size(), 3u);
+  EXPECT_TRUE(History({}).Of("backend").empty());
+}
+
+TEST(History, QuestionsReadOnlyTheirTargetsRecords) {
+  // backend and frontend restarts interleaved: each budget counts its own.
+  const auto spec = Spec(absl::Hours(1), absl::Minutes(10), 3);
+  std::vector<v1::ActionRecord> h;
+  for (int i = 0; i < 6; ++i) {
+    h.push_back(Restart(kT0 + absl::Minutes(i),
+                        i % 2 ? v1::VERIFICATION_FIXED : v1::VERIFICATION_NOT_FIXED));
+    if (i % 3 == 0) h.back().mutable_action()->set_target("frontend");
+  }
+  const History history(h);
+  const absl::Time now = kT0 + absl::Minutes(7);
+  EXPECT_EQ(RestartsInWindow(spec, history, "backend", now), 4);
+  EXPECT_EQ(RestartsInWindow(spec, history, "frontend", now), 2);
+  EXPECT_EQ(RestartsInWindow(spec, history, "nginx", now), 0);
+  EXPECT_EQ(RestartsInWindow(spec, h, "backend", now), 4);
+}
+
 TEST(Policy, DefaultsComeFromTheLoaderOnly) {
   v1::Stack s;
   manifest::ApplyDefaults(&s);

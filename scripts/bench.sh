@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# `make bench`: runs every benchmark and load tool against the build in BUILD_DIR (default
+# build) and regenerates bench/results/:
+#   heal.md    bench/e2e/heal_bench (upkeep, Monit, Docker's restart policy; same run)
+#   latest.md  Diagnose per call (bench/core/diagnose_bench), the idle agent's footprint
+#              (bench/agent/footprint), controller load at 1,000 and 10,000 simulated agents
+#              (bench/controller/load.sh), each with the date, the machine and its load.
+# The hand-written analyses beside them (diagnose.md, churn.md, ha.md, tls.md, autonomy.md)
+# say how their figures were taken; rerun those commands to refresh them.
+# Figures from a loaded machine are upper bounds: the load average is printed with each.
+#   scripts/bench.sh                 everything (about 15 minutes)
+#   QUICK=1 scripts/bench.sh         fewer runs and 1,000 agents only (about 3 minutes)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${BUILD_DIR:-build}
+BIN=$BUILD/bin
+RESULTS=bench/results
+OUT=$RESULTS/latest.md
+RUNS=10 AGENTS=(1000 10000) SECONDS_IDLE=30
+if [ -n "${QUICK:-}" ]; then RUNS=3 AGENTS=(1000) SECONDS_IDLE=10; fi
+
+machine() {
+  echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load average $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+
+section() {  # title, then the command whose output goes in a code block
+  local title=$1; shift
+  echo "running: $*" >&2
+  {
+    echo "## $title"
+    echo
+    echo "\`$*\` — $(machine)"
+    echo
+    echo '```'
+    "$@" 2>&1 || echo "(exit status $?)"
+    echo '```'
+    echo
+  } >>"$OUT"
+}
+
+echo "# Latest benchmark run (scripts/bench.sh)" >"$OUT"
+echo >>"$OUT"
+section "Diagnose per call" "$BIN/diagnose_bench" --benchmark_min_time=0.5
+section "Idle agent, 3 services probed each second" "$BIN/agent_footprint" "$SECONDS_IDLE" "$BIN"
+for n in "${AGENTS[@]}"; do
+  section "Controller load, $n agents" bench/controller/load.sh "$BUILD" "$n"
+done
+echo "running: heal_bench --runs $RUNS" >&2
+docker_flag=()
+command -v dockerd >/dev/null && docker_flag=(--docker)
+"$BIN/heal_bench" --runs "$RUNS" --out "$RESULTS/heal.md" --bin "$BIN" --source "$PWD" \
+  "${docker_flag[@]}" || echo "heal_bench failed (exit $?)" >&2
+echo "bench: wrote $OUT and $RESULTS/heal.md" >&2
