@@ -495,13 +495,21 @@ class Engine {
     }
     bool runtime_stop = o.stopped_by_person();
     if (runtime_stop && o.has_finished_at()) {
-      // A resume (or a start by hand through upkeep) after that stop ends it.
+      // A resume (or a start by hand through upkeep) after that stop ends it. And an exit
+      // that upkeep's own restart or recreate caused (requested before it, finished at or
+      // after it) is no person's: a runtime that restarted meanwhile cannot tell, and leaving
+      // the service down on that word would make things worse.
       const absl::Time stopped = FromProto(o.finished_at());
       for (const v1::ActionRecord* r : records) {
         const v1::ActionKind k = r->action().kind();
-        if (!r->dry_run() &&
-            (k == v1::ACTION_KIND_RESET_BUDGET || k == v1::ACTION_KIND_START_SERVICE) &&
+        if (r->dry_run()) continue;
+        if ((k == v1::ACTION_KIND_RESET_BUDGET || k == v1::ACTION_KIND_START_SERVICE) &&
             FromProto(r->requested_at()) > stopped) {
+          runtime_stop = false;
+        }
+        if ((k == v1::ACTION_KIND_RESTART_SERVICE || k == v1::ACTION_KIND_CREATE_SERVICE) &&
+            FromProto(r->requested_at()) <= stopped &&
+            (r->result().id().empty() || FromProto(r->result().finished_at()) >= stopped)) {
           runtime_stop = false;
         }
       }
