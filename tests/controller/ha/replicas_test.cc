@@ -254,6 +254,9 @@ TEST_F(ReplicasTest, FleetKeepsWorkingWithOneEtcdMemberKilled) {
   Replica a = StartReplica("a");
   ASSERT_TRUE(WaitFor([&] { return Leads(a.address); }, absl::Seconds(20)));
   Replica b = StartReplica("b");
+  // Both replicas up (b a follower) before the member dies: a fleet that kept working.
+  ASSERT_TRUE(WaitFor([&] { return Controllers(b.address).ok(); }, absl::Seconds(30)))
+      << Tail(b.log);
   ASSERT_TRUE(Apply(a.address, kStack).ok());
   FollowingAgent agent({a.address, b.address});
   agent.Observe(true, true);
@@ -271,7 +274,7 @@ TEST_F(ReplicasTest, FleetKeepsWorkingWithOneEtcdMemberKilled) {
   }));
   EXPECT_TRUE(Leads(a.address)) << "leadership moved although only one etcd member died";
   auto list = Controllers(b.address);
-  ASSERT_TRUE(list.ok()) << list.status();
+  ASSERT_TRUE(list.ok()) << list.status() << Tail(b.log);
   EXPECT_EQ(list->replicas_size(), 2);
   // upkeepctl get controllers, against the follower: one line per replica with its role.
   const std::string out = dir_.Join("get.out");
