@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -115,6 +116,53 @@ TEST_F(NginxTest, StartsReloadsAndRestartsAndReportsABrokenConfig) {
   EXPECT_NE(nginx.MasterPid(), master);
   EXPECT_TRUE(
       WaitFor([&] { return upkeep::testing::HttpGetStatus("127.0.0.1", port_, "/") == 200; }));
+}
+
+// `proxy.nginx.service: nginx.service`: start, reload and restart go through systemctl, so
+// that systemd's view stays true. systemd cannot run as PID 1 here, so `systemctl` is a
+// stand-in on PATH doing what nginx.service's ExecStart/ExecReload/ExecStop do to the real
+// nginx, and logging each call; the driver must call it and still confirm each step on the
+// real nginx (a new master, new workers).
+TEST_F(NginxTest, ASystemdManagedNginxIsDrivenThroughSystemctl) {
+  const std::string bin = dir_.Join("bin"), calls = dir_.Join("systemctl.calls");
+  std::filesystem::create_directories(bin);
+  const std::string conf = dir_.Join("nginx.conf"), pid = dir_.Join("nginx.pid");
+  std::ofstream(bin + "/systemctl") << absl::StrCat(
+      "#!/bin/sh\necho \"$@\" >> ", calls, "\n[ \"$2\" = nginx.service ] || exit 5\n",
+      "case \"$1\" in\n", "  start) exec nginx -p ", dir_.path(), " -c ", conf, " ;;\n",
+      "  reload) nginx -t -p ", dir_.path(), " -c ", conf, " && kill -HUP $(cat ", pid, ") ;;\n",
+      "  restart) p=$(cat ", pid, "); kill -TERM $p; while kill -0 $p 2>/dev/null; do sleep 0.05; ",
+      "done; exec nginx -p ", dir_.path(), " -c ", conf, " ;;\n", "  *) exit 1 ;;\nesac\n");
+  ::chmod((bin + "/systemctl").c_str(), 0755);
+  const std::string path = std::getenv("PATH") == nullptr ? "" : std::getenv("PATH");
+  ::setenv("PATH", (bin + ":" + path).c_str(), 1);
+  spec_.set_service("nginx.service");
+  NginxDriver nginx(spec_);
+  auto started = nginx.Start(absl::Seconds(10));
+  ASSERT_TRUE(started.ok()) << started.status();
+  ASSERT_TRUE(WaitFor([&] { return nginx.MasterPid() > 0; }));
+  const pid_t master = nginx.MasterPid();
+  ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", port_));
+  v1::ProxyObservation before;
+  nginx.Observe(&before);
+  ASSERT_EQ(before.worker_pids_size(), 1);
+  auto reloaded = nginx.Reload(absl::Seconds(10));
+  ASSERT_TRUE(reloaded.ok()) << reloaded.status();
+  EXPECT_EQ(nginx.MasterPid(), master);
+  EXPECT_TRUE(WaitFor([&] {
+    v1::ProxyObservation o;
+    nginx.Observe(&o);
+    return o.worker_pids_size() == 1 && o.worker_pids(0) != before.worker_pids(0);
+  }));
+  auto restarted = nginx.Restart(absl::Seconds(20));
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  EXPECT_TRUE(WaitFor([&] { return nginx.MasterPid() > 0 && nginx.MasterPid() != master; }));
+  EXPECT_TRUE(
+      WaitFor([&] { return upkeep::testing::HttpGetStatus("127.0.0.1", port_, "/") == 200; }));
+  ::setenv("PATH", path.c_str(), 1);
+  std::ifstream in(calls);
+  const std::string log((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(log, "start nginx.service\nreload nginx.service\nrestart nginx.service\n");
 }
 
 TEST_F(NginxTest, TailsUpstreamErrorsAcrossRotation) {
