@@ -144,8 +144,11 @@ TEST_F(NginxTest, ASystemdManagedNginxIsDrivenThroughSystemctl) {
   const pid_t master = nginx.MasterPid();
   ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", port_));
   v1::ProxyObservation before;
-  nginx.Observe(&before);
-  ASSERT_EQ(before.worker_pids_size(), 1);
+  ASSERT_TRUE(WaitFor([&] {
+    before.Clear();
+    nginx.Observe(&before);
+    return before.worker_pids_size() == 1;
+  }));
   auto reloaded = nginx.Reload(absl::Seconds(10));
   ASSERT_TRUE(reloaded.ok()) << reloaded.status();
   EXPECT_EQ(nginx.MasterPid(), master);
