@@ -74,7 +74,7 @@ void TcpProxy::Pump(int from, int to) {
     if (n <= 0) break;
     ssize_t off = 0;
     while (off < n) {
-      const ssize_t w = ::write(to, buf + off, n - off);
+      const ssize_t w = ::send(to, buf + off, n - off, MSG_NOSIGNAL);
       if (w <= 0) return;
       off += w;
     }
