@@ -114,7 +114,9 @@ class ReplicasTest : public ::testing::Test {
     req.mutable_manifests(0)->set_content(yaml);
     v1::ApplyResponse resp;
     grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    // Generous: the first writes of a fresh leader through the test's TCP proxies took over 5 s
+    // under TSan.
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(20)));
     return stub->Apply(&ctx, req, &resp);
   }
 
@@ -173,7 +175,7 @@ TEST_F(ReplicasTest, FollowerTakesOverAfterSigkillWithoutLosingOrDoublingTheRepa
   grpc::Status refused = Apply(b.address, kStack);
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_NE(refused.error_message().find(a.address), std::string::npos) << refused.error_message();
-  ASSERT_TRUE(Apply(a.address, kStack).ok());
+  ASSERT_TRUE(Apply(a.address, kStack).ok()) << Tail(a.log);
 
   // The agent lists the follower first: it must end up on the leader.
   FollowingAgent agent({b.address, a.address});
@@ -229,7 +231,7 @@ TEST_F(ReplicasTest, LeaderCutOffFromEtcdStopsAndRecordsNothingMore) {
   Replica a = StartReplica("a", via);
   ASSERT_TRUE(WaitFor([&] { return Leads(a.address); }, absl::Seconds(20)));
   Replica b = StartReplica("b");
-  ASSERT_TRUE(Apply(a.address, kStack).ok());
+  ASSERT_TRUE(Apply(a.address, kStack).ok()) << Tail(a.log);
   FollowingAgent agent({a.address, b.address});
   agent.Observe(false, true);
   ASSERT_TRUE(WaitFor([&] { return !For(agent.actions(), "backend").empty(); }, absl::Seconds(20)));
@@ -257,7 +259,7 @@ TEST_F(ReplicasTest, FleetKeepsWorkingWithOneEtcdMemberKilled) {
   // Both replicas up (b a follower) before the member dies: a fleet that kept working.
   ASSERT_TRUE(WaitFor([&] { return Controllers(b.address).ok(); }, absl::Seconds(30)))
       << Tail(b.log);
-  ASSERT_TRUE(Apply(a.address, kStack).ok());
+  ASSERT_TRUE(Apply(a.address, kStack).ok()) << Tail(a.log);
   FollowingAgent agent({a.address, b.address});
   agent.Observe(true, true);
   ASSERT_TRUE(WaitFor([&] { return agent.connected_to() == 0; }, absl::Seconds(20)));
