@@ -231,7 +231,9 @@ TEST_F(ReplicasTest, LeaderCutOffFromEtcdStopsAndRecordsNothingMore) {
   Replica a = StartReplica("a", via);
   ASSERT_TRUE(WaitFor([&] { return Leads(a.address); }, absl::Seconds(20)));
   Replica b = StartReplica("b");
-  ASSERT_TRUE(Apply(a.address, kStack).ok()) << Tail(a.log);
+  const grpc::Status applied = Apply(a.address, kStack);
+  ASSERT_TRUE(applied.ok()) << applied.error_code() << " " << applied.error_message()
+                            << Tail(a.log);
   FollowingAgent agent({a.address, b.address});
   agent.Observe(false, true);
   ASSERT_TRUE(WaitFor([&] { return !For(agent.actions(), "backend").empty(); }, absl::Seconds(20)));
