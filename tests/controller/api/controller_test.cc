@@ -182,6 +182,18 @@ v1::AgentMessage Observation(const std::string& host, bool backend_running) {
   return m;
 }
 
+// The agent's answer that `a` succeeded, finished now.
+v1::AgentMessage Succeeded(const v1::Action& a) {
+  v1::AgentMessage m;
+  v1::ActionResult* r = m.mutable_action_result();
+  r->set_id(a.id());
+  r->set_kind(a.kind());
+  r->set_target(a.target());
+  r->set_outcome(v1::ACTION_OUTCOME_SUCCEEDED);
+  *r->mutable_finished_at() = ToProto(absl::Now());
+  return m;
+}
+
 class ControllerTest : public ::testing::Test {
  protected:
   upkeep::testing::TempDir dir_;
@@ -204,13 +216,7 @@ TEST_F(ControllerTest, RoutesActionsToTheRightAgentOfAFleet) {
   EXPECT_EQ(act.host(), "h1");
   EXPECT_TRUE(a2.actions().empty());
   // The result is recorded and the action audited with its reason.
-  v1::AgentMessage result;
-  result.mutable_action_result()->set_id(act.id());
-  result.mutable_action_result()->set_kind(act.kind());
-  result.mutable_action_result()->set_target(act.target());
-  result.mutable_action_result()->set_outcome(v1::ACTION_OUTCOME_SUCCEEDED);
-  *result.mutable_action_result()->mutable_finished_at() = ToProto(absl::Now());
-  ASSERT_TRUE(a1.Send(result));
+  ASSERT_TRUE(a1.Send(Succeeded(act)));
   ASSERT_TRUE(a1.Send(Observation("h1", true)));
   ASSERT_TRUE(WaitFor([&] {
     auto actions = c.store().ListActions("shop", "h1", 10);
@@ -544,13 +550,7 @@ TEST_F(ControllerTest, AnAlertIsNotResolvedWhileARepairIsInFlight) {
   EXPECT_EQ(count("Resolved"), 0u) << "the alert cleared on a diagnosis that judged nothing";
   // The disk is freed and the start answered: the next diagnosis looks again and clears it.
   const v1::Action act = a.actions()[0];
-  v1::AgentMessage result;
-  result.mutable_action_result()->set_id(act.id());
-  result.mutable_action_result()->set_kind(act.kind());
-  result.mutable_action_result()->set_target(act.target());
-  result.mutable_action_result()->set_outcome(v1::ACTION_OUTCOME_SUCCEEDED);
-  *result.mutable_action_result()->mutable_finished_at() = ToProto(absl::Now());
-  ASSERT_TRUE(a.Send(result));
+  ASSERT_TRUE(a.Send(Succeeded(act)));
   ASSERT_TRUE(a.Send(Observation("h1", true)));
   EXPECT_TRUE(WaitFor([&] { return count("Resolved") == 1; })) << [&] {
     std::string out;

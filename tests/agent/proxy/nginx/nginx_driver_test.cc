@@ -70,6 +70,15 @@ class NginxTest : public ::testing::Test {
         upstream_port == 0 ? upstream_port_ : upstream_port, "; } }\n}\n");
   }
 
+  // Waits until nginx runs exactly one worker (a fresh master forks it a moment later).
+  static bool OneWorker(NginxDriver& nginx, v1::ProxyObservation* o) {
+    return WaitFor([&] {
+      o->Clear();
+      nginx.Observe(o);
+      return o->worker_pids_size() == 1;
+    });
+  }
+
   upkeep::testing::TempDir dir_;
   int port_ = 0, upstream_port_ = 0;
   std::unique_ptr<upkeep::testing::Subprocess> upstream_;
@@ -131,8 +140,10 @@ TEST_F(NginxTest, ASystemdManagedNginxIsDrivenThroughSystemctl) {
       "#!/bin/sh\necho \"$@\" >> ", calls, "\n[ \"$2\" = nginx.service ] || exit 5\n",
       "case \"$1\" in\n", "  start) exec nginx -p ", dir_.path(), " -c ", conf, " ;;\n",
       "  reload) nginx -t -p ", dir_.path(), " -c ", conf, " && kill -HUP $(cat ", pid, ") ;;\n",
-      "  restart) p=$(cat ", pid, "); kill -TERM $p; while kill -0 $p 2>/dev/null; do sleep 0.05; ",
-      "done; exec nginx -p ", dir_.path(), " -c ", conf, " ;;\n", "  *) exit 1 ;;\nesac\n");
+      // As systemd: stop (SIGTERM, waiting for the master to exit, bounded as TimeoutStopSec),
+      // then start. `timeout` gives the wait its deadline.
+      "  restart) p=$(cat ", pid, "); kill -TERM $p; timeout 10 tail --pid=$p -f /dev/null; ",
+      "exec nginx -p ", dir_.path(), " -c ", conf, " ;;\n", "  *) exit 1 ;;\nesac\n");
   ::chmod((bin + "/systemctl").c_str(), 0755);
   const std::string path = std::getenv("PATH") == nullptr ? "" : std::getenv("PATH");
   ::setenv("PATH", (bin + ":" + path).c_str(), 1);
@@ -144,11 +155,7 @@ TEST_F(NginxTest, ASystemdManagedNginxIsDrivenThroughSystemctl) {
   const pid_t master = nginx.MasterPid();
   ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", port_));
   v1::ProxyObservation before;
-  ASSERT_TRUE(WaitFor([&] {
-    before.Clear();
-    nginx.Observe(&before);
-    return before.worker_pids_size() == 1;
-  }));
+  ASSERT_TRUE(OneWorker(nginx, &before));
   auto reloaded = nginx.Reload(absl::Seconds(10));
   ASSERT_TRUE(reloaded.ok()) << reloaded.status();
   EXPECT_EQ(nginx.MasterPid(), master);
@@ -311,11 +318,7 @@ TEST_F(NginxTest, ReloadIsConfirmedWhenOldWorkersStopAccepting) {
   ASSERT_TRUE(nginx.Start(absl::Seconds(10)).ok());
   ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", port_));
   v1::ProxyObservation before;
-  ASSERT_TRUE(WaitFor([&] {
-    before.Clear();
-    nginx.Observe(&before);
-    return before.worker_pids_size() == 1;
-  }));
+  ASSERT_TRUE(OneWorker(nginx, &before));
   const pid_t old_worker = before.worker_pids(0);
   // A client in the middle of its request header keeps the old worker from exiting.
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
