@@ -52,8 +52,8 @@ namespace uc = upkeep::controller;
 using upkeep::fuzz::kFleetMethods;
 using upkeep::fuzz::kSelectors;
 
-// The controller under fuzz; built once, never torn down (its threads outlive any input, and
-// the process exits when the fuzzer does).
+// The controller under fuzz; built once, at the first input, and torn down at exit (Stop),
+// before the statics its threads use (spdlog's default logger) are destroyed.
 struct Controller {
   std::string dir;
   std::unique_ptr<uc::Store> store;
@@ -64,6 +64,28 @@ struct Controller {
   std::unique_ptr<grpc::Server> server;
   std::unique_ptr<grpc::GenericStub> stub;
 };
+
+Controller* controller_for_exit = nullptr;
+
+// Found by the corpus run under ASan: left running, the controller's threads logged through
+// spdlog's default logger after exit had destroyed it (heap-use-after-free, and at times a
+// process that hung while reporting it). Registered with atexit after that logger was made, so
+// it runs first, as upkeep-controller's own shutdown does.
+void Stop() {
+  Controller* c = controller_for_exit;
+  c->agents->Shutdown();
+  c->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  c->reconciler->Stop();
+  c->stub.reset();
+  c->server.reset();
+  c->fleet.reset();
+  c->agents.reset();
+  c->reconciler.reset();
+  c->store.reset();
+  std::error_code ec;
+  std::filesystem::remove_all(c->dir, ec);
+  delete c;
+}
 
 Controller* Start() {
   // UPKEEP_FUZZ_LOG=1 shows the controller's log (to see what an input reached).
@@ -79,11 +101,6 @@ Controller* Start() {
   if (made == nullptr) made = ::mkdtemp(fallback);
   if (made == nullptr) std::abort();
   c->dir = made;
-  static std::string dir_for_exit = c->dir;
-  std::atexit([] {
-    std::error_code ec;
-    std::filesystem::remove_all(dir_for_exit, ec);
-  });
   auto store = uc::OpenSqliteStore(c->dir);
   if (!store.ok()) std::abort();
   c->store = std::move(*store);
@@ -105,6 +122,8 @@ Controller* Start() {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   c->stub = std::make_unique<grpc::GenericStub>(c->server->InProcessChannel(args));
+  controller_for_exit = c;
+  std::atexit(Stop);
   return c;
 }
 
