@@ -3,6 +3,7 @@
 // `pause --for` resumes by itself), a flapping backend raises one alert per episode, and a
 // missing container is recreated with Debian's docker-compose. Each test asserts actions,
 // events and final state, never timing.
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -150,6 +151,33 @@ TEST_P(CausesTest, LeavesAServiceAPersonStoppedUntilResumed) {
   EXPECT_TRUE(ActionsOf(*h, v1::ACTION_KIND_RESTART_PROXY, "nginx", baseline_).empty())
       << Summary(*h);
   // A resume means "run it all again".
+  ASSERT_TRUE(h->SetPaused(false).ok());
+  EXPECT_TRUE(h->WaitServing(absl::Seconds(40)).ok()) << Summary(*h);
+  EXPECT_EQ(ActionsOf(*h, v1::ACTION_KIND_START_SERVICE, "backend", baseline_).size(), 1u)
+      << Summary(*h);
+}
+
+// "Respect people" in the process runtime: a SIGKILL that upkeep did not send (a person's
+// `kill -9`) holds like `stop-service`, until someone resumes the stack. (`docker kill` is
+// DockerRuntimeTest.DockerKillByAPersonIsStoppedByPerson.)
+TEST_P(CausesTest, AKillAPersonSentHoldsUntilResumed) {
+  if (GetParam() == Runtime::kDocker) GTEST_SKIP() << "process runtime only";
+  START_OR_RETURN(h);
+  std::ifstream state(
+      absl::StrCat(dir_.path(), "/agent/services/", h->stack_name(), "/backend/state"));
+  int pid = 0;
+  ASSERT_TRUE(state >> pid) << "no pid in the backend's state file";
+  ASSERT_GT(pid, 0);
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  ASSERT_TRUE(
+      WaitFor([&] { return HasFinding(*h, "ManuallyStopped", "backend"); }, absl::Seconds(20)))
+      << Summary(*h);
+  WaitTwoReconciles(*h);
+  EXPECT_TRUE(HasFinding(*h, "ManuallyStopped", "backend")) << Summary(*h);
+  EXPECT_TRUE(ActionsOf(*h, v1::ACTION_KIND_START_SERVICE, "backend", baseline_).empty())
+      << Summary(*h);
+  EXPECT_TRUE(ActionsOf(*h, v1::ACTION_KIND_RESTART_SERVICE, "backend", baseline_).empty())
+      << Summary(*h);
   ASSERT_TRUE(h->SetPaused(false).ok());
   EXPECT_TRUE(h->WaitServing(absl::Seconds(40)).ok()) << Summary(*h);
   EXPECT_EQ(ActionsOf(*h, v1::ACTION_KIND_START_SERVICE, "backend", baseline_).size(), 1u)

@@ -25,6 +25,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "core/log.h"
@@ -54,6 +55,29 @@ uint64_t StartTicks(pid_t pid) {
   absl::SimpleAtoi(fields[19], &ticks);
   return ticks;
 }
+
+// The host's boot id (changes on every boot); "" when unreadable.
+std::string BootId() {
+  std::ifstream in("/proc/sys/kernel/random/boot_id");
+  std::string id;
+  std::getline(in, id);
+  return std::string(absl::StripAsciiWhitespace(id));
+}
+
+// The host's OOM kill count (/proc/vmstat oom_kill, Linux 4.13+: every OOM kill, global or in a
+// memory cgroup); -1 when unreadable.
+int64_t OomKillCount() {
+  std::ifstream in("/proc/vmstat");
+  std::string key;
+  int64_t value = 0;
+  while (in >> key >> value) {
+    if (key == "oom_kill") return value;
+  }
+  return -1;
+}
+
+// How long before an exit an OOM kill on the host makes a SIGKILL "maybe the OOM killer".
+constexpr absl::Duration kOomWindow = absl::Seconds(5);
 
 std::string ReadTail(const std::string& path, int lines, size_t max_bytes) {
   std::ifstream in(path, std::ios::binary | std::ios::ate);
@@ -87,7 +111,10 @@ struct Proc {
   int exit_code = 0;
   absl::Time finished_at;
   int restarts = 0;
-  bool exists = false;  // ever started (state dir present)
+  bool exists = false;      // ever started (state dir present)
+  pid_t own_stop = 0;       // the pid our Stop is signalling: its exit is ours
+  std::string person;       // the last run was stopped by a person: why (PersonStopCause)
+  std::string person_boot;  // the boot id then
 };
 
 // Resolves `command` as execvp would (PATH searched when it has no '/'), following symlinks.
@@ -131,7 +158,9 @@ absl::Status CheckExec(const ExecPolicy& exec, const std::string& service,
 
 class ProcessRuntime : public Runtime {
  public:
-  ProcessRuntime(std::string dir, ExecPolicy exec) : dir_(std::move(dir)), exec_(std::move(exec)) {
+  ProcessRuntime(std::string dir, ExecPolicy exec)
+      : dir_(std::move(dir)), exec_(std::move(exec)), boot_id_(BootId()) {
+    oom_count_ = OomKillCount();
     event_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     monitor_ = std::thread([this] { MonitorLoop(); });
   }
@@ -153,8 +182,22 @@ class ProcessRuntime : public Runtime {
   v1::ServiceObservation Inspect(const v1::ServiceSpec& spec) override {
     v1::ServiceObservation o;
     o.set_name(spec.name());
-    absl::MutexLock lock(&mu_);
-    Proc& p = Load(spec.name());
+    bool reaped = false;
+    {
+      absl::MutexLock lock(&mu_);
+      Proc& p = Load(spec.name());
+      // An exit the monitor has not handled yet is recorded now, so that a dead service is never
+      // reported before what ended it is known.
+      reaped = ReapLocked(p);
+      InspectLocked(p, &o);
+    }
+    if (reaped) NotifyExited({spec.name()});
+    return o;
+  }
+
+  void InspectLocked(const Proc& p, v1::ServiceObservation* out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    v1::ServiceObservation& o = *out;
     o.set_exists(p.exists);
     const bool alive = p.pid > 0 && p.pidfd >= 0 && StartTicks(p.pid) == p.ticks;
     o.set_running(alive);
@@ -166,8 +209,11 @@ class ProcessRuntime : public Runtime {
       o.set_exit_code(p.exit_code);
       *o.mutable_finished_at() = ToProto(p.finished_at);
     }
+    // A stop recorded in an earlier boot is the shutdown's as much as a person's: forgotten.
+    if (!alive && !p.person.empty() && !boot_id_.empty() && p.person_boot == boot_id_) {
+      o.set_stopped_by_person(true);
+    }
     o.set_restart_count(p.restarts);
-    return o;
   }
 
   absl::Status Start(const v1::ServiceSpec& spec) override {
@@ -193,6 +239,7 @@ class ProcessRuntime : public Runtime {
     } gone{&p, p.pid};
     const absl::Condition exited(
         +[](Gone* g) { return g->p->pid != g->pid; }, &gone);
+    p.own_stop = gone.pid;
     ::kill(-gone.pid, SIGTERM);
     if (!mu_.AwaitWithTimeout(exited, timeout)) {
       ::kill(-gone.pid, SIGKILL);
@@ -258,7 +305,10 @@ class ProcessRuntime : public Runtime {
     while (std::getline(in, line)) {
       std::vector<std::string> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
       int64_t ms = 0;
-      if (f.size() == 3 && f[0] != "exit") {
+      if (f.size() == 3 && f[0] == "person") {
+        p.person = f[1];
+        p.person_boot = f[2];
+      } else if (f.size() == 3 && f[0] != "exit") {
         int pid = 0;
         uint64_t ticks = 0;
         if (absl::SimpleAtoi(f[0], &pid) && absl::SimpleAtoi(f[1], &ticks) &&
@@ -298,6 +348,7 @@ class ProcessRuntime : public Runtime {
     if (p.has_exit) {
       absl::StrAppend(&text, "exit ", p.exit_code, " ", absl::ToUnixMillis(p.finished_at), "\n");
     }
+    if (!p.person.empty()) absl::StrAppend(&text, "person ", p.person, " ", p.person_boot, "\n");
     absl::StrAppend(&text, "restarts ", p.restarts, "\n");
     const std::string tmp = dir + "/state.tmp";
     {
@@ -373,10 +424,64 @@ class ProcessRuntime : public Runtime {
     p.pidfd = PidfdOpen(pid);
     p.started_at = absl::Now();
     p.exists = true;
+    p.own_stop = 0;
+    p.person.clear();
+    p.person_boot.clear();
     SaveState(p);
     UPKEEP_LOG(info, "process_started", {{"service", spec.name()}, {"pid", absl::StrCat(pid)}});
     Wake();
     return absl::OkStatus();
+  }
+
+  // Samples the host's OOM kill count (every monitor wake-up, at most 1 s apart, and before
+  // an exit is judged: the OOM killer counts before its SIGKILL ends the process).
+  void LookForOomLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const int64_t oom = OomKillCount();
+    if (oom != oom_count_) last_oom_ = absl::Now();
+    oom_count_ = oom;
+  }
+
+  // Records the exit of `p`'s process if it has exited (its pidfd is readable): exit code, and
+  // whether a person stopped it. Returns whether it did.
+  bool ReapLocked(Proc& p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (p.pid <= 0 || p.pidfd < 0) return false;
+    pollfd pfd{p.pidfd, POLLIN, 0};
+    if (::poll(&pfd, 1, 0) != 1 || !(pfd.revents & POLLIN)) return false;
+    LookForOomLocked();
+    const bool oom_recent = oom_count_ < 0 || absl::Now() - last_oom_ <= kOomWindow;
+    int status = 0;
+    int code = -1;
+    p.person.clear();
+    p.person_boot.clear();
+    if (p.child && ::waitpid(p.pid, &status, WNOHANG) == p.pid) {
+      code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      p.person = process_internal::PersonStopCause(status, p.own_stop == p.pid, oom_recent);
+      if (!p.person.empty()) {
+        p.person_boot = boot_id_;
+        UPKEEP_LOG(info, "process_stopped_outside_upkeep",
+                   {{"service", p.name}, {"cause", p.person}});
+      }
+    }
+    p.own_stop = 0;
+    ::close(p.pidfd);
+    p.pidfd = -1;
+    p.pid = 0;
+    p.has_exit = true;
+    p.exit_code = code;
+    p.finished_at = absl::Now();
+    SaveState(p);
+    UPKEEP_LOG(info, "process_exited", {{"service", p.name}, {"exit_code", absl::StrCat(code)}});
+    return true;
+  }
+
+  void NotifyExited(const std::vector<std::string>& exited) ABSL_LOCKS_EXCLUDED(mu_) {
+    if (exited.empty()) return;
+    watchers_.Notify(
+        [&](const std::vector<v1::ServiceSpec>& watched, const ServiceWatchers::Callback& call) {
+          for (const auto& s : watched) {
+            if (std::find(exited.begin(), exited.end(), s.name()) != exited.end()) call(s.name());
+          }
+        });
   }
 
   void Wake() {
@@ -410,37 +515,16 @@ class ProcessRuntime : public Runtime {
       {
         absl::MutexLock lock(&mu_);
         if (stop_) return;
+        LookForOomLocked();
         for (size_t i = 1; i < fds.size(); ++i) {
           if (!(fds[i].revents & POLLIN)) continue;
           auto it = procs_.find(names[i]);
           if (it == procs_.end() || it->second.pidfd != fds[i].fd) continue;
-          Proc& p = it->second;
-          int status = 0;
-          int code = -1;
-          if (p.child && ::waitpid(p.pid, &status, WNOHANG) == p.pid) {
-            code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-          }
-          ::close(p.pidfd);
-          p.pidfd = -1;
-          p.pid = 0;
-          p.has_exit = true;
-          p.exit_code = code;
-          p.finished_at = absl::Now();
-          SaveState(p);
-          exited.push_back(p.name);
-          UPKEEP_LOG(info, "process_exited",
-                     {{"service", p.name}, {"exit_code", absl::StrCat(code)}});
+          if (ReapLocked(it->second)) exited.push_back(it->first);
         }
         if (!exited.empty()) changed_ = true;
       }
-      if (!exited.empty()) {
-        watchers_.Notify([&](const std::vector<v1::ServiceSpec>& watched,
-                             const ServiceWatchers::Callback& call) {
-          for (const auto& s : watched) {
-            if (std::find(exited.begin(), exited.end(), s.name()) != exited.end()) call(s.name());
-          }
-        });
-      }
+      NotifyExited(exited);
       if (absl::Now() - last_log_check > absl::Seconds(1)) {
         last_log_check = absl::Now();
         RotateLogs();
@@ -468,6 +552,10 @@ class ProcessRuntime : public Runtime {
 
   const std::string dir_;
   const ExecPolicy exec_;
+  const std::string boot_id_;
+  // Monitor thread only: the host's OOM kill count at its last look, and when it last grew.
+  int64_t oom_count_ = -1;
+  absl::Time last_oom_ = absl::InfinitePast();
   int event_fd_ = -1;
   absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
@@ -478,6 +566,29 @@ class ProcessRuntime : public Runtime {
 };
 
 }  // namespace
+
+namespace process_internal {
+
+std::string PersonStopCause(int status, bool own, bool oom_recent) {
+  if (own) return "";
+  if (WIFSIGNALED(status)) {
+    const int sig = WTERMSIG(status);
+    if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP || sig == SIGQUIT) {
+      return absl::StrCat("SIG", sigabbrev_np(sig));
+    }
+    if (sig == SIGKILL && !oom_recent) return "SIGKILL";
+    return "";
+  }
+  if (WIFEXITED(status)) {
+    const int code = WEXITSTATUS(status);
+    for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGQUIT}) {
+      if (code == 128 + sig) return absl::StrCat("exit-", code, "-after-SIG", sigabbrev_np(sig));
+    }
+  }
+  return "";
+}
+
+}  // namespace process_internal
 
 absl::StatusOr<std::unique_ptr<Runtime>> CreateProcessRuntime(const std::string& state_dir,
                                                               ExecPolicy exec) {
