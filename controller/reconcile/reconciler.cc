@@ -60,12 +60,17 @@ Reconciler::~Reconciler() { Stop(); }
 absl::Status Reconciler::Load() {
   auto stacks = store_->ListStacks();
   if (!stacks.ok()) return stacks.status();
-  auto paused = store_->PausedHosts();
+  auto paused = store_->HostPauses();
   if (!paused.ok()) return paused.status();
   std::vector<WorkKey> keys;
   {
     absl::MutexLock lock(&mu_);
-    paused_hosts_ = *paused;
+    paused_hosts_.clear();
+    paused_host_until_.clear();
+    for (const auto& [host, until] : *paused) {
+      paused_hosts_.insert(host);
+      if (until != absl::InfiniteFuture()) paused_host_until_[host] = until;
+    }
     for (auto& s : *stacks) {
       const std::string name = s.metadata().name();
       for (const auto& host : s.spec().hosts()) keys.push_back(WorkKey{name, host});
@@ -752,7 +757,9 @@ absl::Status Reconciler::SetPaused(const std::string& stack, const std::string& 
   if (!stack.empty()) {
     if (absl::Status st = store_->SetStackPaused(stack, paused); !st.ok()) return st;
   } else if (!host.empty()) {
-    if (absl::Status st = store_->SetHostPaused(host, paused); !st.ok()) return st;
+    absl::Status st = paused && until != absl::InfinitePast() ? store_->PauseHostUntil(host, until)
+                                                              : store_->SetHostPaused(host, paused);
+    if (!st.ok()) return st;
   } else {
     return absl::InvalidArgumentError("name a stack or a host");
   }

@@ -160,8 +160,8 @@ class Reconciler : public AgentListener {
   // Hosts a stack names, and hosts connected now; nothing else (any hello must not grow it).
   std::map<std::string, HostState> hosts_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> paused_hosts_ ABSL_GUARDED_BY(mu_);
-  // Host pauses with --for (in memory: a restarted controller keeps such a host paused until
-  // someone resumes it). Stack pauses keep theirs in status.paused_until.
+  // Host pauses with --for: when each ends (also in the store, Store::HostPauses, so a restarted
+  // controller resumes the host on time). Stack pauses keep theirs in status.paused_until.
   std::map<std::string, absl::Time> paused_host_until_ ABSL_GUARDED_BY(mu_);
   std::map<WorkKey, KeyState> keys_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

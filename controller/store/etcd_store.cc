@@ -8,6 +8,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "core/proto_time.h"
 
 namespace upkeep::controller {
@@ -279,6 +280,36 @@ absl::StatusOr<std::set<std::string>> EtcdStore::PausedHosts() {
   std::set<std::string> out;
   const size_t len = K("paused/hosts/").size();
   for (const auto& kv : resp->kvs()) out.insert(kv.key().substr(len));
+  return out;
+}
+
+absl::Status EtcdStore::PauseHostUntil(const std::string& host, absl::Time until) {
+  if (until == absl::InfiniteFuture()) return SetHostPaused(host, true);
+  // The value is "1" for a pause with no end, else "until=UNIX_MS".
+  pb::TxnRequest txn;
+  *txn.add_success() =
+      PutOp(K("paused/hosts/" + host), absl::StrCat("until=", absl::ToUnixMillis(until)));
+  auto resp = Write(std::move(txn));
+  return resp.ok() ? absl::OkStatus() : resp.status();
+}
+
+absl::StatusOr<std::map<std::string, absl::Time>> EtcdStore::HostPauses() {
+  auto resp = Get(K("paused/hosts/"), PrefixEnd(K("paused/hosts/")), 0, false);
+  if (!resp.ok()) return resp.status();
+  std::map<std::string, absl::Time> out;
+  const size_t len = K("paused/hosts/").size();
+  for (const auto& kv : resp->kvs()) {
+    absl::Time until = absl::InfiniteFuture();
+    int64_t ms = 0;
+    if (absl::string_view v = kv.value(); absl::ConsumePrefix(&v, "until=")) {
+      if (!absl::SimpleAtoi(v, &ms)) {
+        return absl::DataLossError(
+            absl::StrCat("etcd ", kv.key(), ": unreadable pause end \"", kv.value(), "\""));
+      }
+      until = absl::FromUnixMillis(ms);
+    }
+    out[kv.key().substr(len)] = until;
+  }
   return out;
 }
 

@@ -3,7 +3,7 @@
 //   rev                         the last store revision (as SqliteStore's meta.revision)
 //   stacks/NAME                 Stack: spec with metadata.generation/revision
 //   status/NAME                 StackStatus (without `paused`)
-//   paused/stacks/NAME, paused/hosts/HOST   "1"
+//   paused/stacks/NAME   "1";  paused/hosts/HOST   "1", or "until=UNIX_MS" for a pause with an end
 //   evseq                       the last event seq
 //   events/SEQ (20 digits)      Event
 //   actions/MS/ID (MS: requested_at, 20 digits)   ActionRecord (time order = key order)
@@ -59,6 +59,8 @@ class EtcdStore : public Store {
   absl::Status SetStackPaused(const std::string& name, bool paused) override;
   absl::Status SetHostPaused(const std::string& host, bool paused) override;
   absl::StatusOr<std::set<std::string>> PausedHosts() override;
+  absl::Status PauseHostUntil(const std::string& host, absl::Time until) override;
+  absl::StatusOr<std::map<std::string, absl::Time>> HostPauses() override;
   absl::Status AppendEvent(upkeep::v1::Event* event) override;
   absl::StatusOr<std::vector<upkeep::v1::Event>> ListEvents(const std::string& stack,
                                                             int64_t after_seq, int limit) override;

@@ -1,7 +1,7 @@
-// SqliteStore. Layout of DATA/upkeep.db (PRAGMA user_version = 2; version 1 is migrated):
+// SqliteStore. Layout of DATA/upkeep.db (PRAGMA user_version = 3; older ones are migrated):
 //   meta(key, value)            "revision": the last store revision
 //   stacks(name, spec, generation, revision, paused, status)   spec/status: serialized protos
-//   hosts(host_id, paused)
+//   hosts(host_id, paused, paused_until_ms)   paused_until_ms: NULL when the pause has no end
 //   events(seq, stack, data, at_ms)   data: serialized Event; at_ms: its time (retention)
 //   actions(id, stack, host, requested_at_ms, record)          record: serialized ActionRecord
 // WAL with synchronous=NORMAL: every committed write survives a crash or kill of the
@@ -99,10 +99,24 @@ class SqliteStore : public Store {
         }
       }
     }
+    if (version < 3) {
+      // Version 3: a host pause may have an end (`pause host H --for D`).
+      bool has_until = false;
+      {
+        Stmt s(db_, "SELECT 1 FROM pragma_table_info('hosts') WHERE name='paused_until_ms'");
+        has_until = s.Step() == SQLITE_ROW;
+      }
+      if (!has_until) {
+        if (absl::Status a = Exec("ALTER TABLE hosts ADD COLUMN paused_until_ms INTEGER");
+            !a.ok()) {
+          return a;
+        }
+      }
+    }
     return Exec(
         "CREATE INDEX IF NOT EXISTS events_at ON events(at_ms);"
         "CREATE INDEX IF NOT EXISTS actions_at ON actions(requested_at_ms);"
-        "PRAGMA user_version=2;");
+        "PRAGMA user_version=3;");
   }
 
   absl::StatusOr<std::vector<v1::AppliedStack>> ApplyStacks(
@@ -214,10 +228,33 @@ class SqliteStore : public Store {
   absl::Status SetHostPaused(const std::string& host, bool paused) override {
     absl::MutexLock lock(&mu_);
     Stmt s(db_,
-           "INSERT INTO hosts(host_id, paused) VALUES(?,?) ON CONFLICT(host_id) DO UPDATE"
-           " SET paused=excluded.paused");
+           "INSERT INTO hosts(host_id, paused, paused_until_ms) VALUES(?,?,NULL)"
+           " ON CONFLICT(host_id) DO UPDATE SET paused=excluded.paused, paused_until_ms=NULL");
     s.Text(1, host).Int(2, paused ? 1 : 0);
     return s.Step() == SQLITE_DONE ? absl::OkStatus() : Error("pause host");
+  }
+
+  absl::Status PauseHostUntil(const std::string& host, absl::Time until) override {
+    if (until == absl::InfiniteFuture()) return SetHostPaused(host, true);
+    absl::MutexLock lock(&mu_);
+    Stmt s(
+        db_,
+        "INSERT INTO hosts(host_id, paused, paused_until_ms) VALUES(?,1,?)"
+        " ON CONFLICT(host_id) DO UPDATE SET paused=1, paused_until_ms=excluded.paused_until_ms");
+    s.Text(1, host).Int(2, absl::ToUnixMillis(until));
+    return s.Step() == SQLITE_DONE ? absl::OkStatus() : Error("pause host");
+  }
+
+  absl::StatusOr<std::map<std::string, absl::Time>> HostPauses() override {
+    absl::MutexLock lock(&mu_);
+    std::map<std::string, absl::Time> out;
+    Stmt s(db_,
+           "SELECT host_id, paused_until_ms IS NULL, paused_until_ms FROM hosts WHERE paused=1");
+    while (s.Step() == SQLITE_ROW) {
+      out[s.ColText(0)] =
+          s.ColInt(1) != 0 ? absl::InfiniteFuture() : absl::FromUnixMillis(s.ColInt(2));
+    }
+    return out;
   }
 
   absl::StatusOr<std::set<std::string>> PausedHosts() override {

@@ -5,6 +5,7 @@
 #ifndef UPKEEP_CONTROLLER_STORE_STORE_H_
 #define UPKEEP_CONTROLLER_STORE_STORE_H_
 
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -48,8 +49,14 @@ class Store {
   virtual absl::Status SaveStatus(const std::string& name,
                                   const upkeep::v1::StackStatus& status) = 0;
   virtual absl::Status SetStackPaused(const std::string& name, bool paused) = 0;
+  // Pauses with no end (true) or resumes (false, forgetting any end).
   virtual absl::Status SetHostPaused(const std::string& host, bool paused) = 0;
   virtual absl::StatusOr<std::set<std::string>> PausedHosts() = 0;
+  // Pauses `host` until `until` (`upkeepctl pause host H --for D`), so that a restarted
+  // controller still resumes it then; InfiniteFuture is SetHostPaused(host, true).
+  virtual absl::Status PauseHostUntil(const std::string& host, absl::Time until) = 0;
+  // Every paused host with the end of its pause (InfiniteFuture: until someone resumes it).
+  virtual absl::StatusOr<std::map<std::string, absl::Time>> HostPauses() = 0;
 
   // Assigns event->seq.
   virtual absl::Status AppendEvent(upkeep::v1::Event* event) = 0;

@@ -13,6 +13,7 @@
 #include "controller/metrics/metrics.h"
 #include "controller/reconcile/reconciler.h"
 #include "controller/store/store.h"
+#include "core/clock.h"
 #include "core/proto_time.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -46,14 +47,14 @@ spec:
 
 class Controller {
  public:
-  explicit Controller(const std::string& dir, bool faulty = false) {
+  explicit Controller(const std::string& dir, bool faulty = false, Clock* clock = Clock::Real()) {
     store_ = std::move(*OpenSqliteStore(dir));
     if (faulty) {
       auto f = std::make_unique<upkeep::testing::FaultyStore>(std::move(store_));
       faulty_ = f.get();
       store_ = std::move(f);
     }
-    reconciler_ = std::move(*Reconciler::Create(store_.get(), Clock::Real(), &metrics_));
+    reconciler_ = std::move(*Reconciler::Create(store_.get(), clock, &metrics_));
     agents_ = std::make_unique<AgentServiceImpl>(reconciler_.get());
     reconciler_->SetHub(agents_.get());
     fleet_ = std::make_unique<FleetServiceImpl>(reconciler_.get(), store_.get());
@@ -337,6 +338,67 @@ TEST_F(ControllerTest, PauseForResumesByItself) {
   ASSERT_TRUE(stack.ok());
   EXPECT_FALSE(stack->status().paused());
   EXPECT_FALSE(stack->status().has_paused_until());
+}
+
+// `upkeepctl pause host h1 --for 30m`, then the controller restarts: the host stays paused until
+// the 30 minutes are up and then resumes by itself (the end of the pause is in the store).
+TEST_F(ControllerTest, HostPauseForSurvivesAControllerRestart) {
+  SimulatedClock clock(absl::Now());
+  absl::Time until;
+  {
+    Controller c(dir_.path(), false, &clock);
+    v1::ApplyResponse resp;
+    ASSERT_TRUE(c.Apply(StackYaml("h1"), &resp).ok());
+    grpc::ClientContext ctx;
+    v1::PauseRequest req;
+    req.set_host("h1");
+    req.mutable_duration()->set_seconds(30 * 60);
+    v1::PauseResponse r;
+    until = clock.Now() + absl::Minutes(30);
+    ASSERT_TRUE(c.fleet().Pause(&ctx, req, &r).ok());
+  }  // the controller stops
+  clock.Advance(absl::Minutes(29));
+  Controller c(dir_.path(), false, &clock);
+  RawAgent a(c.channel());
+  ASSERT_TRUE(a.Hello("h1"));
+  auto observe = [&] {
+    v1::AgentMessage m = Observation("h1", false);
+    *m.mutable_observation()->mutable_stacks(0)->mutable_observed_at() = ToProto(clock.Now());
+    return a.Send(m);
+  };
+  ASSERT_TRUE(observe());
+  // A minute before the end: still paused, the start is planned and not acted on.
+  v1::PlannedAction planned;
+  ASSERT_TRUE(WaitFor([&] {
+    auto plan = c.reconciler().Plan("shop", "h1");
+    if (!plan.ok() || plan->empty() || (*plan)[0].actions_size() == 0) return false;
+    planned = (*plan)[0].actions(0);
+    return true;
+  }));
+  EXPECT_EQ(planned.action().kind(), v1::ACTION_KIND_START_SERVICE) << planned.DebugString();
+  EXPECT_EQ(planned.policy(), v1::POLICY_VERDICT_PAUSED) << planned.DebugString();
+  // The end: the controller resumes the host by itself and acts.
+  clock.Advance(absl::Minutes(2));
+  ASSERT_TRUE(observe());
+  ASSERT_TRUE(WaitFor([&] { return !a.actions().empty(); }, absl::Seconds(20)));
+  EXPECT_EQ(a.actions()[0].kind(), v1::ACTION_KIND_START_SERVICE);
+  std::vector<v1::Event> resumed;
+  ASSERT_TRUE(WaitFor([&] {
+    auto events = c.store().ListEvents("", 0, 100);
+    if (!events.ok()) return false;
+    resumed.clear();
+    for (const auto& e : *events) {
+      if (e.reason() == "Resumed" && absl::StrContains(e.message(), "pause expired")) {
+        resumed.push_back(e);
+      }
+    }
+    return !resumed.empty();
+  }));
+  EXPECT_EQ(resumed.size(), 1u);
+  EXPECT_GE(FromProto(resumed[0].at()), until) << resumed[0].DebugString();
+  auto pauses = c.store().HostPauses();
+  ASSERT_TRUE(pauses.ok());
+  EXPECT_TRUE(pauses->empty()) << "resumed in the store too";
 }
 
 TEST_F(ControllerTest, BrokenManifestIsRejectedWithStructuredErrorsAndStoredStackStays) {

@@ -1,4 +1,7 @@
 // SqliteStore on a real database file: retention by age and count, the newest events, records.
+#include <sqlite3.h>
+
+#include <map>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
@@ -88,6 +91,32 @@ TEST(SqliteStore, ReopensAnExistingDatabaseWithItsEvents) {
   r.events_max_age = absl::Hours(1);
   ASSERT_TRUE((*store)->Prune(r, kT0 + absl::Hours(2)).ok());
   EXPECT_EQ((*store)->ListEvents("", 0, 10)->size(), 0u);
+}
+
+// A version 2 database (hosts without an end to their pause) is migrated: its paused hosts stay
+// paused with no end, and a pause with an end can be stored.
+TEST(SqliteStore, MigratesVersion2HostPauses) {
+  testing::TempDir dir;
+  ASSERT_TRUE(OpenSqliteStore(dir.path()).ok());
+  {
+    // Back to version 2's hosts table.
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(dir.Join("upkeep.db").c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db,
+                           "ALTER TABLE hosts DROP COLUMN paused_until_ms;"
+                           "INSERT INTO hosts VALUES('h1', 1), ('h2', 0);"
+                           "PRAGMA user_version=2;",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    sqlite3_close(db);
+  }
+  auto store = OpenSqliteStore(dir.path());
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto pauses = (*store)->HostPauses();
+  ASSERT_TRUE(pauses.ok()) << pauses.status();
+  EXPECT_EQ(*pauses, (std::map<std::string, absl::Time>{{"h1", absl::InfiniteFuture()}}));
+  ASSERT_TRUE((*store)->PauseHostUntil("h2", kT0).ok());
+  EXPECT_EQ((*(*store)->HostPauses())["h2"], kT0);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // One suite, every Store: each test runs against SqliteStore (a fresh database file) and
 // EtcdStore (a fresh key prefix on a real 3-member etcd cluster started once for the suite).
+#include <map>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
@@ -165,6 +166,34 @@ TEST_P(StoreTest, PausedHosts) {
   auto paused = store_->PausedHosts();
   ASSERT_TRUE(paused.ok());
   EXPECT_EQ(*paused, (std::set<std::string>{"h2"}));
+}
+
+// `pause host H --for D` keeps its end in the store: a restarted controller (a reopened store)
+// still knows when to resume; a pause with no end, or a resume, forgets it.
+TEST_P(StoreTest, HostPausesKeepTheirEndAcrossAReopen) {
+  const absl::Time until = absl::FromUnixMillis(1'900'000'123'456);
+  ASSERT_TRUE(store_->PauseHostUntil("h1", until).ok());
+  ASSERT_TRUE(store_->SetHostPaused("h2", true).ok());
+  ASSERT_TRUE(store_->PauseHostUntil("h3", until).ok());
+  ASSERT_TRUE(store_->SetHostPaused("h3", false).ok());
+  store_ = Open();
+  ASSERT_NE(store_, nullptr);
+  auto pauses = store_->HostPauses();
+  ASSERT_TRUE(pauses.ok()) << pauses.status();
+  EXPECT_EQ(*pauses,
+            (std::map<std::string, absl::Time>{{"h1", until}, {"h2", absl::InfiniteFuture()}}));
+  auto paused = store_->PausedHosts();
+  ASSERT_TRUE(paused.ok());
+  EXPECT_EQ(*paused, (std::set<std::string>{"h1", "h2"}));
+  // Paused again with no end: the old end is gone; a new end replaces the old.
+  ASSERT_TRUE(store_->SetHostPaused("h1", true).ok());
+  ASSERT_TRUE(store_->PauseHostUntil("h2", until + absl::Minutes(30)).ok());
+  ASSERT_TRUE(store_->PauseHostUntil("h4", absl::InfiniteFuture()).ok());
+  pauses = store_->HostPauses();
+  ASSERT_TRUE(pauses.ok());
+  EXPECT_EQ(*pauses, (std::map<std::string, absl::Time>{{"h1", absl::InfiniteFuture()},
+                                                        {"h2", until + absl::Minutes(30)},
+                                                        {"h4", absl::InfiniteFuture()}}));
 }
 
 TEST_P(StoreTest, EventsGetIncreasingSeqsAndFilterByStack) {

@@ -42,6 +42,12 @@ class FaultyStore : public controller::Store {
     return real_->SetHostPaused(host, paused);
   }
   absl::StatusOr<std::set<std::string>> PausedHosts() override { return real_->PausedHosts(); }
+  absl::Status PauseHostUntil(const std::string& host, absl::Time until) override {
+    return real_->PauseHostUntil(host, until);
+  }
+  absl::StatusOr<std::map<std::string, absl::Time>> HostPauses() override {
+    return real_->HostPauses();
+  }
   absl::Status AppendEvent(upkeep::v1::Event* event) override { return real_->AppendEvent(event); }
   absl::StatusOr<std::vector<upkeep::v1::Event>> ListEvents(const std::string& stack,
                                                             int64_t after_seq, int limit) override {
