@@ -47,6 +47,10 @@ struct HarnessOptions {
   // and fleet() speaks to its unix socket DIR/upkeep.sock (reads and pause only; the manifest
   // file is the desired state, re-read when it changes).
   bool standalone = false;
+  // When set (PEM files): nginx also serves /tls/ (proxied to the backend) over https on
+  // https_port() with this certificate, and the stack has an https route `/tls/` probed there.
+  std::string https_cert;
+  std::string https_key;
 };
 
 // One line of what happened, for the demo's timeline.
@@ -73,6 +77,7 @@ class StackHarness {
   absl::StatusOr<std::vector<std::string>> AgentTlsFlags(const std::string& host);
   const std::string& manifest_path() const { return manifest_path_; }
   int nginx_port() const { return nginx_port_; }
+  int https_port() const { return https_port_; }  // 0 unless options.https_cert
   int backend_port() const { return backend_port_; }
   int frontend_port() const { return frontend_port_; }
   int db_port() const { return db_port_; }
@@ -142,6 +147,7 @@ class StackHarness {
   int http_port_ = 0;
   std::string controller_data_;
   int nginx_port_ = 0;
+  int https_port_ = 0;
   int backend_port_ = 0;
   int frontend_port_ = 0;
   int db_port_ = 0;

@@ -9,7 +9,11 @@
 // GET /            200 "NAME ok"
 // GET /health      200 {"status":"ok"}, or 500 when unhealthy (or a --require peer is down)
 // GET /fault/unhealthy | /fault/healthy | /fault/hang | /fault/slow?ms=N | /fault/crash |
-//     /fault/exit?code=N
+//     /fault/exit?code=N | /fault/drop-proxied?mode=close|reset
+//     drop-proxied: from now on HTTP/1.0 requests (what nginx sends upstream by default) are
+//     read and then the connection is closed unanswered (close) or reset (reset), as an
+//     upstream that restarted under nginx's connections does; HTTP/1.1 ones (direct probes,
+//     curl) and /fault/ requests are answered. /fault/healthy ends it.
 // SIGUSR1 -> unhealthy, SIGUSR2 -> healthy, SIGTERM -> exit 0. One log line per request.
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -33,6 +37,7 @@ namespace {
 std::atomic<bool> g_unhealthy{false};
 std::atomic<bool> g_hung{false};
 std::atomic<int> g_slow_ms{0};
+std::atomic<int> g_drop_proxied{0};  // 0: no; 1: close unanswered; 2: reset
 std::string g_name = "sample";
 std::string g_require_host;
 int g_require_port = 0;
@@ -146,6 +151,16 @@ void Serve(int fd) {
     close(fd);
     return;
   }
+  if (const int drop = g_drop_proxied.load();
+      drop != 0 && req.compare(sp2 + 1, 8, "HTTP/1.0") == 0 && path.rfind("/fault/", 0) != 0) {
+    Log(method + " " + target + (drop == 2 ? " (reset)" : " (closed unanswered)"));
+    if (drop == 2) {
+      linger l{1, 0};  // close() sends an RST
+      setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+    }
+    close(fd);
+    return;
+  }
   if (const int ms = g_slow_ms.load(); ms > 0) usleep(static_cast<useconds_t>(ms) * 1000);
   int code = 200;
   std::string body = g_name + " ok\n";
@@ -163,6 +178,7 @@ void Serve(int fd) {
   } else if (path == "/fault/healthy") {
     g_unhealthy = false;
     g_slow_ms = 0;
+    g_drop_proxied = 0;
     body = "healthy\n";
   } else if (path == "/fault/hang") {
     g_hung = true;
@@ -170,6 +186,9 @@ void Serve(int fd) {
   } else if (path == "/fault/slow") {
     g_slow_ms = QueryInt(target, "ms", 1000);
     body = "slow\n";
+  } else if (path == "/fault/drop-proxied") {
+    g_drop_proxied = target.find("mode=reset") != std::string::npos ? 2 : 1;
+    body = "dropping proxied requests\n";
   } else if (path == "/fault/crash") {
     Log(method + " " + target + " -> crashing");
     Respond(fd, 200, "crashing\n");

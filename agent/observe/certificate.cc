@@ -104,8 +104,9 @@ absl::StatusOr<Certificate> CertificateCache::Get(const std::string& url,
   }
   absl::StatusOr<Certificate> cert = ReadCertificate(url, server_name, absl::Seconds(2));
   absl::MutexLock lock(&mu_);
-  // A failed read is retried sooner: the proxy may have been down.
-  cache_.insert_or_assign(key, Entry{cert, cert.ok() ? now : now - refresh_ + absl::Minutes(1)});
+  // A failed read is retried sooner: the proxy may have been down (nginx starting with the
+  // agent), and a certificate seen an hour late would hide an expiry warning that long.
+  cache_.insert_or_assign(key, Entry{cert, cert.ok() ? now : now - refresh_ + kRetryFailed});
   return cert;
 }
 

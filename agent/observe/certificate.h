@@ -29,9 +29,11 @@ absl::StatusOr<Certificate> ReadCertificate(const std::string& url, const std::s
 
 class CertificateCache {
  public:
+  static constexpr absl::Duration kRetryFailed = absl::Seconds(5);
   explicit CertificateCache(absl::Duration refresh = absl::Hours(1)) : refresh_(refresh) {}
   // The cached certificate of `url`, read again when older than `refresh`; nullopt-like error
-  // when it cannot be read (the route's own probe says why).
+  // when it cannot be read (the route's own probe says why), and then read again after
+  // kRetryFailed.
   absl::StatusOr<Certificate> Get(const std::string& url, const std::string& server_name,
                                   absl::Time now);
 

@@ -80,6 +80,35 @@ TEST(Certificates, ReadsTheExpiryAnHttpsRouteServes) {
   EXPECT_TRUE(proxy.routes(0).has_certificate_not_after());
 }
 
+// A route that could not be read (nginx not up yet) is read again seconds later, not after the
+// hour a certificate is kept.
+TEST(Certificates, AFailedReadIsRetriedSoon) {
+  testing::TempDir dir;
+  const std::string key = dir.Join("k.pem"), crt = dir.Join("c.pem");
+  auto gen = testing::Subprocess::Start(
+      {"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt,
+       "-days", "5", "-subj", "/CN=late.test"},
+      dir.Join("gen.log"));
+  ASSERT_TRUE(gen.ok());
+  auto gen_status = (*gen)->Wait(absl::Seconds(60));
+  ASSERT_TRUE(gen_status.has_value() && *gen_status == 0);
+  const int port = testing::FreePort();
+  const std::string url = absl::StrCat("https://127.0.0.1:", port, "/");
+  CertificateCache cache;
+  const absl::Time t0 = absl::Now();
+  ASSERT_FALSE(cache.Get(url, "", t0).ok()) << "nothing listens yet";
+  auto server = testing::Subprocess::Start(
+      {"openssl", "s_server", "-quiet", "-accept", absl::StrCat("127.0.0.1:", port), "-cert", crt,
+       "-key", key, "-www"},
+      dir.Join("server.log"));
+  ASSERT_TRUE(server.ok());
+  ASSERT_TRUE(testing::WaitForPort("127.0.0.1", port));
+  EXPECT_FALSE(cache.Get(url, "", t0 + absl::Seconds(1)).ok()) << "cached for a moment";
+  auto cert = cache.Get(url, "", t0 + CertificateCache::kRetryFailed);
+  ASSERT_TRUE(cert.ok()) << cert.status();
+  EXPECT_TRUE(absl::StrContains(cert->subject, "CN=late.test")) << cert->subject;
+}
+
 TEST(Certificates, PlainHttpIsNotRead) {
   EXPECT_FALSE(ReadCertificate("http://127.0.0.1:1/", "", absl::Seconds(1)).ok());
 }
