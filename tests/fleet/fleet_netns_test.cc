@@ -234,7 +234,8 @@ TEST_F(Fleet, ThreeHostsADifferentFaultOnEachAtOnceEachHealedAndReportedPerHost)
   for (const auto& h : hosts_) EXPECT_TRUE(Connected(h)) << h;
   // h1: the backend crashes; h2: nginx quits; h3: the backend hangs (stopped, not dead).
   const int h1_backend = BackendPid("h1"), h3_backend = BackendPid("h3");
-  ASSERT_EQ(::kill(h1_backend, SIGKILL), 0);
+  // A crash is SIGABRT: a SIGKILL from outside is a person's stop (left stopped).
+  ASSERT_EQ(::kill(h1_backend, SIGABRT), 0);
   ASSERT_EQ(::kill(NginxPid("h2"), SIGQUIT), 0);
   ASSERT_EQ(::kill(h3_backend, SIGSTOP), 0);
   EXPECT_TRUE(WaitFor(
@@ -275,7 +276,7 @@ TEST_F(Fleet, APartitionedHostHealsACrashAloneAndNothingRunsTwice) {
       },
       absl::Seconds(30)));
   const int pid = BackendPid("h1");
-  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  ASSERT_EQ(::kill(pid, SIGABRT), 0);  // a crash (SIGKILL would be a person's stop)
   EXPECT_TRUE(WaitFor([&] { return BackendPid("h1") != pid && Alive(BackendPid("h1")); },
                       absl::Seconds(30)));
   // Keep the link down for 60 s in all.
@@ -325,7 +326,7 @@ TEST_F(Fleet, DISABLED_BenchCrashToServingConnectedVsPartitionedAndLinkUpToCurre
   auto crash_to_serving = [&] {
     const int pid = BackendPid("h1");
     const absl::Time t0 = absl::Now();
-    ::kill(pid, SIGKILL);
+    ::kill(pid, SIGABRT);
     WaitFor([&] { return BackendPid("h1") != pid && serving(); }, absl::Seconds(30),
             absl::Milliseconds(1));
     return absl::Now() - t0;

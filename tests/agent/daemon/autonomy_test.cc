@@ -182,7 +182,8 @@ struct Agent {
   void Crash() {
     const int pid = ApiPid();
     ASSERT_GT(pid, 0);
-    ASSERT_EQ(::kill(pid, SIGKILL), 0);
+    // A crash is SIGABRT: a SIGKILL upkeep did not send is a person's stop (left stopped).
+    ASSERT_EQ(::kill(pid, SIGABRT), 0);
   }
   // Actions the agent's journal finished, by id.
   std::map<std::string, v1::ActionResult> Journal() {
