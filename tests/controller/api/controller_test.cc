@@ -340,25 +340,30 @@ TEST_F(ControllerTest, PauseForResumesByItself) {
   EXPECT_FALSE(stack->status().has_paused_until());
 }
 
-// `upkeepctl pause host h1 --for 30m`, then the controller restarts: the host stays paused until
-// the 30 minutes are up and then resumes by itself (the end of the pause is in the store).
-TEST_F(ControllerTest, HostPauseForSurvivesAControllerRestart) {
+// `upkeepctl pause host h1 --for 30m` (or `pause stack shop --for 30m`), then the controller
+// restarts: the host (stack) stays paused until the 30 minutes are up and then resumes by itself
+// (the end of the pause is in the store).
+void PauseForSurvivesAControllerRestart(const std::string& dir, bool host) {
   SimulatedClock clock(absl::Now());
   absl::Time until;
   {
-    Controller c(dir_.path(), false, &clock);
+    Controller c(dir, false, &clock);
     v1::ApplyResponse resp;
     ASSERT_TRUE(c.Apply(StackYaml("h1"), &resp).ok());
     grpc::ClientContext ctx;
     v1::PauseRequest req;
-    req.set_host("h1");
+    if (host) {
+      req.set_host("h1");
+    } else {
+      req.set_stack("shop");
+    }
     req.mutable_duration()->set_seconds(30 * 60);
     v1::PauseResponse r;
     until = clock.Now() + absl::Minutes(30);
     ASSERT_TRUE(c.fleet().Pause(&ctx, req, &r).ok());
   }  // the controller stops
   clock.Advance(absl::Minutes(29));
-  Controller c(dir_.path(), false, &clock);
+  Controller c(dir, false, &clock);
   RawAgent a(c.channel());
   ASSERT_TRUE(a.Hello("h1"));
   auto observe = [&] {
@@ -399,6 +404,17 @@ TEST_F(ControllerTest, HostPauseForSurvivesAControllerRestart) {
   auto pauses = c.store().HostPauses();
   ASSERT_TRUE(pauses.ok());
   EXPECT_TRUE(pauses->empty()) << "resumed in the store too";
+  auto stack = c.reconciler().GetStack("shop");
+  ASSERT_TRUE(stack.ok());
+  EXPECT_FALSE(stack->status().paused());
+}
+
+TEST_F(ControllerTest, HostPauseForSurvivesAControllerRestart) {
+  PauseForSurvivesAControllerRestart(dir_.path(), /*host=*/true);
+}
+
+TEST_F(ControllerTest, StackPauseForSurvivesAControllerRestart) {
+  PauseForSurvivesAControllerRestart(dir_.path(), /*host=*/false);
 }
 
 TEST_F(ControllerTest, BrokenManifestIsRejectedWithStructuredErrorsAndStoredStackStays) {
