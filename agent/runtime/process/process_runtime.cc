@@ -160,7 +160,10 @@ class ProcessRuntime : public Runtime {
  public:
   ProcessRuntime(std::string dir, ExecPolicy exec)
       : dir_(std::move(dir)), exec_(std::move(exec)), boot_id_(BootId()) {
-    oom_count_ = OomKillCount();
+    {
+      absl::MutexLock lock(&mu_);
+      oom_count_ = OomKillCount();
+    }
     event_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     monitor_ = std::thread([this] { MonitorLoop(); });
   }
@@ -553,11 +556,11 @@ class ProcessRuntime : public Runtime {
   const std::string dir_;
   const ExecPolicy exec_;
   const std::string boot_id_;
-  // Monitor thread only: the host's OOM kill count at its last look, and when it last grew.
-  int64_t oom_count_ = -1;
-  absl::Time last_oom_ = absl::InfinitePast();
   int event_fd_ = -1;
   absl::Mutex mu_;
+  // The host's OOM kill count at the last look, and when it last grew.
+  int64_t oom_count_ ABSL_GUARDED_BY(mu_) = -1;
+  absl::Time last_oom_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool changed_ ABSL_GUARDED_BY(mu_) = false;
   std::map<std::string, Proc> procs_ ABSL_GUARDED_BY(mu_);
