@@ -2,6 +2,7 @@
 // etcd cluster; the agent is a raw AgentService stream driven by the test (so the test decides
 // when an action is "in flight"), following the leader over the list of controllers as
 // upkeep-agent does.
+#include <httplib.h>
 #include <signal.h>
 
 #include <atomic>
@@ -21,6 +22,7 @@
 #include "core/proto_time.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "tests/support/etcd/etcd_cluster.h"
 #include "tests/support/etcd/following_agent.h"
 #include "tests/support/etcd/tcp_proxy.h"
@@ -55,6 +57,38 @@ spec:
       port: 8003
   policy: {backoff: {initial: 10ms}}
 )";
+
+// A webhook receiver on 127.0.0.1: records the body of every POST to /hook.
+class HookReceiver {
+ public:
+  HookReceiver() {
+    server_.Post("/hook", [this](const httplib::Request& req, httplib::Response& res) {
+      {
+        absl::MutexLock lock(&mu_);
+        bodies_.push_back(req.body);
+      }
+      res.set_content("ok", "text/plain");
+    });
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+  }
+  ~HookReceiver() {
+    server_.stop();
+    thread_.join();
+  }
+  std::string url() const { return absl::StrCat("http://127.0.0.1:", port_, "/hook"); }
+  std::vector<std::string> bodies() {
+    absl::MutexLock lock(&mu_);
+    return bodies_;
+  }
+
+ private:
+  httplib::Server server_;
+  int port_ = 0;
+  std::thread thread_;
+  absl::Mutex mu_;
+  std::vector<std::string> bodies_ ABSL_GUARDED_BY(mu_);
+};
 
 // One upkeep-controller replica.
 struct Replica {
@@ -118,6 +152,28 @@ class ReplicasTest : public ::testing::Test {
     // under TSan.
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(20)));
     return stub->Apply(&ctx, req, &resp);
+  }
+
+  absl::StatusOr<std::vector<v1::Notifier>> Notifiers(const std::string& address) {
+    auto stub =
+        v1::FleetService::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    v1::ListNotifiersResponse resp;
+    grpc::Status st = stub->ListNotifiers(&ctx, v1::ListNotifiersRequest(), &resp);
+    if (!st.ok()) return absl::UnavailableError(st.error_message());
+    return std::vector<v1::Notifier>(resp.notifiers().begin(), resp.notifiers().end());
+  }
+
+  // The delivery status of notifier `name` as replica `address` reports it (empty if none).
+  std::optional<v1::NotifierStatus> NotifierStatus(const std::string& address,
+                                                   const std::string& name) {
+    auto list = Notifiers(address);
+    if (!list.ok()) return std::nullopt;
+    for (const auto& n : *list) {
+      if (n.metadata().name() == name) return n.status();
+    }
+    return std::nullopt;
   }
 
   // Every action record, by id.
@@ -217,6 +273,78 @@ TEST_F(ReplicasTest, FollowerTakesOverAfterSigkillWithoutLosingOrDoublingTheRepa
   for (const auto& [id, rec] : Records()) ++per_target[rec.action().target()];
   EXPECT_EQ(per_target["backend"], 1);
   EXPECT_EQ(per_target["frontend"], 1);
+}
+
+TEST_F(ReplicasTest, NewLeaderDeliversToANotifierAppliedThroughTheOldOne) {
+  HookReceiver hook;
+  const std::string url_file = dir_.Join("hook.url");
+  {
+    std::ofstream out(url_file);
+    out << hook.url() << "\n";
+  }
+  const std::string notifier = absl::StrCat(R"(apiVersion: upkeep/v1
+kind: Notifier
+metadata: {name: ops}
+spec:
+  type: webhook
+  url: {file: )",
+                                            url_file, R"(}
+  events: [actionsFailed, alerts]
+)");
+  Replica a = StartReplica("a");
+  ASSERT_TRUE(WaitFor([&] { return Leads(a.address); }, absl::Seconds(20))) << Tail(a.log);
+  Replica b = StartReplica("b");
+  ASSERT_TRUE(WaitFor([&] { return Controllers(b.address).ok(); }, absl::Seconds(30)))
+      << Tail(b.log);
+  // The notifier is applied through the leader (only the leader writes) and used once there.
+  grpc::Status applied = Apply(a.address, std::string(kStack) + "---\n" + notifier);
+  ASSERT_TRUE(applied.ok()) << applied.error_message() << Tail(a.log);
+  {
+    auto stub = v1::FleetService::NewStub(
+        grpc::CreateChannel(a.address, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    v1::TestNotifierRequest req;
+    req.set_name("ops");
+    v1::TestNotifierResponse resp;
+    ASSERT_TRUE(stub->TestNotifier(&ctx, req, &resp).ok());
+    ASSERT_TRUE(resp.delivered()) << resp.error();
+  }
+  ASSERT_EQ(hook.bodies().size(), 1u);
+  // The follower reads the notifier and its delivery status from etcd.
+  ASSERT_TRUE(WaitFor([&] {
+    auto st = NotifierStatus(b.address, "ops");
+    return st.has_value() && st->sent() == 1;
+  })) << "the follower does not see the leader's notifier";
+
+  a.process->Signal(SIGKILL);
+  a.process->Wait(absl::Seconds(10));
+  ASSERT_TRUE(WaitFor([&] { return Leads(b.address); }, absl::Seconds(30)))
+      << "follower never took over";
+  // The new leader knows the notifier and carries on its counters...
+  std::optional<v1::NotifierStatus> carried = NotifierStatus(b.address, "ops");
+  ASSERT_TRUE(carried.has_value()) << "the new leader lost the notifier\n" << Tail(b.log);
+  EXPECT_EQ(carried->sent(), 1);
+
+  // ... and delivers the next alert to it: a repair the agent reports failed.
+  FollowingAgent agent({b.address, a.address});
+  agent.Observe(/*backend=*/false, /*frontend=*/true);
+  ASSERT_TRUE(WaitFor([&] { return !For(agent.actions(), "backend").empty(); }, absl::Seconds(30)))
+      << Describe(agent.actions()) << Tail(b.log);
+  ASSERT_TRUE(agent.Answer(For(agent.actions(), "backend").front(), v1::ACTION_OUTCOME_FAILED));
+  ASSERT_TRUE(WaitFor([&] { return hook.bodies().size() >= 2; }, absl::Seconds(20)))
+      << "no alert reached the webhook after the takeover\n"
+      << Tail(b.log);
+  const nlohmann::json alert = nlohmann::json::parse(hook.bodies()[1], nullptr, false);
+  ASSERT_FALSE(alert.is_discarded()) << hook.bodies()[1];
+  EXPECT_EQ(alert.value("notifier", ""), "ops");
+  EXPECT_EQ(alert.value("event", ""), "actionsFailed");
+  EXPECT_EQ(alert.value("stack", ""), "shop");
+  EXPECT_EQ(alert.value("target", ""), "backend");
+  ASSERT_TRUE(WaitFor([&] {
+    auto st = NotifierStatus(b.address, "ops");
+    return st.has_value() && st->sent() >= 2;
+  })) << "the new leader's delivery was not counted";
 }
 
 TEST_F(ReplicasTest, LeaderCutOffFromEtcdStopsAndRecordsNothingMore) {
