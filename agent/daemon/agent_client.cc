@@ -333,11 +333,19 @@ void AgentClient::SuperviseLoop() {
   absl::Duration backoff = absl::Milliseconds(100);
   while (true) {
     // Deciding alone: stop only once the controller can be reached, and before saying hello.
+    bool reachable = false;
     if (autonomous()) {
       if (!AwaitChannelReady()) return;
+      reachable = true;
     }
     absl::ReleasableMutexLock transition(&transition_mu_);
-    if (autonomous()) LeaveAutonomy();
+    if (autonomous()) {
+      // Autonomy may have begun after the check above (between two streams): then the
+      // controller was not found reachable, and handing back now would end local decisions
+      // while it is still away (an action decided and dropped, and a second decided later).
+      if (!reachable) continue;
+      LeaveAutonomy();
+    }
     std::vector<v1::AgentMessage> first(1);
     first[0].mutable_hello()->set_host_id(options_.host_id);
     first[0].mutable_hello()->set_version(options_.version);

@@ -178,6 +178,21 @@ class ReplicasTest : public ::testing::Test {
     return std::nullopt;
   }
 
+  // Apply to the replica that was just seen to lead, as a client should: UNAVAILABLE is
+  // retried. A replica is the leader (the election key names it) before it serves as one: it
+  // drops its follower port and opens its leader port only once its reconciler has loaded the
+  // store, and in between a call is refused (seen under TSan: "connection refused").
+  grpc::Status ApplyToLeader(const std::string& address, const std::string& yaml) {
+    grpc::Status status;
+    WaitFor(
+        [&] {
+          status = Apply(address, yaml);
+          return status.error_code() != grpc::StatusCode::UNAVAILABLE;
+        },
+        absl::Seconds(20));
+    return status;
+  }
+
   // Every action record, by id.
   std::map<std::string, v1::ActionRecord> Records() {
     std::map<std::string, v1::ActionRecord> out;
@@ -233,7 +248,7 @@ TEST_F(ReplicasTest, FollowerTakesOverAfterSigkillWithoutLosingOrDoublingTheRepa
   grpc::Status refused = Apply(b.address, kStack);
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_NE(refused.error_message().find(a.address), std::string::npos) << refused.error_message();
-  ASSERT_TRUE(Apply(a.address, kStack).ok()) << Tail(a.log);
+  ASSERT_TRUE(ApplyToLeader(a.address, kStack).ok()) << Tail(a.log);
 
   // The agent lists the follower first: it must end up on the leader.
   FollowingAgent agent({b.address, a.address});
@@ -299,7 +314,7 @@ spec:
   ASSERT_TRUE(WaitFor([&] { return Controllers(b.address).ok(); }, absl::Seconds(30)))
       << Tail(b.log);
   // The notifier is applied through the leader (only the leader writes) and used once there.
-  grpc::Status applied = Apply(a.address, std::string(kStack) + "---\n" + notifier);
+  grpc::Status applied = ApplyToLeader(a.address, std::string(kStack) + "---\n" + notifier);
   ASSERT_TRUE(applied.ok()) << applied.error_message() << Tail(a.log);
   {
     auto stub = v1::FleetService::NewStub(
@@ -323,9 +338,14 @@ spec:
   a.process->Wait(absl::Seconds(10));
   ASSERT_TRUE(WaitFor([&] { return Leads(b.address); }, absl::Seconds(30)))
       << "follower never took over";
-  // The new leader knows the notifier and carries on its counters...
-  std::optional<v1::NotifierStatus> carried = NotifierStatus(b.address, "ops");
-  ASSERT_TRUE(carried.has_value()) << "the new leader lost the notifier\n" << Tail(b.log);
+  // The new leader knows the notifier and carries on its counters (its leader port opens once
+  // it has loaded the store: until then a call may be refused).
+  std::optional<v1::NotifierStatus> carried;
+  ASSERT_TRUE(WaitFor([&] {
+    carried = NotifierStatus(b.address, "ops");
+    return carried.has_value();
+  })) << "the new leader lost the notifier\n"
+      << Tail(b.log);
   EXPECT_EQ(carried->sent(), 1);
 
   // ... and delivers the next alert to it: a repair the agent reports failed.
@@ -462,7 +482,7 @@ spec:
   Replica b = StartReplica("b");
   ASSERT_TRUE(WaitFor([&] { return Controllers(b.address).ok(); }, absl::Seconds(30)))
       << Tail(b.log);
-  ASSERT_TRUE(Apply(a.address, stack).ok()) << Tail(a.log);
+  ASSERT_TRUE(ApplyToLeader(a.address, stack).ok()) << Tail(a.log);
 
   // The real agent, the follower first in its list. It stays with the controllers through the
   // takeover (--autonomous-after beyond it: this case is about the controllers' handover).
@@ -576,7 +596,7 @@ TEST_F(ReplicasTest, LeaderCutOffFromEtcdStopsAndRecordsNothingMore) {
   Replica a = StartReplica("a", via);
   ASSERT_TRUE(WaitFor([&] { return Leads(a.address); }, absl::Seconds(20)));
   Replica b = StartReplica("b");
-  const grpc::Status applied = Apply(a.address, kStack);
+  const grpc::Status applied = ApplyToLeader(a.address, kStack);
   ASSERT_TRUE(applied.ok()) << applied.error_code() << " " << applied.error_message()
                             << Tail(a.log);
   FollowingAgent agent({a.address, b.address});
@@ -606,7 +626,7 @@ TEST_F(ReplicasTest, FleetKeepsWorkingWithOneEtcdMemberKilled) {
   // Both replicas up (b a follower) before the member dies: a fleet that kept working.
   ASSERT_TRUE(WaitFor([&] { return Controllers(b.address).ok(); }, absl::Seconds(30)))
       << Tail(b.log);
-  ASSERT_TRUE(Apply(a.address, kStack).ok()) << Tail(a.log);
+  ASSERT_TRUE(ApplyToLeader(a.address, kStack).ok()) << Tail(a.log);
   FollowingAgent agent({a.address, b.address});
   agent.Observe(true, true);
   ASSERT_TRUE(WaitFor([&] { return agent.connected_to() == 0; }, absl::Seconds(20)));
