@@ -320,14 +320,16 @@ int main(int argc, char** argv) {
   upkeep::controller::FleetServiceImpl fleet(reconciler->get(), store_ptr);
   // Notifiers deliver on threads of their own; the bus only hands them copies.
   upkeep::controller::Reconciler* rec = reconciler->get();
+  // In the store (shared by the replicas on etcd); a single controller imports an old
+  // DATA/notifiers.pb once.
   auto notifiers = upkeep::notify::NotifyService::Open(
-      absl::GetFlag(FLAGS_data),
+      store_ptr,
       [rec](const std::string& name) -> std::optional<upkeep::v1::Stack> {
         auto s = rec->GetStack(name);
         if (!s.ok()) return std::nullopt;
         return *std::move(s);
       },
-      &metrics);
+      &metrics, on_etcd ? "" : absl::GetFlag(FLAGS_data));
   if (!notifiers.ok()) {
     UPKEEP_LOG(critical, "notifiers_open_failed",
                {{"error", std::string(notifiers.status().message())}});

@@ -193,6 +193,26 @@ grpc::Status FollowerFleetService::ListActions(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
+grpc::Status FollowerFleetService::ListNotifiers(grpc::ServerContext*,
+                                                 const v1::ListNotifiersRequest*,
+                                                 v1::ListNotifiersResponse* resp) {
+  auto notifiers = store_->ListNotifiers();
+  if (!notifiers.ok()) return ToGrpc(notifiers.status());
+  for (auto& n : *notifiers) *resp->add_notifiers() = std::move(n);
+  return grpc::Status::OK;
+}
+
+grpc::Status FollowerFleetService::DeleteNotifier(grpc::ServerContext* ctx,
+                                                  const v1::DeleteNotifierRequest*,
+                                                  v1::DeleteNotifierResponse*) {
+  return NotLeader(ctx);
+}
+grpc::Status FollowerFleetService::TestNotifier(grpc::ServerContext* ctx,
+                                                const v1::TestNotifierRequest*,
+                                                v1::TestNotifierResponse*) {
+  return NotLeader(ctx);
+}
+
 grpc::Status FollowerFleetService::Apply(grpc::ServerContext* ctx, const v1::ApplyRequest*,
                                          v1::ApplyResponse*) {
   return NotLeader(ctx);

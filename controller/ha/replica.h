@@ -5,8 +5,8 @@
 //  - ControllerServiceImpl: ListControllers, on every replica (and on a single SQLite
 //    controller, which lists itself).
 //  - FollowerFleetService: FleetService on a follower. Reads (get, list, describe, events,
-//    watch, actions) come from etcd; everything else answers UNAVAILABLE with the leader's
-//    address in the message and in the trailing metadata `upkeep-leader`.
+//    watch, actions, notifiers) come from etcd; everything else answers UNAVAILABLE with the
+//    leader's address in the message and in the trailing metadata `upkeep-leader`.
 #ifndef UPKEEP_CONTROLLER_HA_REPLICA_H_
 #define UPKEEP_CONTROLLER_HA_REPLICA_H_
 
@@ -79,6 +79,9 @@ class FollowerFleetService final : public upkeep::v1::FleetService::Service {
                            grpc::ServerWriter<upkeep::v1::Event>*) override;
   grpc::Status ListActions(grpc::ServerContext*, const upkeep::v1::ListActionsRequest*,
                            upkeep::v1::ListActionsResponse*) override;
+  // Notifiers as the leader last saved them (spec and delivery status).
+  grpc::Status ListNotifiers(grpc::ServerContext*, const upkeep::v1::ListNotifiersRequest*,
+                             upkeep::v1::ListNotifiersResponse*) override;
   // Writes, and what only the leader knows (connected hosts, plans).
   grpc::Status Apply(grpc::ServerContext*, const upkeep::v1::ApplyRequest*,
                      upkeep::v1::ApplyResponse*) override;
@@ -94,6 +97,10 @@ class FollowerFleetService final : public upkeep::v1::FleetService::Service {
                       upkeep::v1::PauseResponse*) override;
   grpc::Status RunAction(grpc::ServerContext*, const upkeep::v1::RunActionRequest*,
                          upkeep::v1::RunActionResponse*) override;
+  grpc::Status DeleteNotifier(grpc::ServerContext*, const upkeep::v1::DeleteNotifierRequest*,
+                              upkeep::v1::DeleteNotifierResponse*) override;
+  grpc::Status TestNotifier(grpc::ServerContext*, const upkeep::v1::TestNotifierRequest*,
+                            upkeep::v1::TestNotifierResponse*) override;
 
  private:
   grpc::Status NotLeader(grpc::ServerContext* ctx);

@@ -65,9 +65,13 @@ bool Wants(const v1::NotifierSpec& spec, const v1::Event& event,
 // One notifier: its spec, queue, counters and delivery thread.
 class NotifyService::Channel {
  public:
-  Channel(v1::Notifier n, const StackLookup* lookup, controller::Metrics* metrics)
-      : lookup_(lookup), metrics_(metrics) {
+  // `n.status()`: the delivery status saved last (counters carry on from it).
+  Channel(v1::Notifier n, const StackLookup* lookup, controller::Metrics* metrics,
+          controller::Store* store)
+      : lookup_(lookup), metrics_(metrics), store_(store) {
     name_ = n.metadata().name();
+    status_ = n.status();
+    status_.clear_pending();
     n.clear_status();
     notifier_ = std::move(n);
     thread_ = std::thread([this] { Run(); });
@@ -178,7 +182,29 @@ class NotifyService::Channel {
                     DurationOr(n.spec().timeout(), absl::Seconds(5)));
   }
 
+  // Counts the attempt and saves the status to the store.
   void Record(const HttpAnswer& a, bool final) {
+    RecordLocal(a, final);
+    Persist();
+  }
+
+  // One writer at a time, each saving the newest status: saves never go back in time.
+  void Persist() {
+    if (store_ == nullptr) return;
+    absl::MutexLock persist(&persist_mu_);
+    v1::NotifierStatus s;
+    {
+      absl::MutexLock lock(&mu_);
+      s = status_;
+      s.set_pending(static_cast<int64_t>(queue_.size()));
+    }
+    if (absl::Status st = store_->SaveNotifierStatus(name_, s); !st.ok()) {
+      UPKEEP_LOG(warn, "notifier_status_not_saved",
+                 {{"notifier", name_}, {"error", std::string(st.message())}});
+    }
+  }
+
+  void RecordLocal(const HttpAnswer& a, bool final) {
     absl::MutexLock lock(&mu_);
     *status_.mutable_last_attempt() = ToProto(absl::Now());
     status_.set_last_http_status(a.status);
@@ -226,7 +252,10 @@ class NotifyService::Channel {
             if (d.host() == p.message.event.host()) p.message.diagnosis = d;
           }
         }
-        if (!Admit(n)) continue;
+        if (!Admit(n)) {
+          Persist();  // the drop counts
+          continue;
+        }
       }
       const HttpAnswer a = Send(n, p.message, nullptr);
       ++p.attempts;
@@ -269,6 +298,8 @@ class NotifyService::Channel {
 
   const StackLookup* const lookup_;
   controller::Metrics* const metrics_;
+  controller::Store* const store_;
+  absl::Mutex persist_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   std::string name_;
   absl::Mutex mu_;
   absl::CondVar cv_;
@@ -280,28 +311,54 @@ class NotifyService::Channel {
   std::thread thread_;
 };
 
-NotifyService::NotifyService(std::string data_dir, StackLookup lookup, controller::Metrics* metrics)
-    : data_dir_(std::move(data_dir)), lookup_(std::move(lookup)), metrics_(metrics) {}
+NotifyService::NotifyService(controller::Store* store, StackLookup lookup,
+                             controller::Metrics* metrics)
+    : store_(store), lookup_(std::move(lookup)), metrics_(metrics) {}
 
-absl::StatusOr<std::unique_ptr<NotifyService>> NotifyService::Open(const std::string& data_dir,
+absl::StatusOr<std::unique_ptr<NotifyService>> NotifyService::Open(controller::Store* store,
                                                                    StackLookup lookup,
-                                                                   controller::Metrics* metrics) {
-  std::unique_ptr<NotifyService> s(new NotifyService(data_dir, std::move(lookup), metrics));
-  if (data_dir.empty()) return s;
-  const std::string path = data_dir + "/notifiers.pb";
+                                                                   controller::Metrics* metrics,
+                                                                   const std::string& legacy_dir) {
+  std::unique_ptr<NotifyService> s(new NotifyService(store, std::move(lookup), metrics));
+  if (store == nullptr) return s;
+  auto stored = store->ListNotifiers();
+  if (!stored.ok()) {
+    return absl::Status(
+        stored.status().code(),
+        absl::StrCat("reading the notifiers from the store: ", stored.status().message()));
+  }
+  if (stored->empty() && !legacy_dir.empty()) {
+    if (absl::Status st = s->ImportLegacy(legacy_dir); !st.ok()) return st;
+    stored = store->ListNotifiers();
+    if (!stored.ok()) return stored.status();
+  }
+  absl::MutexLock lock(&s->mu_);
+  for (const auto& n : *stored) {
+    s->channels_[n.metadata().name()] = std::make_shared<Channel>(n, &s->lookup_, metrics, store);
+  }
+  return s;
+}
+
+absl::Status NotifyService::ImportLegacy(const std::string& dir) {
+  const std::string path = dir + "/notifiers.pb";
   std::ifstream in(path, std::ios::binary);
-  if (!in) return s;  // none applied yet
+  if (!in) return absl::OkStatus();  // nothing to import
   v1::ListNotifiersResponse saved;
   if (!saved.ParseFromIstream(&in)) {
     return absl::DataLossError(absl::StrCat(path,
                                             ": not a notifier list; move it away to start "
                                             "without notifiers, then apply them again"));
   }
-  absl::MutexLock lock(&s->mu_);
   for (const auto& n : saved.notifiers()) {
-    s->channels_[n.metadata().name()] = std::make_shared<Channel>(n, &s->lookup_, metrics);
+    if (absl::Status st = store_->PutNotifier(n); !st.ok()) {
+      return absl::Status(st.code(), absl::StrCat("importing ", path, ": ", st.message()));
+    }
   }
-  return s;
+  std::error_code ec;
+  std::filesystem::rename(path, path + ".imported", ec);
+  UPKEEP_LOG(info, "notifiers_imported",
+             {{"file", path}, {"count", absl::StrCat(saved.notifiers_size())}});
+  return absl::OkStatus();
 }
 
 NotifyService::~NotifyService() { Stop(); }
@@ -326,24 +383,6 @@ void NotifyService::OnEvent(const v1::Event& event) {
   for (auto& [name, c] : channels_) c->Offer(event);
 }
 
-absl::Status NotifyService::SaveLocked() {
-  if (data_dir_.empty()) return absl::OkStatus();
-  v1::ListNotifiersResponse all;
-  for (auto& [name, c] : channels_) *all.add_notifiers() = c->Spec();
-  const std::string path = data_dir_ + "/notifiers.pb";
-  {
-    std::ofstream out(path + ".tmp", std::ios::binary | std::ios::trunc);
-    if (!out || !all.SerializeToOstream(&out)) {
-      return absl::UnavailableError(absl::StrCat("cannot write ", path, ".tmp"));
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(path + ".tmp", path, ec);
-  if (ec)
-    return absl::UnavailableError(absl::StrCat("cannot rename to ", path, ": ", ec.message()));
-  return absl::OkStatus();
-}
-
 absl::StatusOr<std::vector<v1::AppliedStack>> NotifyService::Apply(
     const std::vector<v1::Notifier>& notifiers, bool dry_run) {
   std::vector<v1::AppliedStack> out;
@@ -353,10 +392,21 @@ absl::StatusOr<std::vector<v1::AppliedStack>> NotifyService::Apply(
     v1::AppliedStack a;
     a.set_name(n.metadata().name());
     auto it = channels_.find(n.metadata().name());
+    // Stored first: a write the store refuses (a deposed leader's) changes nothing here.
+    auto put = [&]() -> absl::Status {
+      if (dry_run || store_ == nullptr) return absl::OkStatus();
+      absl::Status st = store_->PutNotifier(n);
+      if (!st.ok()) {
+        return absl::Status(st.code(), absl::StrCat("notifier ", n.metadata().name(),
+                                                    " not stored: ", st.message()));
+      }
+      return st;
+    };
     if (it == channels_.end()) {
       a.set_change("created");
+      if (absl::Status st = put(); !st.ok()) return st;
       if (!dry_run) {
-        channels_[n.metadata().name()] = std::make_shared<Channel>(n, &lookup_, metrics_);
+        channels_[n.metadata().name()] = std::make_shared<Channel>(n, &lookup_, metrics_, store_);
       }
     } else {
       v1::Notifier old = it->second->Spec();
@@ -367,13 +417,11 @@ absl::StatusOr<std::vector<v1::AppliedStack>> NotifyService::Apply(
         a.set_change("unchanged");
       } else {
         a.set_change("configured");
+        if (absl::Status st = put(); !st.ok()) return st;
         if (!dry_run) it->second->Set(n);
       }
     }
     out.push_back(std::move(a));
-  }
-  if (!dry_run) {
-    if (absl::Status st = SaveLocked(); !st.ok()) return st;
   }
   return out;
 }
@@ -384,9 +432,12 @@ absl::Status NotifyService::Delete(const std::string& name) {
     absl::MutexLock lock(&mu_);
     auto it = channels_.find(name);
     if (it == channels_.end()) return absl::NotFoundError(absl::StrCat("no notifier ", name));
+    if (store_ != nullptr) {
+      absl::Status st = store_->DeleteNotifier(name);
+      if (!st.ok() && !absl::IsNotFound(st)) return st;
+    }
     gone = std::move(it->second);
     channels_.erase(it);
-    if (absl::Status st = SaveLocked(); !st.ok()) return st;
   }
   gone->Stop();
   return absl::OkStatus();

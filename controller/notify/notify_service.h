@@ -8,10 +8,15 @@
 // Secrets (URL, token) are references (env / file) read at each delivery; the resolved values
 // are never stored, logged, or returned (List shows the references).
 //
-// On disk: DATA_DIR/notifiers.pb, a binary upkeep.v1.ListNotifiersResponse holding the applied
-// notifiers (spec only; delivery counters live in memory and in metrics), written whole to
-// notifiers.pb.tmp and renamed. Recovery: Open() reads it; a missing file is no notifiers, an
-// unreadable one is an error naming the file.
+// Persistence is the controller's Store (store.h: SQLite, or etcd shared by the replicas): the
+// applied notifiers (spec only) and each one's delivery status (sent / failed / dropped, last
+// attempt, success, error), saved after every delivery attempt. So a replica that takes over
+// the lead knows every notifier applied through any earlier leader and carries on its counters.
+// Not stored: the queue of messages not yet delivered (lost with the process that held them).
+// On etcd the writes are fenced: a deposed leader's Apply fails and its counters stop moving.
+// Recovery: Open() reads the store. Before the store held notifiers they were kept in
+// DATA/notifiers.pb; Open(legacy_dir) imports that file once, when the store has none, and
+// renames it notifiers.pb.imported.
 //
 // Thread-safe. Stop() (or the destructor) drops the subscription and joins every channel.
 #ifndef UPKEEP_CONTROLLER_NOTIFY_NOTIFY_SERVICE_H_
@@ -32,6 +37,7 @@
 #include "controller/events/event_bus.h"
 #include "controller/metrics/metrics.h"
 #include "controller/notify/http_post.h"
+#include "controller/store/store.h"
 #include "upkeep/v1/fleet_service.pb.h"
 #include "upkeep/v1/notifier.pb.h"
 #include "upkeep/v1/stack.pb.h"
@@ -44,10 +50,12 @@ class NotifyService {
   // notifier thread, never on the bus's.
   using StackLookup = std::function<std::optional<upkeep::v1::Stack>(const std::string& name)>;
 
-  // `data_dir` empty: nothing persisted (tests). `metrics` may be null.
-  static absl::StatusOr<std::unique_ptr<NotifyService>> Open(const std::string& data_dir,
+  // `store` (outlives the service) null: nothing persisted. `metrics` may be null.
+  // `legacy_dir`: where an old DATA/notifiers.pb may wait to be imported ("" : none).
+  static absl::StatusOr<std::unique_ptr<NotifyService>> Open(controller::Store* store,
                                                              StackLookup lookup,
-                                                             controller::Metrics* metrics);
+                                                             controller::Metrics* metrics,
+                                                             const std::string& legacy_dir = "");
   ~NotifyService();
   NotifyService(const NotifyService&) = delete;
   NotifyService& operator=(const NotifyService&) = delete;
@@ -71,10 +79,10 @@ class NotifyService {
 
  private:
   class Channel;
-  NotifyService(std::string data_dir, StackLookup lookup, controller::Metrics* metrics);
-  absl::Status SaveLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  NotifyService(controller::Store* store, StackLookup lookup, controller::Metrics* metrics);
+  absl::Status ImportLegacy(const std::string& dir);
 
-  const std::string data_dir_;
+  controller::Store* const store_;
   const StackLookup lookup_;
   controller::Metrics* const metrics_;
   std::unique_ptr<controller::EventBus::Subscription> subscription_;

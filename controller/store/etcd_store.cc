@@ -463,6 +463,74 @@ absl::StatusOr<std::vector<v1::ActionRecord>> EtcdStore::ListActions(const std::
   return out;
 }
 
+absl::StatusOr<std::vector<v1::Notifier>> EtcdStore::ListNotifiers() {
+  // One transaction of reads: specs and statuses of the same revision.
+  pb::TxnRequest txn;
+  for (const char* p : {"notifiers/", "notifstatus/"}) {
+    pb::RequestOp op;
+    op.mutable_request_range()->set_key(K(p));
+    op.mutable_request_range()->set_range_end(PrefixEnd(K(p)));
+    *txn.add_success() = op;
+  }
+  auto resp = client_->Txn(txn);
+  if (!resp.ok()) return resp.status();
+  See(resp->header());
+  std::map<std::string, std::string> status;
+  const size_t status_len = K("notifstatus/").size();
+  for (const auto& kv : resp->responses(1).response_range().kvs()) {
+    status[kv.key().substr(status_len)] = kv.value();
+  }
+  std::vector<v1::Notifier> out;
+  for (const auto& kv : resp->responses(0).response_range().kvs()) {
+    v1::Notifier n;
+    if (!n.ParseFromString(kv.value())) continue;
+    if (auto it = status.find(n.metadata().name()); it != status.end()) {
+      n.mutable_status()->ParseFromString(it->second);
+    }
+    out.push_back(std::move(n));
+  }
+  return out;  // key order is name order
+}
+
+absl::Status EtcdStore::PutNotifier(const v1::Notifier& notifier) {
+  v1::Notifier spec = notifier;
+  spec.clear_status();
+  pb::TxnRequest txn;
+  *txn.add_success() =
+      PutOp(K("notifiers/" + notifier.metadata().name()), spec.SerializeAsString());
+  auto resp = Write(std::move(txn));
+  return resp.ok() ? absl::OkStatus() : resp.status();
+}
+
+absl::Status EtcdStore::DeleteNotifier(const std::string& name) {
+  pb::TxnRequest txn;
+  pb::Compare* c = txn.add_compare();
+  c->set_key(K("notifiers/" + name));
+  c->set_target(pb::Compare::CREATE);
+  c->set_result(pb::Compare::GREATER);
+  c->set_create_revision(0);
+  *txn.add_success() = DeleteOp(K("notifiers/" + name));
+  *txn.add_success() = DeleteOp(K("notifstatus/" + name));
+  auto resp = Write(std::move(txn));
+  if (!resp.ok()) return resp.status();
+  if (!resp->succeeded()) return absl::NotFoundError(absl::StrCat("no notifier ", name));
+  return absl::OkStatus();
+}
+
+absl::Status EtcdStore::SaveNotifierStatus(const std::string& name,
+                                           const v1::NotifierStatus& status) {
+  // Like SaveStatus: no effect when the notifier was deleted meanwhile (never resurrects one).
+  pb::TxnRequest txn;
+  pb::Compare* c = txn.add_compare();
+  c->set_key(K("notifiers/" + name));
+  c->set_target(pb::Compare::CREATE);
+  c->set_result(pb::Compare::GREATER);
+  c->set_create_revision(0);
+  *txn.add_success() = PutOp(K("notifstatus/" + name), status.SerializeAsString());
+  auto resp = Write(std::move(txn));
+  return resp.ok() ? absl::OkStatus() : resp.status();
+}
+
 absl::StatusOr<PruneStats> EtcdStore::Prune(const Retention& retention, absl::Time now) {
   PruneStats stats;
   // Events by count: seqs are contiguous, so everything up to last - max_count goes.

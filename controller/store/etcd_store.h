@@ -8,6 +8,8 @@
 //   events/SEQ (20 digits)      Event
 //   actions/MS/ID (MS: requested_at, 20 digits)   ActionRecord (time order = key order)
 //   actid/ID                    "MS/ID": where the record of action ID is
+//   notifiers/NAME              Notifier: spec only (secret references, never their values)
+//   notifstatus/NAME            NotifierStatus: its delivery counters, last success and error
 // Fencing: with a fence set (SetFence: the leader's election key and its create revision),
 // every write is one transaction that also compares the election key's create revision; when
 // leadership has moved the write is not applied and returns FailedPrecondition. With
@@ -71,6 +73,11 @@ class EtcdStore : public Store {
   absl::StatusOr<std::vector<upkeep::v1::ActionRecord>> ListActions(const std::string& stack,
                                                                     const std::string& host,
                                                                     int limit) override;
+  absl::StatusOr<std::vector<upkeep::v1::Notifier>> ListNotifiers() override;
+  absl::Status PutNotifier(const upkeep::v1::Notifier& notifier) override;
+  absl::Status DeleteNotifier(const std::string& name) override;
+  absl::Status SaveNotifierStatus(const std::string& name,
+                                  const upkeep::v1::NotifierStatus& status) override;
   absl::StatusOr<PruneStats> Prune(const Retention& retention, absl::Time now) override;
 
   // Calls `on_event` with every event after `after_seq` (of `stack`, or all when empty), in

@@ -1,9 +1,11 @@
-// SqliteStore. Layout of DATA/upkeep.db (PRAGMA user_version = 3; older ones are migrated):
+// SqliteStore. Layout of DATA/upkeep.db (PRAGMA user_version = 4; older versions are migrated:
+// 2 adds events.at_ms, 3 the notifiers table, 4 hosts.paused_until_ms):
 //   meta(key, value)            "revision": the last store revision
 //   stacks(name, spec, generation, revision, paused, status)   spec/status: serialized protos
 //   hosts(host_id, paused, paused_until_ms)   paused_until_ms: NULL when the pause has no end
 //   events(seq, stack, data, at_ms)   data: serialized Event; at_ms: its time (retention)
 //   actions(id, stack, host, requested_at_ms, record)          record: serialized ActionRecord
+//   notifiers(name, spec, status)   spec: serialized Notifier (no status); status: NotifierStatus
 // WAL with synchronous=NORMAL: every committed write survives a crash or kill of the
 // controller (the WAL is in the OS's hands once the commit returns); only a power cut can lose
 // the last transactions. FULL would fsync on every commit and cap the fleet at a few hundred
@@ -79,6 +81,8 @@ class SqliteStore : public Store {
         "CREATE TABLE IF NOT EXISTS actions(id TEXT PRIMARY KEY, stack TEXT, host TEXT,"
         "  requested_at_ms INTEGER, record BLOB NOT NULL);"
         "CREATE INDEX IF NOT EXISTS actions_stack ON actions(stack, host, requested_at_ms);"
+        "CREATE TABLE IF NOT EXISTS notifiers(name TEXT PRIMARY KEY, spec BLOB NOT NULL,"
+        "  status BLOB);"
         "INSERT OR IGNORE INTO meta(key, value) VALUES('revision', 0);");
     if (!st.ok()) return st;
     int version = 0;
@@ -99,8 +103,8 @@ class SqliteStore : public Store {
         }
       }
     }
-    if (version < 3) {
-      // Version 3: a host pause may have an end (`pause host H --for D`).
+    if (version < 4) {
+      // Version 4: a host pause may have an end (`pause host H --for D`).
       bool has_until = false;
       {
         Stmt s(db_, "SELECT 1 FROM pragma_table_info('hosts') WHERE name='paused_until_ms'");
@@ -116,7 +120,7 @@ class SqliteStore : public Store {
     return Exec(
         "CREATE INDEX IF NOT EXISTS events_at ON events(at_ms);"
         "CREATE INDEX IF NOT EXISTS actions_at ON actions(requested_at_ms);"
-        "PRAGMA user_version=3;");
+        "PRAGMA user_version=4;");
   }
 
   absl::StatusOr<std::vector<v1::AppliedStack>> ApplyStacks(
@@ -326,6 +330,47 @@ class SqliteStore : public Store {
       return absl::DataLossError(absl::StrCat("action ", id, ": unreadable record"));
     }
     return r;
+  }
+
+  absl::StatusOr<std::vector<v1::Notifier>> ListNotifiers() override {
+    absl::MutexLock lock(&mu_);
+    std::vector<v1::Notifier> out;
+    Stmt s(db_, "SELECT spec, status FROM notifiers ORDER BY name");
+    while (s.Step() == SQLITE_ROW) {
+      v1::Notifier n;
+      if (!n.ParseFromString(s.ColBlob(0))) continue;
+      n.mutable_status()->ParseFromString(s.ColBlob(1));
+      out.push_back(std::move(n));
+    }
+    return out;
+  }
+
+  absl::Status PutNotifier(const v1::Notifier& notifier) override {
+    v1::Notifier spec = notifier;
+    spec.clear_status();
+    absl::MutexLock lock(&mu_);
+    Stmt s(db_,
+           "INSERT INTO notifiers(name, spec) VALUES(?,?)"
+           " ON CONFLICT(name) DO UPDATE SET spec=excluded.spec");
+    s.Text(1, notifier.metadata().name()).Bind(2, spec.SerializeAsString());
+    return s.Step() == SQLITE_DONE ? absl::OkStatus() : Error("notifier");
+  }
+
+  absl::Status DeleteNotifier(const std::string& name) override {
+    absl::MutexLock lock(&mu_);
+    Stmt s(db_, "DELETE FROM notifiers WHERE name=?");
+    s.Text(1, name);
+    if (s.Step() != SQLITE_DONE) return Error("delete notifier");
+    if (sqlite3_changes(db_) == 0) return absl::NotFoundError(absl::StrCat("no notifier ", name));
+    return absl::OkStatus();
+  }
+
+  absl::Status SaveNotifierStatus(const std::string& name,
+                                  const v1::NotifierStatus& status) override {
+    absl::MutexLock lock(&mu_);
+    Stmt s(db_, "UPDATE notifiers SET status=? WHERE name=?");
+    s.Bind(1, status.SerializeAsString()).Text(2, name);
+    return s.Step() == SQLITE_DONE ? absl::OkStatus() : Error("notifier status");
   }
 
   absl::StatusOr<PruneStats> Prune(const Retention& retention, absl::Time now) override {

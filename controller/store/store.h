@@ -1,6 +1,7 @@
 // Store: the controller's memory that survives it — applied stacks (spec, generation,
-// revision, pause flag, last status), paused hosts, events, and the audit log of every action.
-// SqliteStore is the embedded default; etcd comes later behind the same seam.
+// revision, pause flag, last status), paused hosts, events, the audit log of every action, and
+// the notifiers (spec with secret references only, and their delivery status).
+// SqliteStore is the embedded default; EtcdStore (etcd_store.h) is the one replicas share.
 // Implementations are thread-safe.
 #ifndef UPKEEP_CONTROLLER_STORE_STORE_H_
 #define UPKEEP_CONTROLLER_STORE_STORE_H_
@@ -17,6 +18,7 @@
 #include "upkeep/v1/action.pb.h"
 #include "upkeep/v1/event.pb.h"
 #include "upkeep/v1/fleet_service.pb.h"
+#include "upkeep/v1/notifier.pb.h"
 #include "upkeep/v1/stack.pb.h"
 
 namespace upkeep::controller {
@@ -75,6 +77,18 @@ class Store {
   // oldest first.
   virtual absl::StatusOr<std::vector<upkeep::v1::ActionRecord>> ListActions(
       const std::string& stack, const std::string& host, int limit) = 0;
+
+  // Notifiers (kind: Notifier), by metadata.name, in name order: each spec with its last saved
+  // delivery status (`pending` is whatever was saved; the queue itself is not stored).
+  virtual absl::StatusOr<std::vector<upkeep::v1::Notifier>> ListNotifiers() = 0;
+  // Inserts or replaces the notifier's spec (its `status` is ignored; a new one starts empty,
+  // a replaced one keeps its delivery status).
+  virtual absl::Status PutNotifier(const upkeep::v1::Notifier& notifier) = 0;
+  // Deletes the notifier and its status; NotFound when there is none.
+  virtual absl::Status DeleteNotifier(const std::string& name) = 0;
+  // Replaces the delivery status; no effect when the notifier is not there (deleted meanwhile).
+  virtual absl::Status SaveNotifierStatus(const std::string& name,
+                                          const upkeep::v1::NotifierStatus& status) = 0;
 
   // Deletes events and action records beyond `retention` (as of `now`).
   virtual absl::StatusOr<PruneStats> Prune(const Retention& retention, absl::Time now) = 0;

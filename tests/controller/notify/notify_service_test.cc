@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <fstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -143,8 +144,13 @@ class NotifyServiceTest : public ::testing::Test {
  protected:
   void SetUp() override { ::setenv("UPKEEP_TEST_HOOK_URL", receiver_.url().c_str(), 1); }
   std::unique_ptr<NotifyService> Open() {
+    if (store_ == nullptr) {
+      auto st = controller::OpenSqliteStore(dir_.path());
+      EXPECT_TRUE(st.ok()) << st.status();
+      store_ = std::move(*st);
+    }
     auto s = NotifyService::Open(
-        dir_.path(),
+        store_.get(),
         [](const std::string& name) -> std::optional<v1::Stack> {
           if (name == "demo") return DemoStack();
           return std::nullopt;
@@ -160,6 +166,7 @@ class NotifyServiceTest : public ::testing::Test {
     return v1::NotifierStatus();
   }
   testing::TempDir dir_;
+  std::unique_ptr<controller::Store> store_;
   controller::Metrics metrics_;
   Receiver receiver_;
 };
@@ -329,6 +336,7 @@ TEST_F(NotifyServiceTest, NotifiersSurviveARestartAndNeverHoldTheSecret) {
               "configured");
     EXPECT_EQ(s->List()[0].spec().events_size(), 5) << "a dry run changes nothing";
   }
+  store_.reset();  // the controller restarts: a fresh store on the same database
   auto s = Open();
   const auto list = s->List();
   ASSERT_EQ(list.size(), 1u);
@@ -338,6 +346,45 @@ TEST_F(NotifyServiceTest, NotifiersSurviveARestartAndNeverHoldTheSecret) {
   EXPECT_TRUE(WaitFor([&] { return receiver_.Count() == 1; }));
   ASSERT_TRUE(s->Delete("ops").ok());
   EXPECT_TRUE(s->List().empty());
+}
+
+TEST_F(NotifyServiceTest, DeliveryCountersCarryOnAfterARestart) {
+  {
+    auto s = Open();
+    ASSERT_TRUE(s->Apply({Load(Manifest("ops", ""))}, false).ok());
+    s->OnEvent(AlertEvent());
+    ASSERT_TRUE(WaitFor([&] { return StatusOf(s.get(), "ops").sent() == 1; }));
+  }
+  store_.reset();
+  auto s = Open();
+  EXPECT_EQ(StatusOf(s.get(), "ops").sent(), 1) << "the counters come back from the store";
+  EXPECT_TRUE(StatusOf(s.get(), "ops").has_last_success());
+  s->OnEvent(AlertEvent());
+  EXPECT_TRUE(WaitFor([&] { return StatusOf(s.get(), "ops").sent() == 2; }));
+  auto stored = store_->ListNotifiers();
+  ASSERT_TRUE(stored.ok());
+  ASSERT_EQ(stored->size(), 1u);
+  EXPECT_TRUE(WaitFor([&] { return (*store_->ListNotifiers())[0].status().sent() == 2; }));
+}
+
+TEST_F(NotifyServiceTest, OldNotifiersFileIsImportedOnce) {
+  v1::ListNotifiersResponse old;
+  *old.add_notifiers() = Load(Manifest("ops", ""));
+  {
+    std::ofstream out(dir_.Join("notifiers.pb"), std::ios::binary);
+    ASSERT_TRUE(old.SerializeToOstream(&out));
+  }
+  auto st = controller::OpenSqliteStore(dir_.path());
+  ASSERT_TRUE(st.ok());
+  store_ = std::move(*st);
+  auto s = NotifyService::Open(
+      store_.get(), [](const std::string&) { return std::nullopt; }, nullptr, dir_.path());
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_EQ((*s)->List().size(), 1u);
+  EXPECT_EQ((*s)->List()[0].metadata().name(), "ops");
+  EXPECT_EQ(store_->ListNotifiers()->size(), 1u);
+  EXPECT_FALSE(std::ifstream(dir_.Join("notifiers.pb")).good());
+  EXPECT_TRUE(std::ifstream(dir_.Join("notifiers.pb.imported")).good());
 }
 
 TEST(NotifierManifest, ErrorsNameFileLineAndField) {

@@ -93,19 +93,19 @@ TEST(SqliteStore, ReopensAnExistingDatabaseWithItsEvents) {
   EXPECT_EQ((*store)->ListEvents("", 0, 10)->size(), 0u);
 }
 
-// A version 2 database (hosts without an end to their pause) is migrated: its paused hosts stay
+// A version 3 database (hosts without an end to their pause) is migrated: its paused hosts stay
 // paused with no end, and a pause with an end can be stored.
-TEST(SqliteStore, MigratesVersion2HostPauses) {
+TEST(SqliteStore, MigratesVersion3HostPauses) {
   testing::TempDir dir;
   ASSERT_TRUE(OpenSqliteStore(dir.path()).ok());
   {
-    // Back to version 2's hosts table.
+    // Back to version 3's hosts table.
     sqlite3* db = nullptr;
     ASSERT_EQ(sqlite3_open(dir.Join("upkeep.db").c_str(), &db), SQLITE_OK);
     ASSERT_EQ(sqlite3_exec(db,
                            "ALTER TABLE hosts DROP COLUMN paused_until_ms;"
                            "INSERT INTO hosts VALUES('h1', 1), ('h2', 0);"
-                           "PRAGMA user_version=2;",
+                           "PRAGMA user_version=3;",
                            nullptr, nullptr, nullptr),
               SQLITE_OK);
     sqlite3_close(db);

@@ -305,6 +305,74 @@ TEST_P(StoreTest, ReopenedStoreHasWhatWasWritten) {
   EXPECT_TRUE(reopened->GetAction("a1").ok());
 }
 
+v1::Notifier MakeNotifier(const std::string& name, const std::string& url_env) {
+  v1::Notifier n;
+  n.set_api_version("upkeep/v1");
+  n.set_kind("Notifier");
+  n.mutable_metadata()->set_name(name);
+  n.mutable_spec()->set_type(v1::NOTIFIER_TYPE_WEBHOOK);
+  n.mutable_spec()->mutable_url()->set_env(url_env);
+  n.mutable_spec()->add_events("alerts");
+  return n;
+}
+
+TEST_P(StoreTest, NotifiersKeepSpecAndDeliveryStatusApart) {
+  v1::Notifier ops = MakeNotifier("ops", "HOOK");
+  ops.mutable_status()->set_sent(99);  // a status given with the spec is not stored
+  ASSERT_TRUE(store_->PutNotifier(ops).ok());
+  ASSERT_TRUE(store_->PutNotifier(MakeNotifier("alpha", "ALPHA_HOOK")).ok());
+  auto list = store_->ListNotifiers();
+  ASSERT_TRUE(list.ok()) << list.status();
+  ASSERT_EQ(list->size(), 2u);
+  EXPECT_EQ((*list)[0].metadata().name(), "alpha");  // name order
+  EXPECT_EQ((*list)[1].spec().url().env(), "HOOK");
+  EXPECT_EQ((*list)[1].status().sent(), 0);
+
+  v1::NotifierStatus st;
+  st.set_sent(3);
+  st.set_failed(1);
+  st.set_last_error("HTTP 503");
+  st.set_last_http_status(503);
+  *st.mutable_last_success() = ToProto(kT0);
+  ASSERT_TRUE(store_->SaveNotifierStatus("ops", st).ok());
+  // A new spec keeps the delivery status.
+  v1::Notifier changed = MakeNotifier("ops", "OTHER_HOOK");
+  ASSERT_TRUE(store_->PutNotifier(changed).ok());
+  list = store_->ListNotifiers();
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 2u);
+  EXPECT_EQ((*list)[1].spec().url().env(), "OTHER_HOOK");
+  EXPECT_EQ((*list)[1].status().sent(), 3);
+  EXPECT_EQ((*list)[1].status().failed(), 1);
+  EXPECT_EQ((*list)[1].status().last_error(), "HTTP 503");
+  EXPECT_EQ(FromProto((*list)[1].status().last_success()), kT0);
+
+  // A status saved for a notifier that is gone does not bring it back.
+  ASSERT_TRUE(store_->SaveNotifierStatus("gone", st).ok());
+  ASSERT_TRUE(store_->DeleteNotifier("ops").ok());
+  EXPECT_TRUE(store_->SaveNotifierStatus("ops", st).ok());
+  EXPECT_EQ(store_->DeleteNotifier("ops").code(), absl::StatusCode::kNotFound);
+  list = store_->ListNotifiers();
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 1u);
+  EXPECT_EQ((*list)[0].metadata().name(), "alpha");
+  // Applied again after a delete, it starts from an empty status.
+  ASSERT_TRUE(store_->PutNotifier(MakeNotifier("ops", "HOOK")).ok());
+  list = store_->ListNotifiers();
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 2u);
+  EXPECT_EQ((*list)[1].status().sent(), 0);
+
+  store_.reset();
+  auto reopened = Open();
+  ASSERT_NE(reopened, nullptr);
+  ASSERT_TRUE(reopened->SaveNotifierStatus("alpha", st).ok());
+  auto again = reopened->ListNotifiers();
+  ASSERT_TRUE(again.ok());
+  ASSERT_EQ(again->size(), 2u);
+  EXPECT_EQ((*again)[0].status().sent(), 3);
+}
+
 INSTANTIATE_TEST_SUITE_P(Stores, StoreTest, ::testing::Values("sqlite", "etcd"),
                          [](const auto& info) { return info.param; });
 

@@ -69,6 +69,17 @@ class FaultyStore : public controller::Store {
                                                                     int limit) override {
     return real_->ListActions(stack, host, limit);
   }
+  absl::StatusOr<std::vector<upkeep::v1::Notifier>> ListNotifiers() override {
+    return real_->ListNotifiers();
+  }
+  absl::Status PutNotifier(const upkeep::v1::Notifier& n) override { return real_->PutNotifier(n); }
+  absl::Status DeleteNotifier(const std::string& name) override {
+    return real_->DeleteNotifier(name);
+  }
+  absl::Status SaveNotifierStatus(const std::string& name,
+                                  const upkeep::v1::NotifierStatus& s) override {
+    return real_->SaveNotifierStatus(name, s);
+  }
   absl::StatusOr<controller::PruneStats> Prune(const controller::Retention& r,
                                                absl::Time now) override {
     return real_->Prune(r, now);

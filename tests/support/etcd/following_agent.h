@@ -44,14 +44,15 @@ class FollowingAgent {
     frontend_ = frontend;
     if (stream_ != nullptr) stream_->Write(ObservationLocked());
   }
-  // Answers action `id` with success (on the current stream).
-  bool Answer(const v1::Action& a) {
+  // Answers action `id` with `outcome` (success by default) on the current stream.
+  bool Answer(const v1::Action& a, v1::ActionOutcome outcome = v1::ACTION_OUTCOME_SUCCEEDED) {
     v1::AgentMessage m;
     v1::ActionResult* r = m.mutable_action_result();
     r->set_id(a.id());
     r->set_kind(a.kind());
     r->set_target(a.target());
-    r->set_outcome(v1::ACTION_OUTCOME_SUCCEEDED);
+    r->set_outcome(outcome);
+    if (outcome != v1::ACTION_OUTCOME_SUCCEEDED) r->set_message("failing on purpose");
     *r->mutable_started_at() = ToProto(absl::Now());
     *r->mutable_finished_at() = ToProto(absl::Now());
     absl::MutexLock lock(&mu_);
