@@ -13,7 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD_DIR:-build}
-BIN=$BUILD/bin
+BIN=$BUILD/bin        # the daemons and the sample service
+BENCH=$BUILD/bench    # the benchmarks (bench/*/CMakeLists.txt)
 RESULTS=bench/results
 OUT=$RESULTS/latest.md
 RUNS=10 AGENTS=(1000 10000) SECONDS_IDLE=30
@@ -32,22 +33,28 @@ section() {  # title, then the command whose output goes in a code block
     echo "\`$*\` — $(machine)"
     echo
     echo '```'
-    "$@" 2>&1 || echo "(exit status $?)"
+    "$@" 2>&1 || { echo "(exit status $?)"; failed+=("$title"); }
     echo '```'
     echo
   } >>"$OUT"
 }
 
+failed=()
 echo "# Latest benchmark run (scripts/bench.sh)" >"$OUT"
 echo >>"$OUT"
-section "Diagnose per call" "$BIN/diagnose_bench" --benchmark_min_time=0.5
-section "Idle agent, 3 services probed each second" "$BIN/agent_footprint" "$SECONDS_IDLE" "$BIN"
+section "Diagnose per call" "$BENCH/diagnose_bench" --benchmark_min_time=0.5
+section "Idle agent, 3 services probed each second" "$BENCH/agent_footprint" "$SECONDS_IDLE" "$BIN"
 for n in "${AGENTS[@]}"; do
   section "Controller load, $n agents" bench/controller/load.sh "$BUILD" "$n"
 done
 echo "running: heal_bench --runs $RUNS" >&2
 docker_flag=()
 command -v dockerd >/dev/null && docker_flag=(--docker)
-"$BIN/heal_bench" --runs "$RUNS" --out "$RESULTS/heal.md" --bin "$BIN" --source "$PWD" \
-  "${docker_flag[@]}" || echo "heal_bench failed (exit $?)" >&2
+"$BENCH/heal_bench" --runs "$RUNS" --out "$RESULTS/heal.md" --bin "$BIN" --source "$PWD" \
+  "${docker_flag[@]}" || { echo "heal_bench failed (exit $?)" >&2; failed+=(heal_bench); }
 echo "bench: wrote $OUT and $RESULTS/heal.md" >&2
+# A benchmark that did not run fails `make bench` (its section says why).
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "bench: failed: ${failed[*]}" >&2
+  exit 1
+fi
