@@ -7,6 +7,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -199,10 +200,14 @@ class ReplicasTest : public ::testing::Test {
     auto all = store_->ListActions("", "", 10000);
     if (all.ok()) {
       for (auto& r : *all) out[r.action().id()] = r;
+    } else if (all.status().message() != last_records_error_) {
+      last_records_error_ = std::string(all.status().message());
+      std::fprintf(stderr, "reading the action log: %s\n", last_records_error_.c_str());
     }
     return out;
   }
 
+  std::string last_records_error_;
   upkeep::testing::TempDir dir_;
   std::unique_ptr<upkeep::testing::EtcdCluster> etcd_;
   std::unique_ptr<EtcdClient> client_;
