@@ -183,5 +183,48 @@ TEST_F(HostEvidenceTest, AFullDiskHoldingNginxLogsIsAFindingAndNginxIsLeftAlone)
   EXPECT_TRUE(h.WaitServing(absl::Seconds(30)).ok()) << Summary(h);
 }
 
+// "Sockets of containers": listening sockets are read from the service's own network
+// namespace. The backend runs (`ip netns exec NS upkeep-sample-service ...`) in a namespace the
+// test creates, on another port than the one nginx and the stack expect. Seen from the agent's
+// namespace nothing listens at all; upkeep reads /proc/PID/net/tcp of the backend itself and
+// says where it listens (PortMismatch), and does not restart it for that.
+TEST_F(HostEvidenceTest, AWrongPortInTheServicesOwnNetnsIsNamedNotRestarted) {
+  std::string ip = "/usr/sbin/ip";
+  if (!std::filesystem::exists(ip)) ip = "/usr/bin/ip";
+  ASSERT_TRUE(std::filesystem::exists(ip)) << "iproute2's ip is not installed";
+  const std::string ns = absl::StrCat("upkeep-e2e-", ::getpid(), "-portns");
+  ASSERT_EQ(Run({ip, "netns", "add", ns}), 0) << "see " << dir_.Join("commands.log");
+  netns_ = ns;
+  ASSERT_EQ(Run({ip, "netns", "exec", ns, ip, "link", "set", "lo", "up"}), 0);
+
+  HarnessOptions options = Options();
+  options.backend_command_prefix = {ip, "netns", "exec", ns};
+  options.allow_exec = {std::filesystem::canonical(ip).parent_path().string()};
+  int listen = upkeep::testing::FreePort();
+  options.backend_listen_port = listen;
+  auto started = StackHarness::Start(options);
+  ASSERT_TRUE(started.ok()) << started.status();
+  StackHarness& h = **started;
+  ASSERT_NE(listen, h.backend_port());
+
+  v1::Finding f;
+  ASSERT_TRUE(
+      WaitFor([&] { return FindingOf(h, "PortMismatch", "backend", &f); }, absl::Seconds(40)))
+      << Summary(h);
+  const std::string where = absl::StrCat("127.0.0.1:", listen);
+  EXPECT_EQ(f.evidence().at("listening"), where) << f.DebugString();
+  EXPECT_EQ(f.evidence().at("expected_port"), absl::StrCat(h.backend_port())) << f.DebugString();
+  EXPECT_TRUE(absl::StrContains(f.message(), "listens on " + where)) << f.DebugString();
+  // The socket is the namespace's own: from the host nobody answers there.
+  EXPECT_FALSE(upkeep::testing::CanConnect("127.0.0.1", listen));
+
+  // A restart will not move the port: none for it, the backend started once.
+  WaitTwoReconciles(h);
+  EXPECT_TRUE(FindingOf(h, "PortMismatch", "backend", &f)) << Summary(h);
+  EXPECT_TRUE(ActionsOf(h, v1::ACTION_KIND_RESTART_SERVICE, "backend").empty()) << Summary(h);
+  EXPECT_EQ(ActionsOf(h, v1::ACTION_KIND_START_SERVICE, "backend").size(), 1u) << Summary(h);
+  EXPECT_TRUE(ActionsOf(h, v1::ACTION_KIND_RESTART_PROXY, "nginx").empty()) << Summary(h);
+}
+
 }  // namespace
 }  // namespace upkeep::demo
