@@ -181,8 +181,14 @@ absl::Status StackHarness::WriteManifest() {
       absl::StrAppend(&s, "      container: {compose: {project: ", stack_name_, ", service: ", name,
                       "}}\n");
     } else {
-      absl::StrAppend(&s, "      process: {command: [", sample, ", --name, ", name, ", --port, \"",
-                      port, "\"", extra_args, "]}\n");
+      std::string prefix;
+      int listen = port;
+      if (name == "backend") {
+        for (const auto& a : options_.backend_command_prefix) absl::StrAppend(&prefix, a, ", ");
+        if (options_.backend_listen_port != 0) listen = options_.backend_listen_port;
+      }
+      absl::StrAppend(&s, "      process: {command: [", prefix, sample, ", --name, ", name,
+                      ", --port, \"", listen, "\"", extra_args, "]}\n");
     }
     absl::StrAppend(&s, "      port: ", port, "\n");
     if (http) {
@@ -386,6 +392,7 @@ absl::Status StackHarness::StartAgent() {
                                    options_.work_dir + "/agent"};
   // Process commands the agent may run: the project's own binaries only.
   argv.insert(argv.end(), {"--allow-exec", options_.bin_dir});
+  for (const auto& dir : options_.allow_exec) argv.insert(argv.end(), {"--allow-exec", dir});
   ASSIGN_OR_RETURN(std::vector<std::string> tls_flags, AgentTlsFlags(options_.host_id));
   argv.insert(argv.end(), tls_flags.begin(), tls_flags.end());
   if (!options_.docker_socket.empty()) {

@@ -51,6 +51,12 @@ struct HarnessOptions {
   // https_port() with this certificate, and the stack has an https route `/tls/` probed there.
   std::string https_cert;
   std::string https_key;
+  // Process runtime: the backend's command is run under this prefix (e.g. `ip netns exec NS`)
+  // and listens on backend_listen_port (0: the port the stack and nginx expect).
+  std::vector<std::string> backend_command_prefix;
+  int backend_listen_port = 0;
+  // More --allow-exec directories for the agent (the prefix's executable).
+  std::vector<std::string> allow_exec;
 };
 
 // One line of what happened, for the demo's timeline.
