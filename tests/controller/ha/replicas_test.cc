@@ -112,14 +112,17 @@ class ReplicasTest : public ::testing::Test {
     store_ = std::make_unique<EtcdStore>(client_.get(), EtcdStoreOptions{});
   }
 
-  Replica StartReplica(const std::string& name, const std::string& endpoints = "") {
+  // `lease`: 2 s makes takeovers quick; a test where leadership must stay put gives the
+  // leader's etcd client time to move off a dead member first (over 2 s under ASan in CI).
+  Replica StartReplica(const std::string& name, const std::string& endpoints = "",
+                       const std::string& lease = "2s") {
     Replica r;
     r.address = absl::StrCat("127.0.0.1:", upkeep::testing::FreePort());
     r.log = dir_.Join(name + ".log");
     auto p = upkeep::testing::Subprocess::Start(
         {upkeep::testing::BinPath("upkeep-controller"), "--data", dir_.Join(name), "--listen",
          r.address, "--store", "etcd", "--etcd-endpoints",
-         endpoints.empty() ? etcd_->EndpointList() : endpoints, "--leader-lease", "2s",
+         endpoints.empty() ? etcd_->EndpointList() : endpoints, "--leader-lease", lease,
          "--log-json"},
         r.log);
     EXPECT_TRUE(p.ok()) << p.status();
@@ -625,9 +628,9 @@ TEST_F(ReplicasTest, LeaderCutOffFromEtcdStopsAndRecordsNothingMore) {
 }
 
 TEST_F(ReplicasTest, FleetKeepsWorkingWithOneEtcdMemberKilled) {
-  Replica a = StartReplica("a");
+  Replica a = StartReplica("a", "", "10s");
   ASSERT_TRUE(WaitFor([&] { return Leads(a.address); }, absl::Seconds(20)));
-  Replica b = StartReplica("b");
+  Replica b = StartReplica("b", "", "10s");
   // Both replicas up (b a follower) before the member dies: a fleet that kept working.
   ASSERT_TRUE(WaitFor([&] { return Controllers(b.address).ok(); }, absl::Seconds(30)))
       << Tail(b.log);
