@@ -93,8 +93,7 @@ bool PeerUp(const std::string& host, int port) {
     pollfd p{fd, POLLOUT, 0};
     int err = 0;
     socklen_t len = sizeof(err);
-    up = poll(&p, 1, 300) == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 &&
-         err == 0;
+    up = poll(&p, 1, 300) == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0;
   }
   close(fd);
   return up;
@@ -312,12 +311,18 @@ int main(int argc, char** argv) {
       return argv[++i];
     };
     if (a == "--check") return Check(next());
-    if (a == "--port") port = std::atoi(next().c_str());
-    else if (a == "--address") address = next();
-    else if (a == "--name") g_name = next();
-    else if (a == "--unhealthy") g_unhealthy = true;
-    else if (a == "--start-delay") start_delay_ms = ParseDurationMs(next());
-    else if (a == "--exit-after") exit_after_ms = ParseDurationMs(next());
+    if (a == "--port")
+      port = std::atoi(next().c_str());
+    else if (a == "--address")
+      address = next();
+    else if (a == "--name")
+      g_name = next();
+    else if (a == "--unhealthy")
+      g_unhealthy = true;
+    else if (a == "--start-delay")
+      start_delay_ms = ParseDurationMs(next());
+    else if (a == "--exit-after")
+      exit_after_ms = ParseDurationMs(next());
     else if (a == "--require") {
       const std::string hp = next();
       const size_t colon = hp.rfind(':');
@@ -333,9 +338,10 @@ int main(int argc, char** argv) {
     }
   }
   if (port <= 0 || port > 65535 || start_delay_ms < 0) {
-    std::fprintf(stderr, "usage: upkeep-sample-service --port N [--address A] [--name NAME] "
-                         "[--unhealthy] [--start-delay DUR] [--exit-after DUR] "
-                         "[--require HOST:PORT]\n");
+    std::fprintf(stderr,
+                 "usage: upkeep-sample-service --port N [--address A] [--name NAME] "
+                 "[--unhealthy] [--start-delay DUR] [--exit-after DUR] "
+                 "[--require HOST:PORT]\n");
     return 2;
   }
   signal(SIGPIPE, SIG_IGN);

@@ -125,8 +125,8 @@ class Fleet : public ::testing::Test {
             "/error.log\n    routes:\n      - {path: /api/, upstream: backend, probe: {url: "
             "\"http://127.0.0.1:",
             kNginxPort,
-            "/api/health\", timeout: 1s}}\n  policy:\n    restartBudget: {max: ",
-            budget, ", window: 10m}\n"
+            "/api/health\", timeout: 1s}}\n  policy:\n    restartBudget: {max: ", budget,
+            ", window: 10m}\n"
             "    backoff: {initial: 200ms, max: 5s}\n"));
     auto cert = tls::Issue(pki_, tls::IssueRequest::Agent(h));
     ASSERT_TRUE(cert.ok());
