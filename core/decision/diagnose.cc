@@ -10,6 +10,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -28,7 +29,76 @@ namespace v1 = upkeep::v1;
 // After a start reported success, a service that is not running yet is given this long.
 constexpr absl::Duration kStartGrace = absl::Seconds(2);
 
-std::string Ms(absl::Duration d) { return absl::StrCat(absl::ToInt64Milliseconds(d), "ms"); }
+// "1500ms": built in place (short enough for the string's own buffer: nothing allocated).
+std::string Ms(absl::Duration d) {
+  char buf[absl::numbers_internal::kFastToBufferSize + 2];
+  char* end = absl::numbers_internal::FastIntToBuffer(absl::ToInt64Milliseconds(d), buf);
+  *end++ = 'm';
+  *end++ = 's';
+  return std::string(buf, end);
+}
+
+// Stacks are small: up to this many names, finding one is a scan (nothing hashed, nothing
+// allocated); past it, a hash.
+constexpr int kScanLimit = 4;
+
+// The items of a repeated field by name; of two with one name, the later wins (as in a map
+// filled in order). A hash index is built on the first lookup past kScanLimit items.
+template <typename T, const std::string& (T::*kName)() const>
+class ByName {
+ public:
+  explicit ByName(const google::protobuf::RepeatedPtrField<T>& items) : items_(items) {}
+
+  const T* Find(absl::string_view name) const {
+    const int i = IndexOf(name);
+    return i < 0 ? nullptr : &items_.Get(i);
+  }
+  // The position of `name`'s item, or -1.
+  int IndexOf(absl::string_view name) const {
+    if (items_.size() <= kScanLimit) {
+      for (int i = items_.size() - 1; i >= 0; --i) {
+        if ((items_.Get(i).*kName)() == name) return i;
+      }
+      return -1;
+    }
+    if (index_.empty()) {
+      index_.reserve(items_.size());
+      for (int i = 0; i < items_.size(); ++i) index_[(items_.Get(i).*kName)()] = i;
+    }
+    const auto it = index_.find(name);
+    return it == index_.end() ? -1 : it->second;
+  }
+  const T& at(int i) const { return items_.Get(i); }
+  int size() const { return items_.size(); }
+
+ private:
+  const google::protobuf::RepeatedPtrField<T>& items_;
+  mutable absl::flat_hash_map<absl::string_view, int> index_;
+};
+
+// A set of names (views into the inputs): a scan while small, a hash past kScanLimit.
+class NameSet {
+ public:
+  bool contains(absl::string_view name) const {
+    if (!big_.empty()) return big_.contains(name);
+    return std::find(small_.begin(), small_.end(), name) != small_.end();
+  }
+  // False when it was there already.
+  bool insert(absl::string_view name) {
+    if (contains(name)) return false;
+    if (small_.size() < kScanLimit) {
+      small_.push_back(name);
+      return true;
+    }
+    if (big_.empty()) big_.insert(small_.begin(), small_.end());
+    big_.insert(name);
+    return true;
+  }
+
+ private:
+  absl::InlinedVector<absl::string_view, kScanLimit> small_;
+  absl::flat_hash_set<absl::string_view> big_;
+};
 
 // Parses "http://[::1]:8002/x" or "127.0.0.1:8002" into host and port.
 bool ParseUpstream(const std::string& upstream, std::string* host, int* port) {
@@ -61,13 +131,16 @@ class Engine {
         history_(history),
         now_(now),
         options_(options),
+        specs_(desired.spec().services()),
+        services_(observed.services()),
+        routes_(observed.proxy().routes()),
         d_(out) {
     d_->set_stack(desired.metadata().name());
     d_->set_host(observed.host().host_id());
-    *d_->mutable_at() = ToProto(now);
-    for (const auto& s : desired.spec().services()) specs_[s.name()] = &s;
-    for (const auto& s : observed.services()) services_[s.name()] = &s;
-    for (const auto& r : observed.proxy().routes()) routes_[r.path()] = &r;
+    SetProto(now, d_->mutable_at());
+    // Room for the nodes a diagnosis usually has (one per check), so the path grows once.
+    d_->mutable_path()->Reserve(6 + desired.spec().services_size() +
+                                desired.spec().proxy().routes_size());
   }
 
   void Run() {
@@ -88,13 +161,22 @@ class Engine {
                      int depth = 0) {
     v1::PathNode* n = d_->add_path();
     n->set_step(step.data(), step.size());
-    n->set_target(target.data(), target.size());
+    // An empty string is the field's default: setting it would only allocate.
+    if (!target.empty()) n->set_target(target.data(), target.size());
     n->set_decision(decision.data(), decision.size());
     n->set_depth(depth);
     return n;
   }
-  static void Ev(v1::PathNode* n, const std::string& k, std::string v) {
-    (*n->mutable_evidence())[k] = std::move(v);
+  // A node's evidence, kept only when the caller asked for the explanation: without it the
+  // value is neither copied nor stored (a std::string the caller built is simply dropped).
+  template <typename V>
+  void Ev(v1::PathNode* n, absl::string_view k, V&& v) const {
+    if (!options_.explain) return;
+    (*n->mutable_evidence())[std::string(k)] = std::forward<V>(v);
+  }
+  // A time as evidence: formatting one is costly, so only when it will be kept.
+  std::string EvTime(absl::Time t) const {
+    return options_.explain ? absl::FormatTime(t) : std::string();
   }
 
   v1::Finding* Find(v1::Severity sev, absl::string_view code, absl::string_view target,
@@ -166,7 +248,7 @@ class Engine {
   bool AgentConnected() {
     const auto& h = observed_.host();
     v1::PathNode* n = Node("agent.connected", h.host_id(), h.agent_connected() ? "yes" : "no");
-    if (h.has_last_heard()) Ev(n, "last_heard", absl::FormatTime(FromProto(h.last_heard())));
+    if (h.has_last_heard()) Ev(n, "last_heard", EvTime(FromProto(h.last_heard())));
     if (!h.agent_connected()) {
       summary_ = absl::StrCat("agent for host ", h.host_id(), " is not connected: no action");
       return false;
@@ -286,32 +368,41 @@ class Engine {
   // ---- 3. upstream services, dependencies first -------------------------------------------
   // The desired services, each after those it depends on (a cycle, which the manifest loader
   // rejects, is cut at depth 64).
-  using Names = absl::flat_hash_set<absl::string_view>;
+  // A service is done once per name: `done` is indexed by the position of the spec that
+  // name finds (the only one, unless two share a name).
+  using Names = NameSet;
   std::vector<const v1::ServiceSpec*> DependencyOrder() const {
     std::vector<const v1::ServiceSpec*> order;
-    order.reserve(desired_.spec().services_size());
-    Names done;
-    for (const auto& s : desired_.spec().services()) VisitDependencies(&s, 0, &done, &order);
+    order.reserve(specs_.size());
+    absl::InlinedVector<bool, 32> done(specs_.size(), false);
+    for (int i = 0; i < specs_.size(); ++i) {
+      const v1::ServiceSpec& s = specs_.at(i);
+      VisitDependencies(&s, specs_.IndexOf(s.name()), 0, &done, &order);
+    }
     return order;
   }
-  void VisitDependencies(const v1::ServiceSpec* s, int depth, Names* done,
+  void VisitDependencies(const v1::ServiceSpec* s, int key, int depth,
+                         absl::InlinedVector<bool, 32>* done,
                          std::vector<const v1::ServiceSpec*>* order) const {
-    if (done->contains(s->name()) || depth > 64) return;
+    if ((*done)[key] || depth > 64) return;
     for (const auto& d : s->depends_on()) {
-      if (auto it = specs_.find(d); it != specs_.end()) {
-        VisitDependencies(it->second, depth + 1, done, order);
+      if (const int dep = specs_.IndexOf(d); dep >= 0) {
+        VisitDependencies(&specs_.at(dep), dep, depth + 1, done, order);
       }
     }
-    if (done->insert(s->name()).second) order->push_back(s);
+    if (!(*done)[key]) {
+      (*done)[key] = true;
+      order->push_back(s);
+    }
   }
 
   bool CheckServices() {
     bool all_ok = true;
     Names down;
     for (const v1::ServiceSpec* spec : DependencyOrder()) {
-      auto it = services_.find(spec->name());
+      const v1::ServiceObservation* found = services_.Find(spec->name());
       const v1::ServiceObservation& o =
-          it != services_.end() ? *it->second : v1::ServiceObservation::default_instance();
+          found != nullptr ? *found : v1::ServiceObservation::default_instance();
       if (!CheckService(*spec, o, down)) {
         all_ok = false;
         down.insert(spec->name());
@@ -349,7 +440,7 @@ class Engine {
       if (o.exists()) Ev(n, "exit_code", absl::StrCat(o.exit_code()));
       if (o.oom_killed()) Ev(n, "oom_killed", "true");
       if (o.restart_count() > 0) Ev(n, "restart_count", absl::StrCat(o.restart_count()));
-      if (o.has_finished_at()) Ev(n, "finished_at", absl::FormatTime(FromProto(o.finished_at())));
+      if (o.has_finished_at()) Ev(n, "finished_at", EvTime(FromProto(o.finished_at())));
       if (DiskFullFor(spec, n)) return false;
       if (!o.exists() && desired_.spec().runtime() == v1::RUNTIME_KIND_DOCKER) {
         const auto& compose = spec.container().compose();
@@ -455,16 +546,16 @@ class Engine {
         sent < FromProto(last->result().finished_at())) {
       v1::PathNode* n =
           Node("service.healthy", name, "unknown: the last probe predates the last restart", 0);
-      Ev(n, "probe_sent", absl::FormatTime(sent));
-      Ev(n, "restart_finished", absl::FormatTime(FromProto(last->result().finished_at())));
+      Ev(n, "probe_sent", EvTime(sent));
+      Ev(n, "restart_finished", EvTime(FromProto(last->result().finished_at())));
       waiting_ = true;
       return true;
     }
     if (!o.has_started_at() || sent >= FromProto(o.started_at())) return false;
     v1::PathNode* n =
         Node("service.healthy", name, "unknown: the last probe predates the current start", 0);
-    Ev(n, "probe_sent", absl::FormatTime(FromProto(o.probe().at())));
-    Ev(n, "started_at", absl::FormatTime(FromProto(o.started_at())));
+    Ev(n, "probe_sent", EvTime(FromProto(o.probe().at())));
+    Ev(n, "started_at", EvTime(FromProto(o.started_at())));
     waiting_ = true;
     return true;
   }
@@ -524,7 +615,7 @@ class Engine {
       const std::string who =
           stop->requested_by().empty() ? std::string("a person") : stop->requested_by();
       Ev(n, "stopped_by", who);
-      Ev(n, "stopped_at", absl::FormatTime(FromProto(stop->requested_at())));
+      Ev(n, "stopped_at", EvTime(FromProto(stop->requested_at())));
       (*f->mutable_evidence())["stopped_by"] = who;
       (*f->mutable_evidence())["action"] = stop->action().id();
     } else {
@@ -575,8 +666,8 @@ class Engine {
     for (const auto& e : observed_.proxy().upstream_errors()) {
       if (e.kind() == v1::UPSTREAM_ERROR_KIND_TIMED_OUT) return true;
     }
-    auto it = services_.find(route.upstream());
-    return it != services_.end() && it->second->probe().has_late_latency();
+    const v1::ServiceObservation* up = services_.Find(route.upstream());
+    return up != nullptr && up->probe().has_late_latency();
   }
 
   // What nginx's error log says about the failing routes, as evidence for the reload: a
@@ -746,11 +837,10 @@ class Engine {
     }
     bool explained = false, port_mismatch = false;
     for (const auto* route : failing) {
-      auto sit = specs_.find(route->upstream());
-      if (sit == specs_.end()) continue;
-      const v1::ServiceSpec& svc = *sit->second;
-      const v1::ServiceObservation* o =
-          services_.count(svc.name()) ? services_[svc.name()] : nullptr;
+      const v1::ServiceSpec* found = specs_.Find(route->upstream());
+      if (found == nullptr) continue;
+      const v1::ServiceSpec& svc = *found;
+      const v1::ServiceObservation* o = services_.Find(svc.name());
       std::vector<std::string> listening;
       bool v4 = false, v6 = false;
       if (o != nullptr) {
@@ -883,14 +973,14 @@ class Engine {
     std::vector<const v1::RouteSpec*> failing;
     for (const auto& r : desired_.spec().proxy().routes()) {
       if (!r.has_probe()) continue;
-      auto it = routes_.find(r.path());
-      if (it == routes_.end()) {
+      const v1::RouteObservation* found = routes_.Find(r.path());
+      if (found == nullptr) {
         v1::PathNode* n = Node("route.ok", r.path(), "unknown: not probed yet");
         Ev(n, "url", r.probe().url());
         waiting_ = true;
         continue;
       }
-      const v1::RouteObservation& o = *it->second;
+      const v1::RouteObservation& o = *found;
       const bool ok = RouteOk(r, o);
       v1::PathNode* n = Node("route.ok", r.path(), ok ? "yes" : "no");
       Ev(n, "status", absl::StrCat(o.probe().status_code()));
@@ -908,21 +998,21 @@ class Engine {
     // "Check Backend Health: curl http://localhost:8002/health" — confirm the upstream
     // directly before blaming nginx; a failing upstream is judged by its own probe first.
     for (const auto* r : failing) {
-      auto it = services_.find(r->upstream());
+      const v1::ServiceObservation* up = services_.Find(r->upstream());
       // Evidence from before the upstream's last (re)start says nothing about nginx now.
-      if (it != services_.end() && it->second->has_started_at() &&
-          FromProto(routes_[r->path()]->probe().at()) < FromProto(it->second->started_at())) {
+      if (up != nullptr && up->has_started_at() &&
+          FromProto(routes_.Find(r->path())->probe().at()) < FromProto(up->started_at())) {
         v1::PathNode* n = Node("route.upstream_confirmed", r->path(),
                                "not yet: the route was probed before the upstream restarted", 1);
         Ev(n, "upstream", r->upstream());
         waiting_ = true;
         return;
       }
-      if (it != services_.end() && !it->second->probe().ok()) {
+      if (up != nullptr && !up->probe().ok()) {
         v1::PathNode* n = Node("route.upstream_confirmed", r->path(),
                                "no: the upstream fails its own probe; judging it first", 1);
         Ev(n, "upstream", r->upstream());
-        Ev(n, "probe", it->second->probe().error());
+        Ev(n, "probe", up->probe().error());
         waiting_ = true;
         return;
       }
@@ -937,7 +1027,7 @@ class Engine {
       const absl::Time finished = FromProto(last->result().finished_at());
       bool fresh = true;
       for (const auto* r : failing) {
-        if (FromProto(routes_[r->path()]->probe().at()) < finished) fresh = false;
+        if (FromProto(routes_.Find(r->path())->probe().at()) < finished) fresh = false;
       }
       if (!fresh) {
         Node("proxy.verify", kProxyTarget, "waiting for a route probe after the last repair", 1);
@@ -1030,12 +1120,10 @@ class Engine {
         ev["nginx_t"] = proxy.last_config_test().output();
       }
       if (!proxy.error_log_excerpt().empty()) ev["error_log"] = proxy.error_log_excerpt();
-      const auto spec = specs_.find(route->upstream());
-      const v1::ServiceSpec* svc = spec != specs_.end() ? spec->second : nullptr;
+      const v1::ServiceSpec* svc = specs_.Find(route->upstream());
       if (svc == nullptr) continue;
       ev["expected_upstream"] = absl::StrCat(svc->address(), ":", svc->port());
-      const v1::ServiceObservation* o =
-          services_.count(svc->name()) ? services_[svc->name()] : nullptr;
+      const v1::ServiceObservation* o = services_.Find(svc->name());
       std::vector<std::string> listening;
       bool v4 = false, v6 = false;
       if (o != nullptr) {
@@ -1083,8 +1171,8 @@ class Engine {
     auto& ev = *f->mutable_evidence();
     ev["route_latency"] = Ms(FromProto(o.probe().latency()));
     ev["proxy_read_timeout"] = Ms(timeout);
-    if (services_.count(route.upstream())) {
-      const v1::ProbeResult& up = services_[route.upstream()]->probe();
+    if (const v1::ServiceObservation* upstream = services_.Find(route.upstream())) {
+      const v1::ProbeResult& up = upstream->probe();
       ev["upstream_latency"] = Ms(FromProto(up.latency()));
       // Measured past the probe's timeout: the upstream's real latency.
       if (up.has_late_latency()) ev["upstream_measured_latency"] = Ms(FromProto(up.late_latency()));
@@ -1110,8 +1198,8 @@ class Engine {
       const bool history_only = f.code() == "Flapping" ||
                                 (f.code() == "CrashLooping" && healthy_now != f.evidence().end() &&
                                  healthy_now->second == "true");
-      const auto svc = services_.find(f.target());
-      if (history_only && svc != services_.end() && ServiceHealthy(*svc->second)) continue;
+      const v1::ServiceObservation* svc = services_.Find(f.target());
+      if (history_only && svc != nullptr && ServiceHealthy(*svc)) continue;
       alert = true;
     }
     if (acting) return v1::VERDICT_REPAIRING;
@@ -1154,9 +1242,9 @@ class Engine {
   const absl::Time now_;
   const DiagnoseOptions& options_;
   // By name: the desired services, and what was observed of services and routes.
-  absl::flat_hash_map<absl::string_view, const v1::ServiceSpec*> specs_;
-  absl::flat_hash_map<absl::string_view, const v1::ServiceObservation*> services_;
-  absl::flat_hash_map<absl::string_view, const v1::RouteObservation*> routes_;
+  const ByName<v1::ServiceSpec, &v1::ServiceSpec::name> specs_;
+  const ByName<v1::ServiceObservation, &v1::ServiceObservation::name> services_;
+  const ByName<v1::RouteObservation, &v1::RouteObservation::path> routes_;
   v1::Diagnosis* const d_;
   std::string summary_;
   bool waiting_ = false;

@@ -18,6 +18,13 @@ namespace upkeep::decision {
 
 struct DiagnoseOptions {
   bool paused = false;  // stack or host paused: plan, but every action is POLICY_VERDICT_PAUSED
+  // The evidence under each path node (what `upkeepctl explain` prints beneath each step).
+  // Most of a diagnosis's cost is building it. With false, the diagnosis is the same in every
+  // other field (verdict, summary, every path node's step/target/decision/depth, findings with
+  // their evidence, actions), and every path node's evidence is empty; a caller that reads only
+  // those (a reconcile whose explanation nobody asked for) runs Diagnose again with true, on
+  // the same inputs, when someone does. scenarios_test holds the two equal on the corpus.
+  bool explain = true;
 };
 
 upkeep::v1::Diagnosis Diagnose(const upkeep::v1::Stack& desired,
