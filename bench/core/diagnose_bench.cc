@@ -126,6 +126,66 @@ void BM_DiagnoseOnArena(benchmark::State& state) {
       static_cast<double>(g_allocs.load() - allocs_before), benchmark::Counter::kAvgIterations);
 }
 
+// Without the path's evidence (DiagnoseOptions::explain = false), on the heap and on a reused
+// arena: what a caller pays that reads the verdict, findings and actions, and asks for the
+// explanation only when a person does.
+void BM_DiagnoseNoExplain(benchmark::State& state) {
+  const Input in = Make(state.range(0), state.range(1), state.range(2), state.range(3) != 0);
+  upkeep::decision::DiagnoseOptions options;
+  options.explain = false;
+  const int64_t allocs_before = g_allocs.load();
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(
+        upkeep::decision::Diagnose(in.stack, in.observed, in.history, kNow, options));
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.counters["allocs"] = benchmark::Counter(
+      static_cast<double>(g_allocs.load() - allocs_before), benchmark::Counter::kAvgIterations);
+}
+
+void BM_DiagnoseNoExplainOnArena(benchmark::State& state) {
+  const Input in = Make(state.range(0), state.range(1), state.range(2), state.range(3) != 0);
+  upkeep::decision::DiagnoseOptions options;
+  options.explain = false;
+  std::vector<char> block(256 << 10);
+  google::protobuf::ArenaOptions arena_options;
+  arena_options.initial_block = block.data();
+  arena_options.initial_block_size = block.size();
+  google::protobuf::Arena arena(arena_options);
+  const int64_t allocs_before = g_allocs.load();
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(
+        upkeep::decision::Diagnose(in.stack, in.observed, in.history, kNow, &arena, options));
+    arena.Reset();
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.counters["allocs"] = benchmark::Counter(
+      static_cast<double>(g_allocs.load() - allocs_before), benchmark::Counter::kAvgIterations);
+}
+
+// All a caller can do: no path evidence, a reused arena, and the history indexed once (as a
+// caller would per change of the history, not per diagnosis).
+void BM_DiagnoseNoExplainOnArenaIndexed(benchmark::State& state) {
+  const Input in = Make(state.range(0), state.range(1), state.range(2), state.range(3) != 0);
+  const upkeep::policy::History history(in.history);
+  upkeep::decision::DiagnoseOptions options;
+  options.explain = false;
+  std::vector<char> block(256 << 10);
+  google::protobuf::ArenaOptions arena_options;
+  arena_options.initial_block = block.data();
+  arena_options.initial_block_size = block.size();
+  google::protobuf::Arena arena(arena_options);
+  const int64_t allocs_before = g_allocs.load();
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(
+        upkeep::decision::Diagnose(in.stack, in.observed, history, kNow, &arena, options));
+    arena.Reset();
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.counters["allocs"] = benchmark::Counter(
+      static_cast<double>(g_allocs.load() - allocs_before), benchmark::Counter::kAvgIterations);
+}
+
 // The floor under Diagnose: copying the diagnosis it returns (the same path, evidence,
 // findings and actions, built without deciding anything).
 void BM_CopyDiagnosis(benchmark::State& state) {
@@ -152,6 +212,9 @@ void Cases(benchmark::internal::Benchmark* b) {
 }
 BENCHMARK(BM_Diagnose)->Apply(Cases);
 BENCHMARK(BM_DiagnoseOnArena)->Apply(Cases);
+BENCHMARK(BM_DiagnoseNoExplain)->Apply(Cases);
+BENCHMARK(BM_DiagnoseNoExplainOnArena)->Apply(Cases);
+BENCHMARK(BM_DiagnoseNoExplainOnArenaIndexed)->Apply(Cases);
 BENCHMARK(BM_CopyDiagnosis)->Apply(Cases);
 
 }  // namespace

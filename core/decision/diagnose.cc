@@ -124,7 +124,7 @@ class Engine {
  public:
   // Fills `out`, an empty message.
   Engine(const v1::Stack& desired, const v1::StackObservation& observed,
-         absl::Span<const v1::ActionRecord> history, absl::Time now, const DiagnoseOptions& options,
+         const policy::History& history, absl::Time now, const DiagnoseOptions& options,
          v1::Diagnosis* out)
       : desired_(desired),
         observed_(observed),
@@ -1238,7 +1238,7 @@ class Engine {
 
   const v1::Stack& desired_;
   const v1::StackObservation& observed_;
-  const policy::History history_;
+  const policy::History& history_;
   const absl::Time now_;
   const DiagnoseOptions& options_;
   // By name: the desired services, and what was observed of services and routes.
@@ -1257,6 +1257,20 @@ upkeep::v1::Diagnosis Diagnose(const upkeep::v1::Stack& desired,
                                const upkeep::v1::StackObservation& observed,
                                absl::Span<const upkeep::v1::ActionRecord> history, absl::Time now,
                                const DiagnoseOptions& options) {
+  return Diagnose(desired, observed, policy::History(history), now, options);
+}
+
+upkeep::v1::Diagnosis* Diagnose(const upkeep::v1::Stack& desired,
+                                const upkeep::v1::StackObservation& observed,
+                                absl::Span<const upkeep::v1::ActionRecord> history, absl::Time now,
+                                google::protobuf::Arena* arena, const DiagnoseOptions& options) {
+  return Diagnose(desired, observed, policy::History(history), now, arena, options);
+}
+
+upkeep::v1::Diagnosis Diagnose(const upkeep::v1::Stack& desired,
+                               const upkeep::v1::StackObservation& observed,
+                               const policy::History& history, absl::Time now,
+                               const DiagnoseOptions& options) {
   v1::Diagnosis d;
   Engine(desired, observed, history, now, options, &d).Run();
   return d;
@@ -1264,7 +1278,7 @@ upkeep::v1::Diagnosis Diagnose(const upkeep::v1::Stack& desired,
 
 upkeep::v1::Diagnosis* Diagnose(const upkeep::v1::Stack& desired,
                                 const upkeep::v1::StackObservation& observed,
-                                absl::Span<const upkeep::v1::ActionRecord> history, absl::Time now,
+                                const policy::History& history, absl::Time now,
                                 google::protobuf::Arena* arena, const DiagnoseOptions& options) {
   auto* d = google::protobuf::Arena::CreateMessage<v1::Diagnosis>(arena);
   Engine(desired, observed, history, now, options, d).Run();

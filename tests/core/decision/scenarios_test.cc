@@ -32,6 +32,7 @@
 #include "core/manifest/yaml_tree.h"
 #include "core/proto_time.h"
 #include "google/protobuf/util/json_util.h"
+#include "google/protobuf/util/message_differencer.h"
 #include "gtest/gtest.h"
 
 namespace upkeep::decision {
@@ -228,6 +229,68 @@ TEST(ScenarioCorpus, CoversTheRunbookAndIssue11) {
         "fault-while-paused"}) {
     EXPECT_TRUE(std::count(names.begin(), names.end(), must)) << must;
   }
+}
+
+// Every cheaper way to call Diagnose gives the full diagnosis: on an arena, with the history
+// indexed by the caller, and without the path's evidence (DiagnoseOptions::explain = false),
+// which must differ from the full one in nothing but that evidence. Over every snapshot of the
+// corpus, judged at its own time and later (with the observation kept fresh, and left stale),
+// paused or not, with its whole history, half of it, and none.
+TEST(ScenarioCorpus, EveryFastPathGivesTheFullDiagnosis) {
+  using google::protobuf::util::MessageDifferencer;
+  google::protobuf::Arena arena;
+  int diagnoses = 0, nodes_with_evidence = 0;
+  for (const std::string& name : ScenarioNames()) {
+    const fs::path dir = CorpusDir() / name;
+    const manifest::LoadResult loaded = manifest::LoadPath((dir / "stack.yaml").string());
+    ASSERT_TRUE(loaded.ok() && loaded.stacks.size() == 1u) << dir;
+    const v1::Stack& stack = loaded.stacks[0];
+    for (const auto& e : fs::directory_iterator(dir)) {
+      if (e.path().extension() != ".json") continue;
+      v1::StackObservation snapshot;
+      ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(Read(e.path()), &snapshot).ok())
+          << e.path();
+      const std::vector<v1::ActionRecord> all(snapshot.history().begin(), snapshot.history().end());
+      for (size_t kept : {all.size(), all.size() / 2, size_t{0}}) {
+        const std::vector<v1::ActionRecord> history(all.begin(), all.begin() + kept);
+        const policy::History indexed(history);
+        for (const absl::Duration later :
+             {absl::ZeroDuration(), absl::Seconds(1), absl::Seconds(30), absl::Minutes(10)}) {
+          for (const bool fresh : {false, true}) {
+            v1::StackObservation observed = snapshot;
+            const absl::Time now = FromProto(snapshot.observed_at()) + later;
+            if (fresh) *observed.mutable_observed_at() = ToProto(now - absl::Milliseconds(5));
+            for (const bool paused : {false, true}) {
+              SCOPED_TRACE(absl::StrCat(e.path().string(), " history ", kept, "/", all.size(),
+                                        " later ", absl::FormatDuration(later),
+                                        fresh ? " fresh" : "", paused ? " paused" : ""));
+              DiagnoseOptions options;
+              options.paused = paused;
+              const v1::Diagnosis full = Diagnose(stack, observed, history, now, options);
+              v1::Diagnosis lean_expected = full;
+              for (auto& node : *lean_expected.mutable_path()) {
+                nodes_with_evidence += node.evidence_size() > 0;
+                node.clear_evidence();
+              }
+              EXPECT_TRUE(MessageDifferencer::Equals(
+                  *Diagnose(stack, observed, history, now, &arena, options), full));
+              EXPECT_TRUE(MessageDifferencer::Equals(
+                  Diagnose(stack, observed, indexed, now, options), full));
+              options.explain = false;
+              EXPECT_TRUE(MessageDifferencer::Equals(
+                  Diagnose(stack, observed, history, now, options), lean_expected));
+              EXPECT_TRUE(MessageDifferencer::Equals(
+                  *Diagnose(stack, observed, indexed, now, &arena, options), lean_expected));
+              arena.Reset();
+              ++diagnoses;
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(diagnoses, 1000);
+  EXPECT_GT(nodes_with_evidence, 1000);  // the lean diagnosis did leave something out
 }
 
 }  // namespace
