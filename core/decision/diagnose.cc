@@ -17,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "core/decision/verify.h"
+#include "core/name_hash.h"
 #include "core/policy/policy.h"
 #include "core/proto_time.h"
 
@@ -73,7 +74,7 @@ class ByName {
 
  private:
   const google::protobuf::RepeatedPtrField<T>& items_;
-  mutable absl::flat_hash_map<absl::string_view, int> index_;
+  mutable absl::flat_hash_map<absl::string_view, int, NameHash> index_;
 };
 
 // A set of names (views into the inputs): a scan while small, a hash past kScanLimit.
@@ -97,7 +98,7 @@ class NameSet {
 
  private:
   absl::InlinedVector<absl::string_view, kScanLimit> small_;
-  absl::flat_hash_set<absl::string_view> big_;
+  absl::flat_hash_set<absl::string_view, NameHash> big_;
 };
 
 // Parses "http://[::1]:8002/x" or "127.0.0.1:8002" into host and port.

@@ -26,22 +26,14 @@ History::History(absl::Span<const v1::ActionRecord> records) : all_(records) {
   if (records.empty()) return;
   // Find each record's target once, count each target's records, give each target its slice
   // of by_target_, then fill the slices in order.
-  // Runs of records on one target (a repair and its follow-ups) are common: a record with the
-  // target of the one before it is not hashed again.
   std::vector<uint32_t> target_of(records.size());
-  targets_.reserve(std::min<size_t>(records.size(), 64));
-  absl::string_view previous;
-  uint32_t previous_index = 0;
+  targets_.reserve(std::min<size_t>(records.size(), 16));
+  ranges_.reserve(std::min<size_t>(records.size(), 16));
   for (size_t i = 0; i < records.size(); ++i) {
-    const std::string& target = records[i].action().target();
-    if (i == 0 || target != previous) {
-      const auto [it, added] = targets_.try_emplace(target, ranges_.size());
-      if (added) ranges_.emplace_back();
-      previous = target;
-      previous_index = it->second;
-    }
-    target_of[i] = previous_index;
-    ++ranges_[previous_index].size;
+    const auto [it, added] = targets_.try_emplace(records[i].action().target(), ranges_.size());
+    if (added) ranges_.emplace_back();
+    target_of[i] = it->second;
+    ++ranges_[it->second].size;
   }
   uint32_t begin = 0;
   for (Range& range : ranges_) {

@@ -20,6 +20,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "core/name_hash.h"
 #include "upkeep/v1/action.pb.h"
 #include "upkeep/v1/diagnosis.pb.h"
 #include "upkeep/v1/stack.pb.h"
@@ -44,9 +45,9 @@ class History {
     uint32_t begin = 0, size = 0;
   };
   absl::Span<const upkeep::v1::ActionRecord> all_;
-  absl::flat_hash_map<absl::string_view, uint32_t> targets_;  // into ranges_
-  std::vector<Range> ranges_;                                 // of by_target_
-  std::vector<const upkeep::v1::ActionRecord*> by_target_;    // grouped by target, in order
+  absl::flat_hash_map<absl::string_view, uint32_t, NameHash> targets_;  // into ranges_
+  std::vector<Range> ranges_;                                           // of by_target_
+  std::vector<const upkeep::v1::ActionRecord*> by_target_;  // grouped by target, in order
 };
 
 // Each question below takes the history as a History (built once, for many questions) or as
