@@ -161,10 +161,11 @@ class Engine {
   v1::PathNode* Node(absl::string_view step, absl::string_view target, absl::string_view decision,
                      int depth = 0) {
     v1::PathNode* n = d_->add_path();
-    n->set_step(step.data(), step.size());
+    // Each built once and moved in (from a pointer and size, protobuf copies a temporary).
+    n->set_step(std::string(step));
     // An empty string is the field's default: setting it would only allocate.
-    if (!target.empty()) n->set_target(target.data(), target.size());
-    n->set_decision(decision.data(), decision.size());
+    if (!target.empty()) n->set_target(std::string(target));
+    n->set_decision(std::string(decision));
     n->set_depth(depth);
     return n;
   }
