@@ -50,12 +50,14 @@ class ByName {
  public:
   explicit ByName(const google::protobuf::RepeatedPtrField<T>& items) : items_(items) {}
 
-  const T* Find(absl::string_view name) const {
-    const int i = IndexOf(name);
+  const T* Find(absl::string_view name, int hint = -1) const {
+    const int i = IndexOf(name, hint);
     return i < 0 ? nullptr : &items_.Get(i);
   }
-  // The position of `name`'s item, or -1.
-  int IndexOf(absl::string_view name) const {
+  // The position of `name`'s item, or -1. `hint`, where it likely is (an observation lists
+  // services and routes in the order of the spec), is tried first once the names are known to
+  // be unique.
+  int IndexOf(absl::string_view name, int hint = -1) const {
     if (items_.size() <= kScanLimit) {
       for (int i = items_.size() - 1; i >= 0; --i) {
         if ((items_.Get(i).*kName)() == name) return i;
@@ -65,6 +67,10 @@ class ByName {
     if (index_.empty()) {
       index_.reserve(items_.size());
       for (int i = 0; i < items_.size(); ++i) index_[(items_.Get(i).*kName)()] = i;
+      unique_ = static_cast<int>(index_.size()) == items_.size();
+    }
+    if (unique_ && hint >= 0 && hint < items_.size() && (items_.Get(hint).*kName)() == name) {
+      return hint;
     }
     const auto it = index_.find(name);
     return it == index_.end() ? -1 : it->second;
@@ -75,6 +81,7 @@ class ByName {
  private:
   const google::protobuf::RepeatedPtrField<T>& items_;
   mutable absl::flat_hash_map<absl::string_view, int, NameHash> index_;
+  mutable bool unique_ = false;
 };
 
 // A set of names (views into the inputs): a scan while small, a hash past kScanLimit.
@@ -372,37 +379,38 @@ class Engine {
   // rejects, is cut at depth 64).
   // A service is done once per name: `done` is indexed by the position of the spec that
   // name finds (the only one, unless two share a name).
+  // Each with its position in the spec.
   using Names = NameSet;
-  std::vector<const v1::ServiceSpec*> DependencyOrder() const {
-    std::vector<const v1::ServiceSpec*> order;
+  using Ordered = std::pair<const v1::ServiceSpec*, int>;
+  std::vector<Ordered> DependencyOrder() const {
+    std::vector<Ordered> order;
     order.reserve(specs_.size());
     absl::InlinedVector<bool, 32> done(specs_.size(), false);
     for (int i = 0; i < specs_.size(); ++i) {
       const v1::ServiceSpec& s = specs_.at(i);
-      VisitDependencies(&s, specs_.IndexOf(s.name()), 0, &done, &order);
+      VisitDependencies(&s, i, specs_.IndexOf(s.name(), i), 0, &done, &order);
     }
     return order;
   }
-  void VisitDependencies(const v1::ServiceSpec* s, int key, int depth,
-                         absl::InlinedVector<bool, 32>* done,
-                         std::vector<const v1::ServiceSpec*>* order) const {
+  void VisitDependencies(const v1::ServiceSpec* s, int position, int key, int depth,
+                         absl::InlinedVector<bool, 32>* done, std::vector<Ordered>* order) const {
     if ((*done)[key] || depth > 64) return;
     for (const auto& d : s->depends_on()) {
       if (const int dep = specs_.IndexOf(d); dep >= 0) {
-        VisitDependencies(&specs_.at(dep), dep, depth + 1, done, order);
+        VisitDependencies(&specs_.at(dep), dep, dep, depth + 1, done, order);
       }
     }
     if (!(*done)[key]) {
       (*done)[key] = true;
-      order->push_back(s);
+      order->emplace_back(s, position);
     }
   }
 
   bool CheckServices() {
     bool all_ok = true;
     Names down;
-    for (const v1::ServiceSpec* spec : DependencyOrder()) {
-      const v1::ServiceObservation* found = services_.Find(spec->name());
+    for (const auto& [spec, position] : DependencyOrder()) {
+      const v1::ServiceObservation* found = services_.Find(spec->name(), position);
       const v1::ServiceObservation& o =
           found != nullptr ? *found : v1::ServiceObservation::default_instance();
       if (!CheckService(*spec, o, down)) {
@@ -973,9 +981,11 @@ class Engine {
   // ---- 4-6. routes through nginx ----------------------------------------------------------
   void CheckRoutes() {
     std::vector<const v1::RouteSpec*> failing;
+    int position = -1;
     for (const auto& r : desired_.spec().proxy().routes()) {
+      ++position;
       if (!r.has_probe()) continue;
-      const v1::RouteObservation* found = routes_.Find(r.path());
+      const v1::RouteObservation* found = routes_.Find(r.path(), position);
       if (found == nullptr) {
         v1::PathNode* n = Node("route.ok", r.path(), "unknown: not probed yet");
         Ev(n, "url", r.probe().url());
