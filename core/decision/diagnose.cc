@@ -376,10 +376,9 @@ class Engine {
 
   // ---- 3. upstream services, dependencies first -------------------------------------------
   // The desired services, each after those it depends on (a cycle, which the manifest loader
-  // rejects, is cut at depth 64).
-  // A service is done once per name: `done` is indexed by the position of the spec that
-  // name finds (the only one, unless two share a name).
-  // Each with its position in the spec.
+  // rejects, is cut at depth 64), each with its position in the spec. A service is done once
+  // per name: `done` is indexed by the position of the spec its name finds (its own, unless two
+  // share a name).
   using Names = NameSet;
   using Ordered = std::pair<const v1::ServiceSpec*, int>;
   std::vector<Ordered> DependencyOrder() const {
