@@ -231,6 +231,8 @@ TEST_F(HostEvidenceTest, AFullDiskHoldingNginxLogsIsAFindingAndNginxIsLeftAlone)
   EXPECT_TRUE(h.WaitServing(absl::Seconds(10)).ok()) << Summary(h);
   std::string why;
   EXPECT_EQ(Condition(h, "Ready", &why), "True") << why;
+  EXPECT_EQ(Condition(h, "Degraded", &why), "True") << why;  // the alert stands
+  EXPECT_TRUE(absl::StrContains(why, "DiskFull [" + mount + "]")) << why;
   EXPECT_EQ(h.ProxyStatus("/api/health"), 200) << Summary(h);
   EXPECT_EQ(h.ProxyStatus("/"), 200) << Summary(h);
   for (auto kind :
