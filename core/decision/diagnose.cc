@@ -786,9 +786,29 @@ class Engine {
     if (const v1::ActionRecord* last = LastOn(spec.name());
         last != nullptr &&
         (NoSpace(last->result().output()) || NoSpace(last->result().message()))) {
+      const std::string& output =
+          last->result().output().empty() ? last->result().message() : last->result().output();
+      // Blamed until the filesystem it failed on is seen with room again; one that is not
+      // observed is tried again (through policy) once backoff.max has passed, so the outage
+      // does not outlast the full disk.
+      const v1::FilesystemUsage* fs = BlamedFilesystem(spec.name(), output);
+      const absl::Time failed_at = last->result().has_finished_at()
+                                       ? FromProto(last->result().finished_at())
+                                       : FromProto(last->requested_at());
+      const bool room =
+          fs != nullptr ? !Full(*fs) && FromProto(observed_.observed_at()) > failed_at
+                        : now_ >= failed_at + FromProto(desired_.spec().policy().backoff().max());
+      if (room) {
+        v1::PathNode* n = Node("service.disk", spec.name(),
+                               fs != nullptr ? "no space earlier; the disk has room again"
+                                             : "no space earlier; the disk is not observed: "
+                                               "try again after backoff.max",
+                               1);
+        if (fs != nullptr) Ev(n, "filesystem", fs->mount());
+        return false;
+      }
       Node("service.disk", spec.name(), "no space left on device: not restarted", 1);
-      DiskBlamed(spec.name(), last->result().output().empty() ? last->result().message()
-                                                              : last->result().output());
+      DiskBlamed(spec.name(), output);
       return true;
     }
     return false;
