@@ -5,6 +5,7 @@
 // run as root.
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -275,7 +276,16 @@ TEST_F(HostEvidenceTest, NginxThatCannotStartForWantOfInodesIsBlamedOnTheDiskThe
       << "nginx did not stop";
   ASSERT_TRUE(WaitFor([&] { return !std::filesystem::exists(pid_file); }, absl::Seconds(20)))
       << "nginx left its pid file";
-  std::filesystem::remove(dir_.Join("nginx/error.log"));  // rotated away
+  // Rotated away. Its inode is free only once nginx's last process has closed it (the master
+  // removes its pid file before it exits): wait for that, or the fill below races it.
+  const auto free_inodes = [&] {
+    struct statvfs vfs {};
+    return ::statvfs(mount.c_str(), &vfs) == 0 ? static_cast<int64_t>(vfs.f_favail) : -1;
+  };
+  const int64_t before_rotation = free_inodes();
+  std::filesystem::remove(dir_.Join("nginx/error.log"));
+  ASSERT_TRUE(WaitFor([&] { return free_inodes() == before_rotation + 1; }, absl::Seconds(20)))
+      << "the rotated error log's inode was not released";
   const std::string filler = mount + "/filler";
   std::filesystem::create_directories(filler);
   int made = 0;
