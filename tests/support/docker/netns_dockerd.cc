@@ -60,9 +60,9 @@ absl::StatusOr<std::unique_ptr<NetnsDockerd>> NetnsDockerd::Start(
   argv.insert(argv.end(), {SourcePath("scripts/dockerd.sh"), "start", dir});
   d->started_ = true;  // from here the destructor stops whatever started
   if (auto st = Run(argv, dir + "/start.log"); !st.ok()) {
-    return absl::UnavailableError(absl::StrCat("cannot start a private dockerd in the namespace: ",
-                                               st.status().message(), " (see ", dir,
-                                               "/dockerd.log)"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot start a private dockerd in the namespace: ", st.status().message(),
+                     " (see ", dir, "/dockerd.log)"));
   }
   const std::string root = dir + "/image-root";
   std::filesystem::create_directories(root);
@@ -102,8 +102,8 @@ absl::StatusOr<std::string> NetnsDockerd::Docker(const std::vector<std::string>&
 }
 
 absl::StatusOr<std::string> NetnsDockerd::AddressOf(const std::string& container) {
-  auto out = Docker({"inspect", "-f",
-                     "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", container});
+  auto out = Docker(
+      {"inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", container});
   if (!out.ok()) return out.status();
   std::vector<std::string> ips = absl::StrSplit(*out, ' ', absl::SkipWhitespace());
   if (ips.empty() || absl::StripAsciiWhitespace(ips[0]).empty()) {

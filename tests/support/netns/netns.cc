@@ -123,6 +123,7 @@ PrivateNetns::~PrivateNetns() {
   if (!etc_.empty()) {
     std::error_code ec;
     std::filesystem::remove_all(etc_, ec);
+    std::filesystem::remove("/etc/netns", ec);  // only when empty: others' stay
   }
 }
 
