@@ -841,7 +841,8 @@ class Engine {
   }
 
   // The newest reload of the current escalation that was planned on evidence (a port
-  // mismatch); its finding is raised again from the record while the route still fails.
+  // mismatch, a stale address); its finding is raised again from the record, with its evidence
+  // and severity, while the route still fails.
   const v1::ActionRecord* StickyEvidence() {
     const policy::Streak streak =
         policy::FailedStreak(history_, kProxyTarget, v1::ACTION_KIND_RELOAD_PROXY);
@@ -859,8 +860,12 @@ class Engine {
       const std::string target =
           params.count("evidence_target") ? params.at("evidence_target") : std::string();
       if (!HasFinding(code->second, target)) {
+        v1::Severity severity = v1::SEVERITY_ALERT;
+        if (auto sev = params.find("evidence_severity"); sev != params.end()) {
+          if (!v1::Severity_Parse(sev->second, &severity)) severity = v1::SEVERITY_ALERT;
+        }
         v1::Finding* f =
-            Find(v1::SEVERITY_ALERT, code->second, target,
+            Find(severity, code->second, target,
                  params.count("evidence_message") ? params.at("evidence_message") : std::string());
         for (const auto& [k, v] : params) {
           if (absl::StartsWith(k, "evidence.")) (*f->mutable_evidence())[k.substr(9)] = v;
@@ -1034,6 +1039,7 @@ class Engine {
           (*reload.mutable_params())["evidence_code"] = f.code();
           (*reload.mutable_params())["evidence_target"] = f.target();
           (*reload.mutable_params())["evidence_message"] = f.message();
+          (*reload.mutable_params())["evidence_severity"] = v1::Severity_Name(f.severity());
           for (const auto& [k, v] : f.evidence()) {
             (*reload.mutable_params())[absl::StrCat("evidence.", k)] = v;
           }
