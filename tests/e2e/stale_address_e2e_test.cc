@@ -264,6 +264,18 @@ class StaleAddressTest : public ::testing::Test {
         absl::Seconds(30)))
         << Summary();
   }
+  // The controller's Alert events for `code` (what notifiers send people).
+  std::vector<std::string> Alerts(const std::string& code) {
+    v1::ListEventsResponse r;
+    std::vector<std::string> out;
+    if (!CtlJson({"events", "--stack", "shop"}, &r)) return out;
+    for (const auto& e : r.events()) {
+      if (e.reason() == "Alert" && absl::StartsWith(e.message(), code + ":")) {
+        out.push_back(e.message());
+      }
+    }
+    return out;
+  }
   std::string StartedAt(const std::string& container) {
     auto out =
         Docker({"inspect", "-f", "{{.Id}} {{.State.StartedAt}} {{.RestartCount}}", container});
@@ -355,6 +367,8 @@ TEST_F(StaleAddressTest, ANameResolvedAtLoadIsNamedAndOneReloadFollowsTheContain
   EXPECT_EQ(Count(v1::ACTION_KIND_RESTART_SERVICE, "backend"), 0) << Summary();
   EXPECT_EQ(Count(v1::ACTION_KIND_START_SERVICE, "backend"), 0) << Summary();
   EXPECT_EQ(StartedAt(kContainer), backend) << "the backend container was restarted";
+  // A warning that the reload it explained made good: nobody is paged for it.
+  EXPECT_TRUE(Alerts("StaleUpstreamAddress").empty()) << Summary();
 }
 
 // By literal address: nothing nginx can do follows the container (a reload or a restart reads
@@ -403,6 +417,10 @@ TEST_F(StaleAddressTest, ALiteralAddressIsNamedAndNginxIsNotThrashed) {
   EXPECT_EQ(Count(v1::ACTION_KIND_RESTART_SERVICE, "backend"), 0) << Summary();
   EXPECT_EQ(Count(v1::ACTION_KIND_START_SERVICE, "backend"), 0) << Summary();
   EXPECT_EQ(StartedAt(kContainer), backend) << "the backend container was restarted";
+  // One alert, with what to change.
+  const std::vector<std::string> alerts = Alerts("StaleUpstreamAddress");
+  ASSERT_EQ(alerts.size(), 1u) << Summary();
+  EXPECT_TRUE(absl::StrContains(alerts[0], "a reload did not change it")) << alerts[0];
 }
 
 }  // namespace
