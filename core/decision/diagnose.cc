@@ -808,8 +808,8 @@ class Engine {
           // One reload resolves again; a restart resolves no differently, so after a reload
           // that did not help the config names the old address itself (a literal, or a name
           // still resolving to it): say so, and how to stop it recurring.
-          v1::PathNode* n =
-              Node("proxy.evidence", route->path(), "nginx dials a stale address: reload", 1);
+          v1::PathNode* n = Node("proxy.evidence", route->path(),
+                                 "nginx dials an address that is no longer the container's", 1);
           stale_address = true;
           Ev(n, "nginx_dials", dials);
           Ev(n, "upstream_now_at", absl::StrJoin(o->addresses(), ","));
@@ -924,6 +924,10 @@ class Engine {
       failing.push_back(&r);
     }
     if (failing.empty()) return;
+    // A reload planned on evidence keeps that evidence's finding until the route answers, so
+    // its alert is raised once, not again each time nginx's error log starts afresh or a
+    // probe of the upstream misses once (a wait below judges, and would clear it).
+    const v1::ActionRecord* sticky = StickyEvidence();
     // "Check Backend Health: curl http://localhost:8002/health" — confirm the upstream
     // directly before blaming nginx; a failing upstream is judged by its own probe first.
     for (const auto* r : failing) {
@@ -947,9 +951,6 @@ class Engine {
       }
     }
     // Upstreams are healthy by direct probe (checked above), yet nginx fails the route.
-    // A reload planned on evidence keeps that evidence's finding until the route answers, so
-    // its alert is raised once, not again each time nginx's error log starts afresh.
-    const v1::ActionRecord* sticky = StickyEvidence();
     const v1::ActionRecord* last = LastOn(kProxyTarget);
     // Verify: a repair of nginx is judged on a probe taken after it finished.
     if (last != nullptr && last->result().has_finished_at()) {
