@@ -973,7 +973,9 @@ class Engine {
     const policy::Streak streak =
         policy::FailedStreak(history_, kProxyTarget, v1::ACTION_KIND_RELOAD_PROXY);
     const bool recent = streak.count > 0 && streak.last > now_ - kEscalationWindow;
-    bool reloaded = false, restarted = false;
+    // (took: one of them did its work. A reload that failed, e.g. timed out waiting for the
+    // old workers to go, re-read nothing, and says nothing about the file.)
+    bool reloaded = false, restarted = false, took = false;
     if (recent) {
       int seen = 0;
       const auto records = history_.Of(kProxyTarget);
@@ -983,11 +985,12 @@ class Engine {
         ++seen;
         reloaded |= kind == v1::ACTION_KIND_RELOAD_PROXY;
         restarted |= kind == v1::ACTION_KIND_RESTART_PROXY;
+        took |= (*it)->result().outcome() == v1::ACTION_OUTCOME_SUCCEEDED;
       }
     }
     const std::string paths = absl::StrJoin(
         failing, ", ", [](std::string* out, const auto* r) { absl::StrAppend(out, r->path()); });
-    if (evidence == Evidence::kReloadOnly && (reloaded || restarted)) {
+    if (evidence == Evidence::kReloadOnly && (reloaded || restarted) && took) {
       // The reload loaded the file (and resolved its names) and nginx still dials the wrong
       // port or the old address: the file says so, and a restart would read it the same way.
       v1::Finding* stale = nullptr;
@@ -1021,16 +1024,19 @@ class Engine {
       summary_ = "nginx dials a container's old address and a reload did not change it: alert";
       return;
     }
+    const bool again = evidence == Evidence::kReloadOnly && (reloaded || restarted);
     v1::PathNode* n = Node("proxy.reaches_upstreams", kProxyTarget,
-                           restarted  ? "no, after reload and restart: alert"
-                           : reloaded ? "no, after a reload: restart nginx"
-                                      : "no: reload nginx",
+                           again       ? "no, and the last reload failed: reload nginx again"
+                           : restarted ? "no, after reload and restart: alert"
+                           : reloaded  ? "no, after a reload: restart nginx"
+                                       : "no: reload nginx",
                            1);
     Ev(n, "failing_routes", paths);
     Ev(n, "upstream_errors", absl::StrCat(observed_.proxy().upstream_errors_size()));
     ExplainUpstreamErrors(n);
-    if (!restarted && !reloaded) {
-      // "Backend healthy but nginx can't connect?" — a graceful reload first.
+    if ((!restarted && !reloaded) || evidence == Evidence::kReloadOnly) {
+      // "Backend healthy but nginx can't connect?" — a graceful reload first (again, paced by
+      // policy, when the one the evidence asks for failed: a restart would do no more).
       v1::Action reload =
           MakeAction(v1::ACTION_KIND_RELOAD_PROXY, kProxyTarget,
                      absl::StrCat("upstreams healthy but ", paths, " failing through nginx"));
