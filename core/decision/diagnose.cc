@@ -15,6 +15,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "core/decision/verify.h"
 #include "core/policy/policy.h"
 #include "core/proto_time.h"
@@ -229,7 +231,8 @@ class Engine {
     const v1::ActionRecord* last = LastOn(kProxyTarget);
     const bool tested_since_last_action =
         test.ran() && (last == nullptr || FromProto(test.at()) >= FromProto(last->requested_at()));
-    if (tested_since_last_action && !test.ok() && NoSpace(test.output())) {
+    if (tested_since_last_action && !test.ok() && NoSpace(test.output()) &&
+        !DiskHasRoomAgain(test)) {
       // "No space left on device" is the disk's fault, not the config's: starting cannot help.
       v1::PathNode* t = Node("proxy.config_valid", kProxyTarget, "no: the disk is full: alert", 1);
       Ev(t, "nginx_t", test.output());
@@ -237,7 +240,7 @@ class Engine {
       summary_ = "nginx is down and `nginx -t` finds no space left on the device";
       return false;
     }
-    if (tested_since_last_action && !test.ok()) {
+    if (tested_since_last_action && !test.ok() && !NoSpace(test.output())) {
       v1::PathNode* t = Node("proxy.config_valid", kProxyTarget, "no: alert", 1);
       Ev(t, "nginx_t", test.output());
       v1::Finding* f = Find(v1::SEVERITY_ALERT, "ConfigInvalid", kProxyTarget,
@@ -246,9 +249,13 @@ class Engine {
       summary_ = "nginx is down and its config is invalid";
       return false;
     }
-    v1::PathNode* t =
-        Node("proxy.config_valid", kProxyTarget,
-             test.ran() ? (test.ok() ? "yes" : "unknown: test again") : "untested", 1);
+    v1::PathNode* t = Node("proxy.config_valid", kProxyTarget,
+                           test.ran() ? (test.ok()                ? "yes"
+                                         : NoSpace(test.output()) ? "no space earlier, the disk "
+                                                                    "has room again: test again"
+                                                                  : "unknown: test again")
+                                      : "untested",
+                           1);
     if (test.ran()) Ev(t, "nginx_t", test.output());
     // "nginx down → test its config; valid → start it"
     Plan(MakeAction(v1::ACTION_KIND_START_PROXY, kProxyTarget, "nginx is not running"), 1,
@@ -635,37 +642,115 @@ class Engine {
     return text.find("No space left on device") != std::string::npos;
   }
 
-  void DiskBlamed(const std::string& target, const std::string& output) {
-    v1::Finding* f = Find(v1::SEVERITY_ALERT, "DiskFull", target,
-                          absl::StrCat(target,
-                                       " fails with \"No space left on device\": free "
-                                       "disk space; restarting cannot help"));
-    (*f->mutable_evidence())["output"] = output.substr(0, 400);
+  // Over diskWarning, by blocks or by inodes (out of inodes is "No space left on device" too).
+  bool Full(const v1::FilesystemUsage& fs) const {
+    const double limit = desired_.spec().policy().disk_warning();
+    return fs.used_percent() >= limit || fs.inodes_used_percent() >= limit;
+  }
+
+  // The observed filesystem a "No space left on device" is about: the one whose mount holds a
+  // path the failing line names (`open() "/x/error.log" failed (28: No space left on device)`,
+  // `write /srv/app.db: No space left on device`); else the proxy's logs' or the service's
+  // data's. Null when none is observed.
+  const v1::FilesystemUsage* BlamedFilesystem(const std::string& target,
+                                              const std::string& output) const {
+    const v1::FilesystemUsage* best = nullptr;
+    for (absl::string_view line : absl::StrSplit(output, '\n')) {
+      if (!absl::StrContains(line, "No space left on device")) continue;
+      for (absl::string_view word : absl::StrSplit(line, absl::ByAnyChar(" \t\"'()"))) {
+        word = absl::StripSuffix(word, ":");
+        if (!absl::StartsWith(word, "/")) continue;
+        for (const auto& fs : observed_.host().filesystems()) {
+          const std::string& m = fs.mount();
+          const bool under =
+              m == "/" || word == m ||
+              (absl::StartsWith(word, m) && word.size() > m.size() && word[m.size()] == '/');
+          if (under && (best == nullptr || m.size() > best->mount().size())) best = &fs;
+        }
+      }
+    }
+    if (best != nullptr) return best;
     for (const auto& fs : observed_.host().filesystems()) {
       if (target == kProxyTarget ? fs.proxy_logs()
                                  : std::count(fs.services().begin(), fs.services().end(), target)) {
-        (*f->mutable_evidence())["filesystem"] = fs.mount();
-        (*f->mutable_evidence())["used"] = absl::StrFormat("%.1f%%", fs.used_percent());
+        return &fs;
+      }
+    }
+    return nullptr;
+  }
+
+  // nginx's last test failed for want of space, and the filesystem it failed on is observed
+  // with room again after that test: test again (and start nginx if it passes) rather than
+  // wait for the agent's slow re-test. Failed no-space tests back off as repairs do, so a
+  // disk that looks roomy but still fails nginx is not tested in a loop.
+  bool DiskHasRoomAgain(const v1::ConfigTest& test) const {
+    const v1::FilesystemUsage* fs = BlamedFilesystem(kProxyTarget, test.output());
+    if (fs == nullptr || Full(*fs) || FromProto(observed_.observed_at()) <= FromProto(test.at())) {
+      return false;
+    }
+    const auto& backoff = desired_.spec().policy().backoff();
+    absl::Duration delay = absl::ZeroDuration();
+    const auto records = history_.Of(kProxyTarget);
+    for (auto it = records.rbegin(); it != records.rend(); ++it) {
+      const v1::ActionRecord& r = **it;
+      if (r.dry_run()) continue;
+      if (r.action().kind() != v1::ACTION_KIND_TEST_PROXY_CONFIG ||
+          r.result().outcome() != v1::ACTION_OUTCOME_FAILED || !NoSpace(r.result().output())) {
+        break;
+      }
+      delay = delay == absl::ZeroDuration() ? FromProto(backoff.initial())
+                                            : std::min(delay * 2, FromProto(backoff.max()));
+    }
+    return now_ >= FromProto(test.at()) + delay;
+  }
+
+  void DiskBlamed(const std::string& target, const std::string& output) {
+    const v1::FilesystemUsage* fs = BlamedFilesystem(target, output);
+    v1::Finding* f =
+        Find(v1::SEVERITY_ALERT, "DiskFull", target,
+             absl::StrCat(target, " fails with \"No space left on device\"",
+                          fs != nullptr ? absl::StrCat(" on ", fs->mount()) : std::string(),
+                          ": free disk space; restarting cannot help"));
+    (*f->mutable_evidence())["output"] = output.substr(0, 400);
+    if (fs != nullptr) {
+      (*f->mutable_evidence())["filesystem"] = fs->mount();
+      (*f->mutable_evidence())["used"] = absl::StrFormat("%.1f%%", fs->used_percent());
+      if (fs->inodes_used_percent() > 0) {
+        (*f->mutable_evidence())["inodes_used"] =
+            absl::StrFormat("%.1f%%", fs->inodes_used_percent());
       }
     }
   }
 
-  // Every filesystem over diskWarning that holds something the stack needs.
+  // Every filesystem over diskWarning that holds something the stack needs, named by its
+  // mount point; the paths on it are evidence (`holds`).
   void CheckDisks() {
     const double limit = desired_.spec().policy().disk_warning();
     for (const auto& fs : observed_.host().filesystems()) {
-      if (fs.used_percent() < limit) continue;
-      v1::PathNode* n = Node("host.disk", fs.mount(), "full: alert");
+      if (!Full(fs)) continue;
+      const bool blocks = fs.used_percent() >= limit;
+      v1::PathNode* n =
+          Node("host.disk", fs.mount(), blocks ? "full: alert" : "out of inodes: alert");
       Ev(n, "used", absl::StrFormat("%.1f%%", fs.used_percent()));
+      if (!blocks) Ev(n, "inodes_used", absl::StrFormat("%.1f%%", fs.inodes_used_percent()));
       Ev(n, "disk_warning", absl::StrFormat("%.0f%%", limit));
       if (disk_full_.count(fs.mount())) continue;
       disk_full_.insert(fs.mount());
-      v1::Finding* f =
-          Find(v1::SEVERITY_ALERT, "DiskFull", fs.mount(),
-               absl::StrFormat("%s is %.1f%% full (over %.0f%%); it holds %s", fs.mount(),
-                               fs.used_percent(), limit, absl::StrJoin(fs.holds(), ", ")));
+      v1::Finding* f = Find(
+          v1::SEVERITY_ALERT, "DiskFull", fs.mount(),
+          blocks ? absl::StrFormat("%s is %.1f%% full (over %.0f%%); it holds %s", fs.mount(),
+                                   fs.used_percent(), limit, absl::StrJoin(fs.holds(), ", "))
+                 : absl::StrFormat("%s has used %.1f%% of its inodes (over %.0f%%): no file can "
+                                   "be created; it holds %s",
+                                   fs.mount(), fs.inodes_used_percent(), limit,
+                                   absl::StrJoin(fs.holds(), ", ")));
       (*f->mutable_evidence())["used"] = absl::StrFormat("%.1f%%", fs.used_percent());
       (*f->mutable_evidence())["available_bytes"] = absl::StrCat(fs.available_bytes());
+      if (!blocks) {
+        (*f->mutable_evidence())["inodes_used"] =
+            absl::StrFormat("%.1f%%", fs.inodes_used_percent());
+        (*f->mutable_evidence())["available_inodes"] = absl::StrCat(fs.available_inodes());
+      }
       (*f->mutable_evidence())["holds"] = absl::StrJoin(fs.holds(), ", ");
     }
   }
@@ -673,14 +758,29 @@ class Engine {
   // A down or unhealthy service whose data sits on a full disk, or whose last repair failed
   // with "No space left on device", is blamed on the disk: a restart cannot help.
   bool DiskFullFor(const v1::ServiceSpec& spec, v1::PathNode* parent) {
-    const double limit = desired_.spec().policy().disk_warning();
     for (const auto& fs : observed_.host().filesystems()) {
-      if (fs.used_percent() < limit || std::find(fs.services().begin(), fs.services().end(),
-                                                 spec.name()) == fs.services().end()) {
+      if (!Full(fs) || std::find(fs.services().begin(), fs.services().end(), spec.name()) ==
+                           fs.services().end()) {
         continue;
       }
-      Ev(parent, "disk", absl::StrFormat("%s %.1f%% full", fs.mount(), fs.used_percent()));
+      Ev(parent, "disk",
+         fs.used_percent() >= desired_.spec().policy().disk_warning()
+             ? absl::StrFormat("%s %.1f%% full", fs.mount(), fs.used_percent())
+             : absl::StrFormat("%s %.1f%% of inodes used", fs.mount(), fs.inodes_used_percent()));
       Node("service.disk", spec.name(), "full: blamed on the disk, not restarted", 1);
+      v1::Finding* f =
+          Find(v1::SEVERITY_ALERT, "DiskFull", spec.name(),
+               absl::StrCat(spec.name(), " is ",
+                            parent->step() == "service.running" ? "down" : "unhealthy", " and ",
+                            fs.mount(),
+                            ", which holds its data, is full: free disk space; restarting "
+                            "cannot help"));
+      (*f->mutable_evidence())["filesystem"] = fs.mount();
+      (*f->mutable_evidence())["used"] = absl::StrFormat("%.1f%%", fs.used_percent());
+      if (fs.inodes_used_percent() > 0) {
+        (*f->mutable_evidence())["inodes_used"] =
+            absl::StrFormat("%.1f%%", fs.inodes_used_percent());
+      }
       return true;
     }
     if (const v1::ActionRecord* last = LastOn(spec.name());
@@ -1166,6 +1266,10 @@ class Engine {
                                  healthy_now->second == "true");
       const auto svc = services_.find(f.target());
       if (history_only && svc != services_.end() && ServiceHealthy(*svc->second)) continue;
+      // A full filesystem is told to people, but while everything serves it is a warning
+      // about what comes next, not unreadiness: Ready says whether the stack serves now. What
+      // it breaks (a service or nginx that cannot run) is its own DiskFull on that target.
+      if (f.code() == "DiskFull" && disk_full_.contains(f.target())) continue;
       alert = true;
     }
     if (acting) return v1::VERDICT_REPAIRING;
@@ -1180,6 +1284,11 @@ class Engine {
       switch (verdict) {
         case v1::VERDICT_HEALTHY:
           summary_ = "all services healthy and every route answers through nginx";
+          for (const auto& f : d_->findings()) {
+            if (f.code() != "DiskFull" || !disk_full_.contains(f.target())) continue;
+            absl::StrAppend(&summary_, "; but ", f.message());  // what will break next
+            break;
+          }
           break;
         case v1::VERDICT_REPAIRING: {
           std::vector<std::string> parts;
