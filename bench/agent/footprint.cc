@@ -32,6 +32,7 @@
 #include "agent/daemon/host.h"
 #include "agent/observe/observer.h"
 #include "agent/runtime/runtime.h"
+#include "core/log.h"
 #include "core/manifest/loader.h"
 #include "tests/support/net.h"
 #include "tests/support/subprocess.h"
@@ -220,6 +221,8 @@ int RunObserver(int seconds, const std::string& bin) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // The runtimes' own log lines (process started/exited) are not part of the table.
+  upkeep::InitLogging("bench", false, spdlog::level::warn);
   const int seconds = argc > 1 ? std::atoi(argv[1]) : 30;
   const std::string bin = std::filesystem::absolute(argc > 2 ? argv[2] : "build/bin").string();
   const std::string mode = argc > 3 ? argv[3] : "all";

@@ -26,6 +26,7 @@
 #include "agent/daemon/host.h"
 #include "agent/observe/observer.h"
 #include "agent/runtime/runtime.h"
+#include "core/log.h"
 #include "core/manifest/loader.h"
 #include "tests/support/net.h"
 #include "tests/support/subprocess.h"
@@ -75,6 +76,8 @@ absl::Time WaitServing(int port) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // The runtimes' own log lines (process started/exited) are not part of the table.
+  upkeep::InitLogging("bench", false, spdlog::level::warn);
   const int n = argc > 1 ? std::atoi(argv[1]) : 20;
   const std::string bin = std::filesystem::absolute(argc > 2 ? argv[2] : "build/bin").string();
   char tmpl[] = "/tmp/upkeep-process-crash-XXXXXX";
