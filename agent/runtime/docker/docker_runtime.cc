@@ -182,13 +182,18 @@ class DockerRuntime : public Runtime {
   }
 
   absl::StatusOr<std::string> Logs(const ServiceSpec& spec, int tail) override {
-    auto id = FindContainer(spec);
+    bool cached = false;
+    auto id = FindContainer(spec, &cached);
     if (!id.ok()) return id.status();
     if (id->empty())
       return absl::NotFoundError(absl::StrCat(ContainerSelector(spec), ": no such container"));
     // TTY containers send raw bytes; the others a multiplexed stream.
     bool tty = false;
     auto insp = Call("GET", absl::StrCat("/containers/", *id, "/json"), absl::Seconds(10));
+    if (insp.ok() && insp->code == 404 && cached) {
+      ForgetResolved(spec);  // removed, its destroy event not handled yet
+      return Logs(spec, tail);
+    }
     if (insp.ok() && insp->code == 200) {
       try {
         tty = Json::parse(insp->body).at("Config").value("Tty", false);
