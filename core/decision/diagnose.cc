@@ -864,7 +864,7 @@ class Engine {
       summary_ = "a route fails and nginx's config fails `nginx -t`: alert, no reload";
       return Evidence::kAlert;
     }
-    bool explained = false, port_mismatch = false;
+    bool explained = false, port_mismatch = false, stale_address = false;
     for (const auto* route : failing) {
       auto sit = specs_.find(route->upstream());
       if (sit == specs_.end()) continue;
@@ -924,18 +924,29 @@ class Engine {
         }
         if (o != nullptr && o->addresses_size() > 0 && host != "127.0.0.1" && host != "::1" &&
             std::find(o->addresses().begin(), o->addresses().end(), host) == o->addresses().end()) {
-          // nginx resolved the name when it started; the container has moved since. A reload
-          // resolves again (so the ladder goes on), but say why, and how to stop it recurring.
-          v1::PathNode* n =
-              Node("proxy.evidence", route->path(), "nginx dials a stale address: reload", 1);
+          // nginx resolved the name when it loaded its config; the container has moved since.
+          // One reload resolves again; a restart resolves no differently, so after a reload
+          // that did not help the config names the old address itself (a literal, or a name
+          // still resolving to it): say so, and how to stop it recurring.
+          v1::PathNode* n = Node("proxy.evidence", route->path(),
+                                 "nginx dials an address that is no longer the container's", 1);
+          stale_address = true;
           Ev(n, "nginx_dials", dials);
           Ev(n, "upstream_now_at", absl::StrJoin(o->addresses(), ","));
-          v1::Finding* sa = Find(
-              v1::SEVERITY_WARNING, "StaleUpstreamAddress", svc.name(),
+          std::string message =
               absl::StrCat("nginx dials ", dials, " for ", route->path(), " but ", svc.name(),
                            " is now at ", absl::StrJoin(o->addresses(), ", "),
                            ": nginx resolved the name at start; a reload re-resolves it (add a "
-                           "`resolver` and a variable in proxy_pass to keep it current)"));
+                           "`resolver` and a variable in proxy_pass to keep it current)");
+          // One finding per service: the one the last reload carried (StickyEvidence) gets
+          // this observation's evidence.
+          v1::Finding* sa = nullptr;
+          for (auto& f : *d_->mutable_findings()) {
+            if (f.code() == "StaleUpstreamAddress" && f.target() == svc.name()) sa = &f;
+          }
+          if (sa == nullptr) {
+            sa = Find(v1::SEVERITY_WARNING, "StaleUpstreamAddress", svc.name(), std::move(message));
+          }
           (*sa->mutable_evidence())["nginx_dials"] = dials;
           (*sa->mutable_evidence())["upstream_now_at"] = absl::StrJoin(o->addresses(), ",");
           break;
@@ -946,11 +957,12 @@ class Engine {
       summary_ = "a route fails for a reason nginx cannot fix by itself: alert";
       return Evidence::kAlert;
     }
-    return port_mismatch ? Evidence::kReloadOnly : Evidence::kLadder;
+    return port_mismatch || stale_address ? Evidence::kReloadOnly : Evidence::kLadder;
   }
 
   // The newest reload of the current escalation that was planned on evidence (a port
-  // mismatch); its finding is raised again from the record while the route still fails.
+  // mismatch, a stale address); its finding is raised again from the record, with its evidence
+  // and severity, while the route still fails.
   const v1::ActionRecord* StickyEvidence() {
     const policy::Streak streak =
         policy::FailedStreak(history_, kProxyTarget, v1::ACTION_KIND_RELOAD_PROXY);
@@ -968,9 +980,16 @@ class Engine {
       const std::string target =
           params.count("evidence_target") ? params.at("evidence_target") : std::string();
       if (!HasFinding(code->second, target)) {
+        v1::Severity severity = v1::SEVERITY_ALERT;
+        if (auto sev = params.find("evidence_severity"); sev != params.end()) {
+          if (!v1::Severity_Parse(sev->second, &severity)) severity = v1::SEVERITY_ALERT;
+        }
         v1::Finding* f =
-            Find(v1::SEVERITY_ALERT, code->second, target,
+            Find(severity, code->second, target,
                  params.count("evidence_message") ? params.at("evidence_message") : std::string());
+        for (const auto& [k, v] : params) {
+          if (absl::StartsWith(k, "evidence.")) (*f->mutable_evidence())[k.substr(9)] = v;
+        }
         (*f->mutable_evidence())["seen_before"] = r.action().id();
       }
       return &r;
@@ -1025,6 +1044,10 @@ class Engine {
       failing.push_back(&r);
     }
     if (failing.empty()) return;
+    // A reload planned on evidence keeps that evidence's finding until the route answers, so
+    // its alert is raised once, not again each time nginx's error log starts afresh or a
+    // probe of the upstream misses once (a wait below judges, and would clear it).
+    const v1::ActionRecord* sticky = StickyEvidence();
     // "Check Backend Health: curl http://localhost:8002/health" — confirm the upstream
     // directly before blaming nginx; a failing upstream is judged by its own probe first.
     for (const auto* r : failing) {
@@ -1048,9 +1071,6 @@ class Engine {
       }
     }
     // Upstreams are healthy by direct probe (checked above), yet nginx fails the route.
-    // A reload planned on evidence keeps that evidence's finding until the route answers, so
-    // its alert is raised once, not again each time nginx's error log starts afresh.
-    const v1::ActionRecord* sticky = StickyEvidence();
     const v1::ActionRecord* last = LastOn(kProxyTarget);
     // Verify: a repair of nginx is judged on a probe taken after it finished.
     if (last != nullptr && last->result().has_finished_at()) {
@@ -1073,7 +1093,9 @@ class Engine {
     const policy::Streak streak =
         policy::FailedStreak(history_, kProxyTarget, v1::ACTION_KIND_RELOAD_PROXY);
     const bool recent = streak.count > 0 && streak.last > now_ - kEscalationWindow;
-    bool reloaded = false, restarted = false;
+    // (took: one of them did its work. A reload that failed, e.g. timed out waiting for the
+    // old workers to go, re-read nothing, and says nothing about the file.)
+    bool reloaded = false, restarted = false, took = false;
     if (recent) {
       int seen = 0;
       const auto records = history_.Of(kProxyTarget);
@@ -1083,39 +1105,71 @@ class Engine {
         ++seen;
         reloaded |= kind == v1::ACTION_KIND_RELOAD_PROXY;
         restarted |= kind == v1::ACTION_KIND_RESTART_PROXY;
+        took |= (*it)->result().outcome() == v1::ACTION_OUTCOME_SUCCEEDED;
       }
     }
     const std::string paths = absl::StrJoin(
         failing, ", ", [](std::string* out, const auto* r) { absl::StrAppend(out, r->path()); });
-    if (evidence == Evidence::kReloadOnly && (reloaded || restarted)) {
-      // The reload loaded the file and nginx still dials the wrong port: the file says so.
+    if (evidence == Evidence::kReloadOnly && (reloaded || restarted) && took) {
+      // The reload loaded the file (and resolved its names) and nginx still dials the wrong
+      // port or the old address: the file says so, and a restart would read it the same way.
+      v1::Finding* stale = nullptr;
+      for (auto& f : *d_->mutable_findings()) {
+        if (f.code() == "StaleUpstreamAddress") stale = &f;
+      }
+      if (stale == nullptr) {
+        v1::PathNode* n = Node("proxy.findings", kProxyTarget,
+                               "alert: after a reload nginx still dials the wrong port", 1);
+        Ev(n, "failing_routes", paths);
+        summary_ = "nginx's config dials the wrong port (a reload did not change it): alert";
+        return;
+      }
       v1::PathNode* n = Node("proxy.findings", kProxyTarget,
-                             "alert: after a reload nginx still dials the wrong port", 1);
-      Ev(n, "failing_routes", absl::StrJoin(failing, ", ", [](std::string* out, const auto* r) {
-           absl::StrAppend(out, r->path());
-         }));
-      summary_ = "nginx's config dials the wrong port (a reload did not change it): alert";
+                             "alert: after a reload nginx still dials the old address", 1);
+      Ev(n, "failing_routes", paths);
+      stale->set_severity(v1::SEVERITY_ALERT);
+      const auto& ev = stale->evidence();
+      if (ev.count("nginx_dials") && ev.count("upstream_now_at")) {
+        // (Raised from this observation; one re-raised from the reload's record keeps its text.)
+        Ev(n, "nginx_dials", ev.at("nginx_dials"));
+        stale->set_message(absl::StrCat(
+            "nginx dials ", ev.at("nginx_dials"), " but ", stale->target(), " is now at ",
+            ev.at("upstream_now_at"),
+            ", and a reload did not change it: nginx's config names the old address (a literal "
+            "address, or a name that still resolves to it); a restart of nginx would read it "
+            "the same way. Point proxy_pass at the container's name and keep that current (a "
+            "`resolver` and a variable in proxy_pass), or publish the port and proxy to it"));
+      }
+      (*stale->mutable_evidence())["after_reload"] = "yes";
+      summary_ = "nginx dials a container's old address and a reload did not change it: alert";
       return;
     }
+    const bool again = evidence == Evidence::kReloadOnly && (reloaded || restarted);
     v1::PathNode* n = Node("proxy.reaches_upstreams", kProxyTarget,
-                           restarted  ? "no, after reload and restart: alert"
-                           : reloaded ? "no, after a reload: restart nginx"
-                                      : "no: reload nginx",
+                           again       ? "no, and the last reload failed: reload nginx again"
+                           : restarted ? "no, after reload and restart: alert"
+                           : reloaded  ? "no, after a reload: restart nginx"
+                                       : "no: reload nginx",
                            1);
     Ev(n, "failing_routes", paths);
     Ev(n, "upstream_errors", absl::StrCat(observed_.proxy().upstream_errors_size()));
     ExplainUpstreamErrors(n);
-    if (!restarted && !reloaded) {
-      // "Backend healthy but nginx can't connect?" — a graceful reload first.
+    if ((!restarted && !reloaded) || evidence == Evidence::kReloadOnly) {
+      // "Backend healthy but nginx can't connect?" — a graceful reload first (again, paced by
+      // policy, when the one the evidence asks for failed: a restart would do no more).
       v1::Action reload =
           MakeAction(v1::ACTION_KIND_RELOAD_PROXY, kProxyTarget,
                      absl::StrCat("upstreams healthy but ", paths, " failing through nginx"));
       if (evidence == Evidence::kReloadOnly) {
         for (const auto& f : d_->findings()) {
-          if (f.code() != "PortMismatch") continue;
+          if (f.code() != "PortMismatch" && f.code() != "StaleUpstreamAddress") continue;
           (*reload.mutable_params())["evidence_code"] = f.code();
           (*reload.mutable_params())["evidence_target"] = f.target();
           (*reload.mutable_params())["evidence_message"] = f.message();
+          (*reload.mutable_params())["evidence_severity"] = v1::Severity_Name(f.severity());
+          for (const auto& [k, v] : f.evidence()) {
+            (*reload.mutable_params())[absl::StrCat("evidence.", k)] = v;
+          }
           break;
         }
       }
