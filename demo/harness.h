@@ -57,6 +57,9 @@ struct HarnessOptions {
   int backend_listen_port = 0;
   // More --allow-exec directories for the agent (the prefix's executable).
   std::vector<std::string> allow_exec;
+  // nginx's error_log level: "error" logs every failed upstream connection (upkeep's error-log
+  // path); "crit" logs none of them, leaving upkeep only its route probes.
+  std::string nginx_error_log_level = "error";
 };
 
 // One line of what happened, for the demo's timeline.
@@ -109,6 +112,18 @@ class StackHarness {
   absl::Status StopNginx();              // nginx master quits
   absl::Status MisconfigureNginxPort();  // nginx reloaded with the backend on a wrong port
   absl::Status RestoreNginxConfig();     // the good config back (and reloaded by hand)
+  // The upstream moved under a running nginx, in two steps, with upkeep enforcing throughout
+  // (nothing is paused). Prepare: an old instance of the backend answers on another port, the
+  // running nginx is reloaded to use it (200s through it), and the file on disk is then put
+  // back to the backend's real port without a reload, as a deploy that moved the backend and
+  // rewrote the config but forgot the reload leaves it. Retire: the old instance is SIGKILLed;
+  // from that instant nginx answers 502 for /api/ while the backend is healthy and the file on
+  // disk is right (a reload heals it). Retire returns the instant of the kill.
+  absl::Status PrepareMovedUpstream();
+  absl::StatusOr<absl::Time> RetireMovedUpstream();
+  // Docker runtime: SIGKILLs the backend container's main process from the host (what a
+  // crash looks like to Docker: a `die` event, no `kill`); returns the instant of the kill.
+  absl::StatusOr<absl::Time> KillBackendContainer();
 
   // Re-applies the manifest in dry-run (or enforce) mode.
   absl::Status SetDryRun(bool dry_run);
@@ -159,6 +174,7 @@ class StackHarness {
   int db_port_ = 0;
   std::unique_ptr<upkeep::testing::Subprocess> controller_;
   std::unique_ptr<upkeep::testing::Subprocess> agent_;
+  std::unique_ptr<upkeep::testing::Subprocess> old_upstream_;  // PrepareMovedUpstream's
   std::unique_ptr<upkeep::v1::FleetService::Stub> fleet_;
   bool stopped_ = false;
 };
