@@ -65,14 +65,12 @@ absl::StatusOr<std::pair<std::string, int>> DockerApi::IdAndPid(const std::strin
 absl::Status DockerApi::WatchDies(absl::Duration timeout) {
   if (!watch_.joinable()) watch_ = std::thread([this] { WatchLoop(); });
   absl::MutexLock lock(&mu_);
-  auto done = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-    return connected_ || !watch_error_.empty();
-  };
+  auto done = [this]()
+                  ABSL_SHARED_LOCKS_REQUIRED(mu_) { return connected_ || !watch_error_.empty(); };
   mu_.AwaitWithTimeout(absl::Condition(&done), timeout);
   if (connected_) return absl::OkStatus();
-  return absl::UnavailableError(absl::StrCat("docker events: ", watch_error_.empty()
-                                                                     ? "no answer"
-                                                                     : watch_error_));
+  return absl::UnavailableError(
+      absl::StrCat("docker events: ", watch_error_.empty() ? "no answer" : watch_error_));
 }
 
 void DockerApi::OnEventData(const char* data, size_t n) {

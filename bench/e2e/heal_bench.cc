@@ -26,6 +26,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <random>
 #include <set>
 #include <sstream>
 #include <string>
@@ -175,6 +176,18 @@ absl::Time FirstDetection(StackHarness& h, int64_t seq, absl::Time not_before) {
   return absl::InfiniteFuture();
 }
 
+// Whether every action upkeep asked for since `from` has finished.
+bool ActionsSettled(StackHarness& h, absl::Time from) {
+  auto actions = h.Actions();
+  if (!actions.ok()) return false;
+  for (const auto& a : *actions) {
+    if (a.dry_run() || !a.has_requested_at()) continue;
+    if (upkeep::FromProto(a.requested_at()) < from - absl::Milliseconds(5)) continue;
+    if (!a.result().has_finished_at()) return false;
+  }
+  return true;
+}
+
 // When the last of upkeep's actions asked for in [from, until] finished (InfiniteFuture: none).
 absl::Time RepairFinished(StackHarness& h, absl::Time from, absl::Time until) {
   auto actions = h.Actions();
@@ -190,10 +203,33 @@ absl::Time RepairFinished(StackHarness& h, absl::Time from, absl::Time until) {
   return last;
 }
 
+// HEAL_BENCH_TRACE=1: what upkeep did in one run, in ms from the fault, on stderr.
+void Trace(StackHarness& h, int64_t seq, absl::Time t0, absl::Time healed) {
+  std::fprintf(stderr, "  run: fault at %s, serving again at %.1f ms\n",
+               absl::FormatTime("%H:%M:%E3S", t0, absl::UTCTimeZone()).c_str(), Ms(healed - t0));
+  if (auto events = h.Events(seq); events.ok()) {
+    for (const auto& e : *events) {
+      std::fprintf(stderr, "  %8.1f event %s %s\n", Ms(upkeep::FromProto(e.at()) - t0),
+                   e.reason().c_str(), e.message().substr(0, 100).c_str());
+    }
+  }
+  if (auto actions = h.Actions(); actions.ok()) {
+    for (const auto& a : *actions) {
+      if (upkeep::FromProto(a.requested_at()) < t0 - absl::Milliseconds(5)) continue;
+      if (!a.result().has_finished_at()) continue;
+      std::fprintf(stderr, "  %8.1f action %s requested; started %.1f finished %.1f\n",
+                   Ms(upkeep::FromProto(a.requested_at()) - t0),
+                   upkeep::v1::ActionKind_Name(a.action().kind()).c_str(),
+                   Ms(upkeep::FromProto(a.result().started_at()) - t0),
+                   Ms(upkeep::FromProto(a.result().finished_at()) - t0));
+    }
+  }
+}
+
 struct UpkeepScenario {
   std::string group;
   std::string scenario;
-  std::function<absl::Status(StackHarness&)> prepare;  // untimed, before each run
+  std::function<absl::Status(StackHarness&)> prepare;               // untimed, before each run
   std::function<absl::StatusOr<absl::Time>(StackHarness&)> inject;  // returns the fault's instant
   int port;
   std::string path;
@@ -204,6 +240,7 @@ void RunUpkeep(StackHarness& h, const UpkeepScenario& sc, int runs, Samples* out
   out->group = sc.group;
   out->scenario = sc.scenario;
   out->planned = runs;
+  std::mt19937 rng(std::random_device{}());
   std::unique_ptr<TrafficClient> client;
   if (sc.client) client = std::make_unique<TrafficClient>(sc.port, sc.path);
   for (int i = 0; i < runs; ++i) {
@@ -217,6 +254,9 @@ void RunUpkeep(StackHarness& h, const UpkeepScenario& sc, int runs, Samples* out
         continue;
       }
     }
+    // The fault lands at a uniformly random point of upkeep's 1 s probe period (the runs
+    // would otherwise be phase-locked to it: each run starts right after the last heal).
+    absl::SleepFor(absl::Milliseconds(std::uniform_int_distribution<int>(0, 999)(rng)));
     const int64_t seq = h.LastEventSeq();
     absl::StatusOr<absl::Time> t0 = sc.inject(h);
     if (!t0.ok()) {
@@ -225,16 +265,19 @@ void RunUpkeep(StackHarness& h, const UpkeepScenario& sc, int runs, Samples* out
     }
     absl::Time healed = absl::InfiniteFuture();
     if (client != nullptr) {
-      auto failed = client->First(*t0, [](int s) { return s != 200; }, absl::Seconds(5));
+      auto failed = client->First(
+          *t0, [](int s) { return s != 200; }, absl::Seconds(5));
       auto ok = client->First(
           failed ? failed->sent : *t0, [](int s) { return s == 200; }, absl::Seconds(30));
       if (failed) out->first_fail.push_back(Ms(failed->answered - *t0));
       if (ok) healed = ok->answered;
     } else {
       // Serving again = the first 200 after the fault took effect.
-      WaitFor([&] {
-        return HttpGetStatus("127.0.0.1", sc.port, sc.path, absl::Milliseconds(100)) != 200;
-      }, absl::Seconds(5), absl::Milliseconds(1));
+      WaitFor(
+          [&] {
+            return HttpGetStatus("127.0.0.1", sc.port, sc.path, absl::Milliseconds(100)) != 200;
+          },
+          absl::Seconds(5), absl::Milliseconds(1));
       healed = WaitHttp200(sc.port, sc.path, absl::Seconds(30));
     }
     if (healed == absl::InfiniteFuture()) {
@@ -248,8 +291,10 @@ void RunUpkeep(StackHarness& h, const UpkeepScenario& sc, int runs, Samples* out
     if (detected != absl::InfiniteFuture()) {
       out->detect_ms.push_back(std::max(0.0, Ms(detected - *t0)));
     }
-    const absl::Time repaired = RepairFinished(h, *t0, healed + absl::Milliseconds(5));
+    WaitFor([&] { return ActionsSettled(h, *t0); }, absl::Seconds(10), absl::Milliseconds(5));
+    const absl::Time repaired = RepairFinished(h, *t0, absl::InfiniteFuture());
     if (repaired != absl::InfiniteFuture()) out->action_ms.push_back(Ms(repaired - *t0));
+    if (std::getenv("HEAL_BENCH_TRACE") != nullptr) Trace(h, seq, *t0, healed);
   }
 }
 
@@ -274,21 +319,35 @@ void RunMonit(const std::string& bin_dir, int runs, bool hang, Samples* out) {
   upkeep::testing::TempDir dir;
   const int port = upkeep::testing::FreePort();
   const std::string name = absl::StrCat("monit-peer-", port);
-  const std::string start = absl::StrCat(
-      "/bin/sh -c '", bin_dir, "/upkeep-sample-service --name ", name, " --port ", port,
-      " >/dev/null 2>&1 & echo $! > ", dir.path(), "/sample.pid'");
+  const std::string start =
+      absl::StrCat("/bin/sh -c '", bin_dir, "/upkeep-sample-service --name ", name, " --port ",
+                   port, " >/dev/null 2>&1 & echo $! > ", dir.path(), "/sample.pid'");
   const std::string log = dir.Join("monit.log");
   const std::string rc = absl::StrCat(
       "set daemon 1\n"
-      "set logfile ", log, "\n"
-      "set idfile ", dir.path(), "/monit.id\n"
-      "set statefile ", dir.path(), "/monit.state\n"
-      "set pidfile ", dir.path(), "/monit.pid\n"
-      "check process sample with pidfile ", dir.path(), "/sample.pid\n"
-      "  start program = \"", start, "\" with timeout 1 seconds\n"
-      "  stop program = \"/bin/sh -c 'kill -9 $(cat ", dir.path(), "/sample.pid)'\"\n"
-      "  if failed host 127.0.0.1 port ", port,
-      " protocol http request /health timeout 1 seconds for 3 cycles then restart\n");
+      "set logfile ",
+      log,
+      "\n"
+      "set idfile ",
+      dir.path(),
+      "/monit.id\n"
+      "set statefile ",
+      dir.path(),
+      "/monit.state\n"
+      "set pidfile ",
+      dir.path(),
+      "/monit.pid\n"
+      "check process sample with pidfile ",
+      dir.path(),
+      "/sample.pid\n"
+      "  start program = \"",
+      start,
+      "\" with timeout 1 seconds\n"
+      "  stop program = \"/bin/sh -c 'kill -9 $(cat ",
+      dir.path(),
+      "/sample.pid)'\"\n"
+      "  if failed host 127.0.0.1 port ",
+      port, " protocol http request /health timeout 1 seconds for 3 cycles then restart\n");
   const std::string rc_path = dir.Join("monitrc");
   { std::ofstream(rc_path) << rc; }
   ::chmod(rc_path.c_str(), 0600);
@@ -313,9 +372,9 @@ void RunMonit(const std::string& bin_dir, int runs, bool hang, Samples* out) {
     const absl::Time t0 = absl::Now();
     HttpGetStatus("127.0.0.1", port, hang ? "/fault/hang" : "/fault/crash",
                   absl::Milliseconds(200));
-    WaitFor([&] {
-      return HttpGetStatus("127.0.0.1", port, "/health", absl::Milliseconds(100)) != 200;
-    }, absl::Seconds(5), absl::Milliseconds(1));
+    WaitFor(
+        [&] { return HttpGetStatus("127.0.0.1", port, "/health", absl::Milliseconds(100)) != 200; },
+        absl::Seconds(5), absl::Milliseconds(1));
     const absl::Time healed = WaitHttp200(port, "/health", absl::Seconds(30));
     if (healed == absl::InfiniteFuture()) {
       out->Fail(absl::StrCat("not serving again within 30 s; see ", log));
@@ -354,8 +413,8 @@ absl::StatusOr<std::pair<std::string, absl::Time>> KillContainer(DockerApi& api,
 // The floor of any Docker heal: SIGKILL -> Docker's `die` event reaching a subscriber, plus
 // `docker start` (the Engine API call upkeep makes) -> the service answers. Measured on a
 // container without a restart policy, started again the moment the event arrives.
-void RunDockerFloor(DockerApi& api, const std::string& socket, const std::string& image,
-                    int runs, Samples* out) {
+void RunDockerFloor(DockerApi& api, const std::string& socket, const std::string& image, int runs,
+                    Samples* out) {
   out->group = "crash (docker)";
   out->scenario = "backend crashed";
   out->tool = "floor: `die` event + `docker start` → serving";
@@ -417,8 +476,8 @@ void RunDockerRestartPolicy(DockerApi& api, const std::string& socket, const std
     port = upkeep::testing::FreePort();
     name = absl::StrCat("restart-peer-", port);
     if (absl::Status st =
-            Docker(socket, {"run", "-d", "--restart", "always", "--network", "host", "--name",
-                            name, image, "/upkeep-sample-service", "--port", absl::StrCat(port)});
+            Docker(socket, {"run", "-d", "--restart", "always", "--network", "host", "--name", name,
+                            image, "/upkeep-sample-service", "--port", absl::StrCat(port)});
         !st.ok()) {
       return st;
     }
@@ -475,8 +534,8 @@ std::string Machine() {
   std::ifstream load("/proc/loadavg");
   std::string l1, l5, l15;
   load >> l1 >> l5 >> l15;
-  return absl::StrCat(std::thread::hardware_concurrency(), " cores (", model,
-                      "), load average ", l1, " ", l5, " ", l15);
+  return absl::StrCat(std::thread::hardware_concurrency(), " cores (", model, "), load average ",
+                      l1, " ", l5, " ", l15);
 }
 
 int Main(int argc, char** argv) {
@@ -554,8 +613,8 @@ int Main(int argc, char** argv) {
                            hang, backend, "/health"});
     }
     if (proxy) {
-      scenarios.push_back({"nginx 502", absl::StrCat("nginx 502, upstream healthy (", proxy_label,
-                                                     ")"),
+      scenarios.push_back({"nginx 502",
+                           absl::StrCat("nginx 502, upstream healthy (", proxy_label, ")"),
                            [](StackHarness& x) { return x.PrepareMovedUpstream(); },
                            [](StackHarness& x) { return x.RetireMovedUpstream(); }, proxy_port,
                            "/api/health", /*client=*/true});
@@ -611,7 +670,8 @@ int Main(int argc, char** argv) {
     } else {
       DockerApi api(env->socket());
       if (absl::Status st = api.WatchDies(absl::Seconds(10)); !st.ok()) {
-        std::fprintf(stderr, "heal_bench: skipping docker: %s\n", std::string(st.message()).c_str());
+        std::fprintf(stderr, "heal_bench: skipping docker: %s\n",
+                     std::string(st.message()).c_str());
       } else {
         Samples floor, first, repeated;
         std::fprintf(stderr, "heal_bench: docker floor, %d runs\n", runs);
@@ -644,11 +704,11 @@ int Main(int argc, char** argv) {
   for (const auto& g : groups) {
     for (const auto& s : all) {
       if (s.group != g) continue;
-      absl::StrAppend(&table, "| ", s.scenario, " | ", s.tool, " | ", s.planned, " | ",
-                      s.failures, " | ", Fmt(Percentile(s.detect_ms, 0.5)), " | ",
-                      Fmt(Percentile(s.detect_ms, 0.95)), " | ",
-                      Fmt(Percentile(s.action_ms, 0.5)), " | ", Fmt(Percentile(s.heal_ms, 0.5)),
-                      " | ", Fmt(Percentile(s.heal_ms, 0.95)), " |\n");
+      absl::StrAppend(&table, "| ", s.scenario, " | ", s.tool, " | ", s.planned, " | ", s.failures,
+                      " | ", Fmt(Percentile(s.detect_ms, 0.5)), " | ",
+                      Fmt(Percentile(s.detect_ms, 0.95)), " | ", Fmt(Percentile(s.action_ms, 0.5)),
+                      " | ", Fmt(Percentile(s.heal_ms, 0.5)), " | ",
+                      Fmt(Percentile(s.heal_ms, 0.95)), " |\n");
     }
   }
   // Ratios: each upkeep row to each peer of its group, on the medians.
