@@ -580,6 +580,8 @@ absl::StatusOr<absl::Time> StackHarness::KillBackendContainer() {
     return absl::FailedPreconditionError("KillBackendContainer: not the docker runtime");
   }
   const std::string out = options_.work_dir + "/docker-inspect.out";
+  std::error_code ec;
+  fs::remove(out, ec);  // the command's output is appended
   RETURN_IF_ERROR(RunCommand({"docker", "-H", absl::StrCat("unix://", options_.docker_socket),
                               "inspect", "-f", "{{.State.Pid}}",
                               absl::StrCat(stack_name_, "-backend-", backend_port_)},
