@@ -169,7 +169,8 @@ absl::Status StackHarness::WriteManifest() {
   const bool docker = options_.runtime == Runtime::kDocker;
   manifest_path_ = absl::StrCat(options_.work_dir, "/", stack_name_, ".yaml");
   if (options_.fixed_ports && !docker && !options_.with_db && !options_.crash_loop &&
-      !options_.dry_run && options_.restart_budget == 0 && options_.backoff_initial.empty()) {
+      !options_.dry_run && options_.restart_budget == 0 && options_.backoff_initial.empty() &&
+      options_.backoff_max.empty()) {
     // The demo applies manifests/demo.yaml itself, its relative paths made absolute.
     ASSIGN_OR_RETURN(std::string text,
                      ReadFile(absl::StrCat(options_.source_dir, "/manifests/demo.yaml")));
@@ -268,7 +269,7 @@ absl::Status StackHarness::WriteManifest() {
       budget,
       ", window: 10m}\n"
       "    backoff: {initial: ",
-      backoff, ", max: 30s}\n");
+      backoff, ", max: ", options_.backoff_max.empty() ? "30s" : options_.backoff_max, "}\n");
   return WriteFile(manifest_path_, manifest);
 }
 

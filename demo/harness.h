@@ -37,6 +37,7 @@ struct HarnessOptions {
   bool crash_loop = false;      // the backend exits shortly after every start
   int restart_budget = 0;       // 0: the manifest's
   std::string backoff_initial;  // e.g. "200ms"; empty: the manifest's
+  std::string backoff_max;      // e.g. "1ms" (no backoff: heal_bench); empty: 30s
   std::string host_id = "demo";
   // Mutual TLS between every piece, with a CA made in work_dir/pki (the secure path is the
   // tested one). `pki/` is also an UPKEEP_TLS_DIR for upkeepctl (an admin certificate).
