@@ -124,9 +124,7 @@ absl::Status StackHarness::WriteNginxConfig(int backend_port_in_config) {
       nginx_prefix_,
       "/nginx.pid;\n"
       "error_log ",
-      nginx_prefix_,
-      "/error.log ",
-      options_.nginx_error_log_level,
+      nginx_prefix_, "/error.log ", options_.nginx_error_log_level,
       ";\n"
       "events { worker_connections 256; }\n"
       "http {\n"
@@ -583,10 +581,10 @@ absl::StatusOr<absl::Time> StackHarness::KillBackendContainer() {
   const std::string out = options_.work_dir + "/docker-inspect.out";
   std::error_code ec;
   fs::remove(out, ec);  // the command's output is appended
-  RETURN_IF_ERROR(RunCommand({"docker", "-H", absl::StrCat("unix://", options_.docker_socket),
-                              "inspect", "-f", "{{.State.Pid}}",
-                              absl::StrCat(stack_name_, "-backend-", backend_port_)},
-                             out));
+  RETURN_IF_ERROR(
+      RunCommand({"docker", "-H", absl::StrCat("unix://", options_.docker_socket), "inspect", "-f",
+                  "{{.State.Pid}}", absl::StrCat(stack_name_, "-backend-", backend_port_)},
+                 out));
   ASSIGN_OR_RETURN(std::string text, ReadFile(out));
   int pid = 0;
   if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(text), &pid) || pid <= 1) {
