@@ -61,6 +61,9 @@ struct HarnessOptions {
   // nginx's error_log level: "error" logs every failed upstream connection (upkeep's error-log
   // path); "crit" logs none of them, leaving upkeep only its route probes.
   std::string nginx_error_log_level = "error";
+  // When set: the backend keeps its state there (sample service --data-dir; a failed save
+  // ends it) and the stack names it in the backend's dataPaths.
+  std::string backend_data_dir;
 };
 
 // One line of what happened, for the demo's timeline.
