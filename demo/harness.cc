@@ -3,11 +3,14 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -121,8 +124,8 @@ absl::Status StackHarness::WriteNginxConfig(int backend_port_in_config) {
       nginx_prefix_,
       "/nginx.pid;\n"
       "error_log ",
-      nginx_prefix_,
-      "/error.log error;\n"
+      nginx_prefix_, "/error.log ", options_.nginx_error_log_level,
+      ";\n"
       "events { worker_connections 256; }\n"
       "http {\n"
       "  access_log off;\n"
@@ -164,7 +167,8 @@ absl::Status StackHarness::WriteManifest() {
   const bool docker = options_.runtime == Runtime::kDocker;
   manifest_path_ = absl::StrCat(options_.work_dir, "/", stack_name_, ".yaml");
   if (options_.fixed_ports && !docker && !options_.with_db && !options_.crash_loop &&
-      !options_.dry_run && options_.restart_budget == 0 && options_.backoff_initial.empty()) {
+      !options_.dry_run && options_.restart_budget == 0 && options_.backoff_initial.empty() &&
+      options_.backoff_max.empty()) {
     // The demo applies manifests/demo.yaml itself, its relative paths made absolute.
     ASSIGN_OR_RETURN(std::string text,
                      ReadFile(absl::StrCat(options_.source_dir, "/manifests/demo.yaml")));
@@ -266,7 +270,7 @@ absl::Status StackHarness::WriteManifest() {
       budget,
       ", window: 10m}\n"
       "    backoff: {initial: ",
-      backoff, ", max: 30s}\n");
+      backoff, ", max: ", options_.backoff_max.empty() ? "30s" : options_.backoff_max, "}\n");
   return WriteFile(manifest_path_, manifest);
 }
 
@@ -527,6 +531,76 @@ absl::Status StackHarness::RestoreNginxConfig() {
   return NginxSignal(SIGHUP);
 }
 
+absl::Status StackHarness::PrepareMovedUpstream() {
+  old_upstream_.reset();
+  const int old_port = upkeep::testing::FreePort();
+  const std::string log = absl::StrCat(options_.work_dir, "/backend-old-", old_port, ".log");
+  ASSIGN_OR_RETURN(old_upstream_,
+                   Subprocess::Start({absl::StrCat(options_.bin_dir, "/upkeep-sample-service"),
+                                      "--name", "backend-old", "--port", absl::StrCat(old_port)},
+                                     log));
+  if (!upkeep::testing::WaitForPort("127.0.0.1", old_port, absl::Seconds(10))) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("the old backend did not listen on ", old_port, "; see ", log));
+  }
+  RETURN_IF_ERROR(WriteNginxConfig(old_port));
+  RETURN_IF_ERROR(NginxSignal(SIGHUP));
+  // Moved once /api/ answers from the old instance three times in a row (old workers that
+  // still accepted with the previous config have closed their listeners by then).
+  int in_a_row = 0;
+  const bool moved = upkeep::testing::WaitFor(
+      [&] {
+        std::string body;
+        const int code = upkeep::testing::HttpGetStatus("127.0.0.1", nginx_port_, "/api/",
+                                                        absl::Milliseconds(500), &body);
+        in_a_row = code == 200 && absl::StrContains(body, "backend-old") ? in_a_row + 1 : 0;
+        return in_a_row >= 3;
+      },
+      absl::Seconds(10), absl::Milliseconds(5));
+  // The deploy rewrote the file for the backend's real port and forgot the reload.
+  RETURN_IF_ERROR(WriteNginxConfig(backend_port_));
+  if (!moved) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "nginx did not proxy /api/ to the old backend on ", old_port, " after a reload"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<absl::Time> StackHarness::RetireMovedUpstream() {
+  if (old_upstream_ == nullptr) {
+    return absl::FailedPreconditionError("no old upstream: call PrepareMovedUpstream first");
+  }
+  const absl::Time at = absl::Now();
+  old_upstream_->Signal(SIGKILL);
+  old_upstream_->Wait(absl::Seconds(10));
+  old_upstream_.reset();
+  return at;
+}
+
+absl::StatusOr<absl::Time> StackHarness::KillBackendContainer() {
+  if (options_.runtime != Runtime::kDocker) {
+    return absl::FailedPreconditionError("KillBackendContainer: not the docker runtime");
+  }
+  const std::string out = options_.work_dir + "/docker-inspect.out";
+  std::error_code ec;
+  fs::remove(out, ec);  // the command's output is appended
+  RETURN_IF_ERROR(
+      RunCommand({"docker", "-H", absl::StrCat("unix://", options_.docker_socket), "inspect", "-f",
+                  "{{.State.Pid}}", absl::StrCat(stack_name_, "-backend-", backend_port_)},
+                 out));
+  ASSIGN_OR_RETURN(std::string text, ReadFile(out));
+  int pid = 0;
+  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(text), &pid) || pid <= 1) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the backend container is not running (State.Pid ", text, ")"));
+  }
+  const absl::Time at = absl::Now();
+  if (::kill(pid, SIGKILL) != 0) {
+    return absl::InternalError(absl::StrCat("kill ", pid, ": ", std::strerror(errno)));
+  }
+  return at;
+}
+
 absl::StatusOr<std::vector<upkeep::v1::Event>> StackHarness::Events(int64_t after_seq) {
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
@@ -640,6 +714,7 @@ void StackHarness::Stop() {
   if (controller_ != nullptr) controller_->Stop(absl::Seconds(5));
   agent_.reset();
   controller_.reset();
+  old_upstream_.reset();
   // The services and nginx outlive the agent by design (it adopts them on restart); the
   // harness started them through upkeep, so it stops them here.
   StopNginxAndWait();

@@ -37,6 +37,7 @@ struct HarnessOptions {
   bool crash_loop = false;      // the backend exits shortly after every start
   int restart_budget = 0;       // 0: the manifest's
   std::string backoff_initial;  // e.g. "200ms"; empty: the manifest's
+  std::string backoff_max;      // e.g. "1ms" (no backoff: heal_bench); empty: 30s
   std::string host_id = "demo";
   // Mutual TLS between every piece, with a CA made in work_dir/pki (the secure path is the
   // tested one). `pki/` is also an UPKEEP_TLS_DIR for upkeepctl (an admin certificate).
@@ -57,6 +58,9 @@ struct HarnessOptions {
   int backend_listen_port = 0;
   // More --allow-exec directories for the agent (the prefix's executable).
   std::vector<std::string> allow_exec;
+  // nginx's error_log level: "error" logs every failed upstream connection (upkeep's error-log
+  // path); "crit" logs none of them, leaving upkeep only its route probes.
+  std::string nginx_error_log_level = "error";
   // When set: the backend keeps its state there (sample service --data-dir; a failed save
   // ends it) and the stack names it in the backend's dataPaths.
   std::string backend_data_dir;
@@ -112,6 +116,18 @@ class StackHarness {
   absl::Status StopNginx();              // nginx master quits
   absl::Status MisconfigureNginxPort();  // nginx reloaded with the backend on a wrong port
   absl::Status RestoreNginxConfig();     // the good config back (and reloaded by hand)
+  // The upstream moved under a running nginx, in two steps, with upkeep enforcing throughout
+  // (nothing is paused). Prepare: an old instance of the backend answers on another port, the
+  // running nginx is reloaded to use it (200s through it), and the file on disk is then put
+  // back to the backend's real port without a reload, as a deploy that moved the backend and
+  // rewrote the config but forgot the reload leaves it. Retire: the old instance is SIGKILLed;
+  // from that instant nginx answers 502 for /api/ while the backend is healthy and the file on
+  // disk is right (a reload heals it). Retire returns the instant of the kill.
+  absl::Status PrepareMovedUpstream();
+  absl::StatusOr<absl::Time> RetireMovedUpstream();
+  // Docker runtime: SIGKILLs the backend container's main process from the host (what a
+  // crash looks like to Docker: a `die` event, no `kill`); returns the instant of the kill.
+  absl::StatusOr<absl::Time> KillBackendContainer();
 
   // Re-applies the manifest in dry-run (or enforce) mode.
   absl::Status SetDryRun(bool dry_run);
@@ -162,6 +178,7 @@ class StackHarness {
   int db_port_ = 0;
   std::unique_ptr<upkeep::testing::Subprocess> controller_;
   std::unique_ptr<upkeep::testing::Subprocess> agent_;
+  std::unique_ptr<upkeep::testing::Subprocess> old_upstream_;  // PrepareMovedUpstream's
   std::unique_ptr<upkeep::v1::FleetService::Stub> fleet_;
   bool stopped_ = false;
 };

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make bench`: runs every benchmark and load tool against the build in BUILD_DIR (default
 # build) and regenerates bench/results/:
-#   heal.md    bench/e2e/heal_bench (upkeep, Monit, Docker's restart policy; same run)
+#   heal.md    bench/e2e/heal_bench (upkeep, Monit, the Docker floor and Docker's restart
+#              policy, nginx 502 under client traffic; same run; bench/results/heal-notes.md
+#              is appended to it)
 #   latest.md  Diagnose per call (bench/core/diagnose_bench), the idle agent's footprint
 #              (bench/agent/footprint), controller load at 1,000 and 10,000 simulated agents
 #              (bench/controller/load.sh), each with the date, the machine and its load.

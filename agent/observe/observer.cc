@@ -63,6 +63,10 @@ struct Target {
   v1::ProbeResult last;
   v1::HealthState health = v1::HEALTH_STATE_UNSPECIFIED;
   bool poke = false;
+  // A new upstream error came within kErrorRepoke of the last probe: probe at this time (even
+  // if no further error comes), and until then the probe loop waits at most till `wait_until`.
+  absl::Time poke_at = absl::InfiniteFuture();
+  absl::Time wait_until = absl::InfiniteFuture();
   bool stop = false;
   // Slow or hung? After a probe times out, the same request is sent again and allowed to run
   // up to kLateLimit; `late` keeps what it measured (cleared by the next probe that passes).
@@ -227,15 +231,27 @@ class ObserverImpl : public StackObserver {
   // that last passed. A route already failing keeps its period: its own failing probes write
   // such errors, and poking it for them would probe it in a loop as fast as nginx answers (a
   // thousand probes and observations a second, which buried the controller in stale ones).
-  // At most once per kErrorRepoke: real traffic can log errors by the hundred per second.
+  // At most once per kErrorRepoke: real traffic can log errors by the hundred per second. An
+  // error within kErrorRepoke of the last probe defers the probe to the end of that window
+  // rather than dropping it (the next error may never come: one failed request is enough).
   void OnProxyChange(const std::string& stack, ProxyDriver::Change change) {
     absl::MutexLock lock(&mu_);
     auto it = stacks_.find(stack);
     if (it != stacks_.end() && change == ProxyDriver::Change::kUpstreamError) {
       const absl::Time now = absl::Now();
+      bool poked = false;
       for (auto& [key, t] : it->second->targets) {
-        if (t->route && RepokeOnUpstreamError(t->last, now)) t->poke = true;
+        if (!t->route) continue;
+        if (RepokeOnUpstreamError(t->last, now)) {
+          t->poke = poked = true;
+        } else if (t->last.ok()) {
+          t->poke_at = std::min(t->poke_at, FromProto(t->last.at()) + kErrorRepoke);
+        }
       }
+      // A poked route reports with its probe's result: an observation built now would only
+      // delay the one that carries it (the errors alone decide nothing; they go with it, or
+      // with the next resync if the route still passes).
+      if (poked) return;
     }
     dirty_ = true;
   }
@@ -385,10 +401,17 @@ class ObserverImpl : public StackObserver {
           t->last.status_code() != status_before || absl::Now() < forced_until_) {
         dirty_ = true;
       }
-      mu_.AwaitWithDeadline(absl::Condition(
-                                +[](Target* x) { return x->poke || x->stop; }, t),
-                            absl::Now() + t->period);
+      t->wait_until = absl::Now() + t->period;
+      while (!t->poke && !t->stop) {
+        t->wait_until = std::min(t->wait_until, t->poke_at);
+        if (absl::Now() >= t->wait_until) break;
+        mu_.AwaitWithDeadline(
+            absl::Condition(
+                +[](Target* x) { return x->poke || x->stop || x->poke_at < x->wait_until; }, t),
+            t->wait_until);
+      }
       t->poke = false;
+      t->poke_at = absl::InfiniteFuture();
       if (t->stop) return;
     }
   }

@@ -382,7 +382,18 @@ pid_t NginxDriver::MasterPid() const {
 std::vector<pid_t> NginxDriver::Workers(pid_t master) const {
   std::vector<pid_t> out;
   if (master <= 0) return out;
-  DIR* d = opendir("/proc");
+  // The master is single-threaded: its children are its main thread's (one small read, where
+  // a scan of /proc reads every process's stat: milliseconds on a busy host, per observation).
+  if (std::ifstream children(absl::StrCat("/proc/", master, "/task/", master, "/children"));
+      children) {
+    int pid = 0;
+    while (children >> pid) {
+      if (Alive(pid)) out.push_back(pid);
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+  DIR* d = opendir("/proc");  // a kernel without CONFIG_PROC_CHILDREN
   if (d == nullptr) return out;
   while (dirent* e = readdir(d)) {
     int pid = 0;
@@ -593,9 +604,19 @@ absl::StatusOr<std::string> NginxDriver::Reload(absl::Duration timeout) {
   // Confirmed only once every old worker has exited or is shutting down (it has closed its
   // listening sockets): until then an old worker with the old config still accepts, and a
   // probe that reaches it says nothing about the new config.
+  //
+  // The master forks the new workers, then sleeps 100 ms before it tells the old ones to quit
+  // ("allow new processes to start", ngx_master_process_cycle), and until then both
+  // generations accept: a request has even odds of the old config for 100 ms. Once the new
+  // workers run, the old ones are sent what the master sends them after that sleep (SIGQUIT:
+  // close the listeners, finish the requests in flight, exit). The listening sockets stay open
+  // in the master and the new workers, so no connection is refused meanwhile; the master marks
+  // the old workers exiting when its sleep ends (a SIGCHLD cuts it short) before it reaps them,
+  // so none is respawned.
   const absl::Time deadline = absl::Now() + timeout;
   std::vector<pid_t> fresh;
   std::vector<pid_t> accepting;
+  std::set<pid_t> told;
   while (absl::Now() < deadline) {
     fresh.clear();
     accepting.clear();
@@ -604,6 +625,11 @@ absl::StatusOr<std::string> NginxDriver::Reload(absl::Duration timeout) {
     }
     for (pid_t w : before) {
       if (Alive(w) && !WorkerShuttingDown(w)) accepting.push_back(w);
+    }
+    if (fresh.size() >= before.size() && !fresh.empty()) {
+      for (pid_t w : accepting) {
+        if (told.insert(w).second) ::kill(w, SIGQUIT);
+      }
     }
     if (!fresh.empty() && accepting.empty()) {
       ClearErrors();

@@ -1,7 +1,8 @@
 // NginxDriver: the ProxyDriver (agent/proxy/proxy_driver.h) for nginx. Sees the master (pid
 // file + /proc) and its workers, tests the config (`nginx -t`, output kept), starts, reloads
 // (SIGHUP to the master, confirmed once a new worker runs and every old worker has exited or
-// is shutting down; never sent when the config test fails)
+// is shutting down; never sent when the config test fails; once the new workers run, the old
+// ones are sent SIGQUIT, what the master sends them only after a fixed 100 ms pause)
 // and restarts nginx, and tails the error log — surviving rotation — turning upstream errors
 // into typed records counted since the last reload/restart.
 //

@@ -337,6 +337,30 @@ TEST_F(NginxTest, ReloadIsConfirmedWhenOldWorkersStopAccepting) {
   ::close(fd);
 }
 
+// Reload tells the old workers to quit itself once the new ones run, instead of waiting for the
+// master's own 100 ms pause; the master must still take them as exiting and never respawn one
+// (it respawns a worker that exits unasked). Once the master has reaped the old worker, nginx
+// runs exactly the new worker, through several reloads.
+TEST_F(NginxTest, ReloadNeverGetsAnOldWorkerRespawned) {
+  NginxDriver nginx(spec_);
+  ASSERT_TRUE(nginx.Start(absl::Seconds(10)).ok());
+  ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", port_));
+  for (int i = 0; i < 5; ++i) {
+    v1::ProxyObservation before;
+    ASSERT_TRUE(OneWorker(nginx, &before));
+    const pid_t old_worker = before.worker_pids(0);
+    auto reloaded = nginx.Reload(absl::Seconds(10));
+    ASSERT_TRUE(reloaded.ok()) << reloaded.status();
+    // Reaped by the master (a zombie still answers kill 0): a respawn would have happened.
+    ASSERT_TRUE(WaitFor([&] { return ::kill(old_worker, 0) != 0; }, absl::Seconds(10)));
+    v1::ProxyObservation after;
+    nginx.Observe(&after);
+    ASSERT_EQ(after.worker_pids_size(), 1) << "reload " << i << ": " << after.DebugString();
+    EXPECT_NE(after.worker_pids(0), old_worker);
+    EXPECT_EQ(upkeep::testing::HttpGetStatus("127.0.0.1", port_, "/"), 200);
+  }
+}
+
 // A toy upstream that reads a request and then closes the connection, either cleanly (nginx:
 // "upstream prematurely closed connection") or with a reset ("Connection reset by peer").
 class ClosingUpstream {
