@@ -177,6 +177,10 @@ ActionDispatcher::Outcome ActionDispatcher::Deliver(const WorkKey& key,
     metrics_->Observe("upkeep_detect_to_action_seconds",
                       absl::ToDoubleSeconds(clock_->Now() - problem_since));
   }
+  if (metrics_ != nullptr && record.action().has_rate_limited_for()) {
+    metrics_->Observe("upkeep_rate_limit_wait_seconds",
+                      absl::ToDoubleSeconds(FromProto(record.action().rate_limited_for())));
+  }
   UPKEEP_LOG(info, "action_sent",
              {{"id", record.action().id()},
               {"stack", key.stack},
@@ -203,7 +207,7 @@ ActionDispatcher::Outcome ActionDispatcher::Deliver(const WorkKey& key,
 
 ActionDispatcher::DispatchResult ActionDispatcher::Dispatch(
     const WorkKey& key, const std::vector<v1::PlannedAction>& allowed, const std::string& why,
-    absl::Time problem_since, absl::Duration keep_for) {
+    absl::Time problem_since, absl::Duration keep_for, absl::Time rate_limited_since) {
   DispatchResult out;
   if (allowed.empty()) return out;
   {
@@ -228,6 +232,9 @@ ActionDispatcher::DispatchResult ActionDispatcher::Dispatch(
     }
     tokens_ -= 1;
     out.record = NewRecordLocked(key, allowed.front().action(), false, why);
+    if (rate_limited_since != absl::InfinitePast() && rate_limited_since < now) {
+      *out.record.mutable_action()->mutable_rate_limited_for() = ToProto(now - rate_limited_since);
+    }
     AppendLocked(key, out.record);
     ka.queued.assign(allowed.begin() + 1, allowed.end());
     ka.why = why;
@@ -245,7 +252,9 @@ void ActionDispatcher::RecordWouldDo(const WorkKey& key,
   std::vector<v1::ActionRecord> records;
   {
     absl::MutexLock lock(&mu_);
-    KeyActions& ka = keys_[key];
+    auto it = keys_.find(key);
+    if (it == keys_.end() && sig.empty()) return;  // nothing to record: no state for the key
+    KeyActions& ka = it != keys_.end() ? it->second : keys_[key];
     if (sig == ka.last_would_do) return;
     ka.last_would_do = sig;
     const absl::Time now = clock_->Now();

@@ -22,6 +22,7 @@
 #define UPKEEP_CONTROLLER_DISPATCH_ACTION_DISPATCHER_H_
 
 #include <deque>
+#include <list>
 #include <map>
 #include <memory>
 #include <set>
@@ -88,9 +89,12 @@ class ActionDispatcher {
   };
   // Starts the sequence `allowed` (in order) for `key`. `why` is the decision path;
   // `keep_for`, when set, is how far back the key's policy looks (its history is pruned to it).
+  // `rate_limited_since`: when the token bucket first turned this key's repair away (the caller
+  // keeps it across retries); the action records the wait (Action.rate_limited_for).
   DispatchResult Dispatch(const WorkKey& key, const std::vector<upkeep::v1::PlannedAction>& allowed,
                           const std::string& why, absl::Time problem_since,
-                          absl::Duration keep_for = absl::ZeroDuration());
+                          absl::Duration keep_for = absl::ZeroDuration(),
+                          absl::Time rate_limited_since = absl::InfinitePast());
   // Records "would do" entries for dry-run actions, once per distinct set.
   void RecordWouldDo(const WorkKey& key, const std::vector<upkeep::v1::PlannedAction>& would_do);
   // A person's action: recorded (with who asked) and sent at once (no in-flight or bucket
@@ -131,7 +135,8 @@ class ActionDispatcher {
  private:
   struct KeyActions {
     History history = std::make_shared<const std::vector<upkeep::v1::ActionRecord>>();
-    std::deque<upkeep::v1::PlannedAction> queued;  // rest of a running sequence
+    // Rest of a running sequence (a list: an idle key's costs nothing, where a deque allocates).
+    std::list<upkeep::v1::PlannedAction> queued;
     std::string why;                               // of the running sequence
     std::string last_would_do;
     absl::Duration keep_for = absl::ZeroDuration();  // zero: options_.keep_for

@@ -21,6 +21,8 @@ Metrics::Metrics() {
        "From the observation that showed a problem to the action being sent."},
       {"upkeep_action_to_healed_seconds", "histogram",
        "From an action being sent to the stack being healthy again."},
+      {"upkeep_rate_limit_wait_seconds", "histogram",
+       "How long the fleet-wide action rate limit held an action back (only actions it held)."},
   };
   for (const auto& [name, type, help] : defs) {
     types_[name] = type;
