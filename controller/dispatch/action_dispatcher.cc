@@ -220,17 +220,34 @@ ActionDispatcher::DispatchResult ActionDispatcher::Dispatch(
       return out;
     }
     const double rate = std::max(1, options_.max_actions_per_second);
-    if (tokens_ < 0) tokens_ = rate;
-    if (tokens_at_ != absl::InfinitePast()) {
+    if (tokens_at_ == absl::InfinitePast()) {
+      tokens_ = rate;
+    } else {
       tokens_ = std::min(rate, tokens_ + absl::ToDoubleSeconds(now - tokens_at_) * rate);
     }
     tokens_at_ = now;
-    if (tokens_ < 1) {
+    // A reservation older than this was not claimed (the repair was no longer wanted): void.
+    const absl::Duration kReservationGrace = absl::Seconds(1);
+    if (ka.token_at != absl::InfinitePast() && now < ka.token_at + kReservationGrace) {
+      if (now < ka.token_at) {  // turned away before: its token is not due yet
+        out.outcome = Outcome::kRateLimited;
+        out.retry_after = ka.token_at - now;
+        return out;
+      }
+      ka.token_at = absl::InfinitePast();  // its token was taken when it was turned away
+    } else if (tokens_ < 1) {
+      // The bucket is empty: the key reserves the next free token (the bucket goes negative),
+      // so waiters go in turn and each comes back once, when its token is due, instead of all
+      // of them retrying every few milliseconds (a reconcile each) in a storm.
+      ka.token_at = now + absl::Seconds((1 - tokens_) / rate);
+      tokens_ -= 1;
       out.outcome = Outcome::kRateLimited;
-      out.retry_after = absl::Seconds((1 - tokens_) / rate);
+      out.retry_after = ka.token_at - now;
       return out;
+    } else {
+      ka.token_at = absl::InfinitePast();
+      tokens_ -= 1;
     }
-    tokens_ -= 1;
     out.record = NewRecordLocked(key, allowed.front().action(), false, why);
     if (rate_limited_since != absl::InfinitePast() && rate_limited_since < now) {
       *out.record.mutable_action()->mutable_rate_limited_for() = ToProto(now - rate_limited_since);

@@ -7,7 +7,9 @@
 //     fails the action is NOT sent (and not kept): an alert event (StoreUnavailable) says so,
 //     and the caller retries later.
 //   - At most one automatic action in flight per key (answered, or older than
-//     kInFlightTimeout); a fleet-wide token bucket limits actions per second.
+//     kInFlightTimeout); a fleet-wide token bucket limits actions per second. A key the empty
+//     bucket turns away reserves the next free token and is told when it is due: waiters go
+//     in turn, each retried once.
 //   - Resend on reconnect: actions sent and never answered go again with the same id (the agent
 //     executes an id at most once and replays its result).
 //   - Memory stays bounded: per key, only the records policy looks at — those younger than the
@@ -140,6 +142,8 @@ class ActionDispatcher {
     std::string why;                               // of the running sequence
     std::string last_would_do;
     absl::Duration keep_for = absl::ZeroDuration();  // zero: options_.keep_for
+    // Turned away by the token bucket: when the token it reserved is due (InfinitePast: none).
+    absl::Time token_at = absl::InfinitePast();
   };
   upkeep::v1::ActionRecord NewRecordLocked(const WorkKey& key, const upkeep::v1::Action& action,
                                            bool manual, const std::string& why)
@@ -165,7 +169,8 @@ class ActionDispatcher {
   mutable absl::Mutex mu_;
   std::map<WorkKey, KeyActions> keys_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, WorkKey> index_ ABSL_GUARDED_BY(mu_);  // action id -> key
-  double tokens_ ABSL_GUARDED_BY(mu_) = -1;
+  // The fleet-wide bucket; negative while keys hold reservations (KeyActions::token_at).
+  double tokens_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time tokens_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   // Manual actions someone waits for: id -> result (empty until it arrives).
   std::map<std::string, upkeep::v1::ActionResult> manual_waiters_ ABSL_GUARDED_BY(mu_);
