@@ -201,6 +201,9 @@ absl::Status StackHarness::WriteManifest() {
                       " failureThreshold: 3}\n");
     }
     absl::StrAppend(&s, "      logs: {tail: 50}\n      stopTimeout: 2s\n");
+    if (name == "backend" && !options_.backend_data_dir.empty()) {
+      absl::StrAppend(&s, "      dataPaths: [", options_.backend_data_dir, "]\n");
+    }
     if (!depends.empty()) absl::StrAppend(&s, "      dependsOn: [", depends, "]\n");
     return s;
   };
@@ -572,6 +575,10 @@ std::vector<std::string> StackHarness::ExtraArgs(const std::string& service) con
   std::vector<std::string> args;
   if (service == "backend" && options_.with_db) {
     args = {"--require", absl::StrCat("127.0.0.1:", db_port_)};
+  }
+  if (service == "backend" && !options_.backend_data_dir.empty()) {
+    args.push_back("--data-dir");
+    args.push_back(options_.backend_data_dir);
   }
   if (service == "backend" && options_.crash_loop) {
     args.push_back("--exit-after");

@@ -57,6 +57,9 @@ struct HarnessOptions {
   int backend_listen_port = 0;
   // More --allow-exec directories for the agent (the prefix's executable).
   std::vector<std::string> allow_exec;
+  // When set: the backend keeps its state there (sample service --data-dir; a failed save
+  // ends it) and the stack names it in the backend's dataPaths.
+  std::string backend_data_dir;
 };
 
 // One line of what happened, for the demo's timeline.

@@ -3,6 +3,7 @@
 //
 //   upkeep-sample-service --port N [--address A] [--name NAME] [--unhealthy]
 //                         [--start-delay DUR] [--exit-after DUR] [--require HOST:PORT]
+//                         [--data-dir DIR]
 //   upkeep-sample-service --check http://HOST:PORT/PATH
 //       exits 0 when the GET answers 2xx within 2s, else 1 (a HEALTHCHECK for the image)
 //
@@ -15,11 +16,17 @@
 //     upstream that restarted under nginx's connections does; HTTP/1.1 ones (direct probes,
 //     curl) and /fault/ requests are answered. /fault/healthy ends it.
 // SIGUSR1 -> unhealthy, SIGUSR2 -> healthy, SIGTERM -> exit 0. One log line per request.
+// --data-dir: the service keeps its state in DIR/NAME.state, saved (written to a new file,
+// then renamed over the old one) when it starts and on every request, as a database
+// checkpoints. A save that fails (a full disk: "No space left on device") is logged and the
+// service exits 1, at start or while it runs.
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -42,6 +49,9 @@ std::string g_name = "sample";
 std::string g_require_host;
 int g_require_port = 0;
 std::mutex g_log_mu;
+std::string g_data_dir;  // empty: no state kept
+std::mutex g_state_mu;
+long g_requests = 0;
 
 void OnSignal(int sig) {
   if (sig == SIGUSR1) g_unhealthy = true;
@@ -68,6 +78,39 @@ void Log(const std::string& line) {
   std::printf("%ld.%03ld %s %s\n", static_cast<long>(ts.tv_sec), ts.tv_nsec / 1000000,
               g_name.c_str(), line.c_str());
   std::fflush(stdout);
+}
+
+// Saves the state file; on failure logs why and exits 1 (the service cannot run without it).
+void SaveState() {
+  if (g_data_dir.empty()) return;
+  std::lock_guard<std::mutex> lock(g_state_mu);
+  const std::string path = g_data_dir + "/" + g_name + ".state";
+  const std::string tmp = path + ".tmp";
+  const std::string text = g_name + " requests " + std::to_string(g_requests++) + "\n";
+  const char* what = "open";
+  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  bool ok = fd >= 0;
+  if (ok) {
+    what = "write";
+    ok = write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+    const int e = errno;
+    if (close(fd) != 0 && ok) {
+      what = "close";
+      ok = false;
+    } else {
+      errno = e;
+    }
+  }
+  if (ok) {
+    what = "rename";
+    ok = rename(tmp.c_str(), path.c_str()) == 0;
+  }
+  if (ok) return;
+  const int e = errno;
+  unlink(tmp.c_str());
+  Log(std::string("cannot save state: ") + what + " " + tmp + ": " + std::strerror(e) +
+      ": exiting 1");
+  _exit(1);
 }
 
 bool PeerUp(const std::string& host, int port) {
@@ -161,6 +204,7 @@ void Serve(int fd) {
     return;
   }
   if (const int ms = g_slow_ms.load(); ms > 0) usleep(static_cast<useconds_t>(ms) * 1000);
+  if (path.rfind("/fault/", 0) != 0) SaveState();
   int code = 200;
   std::string body = g_name + " ok\n";
   if (path == "/health") {
@@ -323,6 +367,8 @@ int main(int argc, char** argv) {
       start_delay_ms = ParseDurationMs(next());
     else if (a == "--exit-after")
       exit_after_ms = ParseDurationMs(next());
+    else if (a == "--data-dir")
+      g_data_dir = next();
     else if (a == "--require") {
       const std::string hp = next();
       const size_t colon = hp.rfind(':');
@@ -341,7 +387,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: upkeep-sample-service --port N [--address A] [--name NAME] "
                  "[--unhealthy] [--start-delay DUR] [--exit-after DUR] "
-                 "[--require HOST:PORT]\n");
+                 "[--require HOST:PORT] [--data-dir DIR]\n");
     return 2;
   }
   signal(SIGPIPE, SIG_IGN);
@@ -350,6 +396,10 @@ int main(int argc, char** argv) {
   signal(SIGTERM, OnSignal);
   signal(SIGINT, OnSignal);
   if (start_delay_ms > 0) usleep(static_cast<useconds_t>(start_delay_ms) * 1000);
+  if (!g_data_dir.empty()) {
+    mkdir(g_data_dir.c_str(), 0755);  // EEXIST is fine; a real failure shows in the save
+    SaveState();
+  }
   const int lfd = Listen(address, port);
   if (lfd < 0) {
     std::fprintf(stderr, "upkeep-sample-service: cannot listen on %s:%d: %s\n", address.c_str(),

@@ -44,6 +44,7 @@ echo "# Latest benchmark run (scripts/bench.sh)" >"$OUT"
 echo >>"$OUT"
 section "Diagnose per call" "$BENCH/diagnose_bench" --benchmark_min_time=0.5
 section "Idle agent, 3 services probed each second" "$BENCH/agent_footprint" "$SECONDS_IDLE" "$BIN"
+section "Agent, process crash -> exit seen and Start -> serving" "$BENCH/agent_process_crash" 20 "$BIN"
 for n in "${AGENTS[@]}"; do
   for broken in 0.02 0.2; do  # the two breaking rates (#15)
     BROKEN=$broken section "Controller load, $n agents, $broken of backends breaking" \

@@ -5,6 +5,12 @@
 #   scripts/dockerd.sh start DIR   # starts dockerd, waits (deadline) until DIR/docker.sock answers /_ping
 #   scripts/dockerd.sh stop DIR    # SIGTERM to exactly the pid in DIR/docker.pid, waits, then SIGKILL
 #
+# Inside a network namespace of a test's own: `nsenter --net=/run/netns/NAME scripts/dockerd.sh
+# start DIR` (not `ip netns exec`, which remounts /sys and hides the cgroup hierarchy dockerd
+# needs). --bridge=none only drops the default bridge: a user-defined network (`docker network
+# create --subnet ...`) still gives containers addresses of their own, in that namespace only
+# (tests/support/docker/netns_dockerd.h).
+#
 # The exec root is a short directory (/tmp/upk-XXXX, recorded in DIR/exec-root) because
 # containerd's unix socket paths must stay under ~108 bytes. Log: DIR/dockerd.log.
 set -euo pipefail

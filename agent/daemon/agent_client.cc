@@ -501,7 +501,25 @@ void AgentClient::AutonomyLoop() {
     const bool up = connected();
     {
       absl::MutexLock lock(&mu_);
-      mu_.AwaitWithTimeout(absl::Condition(&stop_), absl::Milliseconds(50));
+      if (up) {
+        // Connected: nothing to decide until this stream ends or another replaces it, so wait
+        // for that instead of looking every 50 ms (an idle agent woke 20 times a second here).
+        // The 1 s bound is only a backstop.
+        struct Seen {
+          const AgentClient* c;
+          const Link* link;
+        } seen{this, link_.get()};
+        mu_.AwaitWithTimeout(absl::Condition(
+                                 +[](Seen* s) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                                   return s->c->stop_ || s->c->link_done_ ||
+                                          s->c->link_.get() != s->link;
+                                 },
+                                 &seen),
+                             absl::Seconds(1));
+      } else {
+        // Down: the grace period runs on options_.clock (simulated in tests), so look often.
+        mu_.AwaitWithTimeout(absl::Condition(&stop_), absl::Milliseconds(50));
+      }
       if (stop_) return;
       const absl::Time now = options_.clock->Now();
       if (up) {

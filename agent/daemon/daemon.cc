@@ -1,8 +1,11 @@
 #include "agent/daemon/daemon.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -20,7 +23,12 @@ namespace upkeep::agent {
 namespace {
 
 std::atomic<bool> g_stop{false};
-void OnSignal(int) { g_stop = true; }
+int g_wake_fd = -1;  // the write end of the main thread's self-pipe
+void OnSignal(int) {
+  g_stop = true;
+  const char c = 1;
+  if (g_wake_fd >= 0) (void)!::write(g_wake_fd, &c, 1);  // async-signal-safe
+}
 
 }  // namespace
 
@@ -89,6 +97,14 @@ int RunDaemon(int argc, char** argv) {
     return 2;
   }
   InitLogging("agent", json, spdlog::level::info);
+  // The main thread sleeps on a self-pipe the signal handler writes to: an idle agent wakes
+  // for nothing (it polled a flag every 100 ms).
+  int wake[2];
+  if (::pipe2(wake, O_CLOEXEC) != 0) {
+    UPKEEP_LOG(critical, "agent_start_failed", {{"error", "pipe2 failed"}});
+    return 1;
+  }
+  g_wake_fd = wake[1];
   ::signal(SIGINT, OnSignal);
   ::signal(SIGTERM, OnSignal);
   ::signal(SIGPIPE, SIG_IGN);
@@ -121,7 +137,10 @@ int RunDaemon(int argc, char** argv) {
   }
   UPKEEP_LOG(info, "agent_started",
              {{"host", options.host_id}, {"controller", options.controller}});
-  while (!g_stop) absl::SleepFor(absl::Milliseconds(100));  // signal polling
+  while (!g_stop) {
+    char c;
+    if (::read(wake[0], &c, 1) < 0 && errno != EINTR) break;
+  }
   UPKEEP_LOG(info, "agent_stopping", {});
   client.Shutdown();
   return 0;

@@ -1,8 +1,11 @@
 // Disk usage of the filesystems a stack needs: each service's data (spec dataPaths), the proxy's
-// error log, and the agent's own data directory. One FilesystemUsage per filesystem (by device),
-// naming everything it holds, so the decision engine can say "the disk holding backend's data
-// is 99% full" and blame a crash or a failing `nginx -t` on it. statvfs only: cheap enough for
-// every assembly. Pure apart from the statvfs calls; thread-safe.
+// error log, pid file and prefix (its temp files), and the agent's own data directory. One
+// FilesystemUsage per filesystem (by device), named by its mount point (the longest mount point
+// of /proc/self/mountinfo above the path, as df names it) and naming every path it holds, so
+// the decision engine can say "/srv, which holds backend's data, is 99% full" and blame a crash
+// or a failing `nginx -t` on it. Blocks and inodes both: a filesystem out of inodes says "No
+// space left on device" with its blocks half free. statvfs and one read of mountinfo: cheap
+// enough for every assembly. Pure apart from those reads; thread-safe.
 #ifndef UPKEEP_AGENT_OBSERVE_DISK_H_
 #define UPKEEP_AGENT_OBSERVE_DISK_H_
 

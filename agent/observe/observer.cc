@@ -125,12 +125,13 @@ class ObserverImpl : public StackObserver {
     v1::StackObservation o = Header(stack);
     std::vector<ProbeRequest> requests;
     std::vector<int> service_index;
+    ListenerSnapshot listeners;
     for (const auto& svc : stack.spec().services()) {
       v1::ServiceObservation* so = o.add_services();
       *so = runtime != nullptr ? runtime->Inspect(svc) : v1::ServiceObservation();
       so->set_name(svc.name());
       if (runtime == nullptr) so->set_error(runtime_error);
-      for (const auto& l : ServiceListeners(so->pid())) *so->add_listening() = l;
+      for (const auto& l : listeners.Of(so->pid())) *so->add_listening() = l;
       requests.push_back(ServiceProbe(svc));
       service_index.push_back(o.services_size() - 1);
     }
@@ -395,6 +396,7 @@ class ObserverImpl : public StackObserver {
   // Outside the lock: runtime calls (Docker HTTP), /proc and log reads.
   v1::StackObservation Build(const StackState& st, const std::map<std::string, TargetView>& views) {
     v1::StackObservation o = Header(st.spec);
+    ListenerSnapshot listeners;
     for (const auto& svc : st.spec.spec().services()) {
       v1::ServiceObservation* so = o.add_services();
       if (st.runtime != nullptr) {
@@ -403,7 +405,7 @@ class ObserverImpl : public StackObserver {
         so->set_error(st.runtime_error);
       }
       so->set_name(svc.name());
-      for (const auto& l : ServiceListeners(so->pid())) *so->add_listening() = l;
+      for (const auto& l : listeners.Of(so->pid())) *so->add_listening() = l;
       auto it = views.find("svc:" + svc.name());
       if (it != views.end() && so->running()) {
         if (JudgedOnAnEarlierStart(*so, it->second)) {

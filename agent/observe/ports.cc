@@ -2,8 +2,15 @@
 
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <set>
@@ -76,7 +83,72 @@ std::vector<Listener> ParseProcNetTcp(absl::string_view text, bool ipv6) {
   return out;
 }
 
+namespace {
+
+constexpr int kTcpListen = 10;  // TCP_LISTEN in the kernel's state numbering
+
+// One SOCK_DIAG_BY_FAMILY dump of `family`'s listening TCP sockets into `out`.
+bool DumpListening(int fd, int family, std::vector<Listener>* out) {
+  struct {
+    nlmsghdr nlh;
+    inet_diag_req_v2 req;
+  } msg{};
+  msg.nlh.nlmsg_len = sizeof(msg);
+  msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  msg.req.sdiag_family = static_cast<uint8_t>(family);
+  msg.req.sdiag_protocol = IPPROTO_TCP;
+  msg.req.idiag_states = 1u << kTcpListen;
+  sockaddr_nl kernel{};
+  kernel.nl_family = AF_NETLINK;
+  if (::sendto(fd, &msg, sizeof(msg), 0, reinterpret_cast<sockaddr*>(&kernel), sizeof(kernel)) !=
+      static_cast<ssize_t>(sizeof(msg))) {
+    return false;
+  }
+  alignas(nlmsghdr) char buf[16384];
+  while (true) {
+    const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) return false;
+    int len = static_cast<int>(n);
+    for (auto* h = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(h, len); h = NLMSG_NEXT(h, len)) {
+      if (h->nlmsg_type == NLMSG_DONE) return true;
+      if (h->nlmsg_type == NLMSG_ERROR) return false;
+      if (h->nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) continue;
+      const auto* d = static_cast<const inet_diag_msg*>(NLMSG_DATA(h));
+      if (d->idiag_state != kTcpListen) continue;
+      char text[INET6_ADDRSTRLEN];
+      if (inet_ntop(d->idiag_family, d->id.idiag_src, text, sizeof(text)) == nullptr) continue;
+      Listener l;
+      l.socket.set_address(text);
+      l.socket.set_port(ntohs(d->id.idiag_sport));
+      l.socket.set_ipv6(d->idiag_family == AF_INET6);
+      l.inode = d->idiag_inode;
+      out->push_back(std::move(l));
+    }
+  }
+}
+
+// The inode of `pid`'s network namespace (0 when unreadable); pid 0 is this process.
+uint64_t NetNamespace(pid_t pid) {
+  struct stat st;
+  const std::string path = pid > 0 ? absl::StrCat("/proc/", pid, "/ns/net") : "/proc/self/ns/net";
+  return ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
+}
+
+}  // namespace
+
+std::optional<std::vector<Listener>> ListListenersNetlink() {
+  const int fd = ::socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+  if (fd < 0) return std::nullopt;
+  std::vector<Listener> all;
+  const bool ok = DumpListening(fd, AF_INET, &all) && DumpListening(fd, AF_INET6, &all);
+  ::close(fd);
+  if (!ok) return std::nullopt;
+  return all;
+}
+
 std::vector<Listener> ListListeners() {
+  if (auto all = ListListenersNetlink()) return *std::move(all);
   std::vector<Listener> all = ParseProcNetTcp(ReadAll("/proc/net/tcp"), false);
   for (auto& l : ParseProcNetTcp(ReadAll("/proc/net/tcp6"), true)) all.push_back(l);
   return all;
@@ -125,9 +197,9 @@ std::vector<upkeep::v1::ListenSocket> ListenersOf(pid_t pid, const std::vector<L
   return out;
 }
 
-std::vector<pid_t> ProcessTree(pid_t pid) {
-  std::vector<pid_t> tree;
-  if (pid <= 0) return tree;
+namespace {
+
+std::multimap<pid_t, pid_t> ChildrenOfEveryProcess() {
   std::multimap<pid_t, pid_t> children;
   if (DIR* d = opendir("/proc")) {
     while (dirent* e = readdir(d)) {
@@ -137,7 +209,11 @@ std::vector<pid_t> ProcessTree(pid_t pid) {
     }
     closedir(d);
   }
-  tree.push_back(pid);
+  return children;
+}
+
+std::vector<pid_t> Descendants(pid_t pid, const std::multimap<pid_t, pid_t>& children) {
+  std::vector<pid_t> tree{pid};
   for (size_t i = 0; i < tree.size() && tree.size() < 4096; ++i) {
     auto [begin, end] = children.equal_range(tree[i]);
     for (auto it = begin; it != end; ++it) tree.push_back(it->second);
@@ -145,18 +221,48 @@ std::vector<pid_t> ProcessTree(pid_t pid) {
   return tree;
 }
 
+}  // namespace
+
+std::vector<pid_t> ProcessTree(pid_t pid) {
+  if (pid <= 0) return {};
+  return Descendants(pid, ChildrenOfEveryProcess());
+}
+
+std::vector<pid_t> ListenerSnapshot::Tree(pid_t pid) {
+  if (!children_.has_value()) children_ = ChildrenOfEveryProcess();
+  return Descendants(pid, *children_);
+}
+
 std::vector<upkeep::v1::ListenSocket> ServiceListeners(pid_t pid) {
+  return ListenerSnapshot().Of(pid);
+}
+
+std::vector<upkeep::v1::ListenSocket> ListenerSnapshot::Of(pid_t pid) {
   std::vector<upkeep::v1::ListenSocket> out;
   if (pid <= 0) return out;
-  // The namespace of the main process: every process of a container shares it.
-  std::vector<Listener> all =
-      ParseProcNetTcp(ReadAll(absl::StrCat("/proc/", pid, "/net/tcp")), false);
-  for (auto& l : ParseProcNetTcp(ReadAll(absl::StrCat("/proc/", pid, "/net/tcp6")), true)) {
-    all.push_back(l);
+  // The namespace of the main process: every process of a container shares it. The agent's own
+  // is asked through netlink; another (read through /proc/PID/net) only through /proc.
+  const uint64_t ns = NetNamespace(pid);
+  if (ns == 0) return out;
+  auto cached = by_netns_.find(ns);
+  if (cached == by_netns_.end()) {
+    std::vector<Listener> listeners;
+    std::optional<std::vector<Listener>> netlink;
+    if (ns == NetNamespace(0)) netlink = ListListenersNetlink();
+    if (netlink.has_value()) {
+      listeners = *std::move(netlink);
+    } else {
+      listeners = ParseProcNetTcp(ReadAll(absl::StrCat("/proc/", pid, "/net/tcp")), false);
+      for (auto& l : ParseProcNetTcp(ReadAll(absl::StrCat("/proc/", pid, "/net/tcp6")), true)) {
+        listeners.push_back(l);
+      }
+    }
+    cached = by_netns_.emplace(ns, std::move(listeners)).first;
   }
+  const std::vector<Listener>& all = cached->second;
   if (all.empty()) return out;
   std::set<uint64_t> inodes;
-  for (pid_t p : ProcessTree(pid)) SocketInodes(p, &inodes);
+  for (pid_t p : Tree(pid)) SocketInodes(p, &inodes);
   std::set<std::pair<std::string, int>> seen;  // one socket per address:port (SO_REUSEPORT)
   for (const auto& l : all) {
     if (!inodes.count(l.inode)) continue;

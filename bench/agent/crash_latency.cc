@@ -100,12 +100,15 @@ int main(int argc, char** argv) {
   Stats detect{"SIGKILL -> Watch callback", {}};
   Stats recover{"Start -> /health 200", {}};
   Stats inspect{"Inspect (after callback)", {}};
+  Stats inspect_running{"Inspect (running, idle)", {}};
   for (int i = 0; i < n; ++i) {
     if (!upkeep::testing::WaitForPort("127.0.0.1", port)) {
       std::fprintf(stderr, "crash_latency: container not serving\n");
       break;
     }
+    const absl::Time inspect_at = absl::Now();
     const auto obs = rt->Inspect(spec);
+    inspect_running.ms.push_back(absl::ToDoubleMilliseconds(absl::Now() - inspect_at));
     if (!obs.running() || obs.pid() <= 0) break;
     const absl::Time kill_at = absl::Now();
     ::kill(obs.pid(), SIGKILL);
@@ -134,6 +137,7 @@ int main(int argc, char** argv) {
     }
   }
   detect.Print();
+  inspect_running.Print();
   inspect.Print();
   recover.Print();
   (void)d->Docker({"rm", "-f", name});

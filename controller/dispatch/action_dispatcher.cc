@@ -23,9 +23,22 @@ std::string NewActionIdWithPrefix(const std::string& prefix, absl::Time now) {
   return absl::StrFormat("%s%x-%08x", prefix, absl::ToUnixNanos(now), (*rng)() & 0xffffffffu);
 }
 
-// What memory keeps of a record: outputs and the decision path live only in the store.
+// What memory keeps of a result: a succeeded action's output lives only in the store; a
+// failed one keeps its last 1 KiB, which the decision engine reads (`nginx -t`'s error, "No
+// space left on device": the disk is blamed rather than the config or the service).
+void SlimResult(v1::ActionResult* r) {
+  constexpr size_t kKeep = 1 << 10;
+  if (r->outcome() == v1::ACTION_OUTCOME_SUCCEEDED) {
+    r->clear_output();
+  } else if (r->output().size() > kKeep) {
+    r->set_output(r->output().substr(r->output().size() - kKeep));
+  }
+}
+
+// What memory keeps of a record: outputs (but a failure's tail) and the decision path live
+// only in the store.
 v1::ActionRecord Slim(v1::ActionRecord r) {
-  r.mutable_result()->clear_output();
+  SlimResult(r.mutable_result());
   r.clear_why();
   return r;
 }
@@ -366,7 +379,7 @@ WorkKey ActionDispatcher::OnResult(const std::string& host, const v1::ActionResu
       r->set_verification(v1::VERIFICATION_UNSPECIFIED);
     }
     record = *r;
-    r->mutable_result()->clear_output();
+    SlimResult(r->mutable_result());
     ka.history = std::move(h);
     if (auto w = manual_waiters_.find(result.id()); w != manual_waiters_.end()) {
       w->second = result;
@@ -418,7 +431,8 @@ int ActionDispatcher::RecordAutonomous(const WorkKey& key,
     }
     if (store_->GetAction(r.action().id()).ok()) continue;
     if (absl::Status st = store_->PutAction(r); !st.ok()) {
-      UPKEEP_LOG(error, "store_failed", {{"what", "autonomous"}, {"error", std::string(st.message())}});
+      UPKEEP_LOG(error, "store_failed",
+                 {{"what", "autonomous"}, {"error", std::string(st.message())}});
       continue;
     }
     absl::MutexLock lock(&mu_);

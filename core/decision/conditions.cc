@@ -11,6 +11,7 @@ void UpdateConditions(const v1::Stack& stack, const HostDiagnoses& diagnoses, ab
                       v1::StackStatus* status) {
   status->clear_diagnoses();
   bool all_healthy = true, any_degraded = false, any_progress = false, any_unknown = false;
+  bool any_degraded_verdict = false;  // an alert with nothing left to do, as opposed to serving
   std::string degraded_msg, progress_msg, unknown_msg;
   for (const auto& [host, d] : diagnoses) {
     if (d == nullptr || d->verdict() == v1::VERDICT_UNSPECIFIED) {
@@ -22,10 +23,21 @@ void UpdateConditions(const v1::Stack& stack, const HostDiagnoses& diagnoses, ab
     *status->add_diagnoses() = *d;
     switch (d->verdict()) {
       case v1::VERDICT_HEALTHY:
+        // Serving, but an alert may stand (a full disk, a service that flapped): Ready stays
+        // True (it says whether the stack serves now) and Degraded says the alert.
+        for (const auto& f : d->findings()) {
+          if (f.severity() != v1::SEVERITY_ALERT) continue;
+          any_degraded = true;
+          if (!any_degraded_verdict) {
+            degraded_msg = absl::StrCat(f.code(), " [", f.target(), "]: ", f.message());
+          }
+          break;
+        }
         break;
       case v1::VERDICT_DEGRADED:
         all_healthy = false;
         any_degraded = true;
+        any_degraded_verdict = true;
         degraded_msg = d->summary();
         break;
       case v1::VERDICT_UNKNOWN:
@@ -56,11 +68,11 @@ void UpdateConditions(const v1::Stack& stack, const HostDiagnoses& diagnoses, ab
   };
   if (all_healthy) {
     set("Ready", "True", "AllHealthy", "every service healthy and every route answers");
-  } else if (any_unknown && !any_degraded && !any_progress) {
+  } else if (any_unknown && !any_degraded_verdict && !any_progress) {
     set("Ready", "Unknown", "NoObservation", unknown_msg);
   } else {
-    set("Ready", "False", any_degraded ? "NeedsAttention" : "Repairing",
-        any_degraded ? degraded_msg : progress_msg);
+    set("Ready", "False", any_degraded_verdict ? "NeedsAttention" : "Repairing",
+        any_degraded_verdict ? degraded_msg : progress_msg);
   }
   set("Degraded", any_degraded ? "True" : "False", any_degraded ? "Alert" : "NoAlert",
       degraded_msg);

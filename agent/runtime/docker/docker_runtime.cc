@@ -127,7 +127,8 @@ class DockerRuntime : public Runtime {
   ServiceObservation Inspect(const ServiceSpec& spec) override {
     ServiceObservation obs;
     obs.set_name(spec.name());
-    auto id = FindContainer(spec);
+    bool cached = false;
+    auto id = FindContainer(spec, &cached);
     if (!id.ok()) {
       obs.set_error(std::string(id.status().message()));
       return obs;
@@ -137,6 +138,11 @@ class DockerRuntime : public Runtime {
     if (!resp.ok()) {
       obs.set_error(std::string(resp.status().message()));
       return obs;
+    }
+    if (resp->code == 404 && cached) {
+      // Removed, and its destroy event not handled yet: ask dockerd which one it is now.
+      ForgetResolved(spec);
+      return Inspect(spec);
     }
     if (resp->code == 404) return obs;  // removed between list and inspect
     int stop_signal = SIGTERM;
@@ -176,13 +182,18 @@ class DockerRuntime : public Runtime {
   }
 
   absl::StatusOr<std::string> Logs(const ServiceSpec& spec, int tail) override {
-    auto id = FindContainer(spec);
+    bool cached = false;
+    auto id = FindContainer(spec, &cached);
     if (!id.ok()) return id.status();
     if (id->empty())
       return absl::NotFoundError(absl::StrCat(ContainerSelector(spec), ": no such container"));
     // TTY containers send raw bytes; the others a multiplexed stream.
     bool tty = false;
     auto insp = Call("GET", absl::StrCat("/containers/", *id, "/json"), absl::Seconds(10));
+    if (insp.ok() && insp->code == 404 && cached) {
+      ForgetResolved(spec);  // removed, its destroy event not handled yet
+      return Logs(spec, tail);
+    }
     if (insp.ok() && insp->code == 200) {
       try {
         tty = Json::parse(insp->body).at("Config").value("Tty", false);
@@ -305,8 +316,49 @@ class DockerRuntime : public Runtime {
     }
   }
 
-  // The container id for the spec; "" when there is none.
-  absl::StatusOr<std::string> FindContainer(const ServiceSpec& spec) {
+  // The container id for the spec; "" when there is none. Served from resolved_ while the
+  // events stream shows that no container was created, destroyed or renamed since it was
+  // looked up (see Resolved); `cached` says so, for a caller that finds the id gone.
+  absl::StatusOr<std::string> FindContainer(const ServiceSpec& spec, bool* cached = nullptr) {
+    const std::string key = ContainerSelector(spec);
+    uint64_t generation;
+    absl::Time live_since;
+    {
+      absl::MutexLock lock(&hist_mu_);
+      auto it = resolved_.find(key);
+      if (it != resolved_.end() && it->second.generation == generation_ &&
+          live_since_ != absl::InfiniteFuture()) {
+        if (cached != nullptr) *cached = true;
+        return it->second.id;
+      }
+      generation = generation_;
+      live_since = live_since_;
+    }
+    if (cached != nullptr) *cached = false;
+    const absl::Time asked = absl::Now();
+    bool unique = false;
+    absl::StatusOr<std::string> id = LookUpContainer(spec, &unique);
+    if (id.ok() && unique) {
+      absl::MutexLock lock(&hist_mu_);
+      // Kept only when the stream was live before we asked and nothing that could change the
+      // answer arrived since.
+      if (generation == generation_ && live_since == live_since_ && live_since <= asked) {
+        resolved_[key] = Resolved{*id, generation};
+      }
+    }
+    return id;
+  }
+
+  // The selector no longer names `id` (it answered 404): look it up again next time.
+  void ForgetResolved(const ServiceSpec& spec) {
+    absl::MutexLock lock(&hist_mu_);
+    resolved_.erase(ContainerSelector(spec));
+  }
+
+  // FindContainer's lookup through the API. `unique`: the answer cannot change without a
+  // container being created, destroyed or renamed (a name, or labels that only one container
+  // carries — or none).
+  absl::StatusOr<std::string> LookUpContainer(const ServiceSpec& spec, bool* unique) {
     const auto& c = spec.container();
     if (c.compose().project().empty() && c.compose().service().empty()) {
       const std::string name = c.name().empty() ? spec.name() : c.name();
@@ -314,8 +366,10 @@ class DockerRuntime : public Runtime {
       auto resp =
           Call("GET", absl::StrCat("/containers/", UrlEncode(name), "/json"), absl::Seconds(10));
       if (!resp.ok()) return resp.status();
+      *unique = true;
       if (resp->code == 404) return std::string();
       if (resp->code != 200) {
+        *unique = false;
         return absl::UnavailableError(absl::StrCat("container ", name, ": HTTP ", resp->code, ": ",
                                                    ErrorMessage(resp->body)));
       }
@@ -345,6 +399,8 @@ class DockerRuntime : public Runtime {
     try {
       const Json list = Json::parse(resp->body);
       if (!list.is_array()) throw std::runtime_error("not an array");
+      // With two or more, which one is chosen depends on which runs: not kept.
+      *unique = list.size() <= 1;
       // Prefer a running container, then the newest.
       std::string best;
       bool best_running = false;
@@ -421,7 +477,8 @@ class DockerRuntime : public Runtime {
 
   absl::Status Action(const ServiceSpec& spec, const std::string& verb, const std::string& query,
                       absl::Duration timeout) {
-    auto id = FindContainer(spec);
+    bool cached = false;
+    auto id = FindContainer(spec, &cached);
     if (!id.ok()) return id.status();
     const std::string what = ContainerSelector(spec);
     if (id->empty()) return absl::NotFoundError(absl::StrCat(what, ": no such container"));
@@ -432,6 +489,10 @@ class DockerRuntime : public Runtime {
     if (stops) EndOwnCall(*id, begin);
     if (!resp.ok()) return resp.status();
     if (resp->code == 204 || resp->code == 304 || resp->code == 200) return absl::OkStatus();
+    if (resp->code == 404 && cached) {
+      ForgetResolved(spec);
+      return Action(spec, verb, query, timeout);
+    }
     if (resp->code == 404) return absl::NotFoundError(absl::StrCat(what, ": no such container"));
     return absl::UnavailableError(
         absl::StrCat(what, ": ", verb, ": HTTP ", resp->code, ": ", ErrorMessage(resp->body)));
@@ -578,6 +639,8 @@ class DockerRuntime : public Runtime {
   void ForgetEvents(bool stream_down) {
     absl::MutexLock lock(&hist_mu_);
     history_.clear();
+    resolved_.clear();
+    ++generation_;
     if (stream_down) live_since_ = absl::InfiniteFuture();
   }
 
@@ -656,6 +719,13 @@ class DockerRuntime : public Runtime {
       UPKEEP_LOG(warn, "docker_event_unparsable", {{"line", Shorten(line)}});
       return;
     }
+    const std::string verb = action.substr(0, action.find(':'));
+    if (verb == "create" || verb == "destroy" || verb == "rename") {
+      // Which container a selector names may have changed: every lookup is asked again.
+      absl::MutexLock lock(&hist_mu_);
+      resolved_.clear();
+      ++generation_;
+    }
     if (!id.empty()) {
       if (action == "destroy") {
         absl::MutexLock lock(&hist_mu_);
@@ -664,7 +734,6 @@ class DockerRuntime : public Runtime {
         AddEvents(id, {event});
       }
     }
-    const std::string verb = action.substr(0, action.find(':'));
     static const char* kInteresting[] = {"die",           "start", "stop",    "restart", "kill",
                                          "health_status", "oom",   "destroy", "pause",   "unpause"};
     if (std::none_of(std::begin(kInteresting), std::end(kInteresting),
@@ -807,6 +876,17 @@ class DockerRuntime : public Runtime {
   // This runtime's own stops and restarts, by container id (kept apart from history_: a broken
   // stream forgets events, never our own calls).
   std::map<std::string, std::vector<OwnCall>> own_ ABSL_GUARDED_BY(hist_mu_);
+  // Which container each selector (ContainerSelector) resolved to, so that an Inspect or an
+  // action costs one request instead of a list and a request. An entry holds while the events
+  // stream stays up and no container is created, destroyed or renamed (each of those bumps
+  // generation_ and clears them all); only answers that cannot change otherwise are kept (see
+  // LookUpContainer). A 404 on a kept id forgets it and asks again.
+  struct Resolved {
+    std::string id;
+    uint64_t generation = 0;
+  };
+  std::map<std::string, Resolved> resolved_ ABSL_GUARDED_BY(hist_mu_);
+  uint64_t generation_ ABSL_GUARDED_BY(hist_mu_) = 0;
 };
 
 }  // namespace

@@ -17,9 +17,12 @@ namespace upkeep::agent {
 // Containers are found by compose labels (ServiceSpec.container.compose: project/service, the
 // running one or else the newest) or by name (container.name, else the service name). The API
 // version is min(server ApiVersion, 1.41). One runtime serves every Docker stack on the host:
-// each Watch is its own subscription. The first Watch starts one thread on GET /events
-// (container events, matched to each subscription's services client-side) that reconnects with
-// backoff (100ms..2s) and, after a reconnect, reports every watched service as changed.
+// each Watch is its own subscription. While the events stream is up, the container a service
+// resolved to is remembered until a container is created, destroyed or renamed, so an Inspect or
+// an action is one request to dockerd, not a list and a request (a crash heals that much sooner).
+// The first Watch starts one thread on GET /events (container events, matched to each
+// subscription's services client-side) that reconnects with backoff (100ms..2s) and, after a
+// reconnect, reports every watched service as changed.
 //
 // A person's stop (`ServiceObservation.stopped_by_person`): a container that is not running is
 // reported stopped by a person when the run that ended was stopped or killed through the Engine

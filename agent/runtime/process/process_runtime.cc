@@ -66,12 +66,22 @@ std::string BootId() {
 
 // The host's OOM kill count (/proc/vmstat oom_kill, Linux 4.13+: every OOM kill, global or in a
 // memory cgroup); -1 when unreadable.
+// Read with one read(2) and a search: it is sampled on every monitor wake-up and again before an
+// exit is judged, so on the path from a crash to its report (a stream parse cost ~0.3 ms).
 int64_t OomKillCount() {
-  std::ifstream in("/proc/vmstat");
-  std::string key;
-  int64_t value = 0;
-  while (in >> key >> value) {
-    if (key == "oom_kill") return value;
+  const int fd = ::open("/proc/vmstat", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  char buf[16384];
+  size_t len = 0;
+  ssize_t n;
+  while (len < sizeof(buf) - 1 && (n = ::read(fd, buf + len, sizeof(buf) - 1 - len)) > 0) {
+    len += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  buf[len] = '\0';
+  for (const char* p = buf; (p = std::strstr(p, "oom_kill ")) != nullptr; ++p) {
+    if (p != buf && p[-1] != '\n') continue;
+    return std::strtoll(p + 9, nullptr, 10);
   }
   return -1;
 }

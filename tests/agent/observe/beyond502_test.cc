@@ -1,6 +1,9 @@
 // "Beyond 502" evidence: the filesystems a stack needs (statvfs on real paths) and the
 // certificate an https route serves (a real TLS server: openssl s_server with a certificate
 // made for the test, expiring in 5 days).
+#include <sys/wait.h>
+
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -37,6 +40,46 @@ TEST(Disks, NamesWhatEachFilesystemHolds) {
   ASSERT_EQ(fs.services_size(), 1);
   EXPECT_EQ(fs.services(0), "backend");
   EXPECT_TRUE(fs.proxy_logs());
+}
+
+// A filesystem is named by its mount point, not by the first path checked on it, and counts
+// its inodes: a tmpfs with 16 inodes, mounted under the test's directory (the tests run as
+// root), holding the backend's data two levels down.
+TEST(Disks, NamesTheMountPointAndCountsInodes) {
+  testing::TempDir dir;
+  const std::string mount = dir.Join("small");
+  std::filesystem::create_directories(mount);
+  auto run = [&](std::vector<std::string> argv) {
+    auto p = testing::Subprocess::Start(argv, dir.Join("mount.log"));
+    if (!p.ok()) return -1;
+    auto st = (*p)->Wait(absl::Seconds(30));
+    return st.has_value() && WIFEXITED(*st) ? WEXITSTATUS(*st) : -1;
+  };
+  ASSERT_EQ(run({"mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=16", "upkeep-test", mount}), 0)
+      << "see " << dir.Join("mount.log");
+  const std::string data = mount + "/srv/backend";
+  std::filesystem::create_directories(data);
+  v1::Stack stack;
+  auto* svc = stack.mutable_spec()->add_services();
+  svc->set_name("backend");
+  svc->add_data_paths(data);
+  const auto disks = ObserveDisks(stack, "");
+  int made = 0;
+  while (std::ofstream(absl::StrCat(mount, "/f", made)) && made < 64) ++made;
+  const auto full = ObserveDisks(stack, "");
+  EXPECT_EQ(run({"umount", mount}), 0);
+
+  ASSERT_EQ(disks.size(), 1u);
+  EXPECT_EQ(disks[0].mount(), std::filesystem::canonical(dir.path()).string() + "/small");
+  ASSERT_EQ(disks[0].holds_size(), 1);
+  EXPECT_EQ(disks[0].holds(0), "backend data " + data);  // the path stays, as evidence
+  EXPECT_GT(disks[0].inodes_used_percent(), 0);
+  EXPECT_LT(disks[0].inodes_used_percent(), 50);
+  EXPECT_GT(disks[0].available_inodes(), 8);
+  ASSERT_EQ(full.size(), 1u);
+  EXPECT_EQ(full[0].available_inodes(), 0) << made << " files made";
+  EXPECT_EQ(full[0].inodes_used_percent(), 100);
+  EXPECT_LT(full[0].used_percent(), 10);  // its blocks are nearly all free
 }
 
 TEST(Certificates, ReadsTheExpiryAnHttpsRouteServes) {

@@ -1,7 +1,15 @@
 // Probes and listening ports against real sample-service processes.
 #include "agent/observe/prober.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -126,6 +134,67 @@ TEST(HealthTracker, JudgesOnlyProbesOfTheCurrentProcess) {
   ok.set_ok(true);
   *ok.mutable_at() = ToProto(restarted + absl::Milliseconds(100));
   EXPECT_EQ(t.Update(ok, restarted, restarted + absl::Milliseconds(101)), v1::HEALTH_STATE_HEALTHY);
+}
+
+// The kernel's sock_diag answer (LISTEN sockets only) says what /proc/net/tcp{,6} says of the
+// same sockets: address text, port, family and inode, for IPv4 and IPv6; and it leaves out a
+// socket that is bound but not listening.
+TEST(Ports, NetlinkListsTheListenersProcNetTcpShows) {
+  const int v4 = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int v6 = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int bound = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(v4, 0);
+  ASSERT_GE(v6, 0);
+  ASSERT_GE(bound, 0);
+  sockaddr_in a4{};
+  a4.sin_family = AF_INET;
+  a4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sockaddr_in6 a6{};
+  a6.sin6_family = AF_INET6;
+  a6.sin6_addr = in6addr_loopback;
+  ASSERT_EQ(::bind(v4, reinterpret_cast<sockaddr*>(&a4), sizeof(a4)), 0);
+  ASSERT_EQ(::bind(v6, reinterpret_cast<sockaddr*>(&a6), sizeof(a6)), 0);
+  ASSERT_EQ(::bind(bound, reinterpret_cast<sockaddr*>(&a4), sizeof(a4)), 0);
+  ASSERT_EQ(::listen(v4, 1), 0);
+  ASSERT_EQ(::listen(v6, 1), 0);
+  auto port_of = [](int fd) {
+    sockaddr_in6 a{};
+    socklen_t len = sizeof(a);
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    return static_cast<int>(ntohs(a.sin6_port));  // sin_port sits at the same offset
+  };
+  auto read = [](const char* path) {
+    std::ifstream in(path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  };
+  const auto netlink = ListListenersNetlink();
+  ASSERT_TRUE(netlink.has_value()) << "sock_diag unavailable";
+  std::vector<Listener> proc = ParseProcNetTcp(read("/proc/net/tcp"), false);
+  for (auto& l : ParseProcNetTcp(read("/proc/net/tcp6"), true)) proc.push_back(l);
+  auto find = [](const std::vector<Listener>& all, int port, bool ipv6) -> const Listener* {
+    for (const auto& l : all) {
+      if (l.socket.port() == port && l.socket.ipv6() == ipv6) return &l;
+    }
+    return nullptr;
+  };
+  for (const auto& [fd, ipv6, address] :
+       {std::tuple<int, bool, std::string>{v4, false, "127.0.0.1"},
+        std::tuple<int, bool, std::string>{v6, true, "::1"}}) {
+    const Listener* n = find(*netlink, port_of(fd), ipv6);
+    const Listener* p = find(proc, port_of(fd), ipv6);
+    ASSERT_NE(n, nullptr) << address << " not seen through netlink";
+    ASSERT_NE(p, nullptr) << address << " not in /proc/net";
+    EXPECT_EQ(n->socket.address(), address);
+    EXPECT_EQ(n->socket.address(), p->socket.address());
+    EXPECT_EQ(n->inode, p->inode);
+    EXPECT_NE(n->inode, 0u);
+  }
+  EXPECT_EQ(find(*netlink, port_of(bound), false), nullptr) << "bound, not listening";
+  ::close(v4);
+  ::close(v6);
+  ::close(bound);
 }
 
 // A service in its own network namespace (like a container on a bridge network) whose socket

@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -94,6 +95,62 @@ std::vector<std::string> NetnsNetwork::Command(const std::string& host,
 absl::Status NetnsNetwork::SetLink(const std::string& host, bool up) {
   return RunCommand({"ip", "-n", bridge_ns_, "link", "set", peer_.at(host), up ? "up" : "down"})
       .status();
+}
+
+std::string PrivateNetns::Unavailable() {
+  if (std::string why = NetnsNetwork::Unavailable(); !why.empty()) return why;
+  for (const char* p : {"/usr/bin/nsenter", "/bin/nsenter", "/usr/sbin/nsenter"}) {
+    if (std::filesystem::exists(p)) return "";
+  }
+  return "nsenter (util-linux) is not installed";
+}
+
+absl::StatusOr<std::unique_ptr<PrivateNetns>> PrivateNetns::Create(const std::string& tag) {
+  if (std::string why = Unavailable(); !why.empty()) return absl::UnavailableError(why);
+  std::unique_ptr<PrivateNetns> n(new PrivateNetns());
+  const std::string name = absl::StrCat("upkeep-", tag, "-", ::getpid());
+  if (absl::Status st = RunCommand({"ip", "netns", "add", name}).status(); !st.ok()) return st;
+  n->name_ = name;  // from here the destructor deletes it
+  if (absl::Status st = RunCommand({"ip", "-n", name, "link", "set", "lo", "up"}).status();
+      !st.ok()) {
+    return st;
+  }
+  return n;
+}
+
+PrivateNetns::~PrivateNetns() {
+  if (!name_.empty()) (void)RunCommand({"ip", "netns", "del", name_});
+  if (!etc_.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(etc_, ec);
+    std::filesystem::remove("/etc/netns", ec);  // only when empty: others' stay
+  }
+}
+
+std::vector<std::string> PrivateNetns::Exec(const std::vector<std::string>& argv) const {
+  std::vector<std::string> out = {"ip", "netns", "exec", name_};
+  out.insert(out.end(), argv.begin(), argv.end());
+  return out;
+}
+
+std::vector<std::string> PrivateNetns::NetOnly(const std::vector<std::string>& argv) const {
+  std::vector<std::string> out = {"nsenter", "--net=/run/netns/" + name_};
+  out.insert(out.end(), argv.begin(), argv.end());
+  return out;
+}
+
+absl::Status PrivateNetns::SetHosts(const std::string& content) {
+  const std::string dir = "/etc/netns/" + name_;
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("mkdir ", dir, ": ", ec.message()));
+  etc_ = dir;
+  // Truncate and write the same inode: a bind mount of it shows the new content.
+  std::ofstream out(dir + "/hosts", std::ios::out | std::ios::trunc);
+  out << content;
+  out.flush();
+  if (!out) return absl::InternalError(absl::StrCat("cannot write ", dir, "/hosts"));
+  return absl::OkStatus();
 }
 
 }  // namespace upkeep::testing

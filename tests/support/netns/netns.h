@@ -42,6 +42,35 @@ class NetnsNetwork {
   int next_ = 0;
 };
 
+// One network namespace of a test's own, alone (no link out): a host whose loopback, and any
+// bridge a dockerd makes inside it, exist only there. Exec(argv) runs argv inside with
+// `ip netns exec`, which also gives it the namespace's own /etc/hosts once SetHosts wrote one
+// (iproute2 bind-mounts /etc/netns/NAME/hosts over /etc/hosts for that process and its
+// children); NetOnly(argv) with `nsenter --net`, which keeps the machine's mounts (dockerd needs
+// the cgroup hierarchy that `ip netns exec` hides when it remounts /sys). The destructor
+// deletes the namespace and /etc/netns/NAME (stop the processes inside first). Needs root,
+// iproute2 and nsenter: Unavailable() says why not. Not thread-safe: one owner.
+class PrivateNetns {
+ public:
+  // Empty when it can be made here; else why not.
+  static std::string Unavailable();
+  // A namespace named upkeep-TAG-PID with its loopback up.
+  static absl::StatusOr<std::unique_ptr<PrivateNetns>> Create(const std::string& tag);
+  ~PrivateNetns();
+
+  const std::string& name() const { return name_; }
+  std::vector<std::string> Exec(const std::vector<std::string>& argv) const;
+  std::vector<std::string> NetOnly(const std::vector<std::string>& argv) const;
+  // Writes the namespace's hosts file (whole; give localhost too). In place, so processes
+  // already started with Exec see the new content, as after an edit of /etc/hosts.
+  absl::Status SetHosts(const std::string& content);
+
+ private:
+  PrivateNetns() = default;
+  std::string name_;
+  std::string etc_;  // /etc/netns/NAME when SetHosts made it
+};
+
 // Runs argv to completion; its combined output, or an error naming the command.
 absl::StatusOr<std::string> RunCommand(const std::vector<std::string>& argv);
 

@@ -319,6 +319,37 @@ TEST_F(DockerRuntimeTest, WatchSeesCrashAndKill) {
   }
 }
 
+// The runtime remembers which container a service is while the events stream is up; a new
+// container of the same service (a compose recreate) is found at once, not the remembered one:
+// here the remembered one still exists, stopped, and the new one runs.
+TEST_F(DockerRuntimeTest, InspectFollowsANewContainerOfTheSameService) {
+  const int port = FreePort();
+  const std::string project = Unique("recreate");
+  const std::string first_name = Unique("web-1");
+  auto first = RunSample(Sample(first_name, port, project, "web"));
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  const ServiceSpec spec = ComposeSpec(project, "web");
+  Changes changes;
+  auto watch = WatchLive(spec, &changes, port);
+  EXPECT_EQ(rt_->Inspect(spec).container_id(), *first);
+  EXPECT_EQ(rt_->Inspect(spec).container_id(), *first);  // now from what it remembers
+  ASSERT_TRUE(Docker({"stop", "-t", "0", first_name}).ok());
+  EXPECT_FALSE(rt_->Inspect(spec).running());
+  auto second = RunSample(Sample(Unique("web-2"), port, project, "web"));
+  ASSERT_TRUE(second.ok()) << second.status();
+  upkeep::v1::ServiceObservation obs;
+  EXPECT_TRUE(WaitFor([&] {
+    obs = rt_->Inspect(spec);
+    return obs.container_id() == *second && obs.running();
+  })) << obs.DebugString();
+  // A start goes to the new one as well, and removing it leaves the old one found again.
+  ASSERT_TRUE(Docker({"rm", "-f", obs.container_id()}).ok());
+  EXPECT_TRUE(WaitFor([&] { return rt_->Inspect(spec).container_id() == *first; }));
+  ASSERT_TRUE(rt_->Start(spec).ok());
+  EXPECT_TRUE(WaitFor([&] { return rt_->Inspect(spec).running(); }));
+}
+
 // One Docker runtime serves every Docker stack on the host: each stack's watch gets the events
 // of its own services, whichever subscribed last.
 TEST_F(DockerRuntimeTest, TwoStacksWatchingOneRuntimeBothGetTheirEvents) {
