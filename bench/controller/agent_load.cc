@@ -175,10 +175,10 @@ class SimAgent : public grpc::ClientBidiReactor<v1::AgentMessage, v1::Controller
       }
       {
         const double total = absl::ToDoubleMilliseconds(absl::Now() - since);
-        const double held = in_.action().has_rate_limited_for()
-                                ? absl::ToDoubleMilliseconds(
-                                      upkeep::FromProto(in_.action().rate_limited_for()))
-                                : 0;
+        const double held =
+            in_.action().has_rate_limited_for()
+                ? absl::ToDoubleMilliseconds(upkeep::FromProto(in_.action().rate_limited_for()))
+                : 0;
         absl::MutexLock lock(&stats_->mu);
         stats_->latencies_ms.push_back(std::max(0.0, total - held));
         stats_->total_ms.push_back(total);
@@ -399,8 +399,8 @@ int main(int argc, char** argv) {
       "held by rate limit | wait p50 ms | wait p99 ms | with waits p99 ms | controller RSS MB |"
       "\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   std::printf(
-      "| %d | %.0f %% | %s | %d | %d | %.1f | %.1f | %.1f | %.0f | %lld | %.2f | %.2f | %zu | %.1f | "
-      "%.1f | %.1f | %.1f |\n",
+      "| %d | %.0f %% | %s | %d | %d | %.1f | %.1f | %.1f | %.0f | %lld | %.2f | %.2f | %zu | "
+      "%.1f | %.1f | %.1f | %.1f |\n",
       n, 100 * absl::GetFlag(FLAGS_broken_share), tls_dir.empty() ? "plaintext" : "mTLS", channels,
       stats.connected.load(), absl::ToDoubleSeconds(connect_time), Percentile(connect, 0.5),
       Percentile(connect, 0.99), (stats.observations - obs_before) / secs,

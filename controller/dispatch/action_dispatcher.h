@@ -139,7 +139,7 @@ class ActionDispatcher {
     History history = std::make_shared<const std::vector<upkeep::v1::ActionRecord>>();
     // Rest of a running sequence (a list: an idle key's costs nothing, where a deque allocates).
     std::list<upkeep::v1::PlannedAction> queued;
-    std::string why;                               // of the running sequence
+    std::string why;  // of the running sequence
     std::string last_would_do;
     absl::Duration keep_for = absl::ZeroDuration();  // zero: options_.keep_for
     // Turned away by the token bucket: when the token it reserved is due (InfinitePast: none).

@@ -77,8 +77,8 @@ std::string Metrics::Render() const {
     const std::string name = key.substr(0, key.find('{'));
     if (name != last_name) {
       if (help_.count(name)) absl::StrAppend(&out, "# HELP ", name, " ", help_.at(name), "\n");
-      absl::StrAppend(&out, "# TYPE ", name, " ",
-                      types_.count(name) ? types_.at(name) : "untyped", "\n");
+      absl::StrAppend(&out, "# TYPE ", name, " ", types_.count(name) ? types_.at(name) : "untyped",
+                      "\n");
       last_name = name;
     }
     absl::StrAppend(&out, key, " ", absl::StrFormat("%.17g", v), "\n");

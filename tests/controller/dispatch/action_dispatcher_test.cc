@@ -186,9 +186,9 @@ TEST_F(DispatcherTest, FleetWideTokenBucket) {
   EXPECT_EQ(limited, 3);
   // The three turned away hold the next three tokens (2/s): a newcomer waits behind them.
   clock_.Advance(absl::Seconds(1));
-  const auto late = d->Dispatch(WorkKey{"shop", "h9"},
-                                {Planned(v1::ACTION_KIND_RESTART_SERVICE, "b")}, "w",
-                                absl::InfinitePast());
+  const auto late =
+      d->Dispatch(WorkKey{"shop", "h9"}, {Planned(v1::ACTION_KIND_RESTART_SERVICE, "b")}, "w",
+                  absl::InfinitePast());
   EXPECT_EQ(late.outcome, ActionDispatcher::Outcome::kRateLimited);
   clock_.Advance(absl::Seconds(2));
   EXPECT_EQ(d->Dispatch(WorkKey{"shop", "h9"}, {Planned(v1::ACTION_KIND_RESTART_SERVICE, "b")}, "w",
