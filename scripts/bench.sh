@@ -48,7 +48,10 @@ section "Diagnose per call" "$BENCH/diagnose_bench" --benchmark_min_time=0.5
 section "Idle agent, 3 services probed each second" "$BENCH/agent_footprint" "$SECONDS_IDLE" "$BIN"
 section "Agent, process crash -> exit seen and Start -> serving" "$BENCH/agent_process_crash" 20 "$BIN"
 for n in "${AGENTS[@]}"; do
-  section "Controller load, $n agents" bench/controller/load.sh "$BUILD" "$n"
+  for broken in 0.02 0.2; do  # the two breaking rates (#15)
+    BROKEN=$broken section "Controller load, $n agents, $broken of backends breaking" \
+      bench/controller/load.sh "$BUILD" "$n"
+  done
 done
 echo "running: heal_bench --runs $RUNS" >&2
 docker_flag=()

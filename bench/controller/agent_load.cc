@@ -3,7 +3,10 @@
 // host runs one stack (applied by bench/controller/load.sh). Every agent reports a healthy
 // observation every --period; --broken_share of them then report their backend down, and the
 // tool measures from sending that observation to receiving the controller's START action
-// (p50/p99), answers the action and reports healthy again.
+// (p50/p99), answers the action and reports healthy again. The controller's fleet-wide rate limit
+// (--max-actions-per-second, 50 by default) paces repairs in a storm on purpose: each action says
+// how long it was held back (Action.rate_limited_for), and the tool reports that wait apart from
+// the decision latency (obs→action less the wait), and the two together ("with waits").
 //
 // It also measures each agent's connect time: from opening its channel and stream to the
 // controller's answer to its hello (first desired state), p50/p99.
@@ -17,6 +20,7 @@
 //   agent_load --controller 127.0.0.1:7400 --agents 1000 --seconds 30 [--controller_pid PID]
 //              [--tls_dir DIR] [--channels 0]
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -24,9 +28,11 @@
 #include <cstdio>
 #include <deque>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -63,7 +69,12 @@ namespace v1 = upkeep::v1;
 
 struct Stats {
   absl::Mutex mu;
+  // Observation -> action, less the time the fleet-wide rate limit held the action back
+  // (Action.rate_limited_for): what deciding and delivering cost.
   std::vector<double> latencies_ms;
+  // The same, the rate limit's wait included; and the waits alone (actions it held only).
+  std::vector<double> total_ms;
+  std::vector<double> held_ms;
   std::vector<double> connect_ms;
   std::atomic<int64_t> observations{0};
   std::atomic<int64_t> actions{0};
@@ -163,8 +174,15 @@ class SimAgent : public grpc::ClientBidiReactor<v1::AgentMessage, v1::Controller
         waiting_action_ = false;
       }
       {
+        const double total = absl::ToDoubleMilliseconds(absl::Now() - since);
+        const double held =
+            in_.action().has_rate_limited_for()
+                ? absl::ToDoubleMilliseconds(upkeep::FromProto(in_.action().rate_limited_for()))
+                : 0;
         absl::MutexLock lock(&stats_->mu);
-        stats_->latencies_ms.push_back(absl::ToDoubleMilliseconds(absl::Now() - since));
+        stats_->latencies_ms.push_back(std::max(0.0, total - held));
+        stats_->total_ms.push_back(total);
+        if (held > 0) stats_->held_ms.push_back(held);
       }
       stats_->actions++;
       v1::AgentMessage r;
@@ -213,6 +231,28 @@ double Percentile(std::vector<double> v, double p) {
   if (v.empty()) return -1;
   std::sort(v.begin(), v.end());
   return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
+}
+
+// utime + stime of `pid`, in seconds (0 when unknown).
+double CpuSeconds(int pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const size_t paren = stat.rfind(')');
+  if (paren == std::string::npos) return 0;
+  std::istringstream fields(stat.substr(paren + 2));
+  std::string f;
+  double ticks = 0;
+  for (int i = 3; i <= 15 && fields >> f; ++i) {
+    if (i == 14 || i == 15) ticks += std::atof(f.c_str());
+  }
+  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+std::string LoadAverage() {
+  std::ifstream in("/proc/loadavg");
+  std::string a, b, c;
+  in >> a >> b >> c;
+  return absl::StrCat(a, " ", b, " ", c);
 }
 
 long RssKb(int pid) {
@@ -292,6 +332,8 @@ int main(int argc, char** argv) {
   long peak_rss = -1;
   const int pid = absl::GetFlag(FLAGS_controller_pid);
   const long start_rss = pid > 0 ? RssKb(pid) : -1;
+  const double start_cpu = pid > 0 ? CpuSeconds(pid) : 0;
+  const std::string start_load = LoadAverage();
   absl::Time next_rss = run_start;
   int stranger_seq = 0;
   while (absl::Now() - run_start < absl::Seconds(absl::GetFlag(FLAGS_seconds))) {
@@ -331,11 +373,14 @@ int main(int argc, char** argv) {
     if (absl::Now() < next) absl::SleepFor(next - absl::Now());
   }
   const double secs = absl::ToDoubleSeconds(absl::Now() - run_start);
-  std::vector<double> lat, connect;
+  const double cpu = pid > 0 ? CpuSeconds(pid) - start_cpu : -1;
+  std::vector<double> lat, connect, total, held;
   {
     absl::MutexLock lock(&stats.mu);
     lat = stats.latencies_ms;
     connect = stats.connect_ms;
+    total = stats.total_ms;
+    held = stats.held_ms;
   }
   std::printf("starting every stream took %.1f s (the tool's own pace)\n",
               absl::ToDoubleSeconds(open_time));
@@ -343,16 +388,25 @@ int main(int argc, char** argv) {
     std::printf("controller RSS at start of the run %.1f MB, at the end %.1f MB\n",
                 start_rss / 1024.0, RssKb(pid) / 1024.0);
   }
+  std::printf("load average at the start of the run %s, at the end %s; controller CPU %.2f s/s\n",
+              start_load.c_str(), LoadAverage().c_str(), cpu >= 0 ? cpu / secs : -1.0);
+  // obs→action: from sending the broken observation to receiving the action, less the time the
+  // fleet-wide rate limit held it (the action says how long); "held": actions it held, and their
+  // wait; "with waits": the plain difference, what an agent sees.
   std::printf(
-      "| agents | transport | connections | connected | all connected s | connect p50 ms | "
-      "connect p99 ms | observations/s | actions | obs→action p50 ms | p99 ms | "
-      "controller RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-  std::printf("| %d | %s | %d | %d | %.1f | %.1f | %.1f | %.0f | %lld | %.2f | %.2f | %.1f |\n", n,
-              tls_dir.empty() ? "plaintext" : "mTLS", channels, stats.connected.load(),
-              absl::ToDoubleSeconds(connect_time), Percentile(connect, 0.5),
-              Percentile(connect, 0.99), (stats.observations - obs_before) / secs,
-              static_cast<long long>(stats.actions.load()), Percentile(lat, 0.5),
-              Percentile(lat, 0.99), peak_rss > 0 ? peak_rss / 1024.0 : -1.0);
+      "| agents | broken | transport | connections | connected | all connected s | "
+      "connect p50 ms | connect p99 ms | observations/s | actions | obs→action p50 ms | p99 ms | "
+      "held by rate limit | wait p50 ms | wait p99 ms | with waits p99 ms | controller RSS MB |"
+      "\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  std::printf(
+      "| %d | %.0f %% | %s | %d | %d | %.1f | %.1f | %.1f | %.0f | %lld | %.2f | %.2f | %zu | "
+      "%.1f | %.1f | %.1f | %.1f |\n",
+      n, 100 * absl::GetFlag(FLAGS_broken_share), tls_dir.empty() ? "plaintext" : "mTLS", channels,
+      stats.connected.load(), absl::ToDoubleSeconds(connect_time), Percentile(connect, 0.5),
+      Percentile(connect, 0.99), (stats.observations - obs_before) / secs,
+      static_cast<long long>(stats.actions.load()), Percentile(lat, 0.5), Percentile(lat, 0.99),
+      held.size(), Percentile(held, 0.5), Percentile(held, 0.99), Percentile(total, 0.99),
+      peak_rss > 0 ? peak_rss / 1024.0 : -1.0);
   for (auto& a : agents) a->Cancel();
   for (auto& a : agents) a->WaitDone();
   return 0;

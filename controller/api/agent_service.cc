@@ -1,6 +1,6 @@
 #include "controller/api/agent_service.h"
 
-#include <deque>
+#include <list>
 #include <map>
 #include <set>
 #include <thread>
@@ -33,7 +33,8 @@ class Stream;
 struct StreamHandle {
   absl::Mutex mu;
   Stream* reactor ABSL_GUARDED_BY(mu) = nullptr;
-  std::deque<v1::ControllerMessage> outbound ABSL_GUARDED_BY(mu);
+  // A list: an idle stream's queue allocates nothing (a deque allocates its first block).
+  std::list<v1::ControllerMessage> outbound ABSL_GUARDED_BY(mu);
   bool writing ABSL_GUARDED_BY(mu) = false;
   bool finished ABSL_GUARDED_BY(mu) = false;
   bool replaced ABSL_GUARDED_BY(mu) = false;
@@ -176,7 +177,9 @@ class Stream : public grpc::ServerBidiReactor<v1::AgentMessage, v1::ControllerMe
   }
 
  private:
-  grpc::Status Handle(const v1::AgentMessage& msg) {
+  // `msg` is the reactor's read buffer: what is handed on is moved out of it (the next read
+  // overwrites it anyway).
+  grpc::Status Handle(v1::AgentMessage& msg) {
     if (!hello_done_) {
       if (!msg.has_hello()) {
         return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -224,14 +227,14 @@ class Stream : public grpc::ServerBidiReactor<v1::AgentMessage, v1::ControllerMe
                                 "observation names another host than the stream's hello");
           }
         }
-        svc_->listener_->OnObservation(host_, msg.observation());
+        svc_->listener_->OnObservation(host_, std::move(*msg.mutable_observation()));
         return grpc::Status::OK;
       }
       case v1::AgentMessage::kActionResult:
         if (msg.action_result().id().empty()) {
           return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "action result without an id");
         }
-        svc_->listener_->OnActionResult(host_, msg.action_result());
+        svc_->listener_->OnActionResult(host_, std::move(*msg.mutable_action_result()));
         return grpc::Status::OK;
       default:
         return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "empty agent message");

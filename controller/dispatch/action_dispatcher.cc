@@ -190,6 +190,10 @@ ActionDispatcher::Outcome ActionDispatcher::Deliver(const WorkKey& key,
     metrics_->Observe("upkeep_detect_to_action_seconds",
                       absl::ToDoubleSeconds(clock_->Now() - problem_since));
   }
+  if (metrics_ != nullptr && record.action().has_rate_limited_for()) {
+    metrics_->Observe("upkeep_rate_limit_wait_seconds",
+                      absl::ToDoubleSeconds(FromProto(record.action().rate_limited_for())));
+  }
   UPKEEP_LOG(info, "action_sent",
              {{"id", record.action().id()},
               {"stack", key.stack},
@@ -216,7 +220,7 @@ ActionDispatcher::Outcome ActionDispatcher::Deliver(const WorkKey& key,
 
 ActionDispatcher::DispatchResult ActionDispatcher::Dispatch(
     const WorkKey& key, const std::vector<v1::PlannedAction>& allowed, const std::string& why,
-    absl::Time problem_since, absl::Duration keep_for) {
+    absl::Time problem_since, absl::Duration keep_for, absl::Time rate_limited_since) {
   DispatchResult out;
   if (allowed.empty()) return out;
   {
@@ -229,18 +233,38 @@ ActionDispatcher::DispatchResult ActionDispatcher::Dispatch(
       return out;
     }
     const double rate = std::max(1, options_.max_actions_per_second);
-    if (tokens_ < 0) tokens_ = rate;
-    if (tokens_at_ != absl::InfinitePast()) {
+    if (tokens_at_ == absl::InfinitePast()) {
+      tokens_ = rate;
+    } else {
       tokens_ = std::min(rate, tokens_ + absl::ToDoubleSeconds(now - tokens_at_) * rate);
     }
     tokens_at_ = now;
-    if (tokens_ < 1) {
+    // A reservation older than this was not claimed (the repair was no longer wanted): void.
+    const absl::Duration kReservationGrace = absl::Seconds(1);
+    if (ka.token_at != absl::InfinitePast() && now < ka.token_at + kReservationGrace) {
+      if (now < ka.token_at) {  // turned away before: its token is not due yet
+        out.outcome = Outcome::kRateLimited;
+        out.retry_after = ka.token_at - now;
+        return out;
+      }
+      ka.token_at = absl::InfinitePast();  // its token was taken when it was turned away
+    } else if (tokens_ < 1) {
+      // The bucket is empty: the key reserves the next free token (the bucket goes negative),
+      // so waiters go in turn and each comes back once, when its token is due, instead of all
+      // of them retrying every few milliseconds (a reconcile each) in a storm.
+      ka.token_at = now + absl::Seconds((1 - tokens_) / rate);
+      tokens_ -= 1;
       out.outcome = Outcome::kRateLimited;
-      out.retry_after = absl::Seconds((1 - tokens_) / rate);
+      out.retry_after = ka.token_at - now;
       return out;
+    } else {
+      ka.token_at = absl::InfinitePast();
+      tokens_ -= 1;
     }
-    tokens_ -= 1;
     out.record = NewRecordLocked(key, allowed.front().action(), false, why);
+    if (rate_limited_since != absl::InfinitePast() && rate_limited_since < now) {
+      *out.record.mutable_action()->mutable_rate_limited_for() = ToProto(now - rate_limited_since);
+    }
     AppendLocked(key, out.record);
     ka.queued.assign(allowed.begin() + 1, allowed.end());
     ka.why = why;
@@ -258,7 +282,9 @@ void ActionDispatcher::RecordWouldDo(const WorkKey& key,
   std::vector<v1::ActionRecord> records;
   {
     absl::MutexLock lock(&mu_);
-    KeyActions& ka = keys_[key];
+    auto it = keys_.find(key);
+    if (it == keys_.end() && sig.empty()) return;  // nothing to record: no state for the key
+    KeyActions& ka = it != keys_.end() ? it->second : keys_[key];
     if (sig == ka.last_would_do) return;
     ka.last_would_do = sig;
     const absl::Time now = clock_->Now();

@@ -7,7 +7,9 @@
 //     fails the action is NOT sent (and not kept): an alert event (StoreUnavailable) says so,
 //     and the caller retries later.
 //   - At most one automatic action in flight per key (answered, or older than
-//     kInFlightTimeout); a fleet-wide token bucket limits actions per second.
+//     kInFlightTimeout); a fleet-wide token bucket limits actions per second. A key the empty
+//     bucket turns away reserves the next free token and is told when it is due: waiters go
+//     in turn, each retried once.
 //   - Resend on reconnect: actions sent and never answered go again with the same id (the agent
 //     executes an id at most once and replays its result).
 //   - Memory stays bounded: per key, only the records policy looks at — those younger than the
@@ -22,6 +24,7 @@
 #define UPKEEP_CONTROLLER_DISPATCH_ACTION_DISPATCHER_H_
 
 #include <deque>
+#include <list>
 #include <map>
 #include <memory>
 #include <set>
@@ -88,9 +91,12 @@ class ActionDispatcher {
   };
   // Starts the sequence `allowed` (in order) for `key`. `why` is the decision path;
   // `keep_for`, when set, is how far back the key's policy looks (its history is pruned to it).
+  // `rate_limited_since`: when the token bucket first turned this key's repair away (the caller
+  // keeps it across retries); the action records the wait (Action.rate_limited_for).
   DispatchResult Dispatch(const WorkKey& key, const std::vector<upkeep::v1::PlannedAction>& allowed,
                           const std::string& why, absl::Time problem_since,
-                          absl::Duration keep_for = absl::ZeroDuration());
+                          absl::Duration keep_for = absl::ZeroDuration(),
+                          absl::Time rate_limited_since = absl::InfinitePast());
   // Records "would do" entries for dry-run actions, once per distinct set.
   void RecordWouldDo(const WorkKey& key, const std::vector<upkeep::v1::PlannedAction>& would_do);
   // A person's action: recorded (with who asked) and sent at once (no in-flight or bucket
@@ -131,10 +137,13 @@ class ActionDispatcher {
  private:
   struct KeyActions {
     History history = std::make_shared<const std::vector<upkeep::v1::ActionRecord>>();
-    std::deque<upkeep::v1::PlannedAction> queued;  // rest of a running sequence
-    std::string why;                               // of the running sequence
+    // Rest of a running sequence (a list: an idle key's costs nothing, where a deque allocates).
+    std::list<upkeep::v1::PlannedAction> queued;
+    std::string why;  // of the running sequence
     std::string last_would_do;
     absl::Duration keep_for = absl::ZeroDuration();  // zero: options_.keep_for
+    // Turned away by the token bucket: when the token it reserved is due (InfinitePast: none).
+    absl::Time token_at = absl::InfinitePast();
   };
   upkeep::v1::ActionRecord NewRecordLocked(const WorkKey& key, const upkeep::v1::Action& action,
                                            bool manual, const std::string& why)
@@ -160,7 +169,8 @@ class ActionDispatcher {
   mutable absl::Mutex mu_;
   std::map<WorkKey, KeyActions> keys_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, WorkKey> index_ ABSL_GUARDED_BY(mu_);  // action id -> key
-  double tokens_ ABSL_GUARDED_BY(mu_) = -1;
+  // The fleet-wide bucket; negative while keys hold reservations (KeyActions::token_at).
+  double tokens_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time tokens_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   // Manual actions someone waits for: id -> result (empty until it arrives).
   std::map<std::string, upkeep::v1::ActionResult> manual_waiters_ ABSL_GUARDED_BY(mu_);

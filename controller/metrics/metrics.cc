@@ -21,6 +21,8 @@ Metrics::Metrics() {
        "From the observation that showed a problem to the action being sent."},
       {"upkeep_action_to_healed_seconds", "histogram",
        "From an action being sent to the stack being healthy again."},
+      {"upkeep_rate_limit_wait_seconds", "histogram",
+       "How long the fleet-wide action rate limit held an action back (only actions it held)."},
   };
   for (const auto& [name, type, help] : defs) {
     types_[name] = type;
@@ -75,8 +77,8 @@ std::string Metrics::Render() const {
     const std::string name = key.substr(0, key.find('{'));
     if (name != last_name) {
       if (help_.count(name)) absl::StrAppend(&out, "# HELP ", name, " ", help_.at(name), "\n");
-      absl::StrAppend(&out, "# TYPE ", name, " ",
-                      types_.count(name) ? types_.at(name) : "untyped", "\n");
+      absl::StrAppend(&out, "# TYPE ", name, " ", types_.count(name) ? types_.at(name) : "untyped",
+                      "\n");
       last_name = name;
     }
     absl::StrAppend(&out, key, " ", absl::StrFormat("%.17g", v), "\n");

@@ -6,14 +6,33 @@ namespace upkeep::controller {
 
 void WorkQueue::AddLocked(const WorkKey& key) {
   if (shut_down_) return;
+  if (low_.erase(key) > 0) {
+    // Queued low: it moves ahead (its low entry goes stale), or, while a worker has it, goes
+    // ahead when Done.
+    if (!processing_.count(key)) ready_.push_back(key);
+    return;
+  }
   if (!dirty_.insert(key).second) return;
   if (processing_.count(key)) return;  // handed out again after Done
   ready_.push_back(key);
 }
 
+void WorkQueue::AddLowLocked(const WorkKey& key) {
+  if (shut_down_) return;
+  if (!dirty_.insert(key).second) return;  // already queued, at either priority
+  low_.insert(key);
+  if (processing_.count(key)) return;  // handed out again (low) after Done
+  low_ready_.push_back(key);
+}
+
 void WorkQueue::Add(const WorkKey& key) {
   absl::MutexLock lock(&mu_);
   AddLocked(key);
+}
+
+void WorkQueue::AddLow(const WorkKey& key) {
+  absl::MutexLock lock(&mu_);
+  AddLowLocked(key);
 }
 
 void WorkQueue::AddAfter(const WorkKey& key, absl::Duration delay) {
@@ -74,9 +93,22 @@ void WorkQueue::PromoteLocked(absl::Time now) {
 }
 
 bool WorkQueue::PopLocked(WorkKey* key) {
-  if (ready_.empty()) return false;
-  *key = std::move(ready_.front());
-  ready_.pop_front();
+  if (!ready_.empty()) {
+    *key = std::move(ready_.front());
+    ready_.pop_front();
+  } else {
+    bool found = false;
+    while (!found && !low_ready_.empty()) {
+      WorkKey k = std::move(low_ready_.front());
+      low_ready_.pop_front();
+      // Stale: moved ahead, handed out since, or with a worker now (re-queued at Done).
+      if (processing_.count(k) || !low_.count(k)) continue;
+      low_.erase(k);
+      *key = std::move(k);
+      found = true;
+    }
+    if (!found) return false;
+  }
   dirty_.erase(*key);
   processing_.insert(*key);
   return true;
@@ -99,8 +131,8 @@ bool WorkQueue::Get(WorkKey* key) {
     } arg{this, wakes};
     mu_.AwaitWithTimeout(absl::Condition(
                              +[](Arg* a) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-                               return !a->q->ready_.empty() || a->q->shut_down_ ||
-                                      a->q->wakes_ != a->wakes;
+                               return !a->q->ready_.empty() || !a->q->low_ready_.empty() ||
+                                      a->q->shut_down_ || a->q->wakes_ != a->wakes;
                              },
                              &arg),
                          wait);
@@ -116,7 +148,12 @@ bool WorkQueue::TryGet(WorkKey* key) {
 void WorkQueue::Done(const WorkKey& key) {
   absl::MutexLock lock(&mu_);
   processing_.erase(key);
-  if (dirty_.count(key) && !shut_down_) ready_.push_back(key);
+  if (!dirty_.count(key) || shut_down_) return;
+  if (low_.count(key)) {
+    low_ready_.push_back(key);
+  } else {
+    ready_.push_back(key);
+  }
 }
 
 void WorkQueue::Wake() {
@@ -128,6 +165,8 @@ void WorkQueue::ShutDown() {
   absl::MutexLock lock(&mu_);
   shut_down_ = true;
   ready_.clear();
+  low_ready_.clear();
+  low_.clear();
   dirty_.clear();
   due_.clear();
   by_time_.clear();
@@ -135,7 +174,9 @@ void WorkQueue::ShutDown() {
 
 size_t WorkQueue::Len() const {
   absl::MutexLock lock(&mu_);
-  return ready_.size();
+  size_t low = 0;  // queued low and not with a worker
+  for (const auto& k : low_) low += processing_.count(k) ? 0 : 1;
+  return ready_.size() + low;
 }
 
 size_t WorkQueue::DelayedLen() const {

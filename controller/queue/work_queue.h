@@ -6,6 +6,9 @@
 //     time wins. AddRateLimited(key) waits per-key exponential backoff (base * 2^n, capped),
 //     and Forget(key) resets it — so a key in a 5-minute backoff is not re-diagnosed every
 //     second.
+//   - AddLow(key) queues a key behind every key added otherwise: the periodic full resync uses it,
+//     so that re-checking 10,000 quiet keys never delays a fresh observation. A key queued low
+//     that is then added normally moves ahead; it is still handed out once.
 //   - Get() blocks until a key is ready or the queue is shut down. Delayed keys become ready
 //     when the clock passes their time: on a real clock Get() wakes by itself; tests on a
 //     SimulatedClock advance it and call TryGet() (or Wake()).
@@ -47,6 +50,7 @@ class WorkQueue {
       : clock_(clock), options_(options) {}
 
   void Add(const WorkKey& key);
+  void AddLow(const WorkKey& key);
   void AddAfter(const WorkKey& key, absl::Duration delay);
   void AddRateLimited(const WorkKey& key);
   void Forget(const WorkKey& key);
@@ -62,13 +66,14 @@ class WorkQueue {
   void Wake();
   void ShutDown();
 
-  size_t Len() const;         // ready keys
+  size_t Len() const;         // ready keys (either priority)
   size_t DelayedLen() const;  // keys waiting on time
   // When `key` is due (InfiniteFuture when not delayed).
   absl::Time DueAt(const WorkKey& key) const;
 
  private:
   void AddLocked(const WorkKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void AddLowLocked(const WorkKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PromoteLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool PopLocked(WorkKey* key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -76,7 +81,11 @@ class WorkQueue {
   const WorkQueueOptions options_;
   mutable absl::Mutex mu_;
   std::deque<WorkKey> ready_ ABSL_GUARDED_BY(mu_);
-  std::set<WorkKey> dirty_ ABSL_GUARDED_BY(mu_);  // in ready_ or waiting for Done
+  // Keys queued low, oldest first. An entry whose key is no longer in low_ (moved ahead, or
+  // handed out) is stale and skipped.
+  std::deque<WorkKey> low_ready_ ABSL_GUARDED_BY(mu_);
+  std::set<WorkKey> dirty_ ABSL_GUARDED_BY(mu_);  // queued (either way) or waiting for Done
+  std::set<WorkKey> low_ ABSL_GUARDED_BY(mu_);    // dirty, and queued low only
   std::set<WorkKey> processing_ ABSL_GUARDED_BY(mu_);
   std::map<WorkKey, absl::Time> due_ ABSL_GUARDED_BY(mu_);           // key -> when
   std::multimap<absl::Time, WorkKey> by_time_ ABSL_GUARDED_BY(mu_);  // when -> key

@@ -11,7 +11,7 @@ Inboxes::Shard& Inboxes::ShardOf(const std::string& host) const {
 void Inboxes::Push(const std::string& host, InboxItem item) {
   Shard& shard = ShardOf(host);
   absl::MutexLock lock(&shard.mu);
-  std::deque<InboxItem>& box = shard.boxes[host];
+  std::vector<InboxItem>& box = shard.boxes[host];
   if (item.kind == InboxItem::Kind::kObservation && !box.empty() &&
       box.back().kind == InboxItem::Kind::kObservation) {
     upkeep::v1::ObservationReport& queued = box.back().report;
@@ -31,12 +31,12 @@ void Inboxes::Push(const std::string& host, InboxItem item) {
   box.push_back(std::move(item));
 }
 
-std::deque<InboxItem> Inboxes::Take(const std::string& host) {
+std::vector<InboxItem> Inboxes::Take(const std::string& host) {
   Shard& shard = ShardOf(host);
   absl::MutexLock lock(&shard.mu);
   auto it = shard.boxes.find(host);
   if (it == shard.boxes.end()) return {};
-  std::deque<InboxItem> out = std::move(it->second);
+  std::vector<InboxItem> out = std::move(it->second);
   shard.boxes.erase(it);
   return out;
 }

@@ -9,9 +9,9 @@
 #define UPKEEP_CONTROLLER_RECONCILE_INBOX_H_
 
 #include <array>
-#include <deque>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "upkeep/v1/agent_service.pb.h"
@@ -30,14 +30,14 @@ class Inboxes {
  public:
   void Push(const std::string& host, InboxItem item);
   // Everything waiting for `host`, oldest first; the inbox is then empty (and forgotten).
-  std::deque<InboxItem> Take(const std::string& host);
+  std::vector<InboxItem> Take(const std::string& host);
   size_t Size(const std::string& host) const;
 
  private:
   static constexpr size_t kShards = 32;
   struct Shard {
     mutable absl::Mutex mu;
-    std::map<std::string, std::deque<InboxItem>> boxes ABSL_GUARDED_BY(mu);
+    std::map<std::string, std::vector<InboxItem>> boxes ABSL_GUARDED_BY(mu);
   };
   Shard& ShardOf(const std::string& host) const;
   mutable std::array<Shard, kShards> shards_;

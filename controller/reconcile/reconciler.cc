@@ -157,7 +157,10 @@ void Reconciler::TimerLoop() {
       if (stop_) return;
       if (clock_->Now() >= next_full) {
         next_full = clock_->Now() + options_.full_resync;
-        for (const auto& [name, s] : stacks_) EnqueueStackLocked(name);
+        // Behind everything else: the safety net must not delay fresh observations.
+        for (const auto& [name, s] : stacks_) {
+          for (const auto& host : s.spec().hosts()) queue_.AddLow(WorkKey{name, host});
+        }
       }
     }
     if (clock_->Now() >= next_maintenance) {
@@ -242,15 +245,14 @@ void Reconciler::DrainInbox(const std::string& host) {
 }
 
 void Reconciler::CountConnectedLocked() {
-  int connected = 0;
-  for (const auto& [id, hs] : hosts_) connected += hs.connected ? 1 : 0;
-  metrics_->Set("upkeep_connected_agents", {}, connected);
+  metrics_->Set("upkeep_connected_agents", {}, static_cast<double>(connected_hosts_));
 }
 
 void Reconciler::Connected(const std::string& host, const v1::Hello& hello) {
   {
     absl::MutexLock lock(&mu_);
     HostState& h = hosts_[host];
+    if (!h.connected) ++connected_hosts_;
     h.connected = true;
     h.last_heard = clock_->Now();
     h.version = hello.version();
@@ -347,6 +349,7 @@ void Reconciler::Disconnected(const std::string& host) {
     absl::MutexLock lock(&mu_);
     auto it = hosts_.find(host);
     if (it != hosts_.end()) {
+      if (it->second.connected) --connected_hosts_;
       it->second.connected = false;
       // A host no stack names is forgotten when its stream closes.
       if (!host_stacks_.count(host)) hosts_.erase(it);
@@ -500,6 +503,7 @@ void Reconciler::Reconcile(const WorkKey& key) {
     events.push_back(std::move(e));
   };
   absl::Time problem_since;
+  absl::Time rate_limited_since;
   bool save_status = false;
   v1::StackStatus status_to_save;
   {
@@ -526,6 +530,7 @@ void Reconciler::Reconcile(const WorkKey& key) {
       ks.problem_since = absl::InfinitePast();
     }
     problem_since = ks.problem_since;
+    rate_limited_since = ks.rate_limited_since;
     // Alerts once per (code, target) until they clear. A verdict that judged nothing (a repair
     // in flight, no fresh observation) clears nothing: the alerts stand until a diagnosis that
     // looked again says they are gone.
@@ -579,7 +584,15 @@ void Reconciler::Reconcile(const WorkKey& key) {
     // older records live only in the store.
     const absl::Duration keep_for =
         std::max(FromProto(stack.spec().policy().restart_budget().window()), absl::Minutes(1));
-    const auto r = dispatcher_.Dispatch(key, allowed, PathText(d), problem_since, keep_for);
+    const auto r = dispatcher_.Dispatch(key, allowed, PathText(d), problem_since, keep_for,
+                                        rate_limited_since);
+    const bool limited = r.outcome == ActionDispatcher::Outcome::kRateLimited;
+    if (limited != (rate_limited_since != absl::InfinitePast())) {
+      absl::MutexLock lock(&mu_);
+      if (auto it = keys_.find(key); it != keys_.end()) {
+        it->second.rate_limited_since = limited ? now : absl::InfinitePast();
+      }
+    }
     switch (r.outcome) {
       case ActionDispatcher::Outcome::kRateLimited:
         next_due = std::min(next_due, now + r.retry_after);
@@ -593,6 +606,12 @@ void Reconciler::Reconcile(const WorkKey& key) {
         break;
       default:
         break;
+    }
+  }
+  if (allowed.empty() && rate_limited_since != absl::InfinitePast()) {
+    absl::MutexLock lock(&mu_);  // the repair is no longer wanted: its wait is over
+    if (auto it = keys_.find(key); it != keys_.end()) {
+      it->second.rate_limited_since = absl::InfinitePast();
     }
   }
   bool verifying = false;

@@ -105,6 +105,9 @@ class Reconciler : public AgentListener {
     std::set<std::string> active_alerts;  // "code/target"
     absl::Time problem_since = absl::InfinitePast();
     upkeep::v1::Verdict verdict = upkeep::v1::VERDICT_UNSPECIFIED;
+    // When the fleet-wide token bucket first turned this key's repair away (InfinitePast: it
+    // did not); recorded on the action when it goes (Action.rate_limited_for).
+    absl::Time rate_limited_since = absl::InfinitePast();
   };
   struct HostState {
     bool connected = false;
@@ -159,6 +162,7 @@ class Reconciler : public AgentListener {
   std::map<std::string, std::set<std::string>> host_stacks_ ABSL_GUARDED_BY(mu_);
   // Hosts a stack names, and hosts connected now; nothing else (any hello must not grow it).
   std::map<std::string, HostState> hosts_ ABSL_GUARDED_BY(mu_);
+  size_t connected_hosts_ ABSL_GUARDED_BY(mu_) = 0;  // hosts_ with `connected` (a gauge)
   std::set<std::string> paused_hosts_ ABSL_GUARDED_BY(mu_);
   // Host pauses with --for: when each ends (also in the store, Store::HostPauses, so a restarted
   // controller resumes the host on time). Stack pauses keep theirs in status.paused_until.

@@ -184,11 +184,42 @@ TEST_F(DispatcherTest, FleetWideTokenBucket) {
   }
   EXPECT_EQ(sent, 2);
   EXPECT_EQ(limited, 3);
+  // The three turned away hold the next three tokens (2/s): a newcomer waits behind them.
   clock_.Advance(absl::Seconds(1));
+  const auto late =
+      d->Dispatch(WorkKey{"shop", "h9"}, {Planned(v1::ACTION_KIND_RESTART_SERVICE, "b")}, "w",
+                  absl::InfinitePast());
+  EXPECT_EQ(late.outcome, ActionDispatcher::Outcome::kRateLimited);
+  clock_.Advance(absl::Seconds(2));
   EXPECT_EQ(d->Dispatch(WorkKey{"shop", "h9"}, {Planned(v1::ACTION_KIND_RESTART_SERVICE, "b")}, "w",
                         absl::InfinitePast())
                 .outcome,
             ActionDispatcher::Outcome::kSent);
+}
+
+TEST_F(DispatcherTest, KeysTurnedAwayByTheBucketGoInTurnWhenTheirTokenIsDue) {
+  DispatcherOptions options;
+  options.max_actions_per_second = 1;
+  auto d = Make(options);
+  const WorkKey a{"shop", "h1"}, b{"shop", "h2"}, c{"shop", "h3"};
+  auto go = [&](const WorkKey& k) {
+    return d->Dispatch(k, {Planned(v1::ACTION_KIND_RESTART_SERVICE, "backend")}, "w",
+                       absl::InfinitePast());
+  };
+  EXPECT_EQ(go(a).outcome, ActionDispatcher::Outcome::kSent);
+  const auto rb = go(b);
+  const auto rc = go(c);
+  ASSERT_EQ(rb.outcome, ActionDispatcher::Outcome::kRateLimited);
+  ASSERT_EQ(rc.outcome, ActionDispatcher::Outcome::kRateLimited);
+  EXPECT_LT(rb.retry_after, rc.retry_after) << "the first turned away is the first served";
+  // Retrying early changes nothing: still limited, told the same time.
+  const auto again = go(c);
+  EXPECT_EQ(again.outcome, ActionDispatcher::Outcome::kRateLimited);
+  EXPECT_EQ(again.retry_after, rc.retry_after);
+  clock_.Advance(rb.retry_after);
+  EXPECT_EQ(go(b).outcome, ActionDispatcher::Outcome::kSent);
+  clock_.Advance(rc.retry_after - rb.retry_after);
+  EXPECT_EQ(go(c).outcome, ActionDispatcher::Outcome::kSent);
 }
 
 TEST_F(DispatcherTest, ResendsUnansweredActionsWithTheSameId) {

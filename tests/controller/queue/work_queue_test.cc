@@ -153,5 +153,70 @@ TEST(WorkQueue, ShutDownReleasesBlockedWorkers) {
   worker.join();
 }
 
+TEST(WorkQueue, LowKeysWaitBehindEveryOtherKey) {
+  SimulatedClock clock;
+  WorkQueue q(&clock);
+  const WorkKey kC{"shop", "h3"};
+  q.AddLow(kA);
+  q.AddLow(kB);
+  q.Add(kC);
+  EXPECT_EQ(q.Len(), 3u);
+  WorkKey k;
+  ASSERT_TRUE(q.TryGet(&k));
+  EXPECT_EQ(k, kC) << "a fresh key goes before the resync";
+  ASSERT_TRUE(q.TryGet(&k));
+  EXPECT_EQ(k, kA);
+  ASSERT_TRUE(q.TryGet(&k));
+  EXPECT_EQ(k, kB);
+  EXPECT_FALSE(q.TryGet(&k));
+}
+
+TEST(WorkQueue, ALowKeyAddedNormallyMovesAheadAndIsHandedOutOnce) {
+  SimulatedClock clock;
+  WorkQueue q(&clock);
+  q.AddLow(kA);
+  q.AddLow(kB);
+  q.Add(kB);  // an observation for a key the resync already queued
+  q.AddLow(kB);
+  EXPECT_EQ(q.Len(), 2u);
+  WorkKey k;
+  ASSERT_TRUE(q.TryGet(&k));
+  EXPECT_EQ(k, kB);
+  q.Done(kB);
+  ASSERT_TRUE(q.TryGet(&k));
+  EXPECT_EQ(k, kA);
+  q.Done(kA);
+  EXPECT_FALSE(q.TryGet(&k)) << "kB's low entry went stale when it moved ahead";
+}
+
+TEST(WorkQueue, ALowKeyIsNeverHandedToTwoWorkers) {
+  SimulatedClock clock;
+  WorkQueue q(&clock);
+  q.AddLow(kA);
+  q.Add(kA);  // moved ahead; its low entry is stale
+  WorkKey k;
+  ASSERT_TRUE(q.TryGet(&k));
+  EXPECT_EQ(k, kA);
+  q.AddLow(kA);  // queued low again while a worker has it
+  WorkKey other;
+  EXPECT_FALSE(q.TryGet(&other)) << "the stale entry must not hand out a key in progress";
+  q.Done(kA);
+  ASSERT_TRUE(q.TryGet(&k)) << "re-queued (low) at Done";
+  EXPECT_EQ(k, kA);
+  q.Done(kA);
+  EXPECT_FALSE(q.TryGet(&k));
+}
+
+TEST(WorkQueue, GetWakesForALowKey) {
+  WorkQueue q(Clock::Real());
+  std::thread worker([&] {
+    WorkKey k;
+    ASSERT_TRUE(q.Get(&k));
+    EXPECT_EQ(k, kA);
+  });
+  q.AddLow(kA);
+  worker.join();
+}
+
 }  // namespace
 }  // namespace upkeep::controller
