@@ -4,11 +4,16 @@
 #include <cstring>
 #include <string>
 
+#include "absl/synchronization/mutex.h"
 #include "agent/commands.h"
 #include "agent/daemon/daemon.h"
 #include "agent/standalone/standalone.h"
 
 int main(int argc, char** argv) {
+  // As in the controller (controller/main.cc): Debian's abseil is a debug build whose Mutex
+  // keeps a process-wide lock graph on every nested acquisition; the daemon does not pay for it
+  // (unit tests keep the check).
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   if (argc >= 2 && std::strcmp(argv[1], "observe") == 0) {
     return upkeep::agent::RunObserveCommand(argc - 1, argv + 1);
   }
