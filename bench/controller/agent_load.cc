@@ -28,6 +28,7 @@
 #include <cstdio>
 #include <deque>
 #include <fstream>
+#include <iostream>
 #include <iterator>
 #include <memory>
 #include <mutex>
@@ -61,6 +62,12 @@ ABSL_FLAG(double, reconnect_share, 0.0,
           "churn: share of agents whose stream is closed and opened again every period");
 ABSL_FLAG(int, strangers, 0,
           "churn: hellos per period from host ids no stack names (each closed at once)");
+ABSL_FLAG(double, trace_slow_ms, 0,
+          "print each action slower than this (obs->action, waits included) to stderr with its "
+          "host, action id and times, to find it in the controller's log (0: never)");
+ABSL_FLAG(int, warmup_periods, 0,
+          "leave out of the obs->action figures the actions answering observations sent in the "
+          "first this many periods (the fleet's first observations after connecting)");
 ABSL_FLAG(int, rss_every, 0, "print the controller's RSS every this many seconds (0: never)");
 
 namespace {
@@ -79,6 +86,8 @@ struct Stats {
   std::atomic<int64_t> observations{0};
   std::atomic<int64_t> actions{0};
   std::atomic<int> connected{0};
+  // Actions answering observations sent before this are left out (--warmup_periods).
+  std::atomic<int64_t> measure_from_ns{0};
 };
 
 v1::AgentMessage Observation(const std::string& host, bool backend_running) {
@@ -179,10 +188,20 @@ class SimAgent : public grpc::ClientBidiReactor<v1::AgentMessage, v1::Controller
             in_.action().has_rate_limited_for()
                 ? absl::ToDoubleMilliseconds(upkeep::FromProto(in_.action().rate_limited_for()))
                 : 0;
-        absl::MutexLock lock(&stats_->mu);
-        stats_->latencies_ms.push_back(std::max(0.0, total - held));
-        stats_->total_ms.push_back(total);
-        if (held > 0) stats_->held_ms.push_back(held);
+        if (absl::ToUnixNanos(since) >= stats_->measure_from_ns.load()) {
+          absl::MutexLock lock(&stats_->mu);
+          stats_->latencies_ms.push_back(std::max(0.0, total - held));
+          stats_->total_ms.push_back(total);
+          if (held > 0) stats_->held_ms.push_back(held);
+        }
+      }
+      if (const double slow = absl::GetFlag(FLAGS_trace_slow_ms);
+          slow > 0 && absl::ToDoubleMilliseconds(absl::Now() - since) > slow) {
+        std::cerr << "slow action host=" << host_ << " id=" << in_.action().id()
+                  << " kind=" << v1::ActionKind_Name(in_.action().kind())
+                  << " broken_at=" << absl::FormatTime(since, absl::UTCTimeZone())
+                  << " received=" << absl::FormatTime(absl::Now(), absl::UTCTimeZone())
+                  << " total_ms=" << absl::ToDoubleMilliseconds(absl::Now() - since) << "\n";
       }
       stats_->actions++;
       v1::AgentMessage r;
@@ -328,6 +347,8 @@ int main(int argc, char** argv) {
   std::uniform_real_distribution<double> coin(0, 1);
   const absl::Duration period = absl::Seconds(absl::GetFlag(FLAGS_period));
   const absl::Time run_start = absl::Now();
+  stats.measure_from_ns = absl::ToUnixNanos(
+      run_start + absl::GetFlag(FLAGS_warmup_periods) * absl::Seconds(absl::GetFlag(FLAGS_period)));
   const int64_t obs_before = stats.observations;
   long peak_rss = -1;
   const int pid = absl::GetFlag(FLAGS_controller_pid);
