@@ -127,10 +127,16 @@ void Reconciler::EnqueueStackLocked(const std::string& stack) {
   for (const auto& host : it->second.spec().hosts()) queue_.Add(WorkKey{stack, host});
 }
 
-void Reconciler::EnqueueHostLocked(const std::string& host) {
+void Reconciler::EnqueueHostLocked(const std::string& host, bool low) {
   auto it = host_stacks_.find(host);
   if (it == host_stacks_.end()) return;
-  for (const auto& name : it->second) queue_.Add(WorkKey{name, host});
+  for (const auto& name : it->second) {
+    if (low) {
+      queue_.AddLow(WorkKey{name, host});
+    } else {
+      queue_.Add(WorkKey{name, host});
+    }
+  }
 }
 
 void Reconciler::Worker() {
@@ -270,8 +276,12 @@ void Reconciler::Connected(const std::string& host, const v1::Hello& hello) {
     events_.Publish("Normal", "AgentConnected", stack, host, "",
                     absl::StrCat("agent ", host, " connected (version ", hello.version(), ")"));
   }
+  // Queued low: a hello brings no evidence (its observation follows, queued normally, and moves
+  // the key ahead), so a fleet reconnecting at once (10,000 hellos after a controller restart)
+  // does not make the first observations, broken ones among them, wait behind 10,000
+  // reconciles that have nothing new to look at.
   absl::MutexLock lock(&mu_);
-  EnqueueHostLocked(host);
+  EnqueueHostLocked(host, /*low=*/true);
 }
 
 void Reconciler::RecordHandback(const std::string& host, const v1::Handback& handback) {

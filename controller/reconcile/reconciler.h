@@ -124,7 +124,9 @@ class Reconciler : public AgentListener {
   Reconciler(Store* store, Clock* clock, Metrics* metrics, ReconcilerOptions options);
   absl::Status Load();
   void EnqueueStackLocked(const std::string& stack) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void EnqueueHostLocked(const std::string& host) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `low`: behind every key queued normally (WorkQueue::AddLow).
+  void EnqueueHostLocked(const std::string& host, bool low = false)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Worker();
   void TimerLoop();
   void DrainInbox(const std::string& host);

@@ -2,6 +2,7 @@
 #include "controller/queue/work_queue.h"
 
 #include <atomic>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -205,6 +206,37 @@ TEST(WorkQueue, ALowKeyIsNeverHandedToTwoWorkers) {
   EXPECT_EQ(k, kA);
   q.Done(kA);
   EXPECT_FALSE(q.TryGet(&k));
+}
+
+// The reconciler's reconnect storm (issue #15): each hello queues its host's stack keys low, so
+// the first observations (host inbox keys, queued normally) do not wait behind every hello's
+// reconcile; the stack key an observation then adds moves ahead of the hellos still queued.
+TEST(WorkQueue, AnObservationAfterAReconnectStormGoesBeforeTheHellosReconciles) {
+  SimulatedClock clock;
+  WorkQueue q(&clock);
+  constexpr int kHosts = 1000;
+  for (int i = 0; i < kHosts; ++i) {
+    const std::string host = "h" + std::to_string(i);
+    q.AddLow(WorkKey{host, host});  // Connected(): the host's stacks, low
+  }
+  const WorkKey inbox{"", "h999"};
+  const WorkKey stack{"h999", "h999"};
+  q.Add(inbox);  // h999 reports (its service is down)
+  WorkKey k;
+  ASSERT_TRUE(q.TryGet(&k));
+  EXPECT_EQ(k, inbox) << "the observation waited behind " << kHosts << " hello reconciles";
+  q.Add(stack);  // DrainInbox -> Observed(): the stack key, normally
+  q.Done(inbox);
+  ASSERT_TRUE(q.TryGet(&k));
+  EXPECT_EQ(k, stack) << "the observed key must move ahead of the hellos still queued";
+  q.Done(stack);
+  int rest = 0;
+  while (q.TryGet(&k)) {
+    EXPECT_FALSE(k == stack) << "handed out twice";
+    q.Done(k);
+    ++rest;
+  }
+  EXPECT_EQ(rest, kHosts - 1) << "every other hello is still reconciled, once";
 }
 
 TEST(WorkQueue, GetWakesForALowKey) {
