@@ -360,8 +360,8 @@ TEST(Autonomy, WithTheControllerGoneForGoodABudgetStillStopsACrashLoop) {
   // would repair; give it several observation rounds to prove it does not).
   const int spent = autonomous_starts();
   EXPECT_LE(spent, 2);
-  EXPECT_FALSE(WaitFor([&] { return agent.Serving() || autonomous_starts() > spent; },
-                       absl::Seconds(3)));
+  EXPECT_FALSE(
+      WaitFor([&] { return agent.Serving() || autonomous_starts() > spent; }, absl::Seconds(3)));
 }
 
 TEST(Autonomy, ARestartedAgentThatCannotReachTheControllerHealsFromItsDiskCopy) {
