@@ -33,6 +33,7 @@
 #include "gtest/gtest.h"
 #include "tests/support/docker/netns_dockerd.h"
 #include "tests/support/netns/netns.h"
+#include "tests/support/nginx_conf.h"
 #include "tests/support/subprocess.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/wait.h"
@@ -124,15 +125,10 @@ class StaleAddressTest : public ::testing::Test {
     const std::string ng = dir_.Join("nginx");
     std::filesystem::create_directories(ng + "/logs");
     WriteFile(ng + "/nginx.conf",
-              absl::StrCat("worker_processes 1;\npid ", ng, "/nginx.pid;\nerror_log ", ng,
-                           "/error.log error;\nevents { worker_connections 64; }\nhttp {\n"
-                           "  access_log off;\n  client_body_temp_path ",
-                           ng, "/tb;\n  proxy_temp_path ", ng, "/tp;\n  fastcgi_temp_path ", ng,
-                           "/tf;\n  uwsgi_temp_path ", ng, "/tu;\n  scgi_temp_path ", ng,
-                           "/ts;\n  proxy_connect_timeout 1s;\n  proxy_read_timeout 5s;\n"
-                           "  server {\n    listen 127.0.0.1:",
-                           kNginxPort, ";\n    location /api/ { proxy_pass http://", upstream,
-                           "/; }\n  }\n}\n"));
+              upkeep::testing::TestNginxConf(
+                  ng, absl::StrCat("  server {\n    listen 127.0.0.1:", kNginxPort,
+                                   ";\n    location /api/ { proxy_pass http://", upstream,
+                                   "/; }\n  }\n")));
   }
 
   void WriteManifest() {

@@ -26,6 +26,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "gtest/gtest.h"
 #include "tests/support/netns/netns.h"
+#include "tests/support/nginx_conf.h"
 #include "tests/support/subprocess.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/wait.h"
@@ -101,15 +102,11 @@ class Fleet : public ::testing::Test {
     const std::string ng = base + "/nginx";
     std::filesystem::create_directories(ng + "/logs");
     WriteFile(ng + "/nginx.conf",
-              absl::StrCat("worker_processes 1;\npid ", ng, "/nginx.pid;\nerror_log ", ng,
-                           "/error.log error;\nevents { worker_connections 64; }\nhttp {\n"
-                           "  access_log off;\n  client_body_temp_path ",
-                           ng, "/tb;\n  proxy_temp_path ", ng, "/tp;\n  fastcgi_temp_path ", ng,
-                           "/tf;\n  uwsgi_temp_path ", ng, "/tu;\n  scgi_temp_path ", ng,
-                           "/ts;\n  proxy_connect_timeout 1s;\n  proxy_read_timeout 5s;\n"
-                           "  upstream backend { server 127.0.0.1:",
-                           kBackendPort, "; }\n  server {\n    listen 127.0.0.1:", kNginxPort,
-                           ";\n    location /api/ { proxy_pass http://backend/; }\n  }\n}\n"));
+              upkeep::testing::TestNginxConf(
+                  ng, absl::StrCat("  upstream backend { server 127.0.0.1:", kBackendPort,
+                                   "; }\n  server {\n    listen 127.0.0.1:", kNginxPort,
+                                   ";\n    location /api/ { proxy_pass http://backend/; "
+                                   "}\n  }\n")));
     WriteFile(
         absl::StrCat(dir_.path(), "/manifests/", h, ".yaml"),
         absl::StrCat(
