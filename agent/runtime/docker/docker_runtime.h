@@ -24,6 +24,17 @@ namespace upkeep::agent {
 // subscription's services client-side) that reconnects with backoff (100ms..2s) and, after a
 // reconnect, reports every watched service as changed.
 //
+// An exit the stream saw is inspected without asking dockerd: dockerd publishes `die` (with the
+// exit code in its attributes) while it still holds the container's lock for its clean-up
+// (unmounts, network, its state written to disk; 20-30 ms on a loaded 2-core machine), and an
+// Inspect sent then waits for all of it before the observer can report the crash. So while the
+// stream is live, the runtime keeps the last Inspect of each running container that has no
+// restart policy, and after its `die` answers Inspect from those two (running false, pid 0, the
+// event's exit code and time as FinishedAt, OOMKilled from an `oom` event of the run) until a
+// start of the container or an action of this runtime on it. A `start` sent at once then
+// queues behind dockerd's clean-up instead of after an Inspect and a report. A container with a
+// restart policy, or one not inspected running since the stream came up, is asked as before.
+//
 // A person's stop (`ServiceObservation.stopped_by_person`): a container that is not running is
 // reported stopped by a person when the run that ended was stopped or killed through the Engine
 // API by someone else than this runtime (`docker stop`, `docker compose stop`, `docker kill`).

@@ -4,6 +4,7 @@
 #include <curl/curl.h>
 #include <signal.h>
 
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -317,6 +318,55 @@ TEST_F(DockerRuntimeTest, WatchSeesCrashAndKill) {
     absl::MutexLock lock(&changes.mu);
     for (const auto& [s, t] : changes.calls) EXPECT_EQ(s, "web");
   }
+}
+
+// An exit the events stream saw is inspected from the `die` event (its exitCode) and the last
+// Inspect of that run, without asking dockerd: dockerd publishes `die` while it still holds
+// the container's lock for its clean-up, and an Inspect sent then waits for all of it. Shown
+// by freezing dockerd (SIGSTOP) once the die has arrived: an Inspect that asked it would hang
+// to its timeout and come back with an error.
+TEST_F(DockerRuntimeTest, ExitSeenOnTheStreamIsInspectedWithoutAskingDockerd) {
+  const int port = FreePort();
+  const std::string name = Unique("frozen");
+  ASSERT_TRUE(RunSample(Sample(name, port)).ok());
+  ASSERT_TRUE(WaitForPort("127.0.0.1", port));
+  const ServiceSpec spec = NameSpec(name);
+  Changes changes;
+  auto watch = WatchLive(spec, &changes, port);
+  // Every event of the restart has arrived: the Inspect below is of the run the kill ends.
+  ASSERT_TRUE(WaitFor([&] { return changes.QuietFor(absl::Milliseconds(200)); }));
+  const auto running = rt_->Inspect(spec);
+  ASSERT_TRUE(running.running()) << running.DebugString();
+  ASSERT_GT(running.pid(), 0);
+
+  const absl::Time kill_at = absl::Now();
+  ASSERT_EQ(kill(running.pid(), SIGKILL), 0);
+  ASSERT_TRUE(WaitFor([&] { return changes.FirstAfter(kill_at).has_value(); }));
+  int dockerd = 0;
+  {
+    std::ifstream pidfile(daemon()->dir() + "/docker.pid");
+    ASSERT_TRUE(pidfile >> dockerd) << "no pid in " << daemon()->dir() << "/docker.pid";
+  }
+  ASSERT_GT(dockerd, 1);
+  ASSERT_EQ(kill(dockerd, SIGSTOP), 0);
+  const auto obs = rt_->Inspect(spec);
+  ASSERT_EQ(kill(dockerd, SIGCONT), 0);
+  EXPECT_TRUE(obs.error().empty()) << "asked the frozen dockerd: " << obs.DebugString();
+  EXPECT_TRUE(obs.exists());
+  EXPECT_FALSE(obs.running());
+  EXPECT_EQ(obs.exit_code(), 137);
+  EXPECT_EQ(obs.pid(), 0);
+  EXPECT_EQ(obs.container_id(), running.container_id());
+  EXPECT_EQ(obs.started_at().seconds(), running.started_at().seconds());
+  EXPECT_TRUE(obs.has_finished_at());
+  EXPECT_FALSE(obs.stopped_by_person()) << "SIGKILL from the host is a crash";
+
+  // Started again (by us): asked of dockerd again, running, a new pid.
+  ASSERT_TRUE(rt_->Start(spec).ok());
+  const auto again = rt_->Inspect(spec);
+  EXPECT_TRUE(again.running()) << again.DebugString();
+  EXPECT_GT(again.pid(), 0);
+  EXPECT_NE(again.pid(), running.pid());
 }
 
 // The runtime remembers which container a service is while the events stream is up; a new
