@@ -26,6 +26,9 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
+#include <memory>
+#include <optional>
 #include <random>
 #include <set>
 #include <sstream>
@@ -68,6 +71,8 @@ struct Samples {
   std::vector<double> first_fail;  // client rows: the client's first failed request
   std::vector<double> heal_ms;     // serving again
   std::vector<double> part_ms;     // the floor: `docker start` -> serving
+  std::vector<double> die_ms;      // upkeep on Docker: Docker's `die` event reaching the bench
+  std::vector<double> lag_ms;      // upkeep on Docker: upkeep's detection - that `die`, per run
   int failures = 0;
   void Fail(const std::string& why) {
     ++failures;
@@ -234,6 +239,9 @@ struct UpkeepScenario {
   int port;
   std::string path;
   bool client = false;  // measured by the 100 ms client instead of a 1 ms poll
+  // Docker crash: when Docker's `die` event of this run's fault reached the bench's own
+  // subscription (InfiniteFuture: none), beside upkeep's detection of the same crash.
+  std::function<absl::Time(absl::Time t0)> die_at;
 };
 
 void RunUpkeep(StackHarness& h, const UpkeepScenario& sc, int runs, Samples* out) {
@@ -290,6 +298,13 @@ void RunUpkeep(StackHarness& h, const UpkeepScenario& sc, int runs, Samples* out
     const absl::Time detected = FirstDetection(h, seq, *t0);
     if (detected != absl::InfiniteFuture()) {
       out->detect_ms.push_back(std::max(0.0, Ms(detected - *t0)));
+    }
+    if (sc.die_at) {
+      const absl::Time died = sc.die_at(*t0);
+      if (died != absl::InfiniteFuture()) {
+        out->die_ms.push_back(Ms(died - *t0));
+        if (detected != absl::InfiniteFuture()) out->lag_ms.push_back(Ms(detected - died));
+      }
     }
     WaitFor([&] { return ActionsSettled(h, *t0); }, absl::Seconds(10), absl::Milliseconds(5));
     const absl::Time repaired = RepairFinished(h, *t0, absl::InfiniteFuture());
@@ -356,6 +371,22 @@ void RunMonit(const std::string& bin_dir, int runs, bool hang, Samples* out) {
     for (int i = 0; i < runs; ++i) out->Fail(std::string(monit.status().message()));
     return;
   }
+  // On every way out: Monit first (so it starts nothing more), then the sample service it
+  // started last, by the pid its start program wrote (checked to be that service).
+  struct StopMonit {
+    Subprocess* monit;
+    std::string pidfile;
+    std::string name;
+    ~StopMonit() {
+      monit->Stop(absl::Seconds(5));
+      std::ifstream in(pidfile);
+      int pid = 0;
+      if (!(in >> pid) || pid <= 1) return;
+      std::ifstream cmdline(absl::StrCat("/proc/", pid, "/cmdline"));
+      std::string args((std::istreambuf_iterator<char>(cmdline)), std::istreambuf_iterator<char>());
+      if (absl::StrContains(args, name)) ::kill(pid, SIGKILL);
+    }
+  } stop_monit{monit->get(), dir.Join("sample.pid"), name};
   if (WaitHttp200(port, "/health", absl::Seconds(15)) == absl::InfiniteFuture()) {
     for (int i = 0; i < runs; ++i) out->Fail("monit did not start the service");
     return;
@@ -382,10 +413,6 @@ void RunMonit(const std::string& bin_dir, int runs, bool hang, Samples* out) {
     }
     out->heal_ms.push_back(Ms(healed - t0));
   }
-  (*monit)->Stop(absl::Seconds(5));
-  std::ifstream pidf(dir.Join("sample.pid"));
-  int pid = 0;
-  if (pidf >> pid && pid > 1) ::kill(pid, SIGKILL);
 }
 
 absl::Status Docker(const std::string& socket, std::vector<std::string> args) {
@@ -410,6 +437,27 @@ absl::StatusOr<std::pair<std::string, absl::Time>> KillContainer(DockerApi& api,
   return std::make_pair(id_pid->first, t0);
 }
 
+// One crash of a peer's container: waits until it serves on `port`, SIGKILLs its main
+// process, and waits for Docker's `die` event. `died` is when the event reached us.
+struct Crash {
+  std::string id;
+  absl::Time t0;
+  absl::Time died;
+};
+absl::StatusOr<Crash> CrashServingContainer(DockerApi& api, const std::string& name, int port,
+                                            absl::Duration serve_timeout) {
+  if (WaitHttp200(port, "/health", serve_timeout) == absl::InfiniteFuture()) {
+    return absl::DeadlineExceededError("not serving before the fault");
+  }
+  auto killed = KillContainer(api, name);
+  if (!killed.ok()) return killed.status();
+  const auto& [id, t0] = *killed;
+  const absl::Time died = api.WaitDie(id, t0, absl::Seconds(10));
+  if (died == absl::InfiniteFuture())
+    return absl::DeadlineExceededError("no die event within 10 s");
+  return Crash{id, t0, died};
+}
+
 // The floor of any Docker heal: SIGKILL -> Docker's `die` event reaching a subscriber, plus
 // `docker start` (the Engine API call upkeep makes) -> the service answers. Measured on a
 // container without a restart policy, started again the moment the event arrives.
@@ -428,22 +476,13 @@ void RunDockerFloor(DockerApi& api, const std::string& socket, const std::string
     return;
   }
   for (int i = 0; i < runs; ++i) {
-    if (WaitHttp200(port, "/health", absl::Seconds(30)) == absl::InfiniteFuture()) {
-      out->Fail("not serving before the fault");
-      continue;
-    }
-    auto killed = KillContainer(api, name);
-    if (!killed.ok()) {
-      out->Fail(std::string(killed.status().message()));
-      continue;
-    }
-    const auto& [id, t0] = *killed;
-    const absl::Time died = api.WaitDie(id, t0, absl::Seconds(10));
-    if (died == absl::InfiniteFuture()) {
-      out->Fail("no die event within 10 s");
+    auto crash = CrashServingContainer(api, name, port, absl::Seconds(30));
+    if (!crash.ok()) {
+      out->Fail(std::string(crash.status().message()));
       api.Start(name).IgnoreError();
       continue;
     }
+    const absl::Time t0 = crash->t0, died = crash->died;
     const absl::Time start = absl::Now();
     if (absl::Status st = api.Start(name); !st.ok()) {
       out->Fail(std::string(st.message()));
@@ -499,23 +538,21 @@ void RunDockerRestartPolicy(DockerApi& api, const std::string& socket, const std
         Docker(socket, {"rm", "-f", name}).IgnoreError();
         continue;
       }
-    } else if (WaitHttp200(port, "/health", absl::Seconds(60)) == absl::InfiniteFuture()) {
-      out->Fail("not serving before the fault");
+    }
+    // Docker restarts it after the `die` (its delay starts there): waiting for the event first
+    // takes nothing from the heal measured below.
+    auto crash = CrashServingContainer(api, name, port, absl::Seconds(60));
+    if (!crash.ok()) {
+      out->Fail(std::string(crash.status().message()));
+      if (first_crash) Docker(socket, {"rm", "-f", name}).IgnoreError();
       continue;
     }
-    auto killed = KillContainer(api, name);
-    if (!killed.ok()) {
-      out->Fail(std::string(killed.status().message()));
-      continue;
-    }
-    const auto& [id, t0] = *killed;
     const absl::Time healed = WaitHttp200(port, "/health", absl::Seconds(60));
-    const absl::Time died = api.WaitDie(id, t0, absl::Seconds(1));
     if (healed == absl::InfiniteFuture()) {
       out->Fail("not serving again within 60 s");
     } else {
-      out->heal_ms.push_back(Ms(healed - t0));
-      if (died != absl::InfiniteFuture()) out->detect_ms.push_back(Ms(died - t0));
+      out->heal_ms.push_back(Ms(healed - crash->t0));
+      out->detect_ms.push_back(Ms(crash->died - crash->t0));
     }
     if (first_crash) Docker(socket, {"rm", "-f", name}).IgnoreError();
   }
@@ -588,8 +625,10 @@ int Main(int argc, char** argv) {
 
   // One upkeep stack (rows "upkeep (label)"): the crash and hang faults, and/or the nginx
   // fault. The scenarios need the stack's ports, so they are built once it runs.
+  // `api` (Docker): the crash is SIGKILL of the backend container's main process, and each run
+  // also notes when Docker's `die` event reached the bench.
   auto process_rows = [&](HarnessOptions o, const std::string& label, bool faults, bool proxy,
-                          const std::string& proxy_label) {
+                          const std::string& proxy_label, DockerApi* api = nullptr) {
     upkeep::testing::TempDir dir;
     o.work_dir = dir.path();
     o.bin_dir = bin_dir;
@@ -605,12 +644,26 @@ int Main(int argc, char** argv) {
     const int backend = up ? (*h)->backend_port() : 0;
     const int proxy_port = up ? (*h)->nginx_port() : 0;
     const std::string rt = o.runtime == upkeep::demo::Runtime::kDocker ? "docker" : "process";
-    if (faults) {
-      scenarios.push_back({absl::StrCat("crash (", rt, ")"), "backend crashed", nullptr,
-                           o.runtime == upkeep::demo::Runtime::kDocker
-                               ? std::function<absl::StatusOr<absl::Time>(StackHarness&)>(
-                                     [](StackHarness& x) { return x.KillBackendContainer(); })
-                               : crash,
+    if (faults && api != nullptr) {
+      auto killed_id = std::make_shared<std::string>();
+      UpkeepScenario sc{"crash (docker)",
+                        "backend crashed",
+                        nullptr,
+                        [api, killed_id](StackHarness& x) -> absl::StatusOr<absl::Time> {
+                          auto killed = KillContainer(
+                              *api, absl::StrCat(x.stack_name(), "-backend-", x.backend_port()));
+                          if (!killed.ok()) return killed.status();
+                          *killed_id = killed->first;
+                          return killed->second;
+                        },
+                        backend,
+                        "/health"};
+      sc.die_at = [api, killed_id](absl::Time t0) {
+        return api->WaitDie(*killed_id, t0, absl::Seconds(5));
+      };
+      scenarios.push_back(std::move(sc));
+    } else if (faults) {
+      scenarios.push_back({absl::StrCat("crash (", rt, ")"), "backend crashed", nullptr, crash,
                            backend, "/health"});
       scenarios.push_back({absl::StrCat("hang (", rt, ")"), "backend hung (unhealthy)", nullptr,
                            hang, backend, "/health"});
@@ -684,7 +737,7 @@ int Main(int argc, char** argv) {
         o.runtime = upkeep::demo::Runtime::kDocker;
         o.docker_socket = env->socket();
         o.docker_image = env->image();
-        process_rows(o, "docker", true, false, "");
+        process_rows(o, "docker", true, false, "", &api);
         std::fprintf(stderr, "heal_bench: docker restart: always, %d runs each\n", runs);
         RunDockerRestartPolicy(api, env->socket(), env->image(), runs, true, &first);
         all.push_back(first);
@@ -736,6 +789,13 @@ int Main(int argc, char** argv) {
                       Fmt(Percentile(s.detect_ms, 0.95)), "), `docker start` → serving p50 ",
                       Fmt(Percentile(s.part_ms, 0.5)), " ms (p95 ",
                       Fmt(Percentile(s.part_ms, 0.95)), ")\n");
+    }
+    if (!s.lag_ms.empty()) {
+      absl::StrAppend(&details, "- ", s.scenario, ", ", s.tool,
+                      ": Docker's `die` event reached the bench p50 ",
+                      Fmt(Percentile(s.die_ms, 0.5)), " ms (p95 ", Fmt(Percentile(s.die_ms, 0.95)),
+                      "); upkeep's detection came after it by p50 ", Fmt(Percentile(s.lag_ms, 0.5)),
+                      " ms (p95 ", Fmt(Percentile(s.lag_ms, 0.95)), "; per run, same crash)\n");
     }
     if (!s.first_fail.empty()) {
       absl::StrAppend(&details, "- ", s.scenario, ": the client's first failed request p50 ",
