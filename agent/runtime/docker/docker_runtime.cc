@@ -48,6 +48,11 @@ constexpr size_t kEventsPerContainer = 64;
 constexpr size_t kContainersKept = 512;
 constexpr size_t kOwnCallsPerContainer = 16;
 constexpr absl::Duration kOwnCallKept = absl::Minutes(10);
+// How long after a `die` reached the stream an Inspect is answered from it (ExitFromEvents):
+// dockerd's clean-up after the event takes tens of ms; past that, dockerd answers at once
+// again, and asking it bounds how stale the answer can be (a start by someone else is only
+// known once its event is read).
+constexpr absl::Duration kExitFromEventFor = absl::Milliseconds(250);
 
 // The container events that tell how a run ended.
 bool IsExitEvent(const std::string& action) {
@@ -554,7 +559,8 @@ class DockerRuntime : public Runtime {
     h.has_run = true;
   }
 
-  // A start begins a new run; a `die` (exitCode in its attributes) ends the current one.
+  // A start begins a new run (a `docker restart` or a restart policy logs `start` too); a `die`
+  // (exitCode in its attributes) ends the current one.
   void NoteRun(const std::string& id, const ContainerEvent& event, const Json& attrs) {
     int exit_code = 0;
     const bool die = event.action == "die" && attrs.contains("exitCode") &&
@@ -564,11 +570,12 @@ class DockerRuntime : public Runtime {
     auto it = history_.find(id);
     if (it == history_.end()) return;
     History& h = it->second;
-    if (event.action == "start" || event.action == "restart") {
+    if (event.action == "start") {
       ++h.starts;
       h.died = false;
     } else if (die) {
       h.died = true;
+      h.died_read = absl::Now();
       h.died_starts = h.starts;
       h.died_at = event.at;
       h.died_exit_code = exit_code;
@@ -597,7 +604,8 @@ class DockerRuntime : public Runtime {
       auto it = history_.find(id);
       if (it == history_.end()) return std::nullopt;
       const History& h = it->second;
-      if (!h.died || !h.has_run || h.run_starts != h.died_starts || !h.run.has_started_at()) {
+      if (!h.died || absl::Now() - h.died_read >= kExitFromEventFor || !h.has_run ||
+          h.run_starts != h.died_starts || !h.run.has_started_at()) {
         return std::nullopt;
       }
       obs = h.run;
@@ -991,16 +999,17 @@ class DockerRuntime : public Runtime {
     absl::Time replayed_run = absl::InfinitePast();  // StartedAt of the run replayed from dockerd
     absl::Time logged_run = absl::InfinitePast();    // StartedAt of the run logged as stopped
     absl::Time touched = absl::InfinitePast();
-    // Runs, as the stream told them (ExitFromEvents): `starts` counts start/restart events; `run`
+    // Runs, as the stream told them (ExitFromEvents): `starts` counts start events; `run`
     // is the last Inspect of the container running, taken in run `run_starts` (RememberRun; only
     // for a container without a restart policy); `died`: a `die` ended run `died_starts` at
-    // `died_at` with `died_exit_code`, and no start came since.
+    // `died_at` with `died_exit_code`, and no start came since (used for kExitFromEventFor).
     uint64_t starts = 0;
     bool has_run = false;
     ServiceObservation run;
     int run_stop_signal = SIGTERM;
     uint64_t run_starts = 0;
     bool died = false;
+    absl::Time died_read;  // when the stream delivered that `die`
     uint64_t died_starts = 0;
     absl::Time died_at;
     int died_exit_code = 0;

@@ -30,10 +30,13 @@ namespace upkeep::agent {
 // Inspect sent then waits for all of it before the observer can report the crash. So while the
 // stream is live, the runtime keeps the last Inspect of each running container that has no
 // restart policy, and after its `die` answers Inspect from those two (running false, pid 0, the
-// event's exit code and time as FinishedAt, OOMKilled from an `oom` event of the run) until a
-// start of the container or an action of this runtime on it. A `start` sent at once then
-// queues behind dockerd's clean-up instead of after an Inspect and a report. A container with a
-// restart policy, or one not inspected running since the stream came up, is asked as before.
+// event's exit code and time as FinishedAt, OOMKilled from an `oom` event of the run) for
+// 250 ms after the event was read, unless a start of the container or an action of this runtime
+// on it comes first; after that dockerd answers at once again and is asked (a start by someone
+// else is known only once its event is read: the bound keeps that lag short-lived). A `start`
+// sent at once then queues behind dockerd's clean-up instead of after an Inspect and a report.
+// A container with a restart policy, or one not inspected running since the stream came up, is
+// asked as before.
 //
 // A person's stop (`ServiceObservation.stopped_by_person`): a container that is not running is
 // reported stopped by a person when the run that ended was stopped or killed through the Engine

@@ -339,15 +339,17 @@ TEST_F(DockerRuntimeTest, ExitSeenOnTheStreamIsInspectedWithoutAskingDockerd) {
   ASSERT_TRUE(running.running()) << running.DebugString();
   ASSERT_GT(running.pid(), 0);
 
-  const absl::Time kill_at = absl::Now();
-  ASSERT_EQ(kill(running.pid(), SIGKILL), 0);
-  ASSERT_TRUE(WaitFor([&] { return changes.FirstAfter(kill_at).has_value(); }));
   int dockerd = 0;
   {
     std::ifstream pidfile(daemon()->dir() + "/docker.pid");
     ASSERT_TRUE(pidfile >> dockerd) << "no pid in " << daemon()->dir() << "/docker.pid";
   }
   ASSERT_GT(dockerd, 1);
+  const absl::Time kill_at = absl::Now();
+  ASSERT_EQ(kill(running.pid(), SIGKILL), 0);
+  // At once (the answer from the event holds for 250 ms after it was read).
+  ASSERT_TRUE(WaitFor([&] { return changes.FirstAfter(kill_at).has_value(); }, absl::Seconds(10),
+                      absl::Milliseconds(1)));
   ASSERT_EQ(kill(dockerd, SIGSTOP), 0);
   const auto obs = rt_->Inspect(spec);
   ASSERT_EQ(kill(dockerd, SIGCONT), 0);
@@ -456,8 +458,11 @@ TEST_F(DockerRuntimeTest, DockerStopByAPersonIsStoppedByPersonUntilStarted) {
 
   ASSERT_EQ(ApiPost(absl::StrCat("/containers/", *id, "/start")), 204);
   ASSERT_TRUE(WaitForPort("127.0.0.1", port));
-  obs = rt_->Inspect(spec);
-  EXPECT_TRUE(obs.running());
+  // Known once the stream has read its `start` (right after a `die`, Inspect answers from it).
+  EXPECT_TRUE(WaitFor([&] {
+    obs = rt_->Inspect(spec);
+    return obs.running();
+  })) << obs.DebugString();
   EXPECT_FALSE(obs.stopped_by_person());
 
   HttpGetStatus("127.0.0.1", port, "/fault/crash");
