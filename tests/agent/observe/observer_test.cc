@@ -48,6 +48,28 @@ v1::Stack ProcessStack(const std::string& name, const std::string& service, int 
   return s;
 }
 
+// Puts `stack` behind the test's own nginx, run from `dir` (config, pid file and error log
+// there), with one probed route: /api/ -> api, probed at http://127.0.0.1:PORT/api/health.
+void BehindNginx(const std::string& dir, int nginx_port, v1::Stack* stack) {
+  auto* proxy = stack->mutable_spec()->mutable_proxy();
+  proxy->mutable_nginx()->set_config(dir + "/nginx.conf");
+  proxy->mutable_nginx()->set_prefix(dir);
+  proxy->mutable_nginx()->set_pid_file(dir + "/nginx.pid");
+  proxy->mutable_nginx()->set_error_log(dir + "/error.log");
+  auto* route = proxy->add_routes();
+  route->set_path("/api/");
+  route->set_upstream("api");
+  route->mutable_probe()->set_url(absl::StrCat("http://127.0.0.1:", nginx_port, "/api/health"));
+  *route->mutable_probe()->mutable_timeout() = ToProto(absl::Seconds(1));
+  manifest::ApplyDefaults(stack);
+}
+
+// Runs nginx on `dir`/nginx.conf in the foreground (stopped when the handle goes).
+absl::StatusOr<std::unique_ptr<upkeep::testing::Subprocess>> StartNginx(const std::string& dir) {
+  return upkeep::testing::Subprocess::Start(
+      {"nginx", "-p", dir, "-c", dir + "/nginx.conf", "-g", "daemon off;"}, dir + "/nginx.out");
+}
+
 // The observations the callback received, per stack.
 struct Reports {
   absl::Mutex mu;
@@ -194,25 +216,13 @@ TEST(StackObserver, ARouteFailingThroughNginxIsNotPokedByItsOwnErrors) {
       "worker_processes 1;\npid ", dir.Join("nginx.pid"), ";\nerror_log ", dir.Join("error.log"),
       " error;\nevents {}\nhttp {\n access_log off;\n server { listen 127.0.0.1:", nginx_port,
       "; location /api/ { proxy_pass http://127.0.0.1:", dead_port, "/; } }\n}\n");
-  auto nginx = upkeep::testing::Subprocess::Start(
-      {"nginx", "-p", dir.path(), "-c", dir.Join("nginx.conf"), "-g", "daemon off;"},
-      dir.Join("nginx.out"));
+  auto nginx = StartNginx(dir.path());
   ASSERT_TRUE(nginx.ok()) << nginx.status();
   ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", nginx_port));
 
   std::unique_ptr<Host> host = MakeHost({dir.path(), ""});
   v1::Stack stack = ProcessStack("shop", "api", api_port);
-  auto* proxy = stack.mutable_spec()->mutable_proxy();
-  proxy->mutable_nginx()->set_config(dir.Join("nginx.conf"));
-  proxy->mutable_nginx()->set_prefix(dir.path());
-  proxy->mutable_nginx()->set_pid_file(dir.Join("nginx.pid"));
-  proxy->mutable_nginx()->set_error_log(dir.Join("error.log"));
-  auto* route = proxy->add_routes();
-  route->set_path("/api/");
-  route->set_upstream("api");
-  route->mutable_probe()->set_url(absl::StrCat("http://127.0.0.1:", nginx_port, "/api/health"));
-  *route->mutable_probe()->mutable_timeout() = ToProto(absl::Seconds(1));
-  manifest::ApplyDefaults(&stack);
+  BehindNginx(dir.path(), nginx_port, &stack);
 
   absl::Mutex mu;
   std::set<absl::Time> failing;  // when each failing probe of /api/ reported was sent
@@ -295,9 +305,7 @@ TEST(StackObserver, AnUpstreamErrorInsideTheRepokeWindowProbesTheRouteWhenTheWin
                    access_log, ";\n    location /api/ { proxy_pass http://127.0.0.1:", api_port,
                    "/; }\n    location /dead/ { proxy_pass http://127.0.0.1:", dead_port,
                    "/; }\n  }\n"));
-  auto nginx = upkeep::testing::Subprocess::Start(
-      {"nginx", "-p", dir.path(), "-c", dir.Join("nginx.conf"), "-g", "daemon off;"},
-      dir.Join("nginx.out"));
+  auto nginx = StartNginx(dir.path());
   ASSERT_TRUE(nginx.ok()) << nginx.status();
   ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", nginx_port));
   ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", api_port));
@@ -309,20 +317,9 @@ TEST(StackObserver, AnUpstreamErrorInsideTheRepokeWindowProbesTheRouteWhenTheWin
     return n;
   };
 
-  v1::Stack stack;
-  stack.mutable_metadata()->set_name("shop");
-  stack.mutable_spec()->add_hosts("h");
-  stack.mutable_spec()->set_runtime(v1::RUNTIME_KIND_PROCESS);
-  auto* proxy = stack.mutable_spec()->mutable_proxy();
-  proxy->mutable_nginx()->set_config(dir.Join("nginx.conf"));
-  proxy->mutable_nginx()->set_prefix(dir.path());
-  proxy->mutable_nginx()->set_pid_file(dir.Join("nginx.pid"));
-  proxy->mutable_nginx()->set_error_log(dir.Join("error.log"));
-  auto* route = proxy->add_routes();
-  route->set_path("/api/");
-  route->mutable_probe()->set_url(absl::StrCat("http://127.0.0.1:", nginx_port, "/api/health"));
-  *route->mutable_probe()->mutable_timeout() = ToProto(absl::Seconds(2));
-  manifest::ApplyDefaults(&stack);
+  // The upstream runs on its own (its service is not started by the runtime: not running).
+  v1::Stack stack = ProcessStack("shop", "api", api_port);
+  BehindNginx(dir.path(), nginx_port, &stack);
 
   std::unique_ptr<Host> host = MakeHost({dir.path(), ""});
   std::atomic<int> errors_handled{0};
