@@ -84,29 +84,13 @@ int RunDaemon(int argc, char** argv) {
     UPKEEP_LOG(critical, "agent_start_failed", {{"error", std::string(st.message())}});
     return 1;
   }
-  // Owned here, destroyed in reverse: the client (its stream and threads), the executor, the
-  // observer (its probes and watches), and last the host's runtimes and proxy drivers.
-  if (exec.prefixes.empty()) {
-    UPKEEP_LOG(warn, "no_allow_exec",
-               {{"note", "no --allow-exec: process-runtime services will be refused"}});
-  }
-  std::unique_ptr<Host> host = MakeHost({options.data_dir, options.docker_socket, exec});
-  auto observer =
-      StackObserver::Create({options.host_id, options.data_dir}, &host->runtimes, &host->proxies);
-  if (!observer.ok()) {
-    UPKEEP_LOG(critical, "agent_start_failed",
-               {{"error", std::string(observer.status().message())}});
+  // Owned here, destroyed in reverse: the client (its stream and threads), then the agent host.
+  auto agent = MakeAgentHost({options.data_dir, options.docker_socket, exec}, options.host_id);
+  if (!agent.ok()) {
+    UPKEEP_LOG(critical, "agent_start_failed", {{"error", std::string(agent.status().message())}});
     return 1;
   }
-  StackObserver* obs = observer->get();
-  auto executor = Executor::Create(options.data_dir, &host->runtimes, &host->proxies,
-                                   [obs] { obs->RefreshNow(); });
-  if (!executor.ok()) {
-    UPKEEP_LOG(critical, "agent_start_failed",
-               {{"error", std::string(executor.status().message())}});
-    return 1;
-  }
-  AgentClient client(options, obs, executor->get());
+  AgentClient client(options, agent->observer.get(), agent->executor.get());
   if (absl::Status st = client.Start(); !st.ok()) {
     UPKEEP_LOG(critical, "agent_start_failed", {{"error", std::string(st.message())}});
     return 1;
