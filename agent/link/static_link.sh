@@ -2,8 +2,9 @@
 # The agent's link launcher (RULE_LAUNCH_LINK of upkeep-agent, agent/CMakeLists.txt): runs the
 # link command CMake wrote with every shared library named in UPKEEP_STATIC_LIBS replaced by
 # Debian's static archive beside it (libgrpc.so.29.0.0 -> libgrpc.a, -lre2 -> libre2.a), the
-# archives in one --start-group, then --gc-sections drops what the agent never calls.
-# Why: docs/footprint.md. The other targets (controller, tests) keep the shared libraries.
+# archives in one --start-group (they refer to each other in every order), --gc-sections on.
+# Why and the figures: docs/agent.md, "Footprint". The other targets (controller, tests) keep
+# the shared libraries.
 #
 #   static_link.sh 'grpc++ grpc gpr upb ... absl_*' <the link command...>
 set -euo pipefail
