@@ -189,9 +189,10 @@ std::string Manifest(const std::string& bin, std::vector<int>* ports) {
   return yaml;
 }
 
-// Measures `pid` over `seconds` once the services answer and `warm` has passed.
+// Set by the `smaps` argument: Measure prints PrintSmaps after its row.
 bool g_smaps = false;
 
+// Measures `pid` over `seconds` once the services answer and `warm` has passed.
 bool Measure(const std::string& mode, pid_t pid, const std::vector<int>& ports, int seconds) {
   for (int port : ports) {
     if (!upkeep::testing::WaitForPort("127.0.0.1", port, absl::Seconds(20))) {
