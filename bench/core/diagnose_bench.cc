@@ -95,95 +95,96 @@ Input Make(int services, int routes, int history, bool broken) {
   return in;
 }
 
-void BM_Diagnose(benchmark::State& state) {
-  const Input in = Make(state.range(0), state.range(1), state.range(2), state.range(3) != 0);
+// A case's input and the reusable state a caller that diagnoses often keeps: an arena with an
+// initial block of its own (reset after each diagnosis), the history indexed once (as a caller
+// would per change of the history, not per diagnosis) and a Trace.
+struct Caller {
+  explicit Caller(const benchmark::State& state)
+      : in(Make(state.range(0), state.range(1), state.range(2), state.range(3) != 0)),
+        indexed(in.history),
+        block(256 << 10),
+        arena([this] {
+          google::protobuf::ArenaOptions options;
+          options.initial_block = block.data();
+          options.initial_block_size = block.size();
+          return options;
+        }()) {}
+  const Input in;
+  const upkeep::policy::History indexed;
+  std::vector<char> block;
+  google::protobuf::Arena arena;
+  upkeep::decision::Trace trace;
+};
+
+// Runs `diagnose(caller)` once per iteration; `allocs`: operator new calls per iteration.
+template <typename F>
+void Run(benchmark::State& state, F diagnose) {
+  Caller c(state);
   const int64_t allocs_before = g_allocs.load();
-  for (auto _ : state) {
-    benchmark::DoNotOptimize(upkeep::decision::Diagnose(in.stack, in.observed, in.history, kNow));
-  }
+  for (auto _ : state) diagnose(c);
   state.SetItemsProcessed(state.iterations());
   state.counters["allocs"] = benchmark::Counter(
       static_cast<double>(g_allocs.load() - allocs_before), benchmark::Counter::kAvgIterations);
 }
 
-// The same on an arena that is reused, as a caller that diagnoses often would: an initial
-// block of its own, reset after each diagnosis.
-void BM_DiagnoseOnArena(benchmark::State& state) {
-  const Input in = Make(state.range(0), state.range(1), state.range(2), state.range(3) != 0);
-  std::vector<char> block(256 << 10);
-  google::protobuf::ArenaOptions options;
-  options.initial_block = block.data();
-  options.initial_block_size = block.size();
-  google::protobuf::Arena arena(options);
-  const int64_t allocs_before = g_allocs.load();
-  for (auto _ : state) {
+upkeep::decision::DiagnoseOptions NoExplain() {
+  upkeep::decision::DiagnoseOptions options;
+  options.explain = false;
+  return options;
+}
+
+// The default call: on the heap, with the explanation, the history indexed per call.
+void BM_Diagnose(benchmark::State& state) {
+  Run(state, [](Caller& c) {
     benchmark::DoNotOptimize(
-        upkeep::decision::Diagnose(in.stack, in.observed, in.history, kNow, &arena));
-    arena.Reset();
-  }
-  state.SetItemsProcessed(state.iterations());
-  state.counters["allocs"] = benchmark::Counter(
-      static_cast<double>(g_allocs.load() - allocs_before), benchmark::Counter::kAvgIterations);
+        upkeep::decision::Diagnose(c.in.stack, c.in.observed, c.in.history, kNow));
+  });
+}
+
+// On a reused arena.
+void BM_DiagnoseOnArena(benchmark::State& state) {
+  Run(state, [](Caller& c) {
+    benchmark::DoNotOptimize(
+        upkeep::decision::Diagnose(c.in.stack, c.in.observed, c.in.history, kNow, &c.arena));
+    c.arena.Reset();
+  });
 }
 
 // Without the path's evidence (DiagnoseOptions::explain = false), on the heap and on a reused
 // arena: what a caller pays that reads the verdict, findings and actions, and asks for the
 // explanation only when a person does.
 void BM_DiagnoseNoExplain(benchmark::State& state) {
-  const Input in = Make(state.range(0), state.range(1), state.range(2), state.range(3) != 0);
-  upkeep::decision::DiagnoseOptions options;
-  options.explain = false;
-  const int64_t allocs_before = g_allocs.load();
-  for (auto _ : state) {
+  Run(state, [options = NoExplain()](Caller& c) {
     benchmark::DoNotOptimize(
-        upkeep::decision::Diagnose(in.stack, in.observed, in.history, kNow, options));
-  }
-  state.SetItemsProcessed(state.iterations());
-  state.counters["allocs"] = benchmark::Counter(
-      static_cast<double>(g_allocs.load() - allocs_before), benchmark::Counter::kAvgIterations);
+        upkeep::decision::Diagnose(c.in.stack, c.in.observed, c.in.history, kNow, options));
+  });
 }
 
 void BM_DiagnoseNoExplainOnArena(benchmark::State& state) {
-  const Input in = Make(state.range(0), state.range(1), state.range(2), state.range(3) != 0);
-  upkeep::decision::DiagnoseOptions options;
-  options.explain = false;
-  std::vector<char> block(256 << 10);
-  google::protobuf::ArenaOptions arena_options;
-  arena_options.initial_block = block.data();
-  arena_options.initial_block_size = block.size();
-  google::protobuf::Arena arena(arena_options);
-  const int64_t allocs_before = g_allocs.load();
-  for (auto _ : state) {
-    benchmark::DoNotOptimize(
-        upkeep::decision::Diagnose(in.stack, in.observed, in.history, kNow, &arena, options));
-    arena.Reset();
-  }
-  state.SetItemsProcessed(state.iterations());
-  state.counters["allocs"] = benchmark::Counter(
-      static_cast<double>(g_allocs.load() - allocs_before), benchmark::Counter::kAvgIterations);
+  Run(state, [options = NoExplain()](Caller& c) {
+    benchmark::DoNotOptimize(upkeep::decision::Diagnose(c.in.stack, c.in.observed, c.in.history,
+                                                        kNow, &c.arena, options));
+    c.arena.Reset();
+  });
 }
 
-// All a caller can do: no path evidence, a reused arena, and the history indexed once (as a
-// caller would per change of the history, not per diagnosis).
+// Also with the history indexed once.
 void BM_DiagnoseNoExplainOnArenaIndexed(benchmark::State& state) {
-  const Input in = Make(state.range(0), state.range(1), state.range(2), state.range(3) != 0);
-  const upkeep::policy::History history(in.history);
-  upkeep::decision::DiagnoseOptions options;
-  options.explain = false;
-  std::vector<char> block(256 << 10);
-  google::protobuf::ArenaOptions arena_options;
-  arena_options.initial_block = block.data();
-  arena_options.initial_block_size = block.size();
-  google::protobuf::Arena arena(arena_options);
-  const int64_t allocs_before = g_allocs.load();
-  for (auto _ : state) {
+  Run(state, [options = NoExplain()](Caller& c) {
     benchmark::DoNotOptimize(
-        upkeep::decision::Diagnose(in.stack, in.observed, history, kNow, &arena, options));
-    arena.Reset();
-  }
-  state.SetItemsProcessed(state.iterations());
-  state.counters["allocs"] = benchmark::Counter(
-      static_cast<double>(g_allocs.load() - allocs_before), benchmark::Counter::kAvgIterations);
+        upkeep::decision::Diagnose(c.in.stack, c.in.observed, c.indexed, kNow, &c.arena, options));
+    c.arena.Reset();
+  });
+}
+
+// All a caller can do, as the controller does: also the path left in a reused Trace (no
+// message built for it; Trace::AppendTo builds it when somebody asks).
+void BM_DiagnoseTraced(benchmark::State& state) {
+  Run(state, [options = NoExplain()](Caller& c) {
+    benchmark::DoNotOptimize(upkeep::decision::Diagnose(c.in.stack, c.in.observed, c.indexed, kNow,
+                                                        &c.arena, options, &c.trace));
+    c.arena.Reset();
+  });
 }
 
 // The floor under Diagnose: copying the diagnosis it returns (the same path, evidence,
@@ -215,6 +216,7 @@ BENCHMARK(BM_DiagnoseOnArena)->Apply(Cases);
 BENCHMARK(BM_DiagnoseNoExplain)->Apply(Cases);
 BENCHMARK(BM_DiagnoseNoExplainOnArena)->Apply(Cases);
 BENCHMARK(BM_DiagnoseNoExplainOnArenaIndexed)->Apply(Cases);
+BENCHMARK(BM_DiagnoseTraced)->Apply(Cases);
 BENCHMARK(BM_CopyDiagnosis)->Apply(Cases);
 
 }  // namespace

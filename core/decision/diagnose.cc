@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -24,9 +25,90 @@
 #include "core/proto_time.h"
 
 namespace upkeep::decision {
+
+namespace internal {
+
+// How the engine records into a Trace (the trace's layout stays its own).
+class TraceWriter {
+ public:
+  using Ref = Trace::Ref;
+  explicit TraceWriter(Trace* t) : t_(t) {}
+
+  // A view the trace keeps as it is: it must outlive the trace.
+  static Ref View(absl::string_view s) { return Ref{s}; }
+
+  int Node(absl::string_view step, Ref target, Ref decision, int depth) {
+    t_->nodes_.push_back(Trace::Node{step, target, decision, depth});
+    return static_cast<int>(t_->nodes_.size()) - 1;
+  }
+  // A string the trace keeps (its slot's capacity reused from earlier diagnoses).
+  Ref Keep(absl::string_view s) {
+    const int i = Slot();
+    t_->strings_[i].assign(s.data(), s.size());
+    return Ref{{}, i};
+  }
+  Ref Keep(std::string&& s) {
+    const int i = Slot();
+    t_->strings_[i] = std::move(s);
+    return Ref{{}, i};
+  }
+  void Evidence(int node, absl::string_view key, Ref value) {
+    t_->evidence_.push_back(Trace::Evidence{node, key, value.owned});
+  }
+  absl::string_view step(int node) const { return t_->nodes_[node].step; }
+
+ private:
+  int Slot() {
+    if (t_->strings_used_ == t_->strings_.size()) t_->strings_.emplace_back();
+    return static_cast<int>(t_->strings_used_++);
+  }
+  Trace* const t_;
+};
+
+}  // namespace internal
+
+void Trace::Clear() {
+  nodes_.clear();
+  evidence_.clear();
+  strings_used_ = 0;
+}
+
+void Trace::AppendTo(upkeep::v1::Diagnosis* d) const {
+  auto* path = d->mutable_path();
+  const int base = path->size();
+  path->Reserve(base + size());
+  for (const Node& node : nodes_) {
+    upkeep::v1::PathNode* n = path->Add();
+    // Each built once and moved in (from a pointer and size, protobuf copies a temporary).
+    n->set_step(std::string(node.step));
+    // An empty string is the field's default: setting it would only allocate.
+    if (const absl::string_view target = Text(node.target); !target.empty()) {
+      n->set_target(std::string(target));
+    }
+    n->set_decision(std::string(Text(node.decision)));
+    n->set_depth(node.depth);
+  }
+  for (const Evidence& e : evidence_) {
+    (*path->Mutable(base + e.node)->mutable_evidence())[std::string(e.key)] = strings_[e.value];
+  }
+}
+
+bool Trace::SamePath(const upkeep::v1::Diagnosis& d) const {
+  if (d.path_size() != size()) return false;
+  for (int i = 0; i < size(); ++i) {
+    const upkeep::v1::PathNode& n = d.path(i);
+    if (n.depth() != depth(i) || n.step() != step(i) || n.target() != target(i) ||
+        n.decision() != decision(i)) {
+      return false;
+    }
+  }
+  return true;
+}
+
 namespace {
 
 namespace v1 = upkeep::v1;
+using internal::TraceWriter;
 
 // An action whose result has not come back is waited for this long before it is ignored.
 // After a start reported success, a service that is not running yet is given this long.
@@ -135,7 +217,7 @@ class Engine {
   // Fills `out`, an empty message.
   Engine(const v1::Stack& desired, const v1::StackObservation& observed,
          const policy::History& history, absl::Time now, const DiagnoseOptions& options,
-         v1::Diagnosis* out)
+         v1::Diagnosis* out, Trace* trace)
       : desired_(desired),
         observed_(observed),
         history_(history),
@@ -144,13 +226,11 @@ class Engine {
         specs_(desired.spec().services()),
         services_(observed.services()),
         routes_(observed.proxy().routes()),
-        d_(out) {
+        d_(out),
+        trace_(trace) {
     d_->set_stack(desired.metadata().name());
     d_->set_host(observed.host().host_id());
     SetProto(now, d_->mutable_at());
-    // Room for the nodes a diagnosis usually has (one per check), so the path grows once.
-    d_->mutable_path()->Reserve(6 + desired.spec().services_size() +
-                                desired.spec().proxy().routes_size());
   }
 
   void Run() {
@@ -166,24 +246,30 @@ class Engine {
 
  private:
   // ---- the path -------------------------------------------------------------------------
-  // Strings are taken as views and copied once, into the message: most are literals.
-  v1::PathNode* Node(absl::string_view step, absl::string_view target, absl::string_view decision,
-                     int depth = 0) {
-    v1::PathNode* n = d_->add_path();
-    // Each built once and moved in (from a pointer and size, protobuf copies a temporary).
-    n->set_step(std::string(step));
-    // An empty string is the field's default: setting it would only allocate.
-    if (!target.empty()) n->set_target(std::string(target));
-    n->set_decision(std::string(decision));
-    n->set_depth(depth);
-    return n;
+  // Recorded in the trace as views: `step`, `target` and `decision` must outlive the trace
+  // (literals, the inputs); a string made here goes through the overloads that keep it.
+  int Node(absl::string_view step, absl::string_view target, absl::string_view decision,
+           int depth = 0) {
+    return trace_.Node(step, TraceWriter::View(target), TraceWriter::View(decision), depth);
+  }
+  int NodeMade(absl::string_view step, absl::string_view target, std::string decision,
+               int depth = 0) {
+    return trace_.Node(step, TraceWriter::View(target), trace_.Keep(std::move(decision)), depth);
+  }
+  int NodeOwnTarget(absl::string_view step, absl::string_view target, absl::string_view decision,
+                    int depth = 0) {
+    return trace_.Node(step, trace_.Keep(target), TraceWriter::View(decision), depth);
   }
   // A node's evidence, kept only when the caller asked for the explanation: without it the
   // value is neither copied nor stored (a std::string the caller built is simply dropped).
   template <typename V>
-  void Ev(v1::PathNode* n, absl::string_view k, V&& v) const {
+  void Ev(int n, absl::string_view k, V&& v) {
     if (!options_.explain) return;
-    (*n->mutable_evidence())[std::string(k)] = std::forward<V>(v);
+    if constexpr (std::is_same_v<std::decay_t<V>, std::string> && !std::is_reference_v<V>) {
+      trace_.Evidence(n, k, trace_.Keep(std::move(v)));
+    } else {
+      trace_.Evidence(n, k, trace_.Keep(absl::string_view(v)));
+    }
   }
   // A time as evidence: formatting one is costly, so only when it will be kept.
   std::string EvTime(absl::Time t) const {
@@ -226,7 +312,7 @@ class Engine {
     v1::PlannedAction main =
         policy::Judge(policy, history_, std::move(main_action), now_, options_.paused);
     const std::string& target = main.action().target();
-    v1::PathNode* n = Node("policy", target, v1::PolicyVerdict_Name(main.policy()), depth + 1);
+    const int n = NodeOwnTarget("policy", target, v1::PolicyVerdict_Name(main.policy()), depth + 1);
     Ev(n, "reason", main.policy_reason());
     if (main.policy() == v1::POLICY_VERDICT_BUDGET_EXHAUSTED) {
       if (HasFinding("CrashLooping", target)) return main.policy();
@@ -258,7 +344,7 @@ class Engine {
   // ---- 1. "Run: bash scripts/debug_dashboard_remote.sh" — do we see the host at all? -----
   bool AgentConnected() {
     const auto& h = observed_.host();
-    v1::PathNode* n = Node("agent.connected", h.host_id(), h.agent_connected() ? "yes" : "no");
+    const int n = Node("agent.connected", h.host_id(), h.agent_connected() ? "yes" : "no");
     if (h.has_last_heard()) Ev(n, "last_heard", EvTime(FromProto(h.last_heard())));
     if (!h.agent_connected()) {
       summary_ = absl::StrCat("agent for host ", h.host_id(), " is not connected: no action");
@@ -271,7 +357,7 @@ class Engine {
     const absl::Duration stale_after = FromProto(desired_.spec().policy().stale_after());
     const absl::Duration age = now_ - FromProto(observed_.observed_at());
     const bool fresh = observed_.has_observed_at() && age <= stale_after;
-    v1::PathNode* n = Node("observation.fresh", "", fresh ? "yes" : "no: stale");
+    const int n = Node("observation.fresh", "", fresh ? "yes" : "no: stale");
     Ev(n, "age", observed_.has_observed_at() ? Ms(age) : "never");
     Ev(n, "stale_after", Ms(stale_after));
     if (!fresh) summary_ = "observation is stale: no action";
@@ -286,7 +372,7 @@ class Engine {
       if (it->dry_run() || it->action().kind() == v1::ACTION_KIND_RESET_BUDGET) continue;
       if (FromProto(it->requested_at()) < timed_out) break;
       if (it->result().id().empty()) {
-        v1::PathNode* n =
+        const int n =
             Node("action.in_flight", it->action().target(), "yes: waiting for its result");
         Ev(n, "action", v1::ActionKind_Name(it->action().kind()));
         Ev(n, "id", it->action().id());
@@ -313,7 +399,7 @@ class Engine {
   bool CheckProxy() {
     if (!desired_.spec().has_proxy()) return true;
     const auto& p = observed_.proxy();
-    v1::PathNode* n = Node("proxy.running", kProxyTarget, p.master_running() ? "yes" : "no");
+    const int n = Node("proxy.running", kProxyTarget, p.master_running() ? "yes" : "no");
     if (p.master_pid() > 0) Ev(n, "master_pid", absl::StrCat(p.master_pid()));
     if (!p.error().empty()) Ev(n, "error", p.error());
     if (p.master_running()) return true;
@@ -325,14 +411,14 @@ class Engine {
     if (tested_since_last_action && !test.ok() && NoSpace(test.output()) &&
         !DiskHasRoomAgain(test)) {
       // "No space left on device" is the disk's fault, not the config's: starting cannot help.
-      v1::PathNode* t = Node("proxy.config_valid", kProxyTarget, "no: the disk is full: alert", 1);
+      const int t = Node("proxy.config_valid", kProxyTarget, "no: the disk is full: alert", 1);
       Ev(t, "nginx_t", test.output());
       DiskBlamed(kProxyTarget, test.output());
       summary_ = "nginx is down and `nginx -t` finds no space left on the device";
       return false;
     }
     if (tested_since_last_action && !test.ok() && !NoSpace(test.output())) {
-      v1::PathNode* t = Node("proxy.config_valid", kProxyTarget, "no: alert", 1);
+      const int t = Node("proxy.config_valid", kProxyTarget, "no: alert", 1);
       Ev(t, "nginx_t", test.output());
       v1::Finding* f = Find(v1::SEVERITY_ALERT, "ConfigInvalid", kProxyTarget,
                             "nginx is down and its config fails `nginx -t`: fix the config");
@@ -340,13 +426,13 @@ class Engine {
       summary_ = "nginx is down and its config is invalid";
       return false;
     }
-    v1::PathNode* t = Node("proxy.config_valid", kProxyTarget,
-                           test.ran() ? (test.ok()                ? "yes"
-                                         : NoSpace(test.output()) ? "no space earlier, the disk "
-                                                                    "has room again: test again"
-                                                                  : "unknown: test again")
-                                      : "untested",
-                           1);
+    const int t = Node("proxy.config_valid", kProxyTarget,
+                       test.ran() ? (test.ok()                ? "yes"
+                                     : NoSpace(test.output()) ? "no space earlier, the disk "
+                                                                "has room again: test again"
+                                                              : "unknown: test again")
+                                  : "untested",
+                       1);
     if (test.ran()) Ev(t, "nginx_t", test.output());
     // "nginx down → test its config; valid → start it"
     Plan(MakeAction(v1::ACTION_KIND_START_PROXY, kProxyTarget, "nginx is not running"), 1,
@@ -388,8 +474,9 @@ class Engine {
   // share a name).
   using Names = NameSet;
   using Ordered = std::pair<const v1::ServiceSpec*, int>;
-  std::vector<Ordered> DependencyOrder() const {
-    std::vector<Ordered> order;
+  using Order = absl::InlinedVector<Ordered, 32>;
+  Order DependencyOrder() const {
+    Order order;
     order.reserve(specs_.size());
     absl::InlinedVector<bool, 32> done(specs_.size(), false);
     for (int i = 0; i < specs_.size(); ++i) {
@@ -399,7 +486,7 @@ class Engine {
     return order;
   }
   void VisitDependencies(const v1::ServiceSpec* s, int position, int key, int depth,
-                         absl::InlinedVector<bool, 32>* done, std::vector<Ordered>* order) const {
+                         absl::InlinedVector<bool, 32>* done, Order* order) const {
     if ((*done)[key] || depth > 64) return;
     for (const auto& d : s->depends_on()) {
       if (const int dep = specs_.IndexOf(d); dep >= 0) {
@@ -433,8 +520,8 @@ class Engine {
     // "a service whose dependency is down is not restarted; its dependency is fixed first"
     for (const auto& dep : spec.depends_on()) {
       if (down.contains(dep)) {
-        v1::PathNode* n =
-            Node("service.dependency_down", name, absl::StrCat("yes: waiting for ", dep));
+        const int n =
+            NodeMade("service.dependency_down", name, absl::StrCat("yes: waiting for ", dep));
         Ev(n, "dependency", dep);
         Ev(n, "running", o.running() ? "true" : "false");
         waiting_ = true;
@@ -444,7 +531,7 @@ class Engine {
     Episode(spec, o);
     if (!o.running() && StoppedByPerson(spec, o)) return false;
     if (!o.error().empty()) {
-      v1::PathNode* n = Node("service.observable", name, "no: runtime error");
+      const int n = Node("service.observable", name, "no: runtime error");
       Ev(n, "error", o.error());
       Find(v1::SEVERITY_WARNING, "RuntimeError", name, o.error());
       waiting_ = true;
@@ -452,7 +539,7 @@ class Engine {
     }
     // "Backend container not running? → docker compose up -d backend-aws"
     if (!o.exists() || !o.running()) {
-      v1::PathNode* n = Node("service.running", name, o.exists() ? "no: stopped" : "no: missing");
+      const int n = Node("service.running", name, o.exists() ? "no: stopped" : "no: missing");
       if (o.exists()) Ev(n, "exit_code", absl::StrCat(o.exit_code()));
       if (o.oom_killed()) Ev(n, "oom_killed", "true");
       if (o.restart_count() > 0) Ev(n, "restart_count", absl::StrCat(o.restart_count()));
@@ -497,7 +584,7 @@ class Engine {
     if (unhealthy && HealthPredatesStart(name, o)) return false;
     if (unhealthy) {
       // "Backend unhealthy? → Check logs → Restart"
-      v1::PathNode* n = Node("service.healthy", name, "no: unhealthy");
+      const int n = Node("service.healthy", name, "no: unhealthy");
       Ev(n, "probe", o.probe().ok() ? "ok" : o.probe().error());
       if (o.probe().status_code() > 0) Ev(n, "status", absl::StrCat(o.probe().status_code()));
       Ev(n, "consecutive_failures", absl::StrCat(o.consecutive_failures()));
@@ -518,19 +605,18 @@ class Engine {
     }
     if (o.health() != v1::HEALTH_STATE_HEALTHY) {
       // "Services are still starting up (may take 2-3 minutes)" — wait.
-      v1::PathNode* n = Node("service.healthy", name, "starting: wait");
+      const int n = Node("service.healthy", name, "starting: wait");
       Ev(n, "health", v1::HealthState_Name(o.health()));
       waiting_ = true;
       return false;
     }
-    v1::PathNode* n = Node("service.healthy", name, "yes");
+    const int n = Node("service.healthy", name, "yes");
     if (o.probe().has_latency()) Ev(n, "latency", Ms(FromProto(o.probe().latency())));
     return true;
   }
 
   // The service listens, but not on the port the stack expects.
-  bool PortMoved(const v1::ServiceSpec& spec, const v1::ServiceObservation& o,
-                 v1::PathNode* parent) {
+  bool PortMoved(const v1::ServiceSpec& spec, const v1::ServiceObservation& o, int parent) {
     if (o.listening_size() == 0 || spec.port() == 0) return false;
     std::vector<std::string> ports;
     for (const auto& l : o.listening()) {
@@ -560,7 +646,7 @@ class Engine {
         (last->action().kind() == v1::ACTION_KIND_RESTART_SERVICE ||
          last->action().kind() == v1::ACTION_KIND_START_SERVICE) &&
         sent < FromProto(last->result().finished_at())) {
-      v1::PathNode* n =
+      const int n =
           Node("service.healthy", name, "unknown: the last probe predates the last restart", 0);
       Ev(n, "probe_sent", EvTime(sent));
       Ev(n, "restart_finished", EvTime(FromProto(last->result().finished_at())));
@@ -568,7 +654,7 @@ class Engine {
       return true;
     }
     if (!o.has_started_at() || sent >= FromProto(o.started_at())) return false;
-    v1::PathNode* n =
+    const int n =
         Node("service.healthy", name, "unknown: the last probe predates the current start", 0);
     Ev(n, "probe_sent", EvTime(FromProto(o.probe().at())));
     Ev(n, "started_at", EvTime(FromProto(o.started_at())));
@@ -622,7 +708,7 @@ class Engine {
       }
     }
     if (stop == nullptr && !runtime_stop) return false;
-    v1::PathNode* n = Node("service.stopped_by_person", name, "yes: leave it stopped");
+    const int n = Node("service.stopped_by_person", name, "yes: leave it stopped");
     v1::Finding* f = Find(v1::SEVERITY_WARNING, "ManuallyStopped", name,
                           absl::StrCat(name,
                                        " was stopped by a person: upkeep leaves it stopped until "
@@ -647,15 +733,14 @@ class Engine {
 
   // "Slow is not dead": the probe timed out, but the same request, allowed to run on, was
   // answered. Restarting a slow service does not make it faster; a person decides.
-  bool SlowNotHung(const v1::ServiceSpec& spec, const v1::ServiceObservation& o,
-                   v1::PathNode* parent) {
+  bool SlowNotHung(const v1::ServiceSpec& spec, const v1::ServiceObservation& o, int parent) {
     const auto& p = o.probe();
     if (!p.has_late_latency() || p.ok()) return false;
     if (o.has_started_at() && FromProto(p.late_at()) < FromProto(o.started_at())) return false;
     const absl::Duration timeout = FromProto(spec.probe().timeout());
     const absl::Duration late = FromProto(p.late_latency());
     Ev(parent, "late_latency", Ms(late));
-    v1::PathNode* n =
+    const int n =
         Node("service.slow", spec.name(), "yes: answers, slower than its probe: alert", 1);
     Ev(n, "measured_latency", Ms(late));
     Ev(n, "probe_timeout", Ms(timeout));
@@ -689,7 +774,7 @@ class Engine {
   // What nginx's error log says about the failing routes, as evidence for the reload: a
   // connection the upstream closed or reset (keepalive to an upstream that restarted). A stale
   // address is told by the evidence step (ProxyEvidence), before the ladder.
-  void ExplainUpstreamErrors(v1::PathNode* parent) {
+  void ExplainUpstreamErrors(int parent) {
     for (const auto& e : observed_.proxy().upstream_errors()) {
       std::string host;
       int port = 0;
@@ -726,7 +811,7 @@ class Engine {
     }
     if (const int flaps = policy::FlapsInEpisode(policy, history_, name, now_, ServiceHealthy(o));
         flaps > 0) {
-      v1::PathNode* n = Node("service.flapping", name, absl::StrCat("yes: ", flaps, " relapses"));
+      const int n = NodeMade("service.flapping", name, absl::StrCat("yes: ", flaps, " relapses"));
       Ev(n, "healthy_reset", absl::FormatDuration(FromProto(policy.healthy_reset())));
       v1::Finding* f = Find(
           v1::SEVERITY_ALERT, "Flapping", name,
@@ -829,8 +914,7 @@ class Engine {
     for (const auto& fs : observed_.host().filesystems()) {
       if (!Full(fs)) continue;
       const bool blocks = fs.used_percent() >= limit;
-      v1::PathNode* n =
-          Node("host.disk", fs.mount(), blocks ? "full: alert" : "out of inodes: alert");
+      const int n = Node("host.disk", fs.mount(), blocks ? "full: alert" : "out of inodes: alert");
       Ev(n, "used", absl::StrFormat("%.1f%%", fs.used_percent()));
       if (!blocks) Ev(n, "inodes_used", absl::StrFormat("%.1f%%", fs.inodes_used_percent()));
       Ev(n, "disk_warning", absl::StrFormat("%.0f%%", limit));
@@ -857,7 +941,7 @@ class Engine {
 
   // A down or unhealthy service whose data sits on a full disk, or whose last repair failed
   // with "No space left on device", is blamed on the disk: a restart cannot help.
-  bool DiskFullFor(const v1::ServiceSpec& spec, v1::PathNode* parent) {
+  bool DiskFullFor(const v1::ServiceSpec& spec, int parent) {
     for (const auto& fs : observed_.host().filesystems()) {
       if (!Full(fs) || std::find(fs.services().begin(), fs.services().end(), spec.name()) ==
                            fs.services().end()) {
@@ -871,8 +955,8 @@ class Engine {
       v1::Finding* f =
           Find(v1::SEVERITY_ALERT, "DiskFull", spec.name(),
                absl::StrCat(spec.name(), " is ",
-                            parent->step() == "service.running" ? "down" : "unhealthy", " and ",
-                            fs.mount(),
+                            trace_.step(parent) == "service.running" ? "down" : "unhealthy",
+                            " and ", fs.mount(),
                             ", which holds its data, is full: free disk space; restarting "
                             "cannot help"));
       (*f->mutable_evidence())["filesystem"] = fs.mount();
@@ -899,11 +983,11 @@ class Engine {
           fs != nullptr ? !Full(*fs) && FromProto(observed_.observed_at()) > failed_at
                         : now_ >= failed_at + FromProto(desired_.spec().policy().backoff().max());
       if (room) {
-        v1::PathNode* n = Node("service.disk", spec.name(),
-                               fs != nullptr ? "no space earlier; the disk has room again"
-                                             : "no space earlier; the disk is not observed: "
-                                               "try again after backoff.max",
-                               1);
+        const int n = Node("service.disk", spec.name(),
+                           fs != nullptr ? "no space earlier; the disk has room again"
+                                         : "no space earlier; the disk is not observed: "
+                                           "try again after backoff.max",
+                           1);
         if (fs != nullptr) Ev(n, "filesystem", fs->mount());
         return false;
       }
@@ -922,7 +1006,7 @@ class Engine {
       const absl::Time expires = FromProto(r.certificate_not_after());
       if (expires - now_ > warn) continue;
       const bool expired = expires <= now_;
-      v1::PathNode* n = Node("route.certificate", r.path(), expired ? "expired" : "expires soon");
+      const int n = Node("route.certificate", r.path(), expired ? "expired" : "expires soon");
       Ev(n, "not_after", absl::FormatTime(absl::RFC3339_sec, expires, absl::UTCTimeZone()));
       v1::Finding* f = Find(
           expired ? v1::SEVERITY_ALERT : v1::SEVERITY_WARNING,
@@ -950,7 +1034,7 @@ class Engine {
     const auto& test = proxy.last_config_test();
     // "Check nginx config: sudo nginx -t" — nginx runs an older config; the one on disk fails.
     if (test.ran() && !test.ok()) {
-      v1::PathNode* n = Node("proxy.evidence", kProxyTarget, "config fails nginx -t: alert", 1);
+      const int n = Node("proxy.evidence", kProxyTarget, "config fails nginx -t: alert", 1);
       Ev(n, "nginx_t", test.output());
       if (NoSpace(test.output())) {
         DiskBlamed(kProxyTarget, test.output());
@@ -987,7 +1071,7 @@ class Engine {
             absl::StrCat(host.find(':') != std::string::npos ? "[" : "", host,
                          host.find(':') != std::string::npos ? "]" : "", ":", port);
         if (port != svc.port()) {
-          v1::PathNode* n = Node("proxy.evidence", route->path(), "nginx dials another port", 1);
+          const int n = Node("proxy.evidence", route->path(), "nginx dials another port", 1);
           Ev(n, "nginx_dials", dials);
           Ev(n, "expected_port", absl::StrCat(svc.port()));
           port_mismatch = true;
@@ -1006,7 +1090,7 @@ class Engine {
           break;
         }
         if ((host == "::1" && !v6 && v4) || (host == "127.0.0.1" && !v4 && v6)) {
-          v1::PathNode* n =
+          const int n =
               Node("proxy.evidence", route->path(), "nginx dials the other address family", 1);
           Ev(n, "nginx_dials", dials);
           Ev(n, "listening", absl::StrJoin(listening, ","));
@@ -1027,8 +1111,8 @@ class Engine {
           // One reload resolves again; a restart resolves no differently, so after a reload
           // that did not help the config names the old address itself (a literal, or a name
           // still resolving to it): say so, and how to stop it recurring.
-          v1::PathNode* n = Node("proxy.evidence", route->path(),
-                                 "nginx dials an address that is no longer the container's", 1);
+          const int n = Node("proxy.evidence", route->path(),
+                             "nginx dials an address that is no longer the container's", 1);
           stale_address = true;
           Ev(n, "nginx_dials", dials);
           Ev(n, "upstream_now_at", absl::StrJoin(o->addresses(), ","));
@@ -1125,14 +1209,14 @@ class Engine {
       if (!r.has_probe()) continue;
       const v1::RouteObservation* found = routes_.Find(r.path(), position);
       if (found == nullptr) {
-        v1::PathNode* n = Node("route.ok", r.path(), "unknown: not probed yet");
+        const int n = Node("route.ok", r.path(), "unknown: not probed yet");
         Ev(n, "url", r.probe().url());
         waiting_ = true;
         continue;
       }
       const v1::RouteObservation& o = *found;
       const bool ok = RouteOk(r, o);
-      v1::PathNode* n = Node("route.ok", r.path(), ok ? "yes" : "no");
+      const int n = Node("route.ok", r.path(), ok ? "yes" : "no");
       Ev(n, "status", absl::StrCat(o.probe().status_code()));
       if (!o.probe().error().empty()) Ev(n, "error", o.probe().error());
       Ev(n, "latency", Ms(FromProto(o.probe().latency())));
@@ -1156,15 +1240,15 @@ class Engine {
       // Evidence from before the upstream's last (re)start says nothing about nginx now.
       if (up != nullptr && up->has_started_at() &&
           FromProto(routes_.Find(r->path())->probe().at()) < FromProto(up->started_at())) {
-        v1::PathNode* n = Node("route.upstream_confirmed", r->path(),
-                               "not yet: the route was probed before the upstream restarted", 1);
+        const int n = Node("route.upstream_confirmed", r->path(),
+                           "not yet: the route was probed before the upstream restarted", 1);
         Ev(n, "upstream", r->upstream());
         waiting_ = true;
         return;
       }
       if (up != nullptr && !up->probe().ok()) {
-        v1::PathNode* n = Node("route.upstream_confirmed", r->path(),
-                               "no: the upstream fails its own probe; judging it first", 1);
+        const int n = Node("route.upstream_confirmed", r->path(),
+                           "no: the upstream fails its own probe; judging it first", 1);
         Ev(n, "upstream", r->upstream());
         Ev(n, "probe", up->probe().error());
         waiting_ = true;
@@ -1219,14 +1303,14 @@ class Engine {
         if (f.code() == "StaleUpstreamAddress") stale = &f;
       }
       if (stale == nullptr) {
-        v1::PathNode* n = Node("proxy.findings", kProxyTarget,
-                               "alert: after a reload nginx still dials the wrong port", 1);
+        const int n = Node("proxy.findings", kProxyTarget,
+                           "alert: after a reload nginx still dials the wrong port", 1);
         Ev(n, "failing_routes", paths);
         summary_ = "nginx's config dials the wrong port (a reload did not change it): alert";
         return;
       }
-      v1::PathNode* n = Node("proxy.findings", kProxyTarget,
-                             "alert: after a reload nginx still dials the old address", 1);
+      const int n = Node("proxy.findings", kProxyTarget,
+                         "alert: after a reload nginx still dials the old address", 1);
       Ev(n, "failing_routes", paths);
       stale->set_severity(v1::SEVERITY_ALERT);
       const auto& ev = stale->evidence();
@@ -1246,12 +1330,12 @@ class Engine {
       return;
     }
     const bool again = evidence == Evidence::kReloadOnly && (reloaded || restarted);
-    v1::PathNode* n = Node("proxy.reaches_upstreams", kProxyTarget,
-                           again       ? "no, and the last reload failed: reload nginx again"
-                           : restarted ? "no, after reload and restart: alert"
-                           : reloaded  ? "no, after a reload: restart nginx"
-                                       : "no: reload nginx",
-                           1);
+    const int n = Node("proxy.reaches_upstreams", kProxyTarget,
+                       again       ? "no, and the last reload failed: reload nginx again"
+                       : restarted ? "no, after reload and restart: alert"
+                       : reloaded  ? "no, after a reload: restart nginx"
+                                   : "no: reload nginx",
+                       1);
     Ev(n, "failing_routes", paths);
     Ev(n, "upstream_errors", absl::StrCat(observed_.proxy().upstream_errors_size()));
     ExplainUpstreamErrors(n);
@@ -1440,6 +1524,7 @@ class Engine {
   const ByName<v1::ServiceObservation, &v1::ServiceObservation::name> services_;
   const ByName<v1::RouteObservation, &v1::RouteObservation::path> routes_;
   v1::Diagnosis* const d_;
+  TraceWriter trace_;
   std::string summary_;
   bool waiting_ = false;
   absl::flat_hash_set<std::string> disk_full_;
@@ -1461,12 +1546,26 @@ upkeep::v1::Diagnosis* Diagnose(const upkeep::v1::Stack& desired,
   return Diagnose(desired, observed, policy::History(history), now, arena, options);
 }
 
+namespace {
+
+// The trace of a diagnosis whose caller wants the path in the message: one per thread, reused
+// (its slots keep their capacity), and emptied into the message at the end.
+Trace& ScratchTrace() {
+  thread_local Trace trace;
+  return trace;
+}
+
+}  // namespace
+
 upkeep::v1::Diagnosis Diagnose(const upkeep::v1::Stack& desired,
                                const upkeep::v1::StackObservation& observed,
                                const policy::History& history, absl::Time now,
                                const DiagnoseOptions& options) {
   v1::Diagnosis d;
-  Engine(desired, observed, history, now, options, &d).Run();
+  Trace& trace = ScratchTrace();
+  trace.Clear();
+  Engine(desired, observed, history, now, options, &d, &trace).Run();
+  trace.AppendTo(&d);
   return d;
 }
 
@@ -1474,8 +1573,20 @@ upkeep::v1::Diagnosis* Diagnose(const upkeep::v1::Stack& desired,
                                 const upkeep::v1::StackObservation& observed,
                                 const policy::History& history, absl::Time now,
                                 google::protobuf::Arena* arena, const DiagnoseOptions& options) {
+  Trace& trace = ScratchTrace();
+  v1::Diagnosis* d = Diagnose(desired, observed, history, now, arena, options, &trace);
+  trace.AppendTo(d);
+  return d;
+}
+
+upkeep::v1::Diagnosis* Diagnose(const upkeep::v1::Stack& desired,
+                                const upkeep::v1::StackObservation& observed,
+                                const policy::History& history, absl::Time now,
+                                google::protobuf::Arena* arena, const DiagnoseOptions& options,
+                                Trace* trace) {
   auto* d = google::protobuf::Arena::CreateMessage<v1::Diagnosis>(arena);
-  Engine(desired, observed, history, now, options, d).Run();
+  trace->Clear();
+  Engine(desired, observed, history, now, options, d, trace).Run();
   return d;
 }
 
@@ -1483,6 +1594,16 @@ bool Judged(const upkeep::v1::Diagnosis& d) {
   if (d.verdict() == v1::VERDICT_UNKNOWN) return false;
   for (const auto& n : d.path()) {
     if (n.step() == "action.in_flight" && absl::StartsWith(n.decision(), "yes")) return false;
+  }
+  return true;
+}
+
+bool Judged(const upkeep::v1::Diagnosis& d, const Trace& trace) {
+  if (d.verdict() == v1::VERDICT_UNKNOWN) return false;
+  for (int i = 0; i < trace.size(); ++i) {
+    if (trace.step(i) == "action.in_flight" && absl::StartsWith(trace.decision(i), "yes")) {
+      return false;
+    }
   }
   return true;
 }
