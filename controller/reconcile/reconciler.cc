@@ -464,6 +464,7 @@ void Reconciler::Reconcile(const WorkKey& key) {
     auto it = stacks_.find(key.stack);
     if (it == stacks_.end() || !Names(it->second, key.host)) {
       keys_.erase(key);
+      diagnoser_.Forget(key);
       return;
     }
     stack = it->second;
@@ -483,9 +484,11 @@ void Reconciler::Reconcile(const WorkKey& key) {
   }
   const History history = dispatcher_.HistoryOf(key);
   const absl::Time now = clock_->Now();
-  decision::DiagnoseOptions options;
-  options.paused = paused;
-  const v1::Diagnosis d = decision::Diagnose(stack, observed, *history, now, options);
+  // The full diagnosis (with its explanation) of the decision made now; made again only when
+  // the decision changed (KeyDiagnoser), so most observations cost the fast path.
+  const KeyDiagnoser::Result diagnosed =
+      diagnoser_.Diagnose(key, stack, observed, history, now, paused);
+  const v1::Diagnosis& d = *diagnosed.diagnosis;
   metrics_->Inc("upkeep_reconciles_total");
   // Verify earlier repairs on evidence gathered after they finished.
   dispatcher_.Verify(key, stack, observed, d);
@@ -562,7 +565,11 @@ void Reconciler::Reconcile(const WorkKey& key) {
             absl::StrCat(id.substr(0, slash), ": cleared (", v1::Verdict_Name(d.verdict()), ")"));
     }
     ks.active_alerts = std::move(current);
-    ks.diagnosis = d;
+    // (Unchanged, it is the one stored already: not copied again.)
+    if (diagnosed.remade || !(ks.diagnosis.at().seconds() == d.at().seconds() &&
+                              ks.diagnosis.at().nanos() == d.at().nanos())) {
+      ks.diagnosis = d;
+    }
     ks.verdict = d.verdict();
     // Status of the stack across its hosts.
     v1::Stack& s = sit->second;
@@ -703,6 +710,7 @@ absl::Status Reconciler::Delete(const std::string& name, const std::string& who)
     for (auto k = keys_.begin(); k != keys_.end();) {
       k = k->first.stack == name ? keys_.erase(k) : std::next(k);
     }
+    diagnoser_.ForgetStack(name);
     for (const auto& h : hosts) {
       auto hs = hosts_.find(h);
       if (hs != hosts_.end() && !hs->second.connected && !host_stacks_.count(h)) hosts_.erase(hs);

@@ -30,6 +30,7 @@
 #include "controller/metrics/metrics.h"
 #include "controller/queue/work_queue.h"
 #include "controller/reconcile/inbox.h"
+#include "controller/reconcile/key_diagnoser.h"
 #include "controller/store/store.h"
 #include "core/clock.h"
 #include "upkeep/v1/fleet_service.pb.h"
@@ -157,6 +158,7 @@ class Reconciler : public AgentListener {
   ActionDispatcher dispatcher_;
   WorkQueue queue_;
   Inboxes inboxes_;
+  KeyDiagnoser diagnoser_;  // Reconcile's Diagnose: the fast path, per key
 
   mutable absl::Mutex mu_;
   std::map<std::string, upkeep::v1::Stack> stacks_ ABSL_GUARDED_BY(mu_);
