@@ -1,11 +1,14 @@
 #include "controller/reconcile/key_diagnoser.h"
 
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "core/decision/diagnose.h"
 #include "core/proto_time.h"
 #include "google/protobuf/arena.h"
-#include "google/protobuf/util/message_differencer.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 
 namespace upkeep::controller {
 namespace {
@@ -25,6 +28,7 @@ struct Scratch {
   std::vector<char> block;
   google::protobuf::Arena arena;
   decision::Trace trace;
+  std::string decided;  // the fast diagnosis's findings and actions, serialized
 };
 
 Scratch& WorkerScratch() {
@@ -32,24 +36,37 @@ Scratch& WorkerScratch() {
   return scratch;
 }
 
-template <typename T>
-bool SameMessages(const google::protobuf::RepeatedPtrField<T>& a,
-                  const google::protobuf::RepeatedPtrField<T>& b) {
-  if (a.size() != b.size()) return false;
-  for (int i = 0; i < a.size(); ++i) {
-    if (!google::protobuf::util::MessageDifferencer::Equals(a.Get(i), b.Get(i))) return false;
+// The findings and actions of `d`, serialized deterministically (maps in key order) into `out`:
+// two diagnoses decide alike only if these bytes are equal (compared so, not by reflection,
+// which costs more than the fast diagnosis itself).
+void Decided(const v1::Diagnosis& d, std::string* out) {
+  out->clear();
+  google::protobuf::io::StringOutputStream stream(out);
+  google::protobuf::io::CodedOutputStream coded(&stream);
+  coded.SetSerializationDeterministic(true);
+  for (const auto& f : d.findings()) {
+    coded.WriteVarint32(static_cast<uint32_t>(f.ByteSizeLong()));
+    f.SerializeWithCachedSizes(&coded);
   }
-  return true;
+  for (const auto& a : d.actions()) {
+    coded.WriteVarint32(static_cast<uint32_t>(a.ByteSizeLong()));
+    a.SerializeWithCachedSizes(&coded);
+  }
 }
 
-// Whether the fast diagnosis (its path in `trace`) decides what `full` decided: everything but
-// the time and the path's evidence.
+// Whether the fast diagnosis (its path in `trace`) decides what the full one did (`full`, its
+// findings and actions as `full_decided`): everything but the time and the path's evidence.
 bool SameDecision(const v1::Diagnosis& fast, const decision::Trace& trace,
-                  const v1::Diagnosis& full) {
-  return fast.verdict() == full.verdict() && fast.summary() == full.summary() &&
-         fast.stack() == full.stack() && fast.host() == full.host() && trace.SamePath(full) &&
-         SameMessages(fast.findings(), full.findings()) &&
-         SameMessages(fast.actions(), full.actions());
+                  const v1::Diagnosis& full, const std::string& full_decided,
+                  std::string* scratch) {
+  if (fast.verdict() != full.verdict() || fast.summary() != full.summary() ||
+      fast.stack() != full.stack() || fast.host() != full.host() ||
+      fast.findings_size() != full.findings_size() || fast.actions_size() != full.actions_size() ||
+      !trace.SamePath(full)) {
+    return false;
+  }
+  Decided(fast, scratch);
+  return *scratch == full_decided;
 }
 
 }  // namespace
@@ -79,14 +96,16 @@ KeyDiagnoser::Result KeyDiagnoser::Diagnose(const WorkKey& key, const v1::Stack&
     options.explain = false;
     const v1::Diagnosis* fast =
         decision::Diagnose(stack, observed, *e->indexed, now, &s.arena, options, &s.trace);
-    const bool same = SameDecision(*fast, s.trace, *e->last);
+    const bool same = SameDecision(*fast, s.trace, *e->last, e->decided, &s.decided);
     s.arena.Reset();
     if (same) return Result{e->last, false};
     options.explain = true;
   }
   full_.fetch_add(1, std::memory_order_relaxed);
-  e->last = std::make_shared<const v1::Diagnosis>(
+  auto full = std::make_shared<const v1::Diagnosis>(
       decision::Diagnose(stack, observed, *e->indexed, now, options));
+  Decided(*full, &e->decided);
+  e->last = std::move(full);
   return Result{e->last, true};
 }
 

@@ -67,6 +67,7 @@ class KeyDiagnoser {
     History snapshot;  // what `indexed` points into
     std::optional<policy::History> indexed;
     std::shared_ptr<const upkeep::v1::Diagnosis> last;
+    std::string decided;  // last's findings and actions, serialized (for the comparison)
   };
   std::shared_ptr<Entry> EntryOf(const WorkKey& key);
 
