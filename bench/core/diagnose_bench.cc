@@ -119,13 +119,23 @@ void BM_DiagnoseNoExplainOnArenaIndexed(benchmark::State& state) {
   });
 }
 
-// All a caller can do, as the controller does: also the path left in a reused Trace (no
-// message built for it; Trace::AppendTo builds it when somebody asks).
+// Also the path left in a reused Trace (no message built for it; Trace::AppendTo builds it
+// when somebody asks).
 void BM_DiagnoseTraced(benchmark::State& state) {
   Run(state, [options = NoExplain()](Caller& c) {
     benchmark::DoNotOptimize(upkeep::decision::Diagnose(c.in.stack, c.in.observed, c.indexed, kNow,
                                                         &c.arena, options, &c.trace));
     c.arena.Reset();
+  });
+}
+
+// The same into a message that is reused (DiagnoseInto): nothing allocated, no arena to reset.
+void BM_DiagnoseInto(benchmark::State& state) {
+  v1::Diagnosis reused;
+  Run(state, [options = NoExplain(), &reused](Caller& c) {
+    upkeep::decision::DiagnoseInto(c.in.stack, c.in.observed, c.indexed, kNow, options, &c.trace,
+                                   &reused);
+    benchmark::DoNotOptimize(reused);
   });
 }
 
@@ -159,6 +169,7 @@ BENCHMARK(BM_DiagnoseNoExplain)->Apply(Cases);
 BENCHMARK(BM_DiagnoseNoExplainOnArena)->Apply(Cases);
 BENCHMARK(BM_DiagnoseNoExplainOnArenaIndexed)->Apply(Cases);
 BENCHMARK(BM_DiagnoseTraced)->Apply(Cases);
+BENCHMARK(BM_DiagnoseInto)->Apply(Cases);
 BENCHMARK(BM_CopyDiagnosis)->Apply(Cases);
 
 }  // namespace

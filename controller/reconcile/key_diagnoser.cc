@@ -6,7 +6,6 @@
 
 #include "core/decision/diagnose.h"
 #include "core/proto_time.h"
-#include "google/protobuf/arena.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 
@@ -15,18 +14,11 @@ namespace {
 
 namespace v1 = upkeep::v1;
 
-// A worker's scratch: the arena its fast diagnoses live on (an initial block of its own, reset
-// after each) and the trace their paths go to. One per reconciler worker thread.
+// A worker's scratch: the message its fast diagnoses are made into and the trace their paths
+// go to, both reused (nothing is allocated once they have grown to the stack). One per
+// reconciler worker thread.
 struct Scratch {
-  Scratch() : block(64 << 10), arena(Options(&block)) {}
-  static google::protobuf::ArenaOptions Options(std::vector<char>* block) {
-    google::protobuf::ArenaOptions options;
-    options.initial_block = block->data();
-    options.initial_block_size = block->size();
-    return options;
-  }
-  std::vector<char> block;
-  google::protobuf::Arena arena;
+  v1::Diagnosis fast;
   decision::Trace trace;
   std::string decided;  // the fast diagnosis's findings and actions, serialized
 };
@@ -94,11 +86,10 @@ KeyDiagnoser::Result KeyDiagnoser::Diagnose(const WorkKey& key, const v1::Stack&
   if (e->last != nullptr && now - FromProto(e->last->at()) < kExplanationMaxAge) {
     Scratch& s = WorkerScratch();
     options.explain = false;
-    const v1::Diagnosis* fast =
-        decision::Diagnose(stack, observed, *e->indexed, now, &s.arena, options, &s.trace);
-    const bool same = SameDecision(*fast, s.trace, *e->last, e->decided, &s.decided);
-    s.arena.Reset();
-    if (same) return Result{e->last, false};
+    decision::DiagnoseInto(stack, observed, *e->indexed, now, options, &s.trace, &s.fast);
+    if (SameDecision(s.fast, s.trace, *e->last, e->decided, &s.decided)) {
+      return Result{e->last, false};
+    }
     options.explain = true;
   }
   full_.fetch_add(1, std::memory_order_relaxed);

@@ -4,13 +4,13 @@
 //     snapshot), indexed again only when the snapshot changes (an action, a result, a
 //     verification), not per observation;
 //   - the last full diagnosis (with the explanation: every path node's evidence).
-// Each call diagnoses on the calling worker's arena without the explanation, its path left in
-// the worker's decision::Trace (no message built for it). Only when that decision differs from
-// the last full one (verdict, summary, findings, actions, the path's steps, targets and
-// decisions) or the last full one is older than kExplanationMaxAge does it diagnose again in
-// full. What the reconciler stores and people see (`upkeepctl explain`, status, notifications)
-// is therefore always a full diagnosis, made when its decision was made or since (`at` says
-// when, and its evidence is of that moment).
+// Each call diagnoses without the explanation into the calling worker's reused message, its
+// path left in the worker's decision::Trace (decision::DiagnoseInto: nothing allocated). Only when
+// that decision differs from the last full one (verdict, summary, findings, actions, the path's
+// steps, targets and decisions) or the last full one is older than kExplanationMaxAge does it
+// diagnose again in full. What the reconciler stores and people see (`upkeepctl explain`, status,
+// notifications) is therefore always a full diagnosis, made when its decision was made or since
+// (`at` says when, and its evidence is of that moment).
 //
 // Thread-safe. The reconciler's WorkQueue never hands one key to two workers at once; a key's
 // entry is used without a lock on that promise, and the map of entries under mu_.

@@ -262,18 +262,18 @@ class Engine {
   }
   // A node's evidence, kept only when the caller asked for the explanation: without it the
   // value is neither copied nor stored (a std::string the caller built is simply dropped).
+  // A value that costs something to make (formatting a number, a time, a list) is passed as a
+  // callable that makes it: [&] { return Ms(age); }, called only when it is kept.
   template <typename V>
   void Ev(int n, absl::string_view k, V&& v) {
     if (!options_.explain) return;
-    if constexpr (std::is_same_v<std::decay_t<V>, std::string> && !std::is_reference_v<V>) {
+    if constexpr (std::is_invocable_v<V>) {
+      Ev(n, k, v());
+    } else if constexpr (std::is_same_v<std::decay_t<V>, std::string> && !std::is_reference_v<V>) {
       trace_.Evidence(n, k, trace_.Keep(std::move(v)));
     } else {
       trace_.Evidence(n, k, trace_.Keep(absl::string_view(v)));
     }
-  }
-  // A time as evidence: formatting one is costly, so only when it will be kept.
-  std::string EvTime(absl::Time t) const {
-    return options_.explain ? absl::FormatTime(t) : std::string();
   }
 
   v1::Finding* Find(v1::Severity sev, absl::string_view code, absl::string_view target,
@@ -345,7 +345,8 @@ class Engine {
   bool AgentConnected() {
     const auto& h = observed_.host();
     const int n = Node("agent.connected", h.host_id(), h.agent_connected() ? "yes" : "no");
-    if (h.has_last_heard()) Ev(n, "last_heard", EvTime(FromProto(h.last_heard())));
+    if (h.has_last_heard())
+      Ev(n, "last_heard", [&] { return absl::FormatTime(FromProto(h.last_heard())); });
     if (!h.agent_connected()) {
       summary_ = absl::StrCat("agent for host ", h.host_id(), " is not connected: no action");
       return false;
@@ -358,8 +359,8 @@ class Engine {
     const absl::Duration age = now_ - FromProto(observed_.observed_at());
     const bool fresh = observed_.has_observed_at() && age <= stale_after;
     const int n = Node("observation.fresh", "", fresh ? "yes" : "no: stale");
-    Ev(n, "age", observed_.has_observed_at() ? Ms(age) : "never");
-    Ev(n, "stale_after", Ms(stale_after));
+    Ev(n, "age", [&] { return observed_.has_observed_at() ? Ms(age) : "never"; });
+    Ev(n, "stale_after", [&] { return Ms(stale_after); });
     if (!fresh) summary_ = "observation is stale: no action";
     return fresh;
   }
@@ -400,7 +401,7 @@ class Engine {
     if (!desired_.spec().has_proxy()) return true;
     const auto& p = observed_.proxy();
     const int n = Node("proxy.running", kProxyTarget, p.master_running() ? "yes" : "no");
-    if (p.master_pid() > 0) Ev(n, "master_pid", absl::StrCat(p.master_pid()));
+    if (p.master_pid() > 0) Ev(n, "master_pid", [&] { return absl::StrCat(p.master_pid()); });
     if (!p.error().empty()) Ev(n, "error", p.error());
     if (p.master_running()) return true;
     // "Check nginx config: sudo nginx -t" — a config that fails the test is not started.
@@ -540,10 +541,12 @@ class Engine {
     // "Backend container not running? → docker compose up -d backend-aws"
     if (!o.exists() || !o.running()) {
       const int n = Node("service.running", name, o.exists() ? "no: stopped" : "no: missing");
-      if (o.exists()) Ev(n, "exit_code", absl::StrCat(o.exit_code()));
+      if (o.exists()) Ev(n, "exit_code", [&] { return absl::StrCat(o.exit_code()); });
       if (o.oom_killed()) Ev(n, "oom_killed", "true");
-      if (o.restart_count() > 0) Ev(n, "restart_count", absl::StrCat(o.restart_count()));
-      if (o.has_finished_at()) Ev(n, "finished_at", EvTime(FromProto(o.finished_at())));
+      if (o.restart_count() > 0)
+        Ev(n, "restart_count", [&] { return absl::StrCat(o.restart_count()); });
+      if (o.has_finished_at())
+        Ev(n, "finished_at", [&] { return absl::FormatTime(FromProto(o.finished_at())); });
       if (DiskFullFor(spec, n)) return false;
       if (!o.exists() && desired_.spec().runtime() == v1::RUNTIME_KIND_DOCKER) {
         const auto& compose = spec.container().compose();
@@ -586,8 +589,9 @@ class Engine {
       // "Backend unhealthy? → Check logs → Restart"
       const int n = Node("service.healthy", name, "no: unhealthy");
       Ev(n, "probe", o.probe().ok() ? "ok" : o.probe().error());
-      if (o.probe().status_code() > 0) Ev(n, "status", absl::StrCat(o.probe().status_code()));
-      Ev(n, "consecutive_failures", absl::StrCat(o.consecutive_failures()));
+      if (o.probe().status_code() > 0)
+        Ev(n, "status", [&] { return absl::StrCat(o.probe().status_code()); });
+      Ev(n, "consecutive_failures", [&] { return absl::StrCat(o.consecutive_failures()); });
       if (o.runtime_health() == v1::RUNTIME_HEALTH_UNHEALTHY) Ev(n, "runtime_health", "unhealthy");
       // "Services Not Listening on Expected Ports": a restart will not move the port.
       if (PortMoved(spec, o, n)) return false;
@@ -611,7 +615,8 @@ class Engine {
       return false;
     }
     const int n = Node("service.healthy", name, "yes");
-    if (o.probe().has_latency()) Ev(n, "latency", Ms(FromProto(o.probe().latency())));
+    if (o.probe().has_latency())
+      Ev(n, "latency", [&] { return Ms(FromProto(o.probe().latency())); });
     return true;
   }
 
@@ -623,7 +628,7 @@ class Engine {
       if (l.port() == spec.port()) return false;
       ports.push_back(absl::StrCat(l.address(), ":", l.port()));
     }
-    Ev(parent, "listening", absl::StrJoin(ports, ","));
+    Ev(parent, "listening", [&] { return absl::StrJoin(ports, ","); });
     Node("service.port", spec.name(), "moved: alert", 1);
     v1::Finding* f = Find(v1::SEVERITY_ALERT, "PortMismatch", spec.name(),
                           absl::StrCat("the stack expects ", spec.name(), " on port ", spec.port(),
@@ -648,16 +653,17 @@ class Engine {
         sent < FromProto(last->result().finished_at())) {
       const int n =
           Node("service.healthy", name, "unknown: the last probe predates the last restart", 0);
-      Ev(n, "probe_sent", EvTime(sent));
-      Ev(n, "restart_finished", EvTime(FromProto(last->result().finished_at())));
+      Ev(n, "probe_sent", [&] { return absl::FormatTime(sent); });
+      Ev(n, "restart_finished",
+         [&] { return absl::FormatTime(FromProto(last->result().finished_at())); });
       waiting_ = true;
       return true;
     }
     if (!o.has_started_at() || sent >= FromProto(o.started_at())) return false;
     const int n =
         Node("service.healthy", name, "unknown: the last probe predates the current start", 0);
-    Ev(n, "probe_sent", EvTime(FromProto(o.probe().at())));
-    Ev(n, "started_at", EvTime(FromProto(o.started_at())));
+    Ev(n, "probe_sent", [&] { return absl::FormatTime(FromProto(o.probe().at())); });
+    Ev(n, "started_at", [&] { return absl::FormatTime(FromProto(o.started_at())); });
     waiting_ = true;
     return true;
   }
@@ -717,7 +723,7 @@ class Engine {
       const std::string who =
           stop->requested_by().empty() ? std::string("a person") : stop->requested_by();
       Ev(n, "stopped_by", who);
-      Ev(n, "stopped_at", EvTime(FromProto(stop->requested_at())));
+      Ev(n, "stopped_at", [&] { return absl::FormatTime(FromProto(stop->requested_at())); });
       (*f->mutable_evidence())["stopped_by"] = who;
       (*f->mutable_evidence())["action"] = stop->action().id();
     } else {
@@ -739,12 +745,13 @@ class Engine {
     if (o.has_started_at() && FromProto(p.late_at()) < FromProto(o.started_at())) return false;
     const absl::Duration timeout = FromProto(spec.probe().timeout());
     const absl::Duration late = FromProto(p.late_latency());
-    Ev(parent, "late_latency", Ms(late));
+    Ev(parent, "late_latency", [&] { return Ms(late); });
     const int n =
         Node("service.slow", spec.name(), "yes: answers, slower than its probe: alert", 1);
-    Ev(n, "measured_latency", Ms(late));
-    Ev(n, "probe_timeout", Ms(timeout));
-    if (p.late_status_code() > 0) Ev(n, "status", absl::StrCat(p.late_status_code()));
+    Ev(n, "measured_latency", [&] { return Ms(late); });
+    Ev(n, "probe_timeout", [&] { return Ms(timeout); });
+    if (p.late_status_code() > 0)
+      Ev(n, "status", [&] { return absl::StrCat(p.late_status_code()); });
     v1::Finding* f = Find(
         v1::SEVERITY_ALERT, "SlowUpstream", spec.name(),
         absl::StrCat(spec.name(), " is slow, not hung: it answered in ", Ms(late),
@@ -782,7 +789,8 @@ class Engine {
       if (e.kind() == v1::UPSTREAM_ERROR_KIND_PREMATURELY_CLOSED ||
           e.kind() == v1::UPSTREAM_ERROR_KIND_CONNECTION_RESET) {
         const bool reset = e.kind() == v1::UPSTREAM_ERROR_KIND_CONNECTION_RESET;
-        Ev(parent, "upstream_closed", absl::StrCat(host, ":", port, reset ? " reset" : " closed"));
+        Ev(parent, "upstream_closed",
+           [&] { return absl::StrCat(host, ":", port, reset ? " reset" : " closed"); });
         v1::Finding* f =
             Find(v1::SEVERITY_INFO, "UpstreamConnectionClosed", kProxyTarget,
                  absl::StrCat("the upstream at ", host, ":", port, reset ? " reset" : " closed",
@@ -812,7 +820,8 @@ class Engine {
     if (const int flaps = policy::FlapsInEpisode(policy, history_, name, now_, ServiceHealthy(o));
         flaps > 0) {
       const int n = NodeMade("service.flapping", name, absl::StrCat("yes: ", flaps, " relapses"));
-      Ev(n, "healthy_reset", absl::FormatDuration(FromProto(policy.healthy_reset())));
+      Ev(n, "healthy_reset",
+         [&] { return absl::FormatDuration(FromProto(policy.healthy_reset())); });
       v1::Finding* f = Find(
           v1::SEVERITY_ALERT, "Flapping", name,
           absl::StrCat(name, " flaps: ", flaps, " repairs worked and then failed again within ",
@@ -915,9 +924,10 @@ class Engine {
       if (!Full(fs)) continue;
       const bool blocks = fs.used_percent() >= limit;
       const int n = Node("host.disk", fs.mount(), blocks ? "full: alert" : "out of inodes: alert");
-      Ev(n, "used", absl::StrFormat("%.1f%%", fs.used_percent()));
-      if (!blocks) Ev(n, "inodes_used", absl::StrFormat("%.1f%%", fs.inodes_used_percent()));
-      Ev(n, "disk_warning", absl::StrFormat("%.0f%%", limit));
+      Ev(n, "used", [&] { return absl::StrFormat("%.1f%%", fs.used_percent()); });
+      if (!blocks)
+        Ev(n, "inodes_used", [&] { return absl::StrFormat("%.1f%%", fs.inodes_used_percent()); });
+      Ev(n, "disk_warning", [&] { return absl::StrFormat("%.0f%%", limit); });
       if (disk_full_.count(fs.mount())) continue;
       disk_full_.insert(fs.mount());
       v1::Finding* f = Find(
@@ -1007,7 +1017,8 @@ class Engine {
       if (expires - now_ > warn) continue;
       const bool expired = expires <= now_;
       const int n = Node("route.certificate", r.path(), expired ? "expired" : "expires soon");
-      Ev(n, "not_after", absl::FormatTime(absl::RFC3339_sec, expires, absl::UTCTimeZone()));
+      Ev(n, "not_after",
+         [&] { return absl::FormatTime(absl::RFC3339_sec, expires, absl::UTCTimeZone()); });
       v1::Finding* f = Find(
           expired ? v1::SEVERITY_ALERT : v1::SEVERITY_WARNING,
           expired ? "CertificateExpired" : "CertificateExpiring", r.path(),
@@ -1073,7 +1084,7 @@ class Engine {
         if (port != svc.port()) {
           const int n = Node("proxy.evidence", route->path(), "nginx dials another port", 1);
           Ev(n, "nginx_dials", dials);
-          Ev(n, "expected_port", absl::StrCat(svc.port()));
+          Ev(n, "expected_port", [&] { return absl::StrCat(svc.port()); });
           port_mismatch = true;
           if (HasFinding("PortMismatch", svc.name())) break;
           v1::Finding* pm =
@@ -1093,7 +1104,7 @@ class Engine {
           const int n =
               Node("proxy.evidence", route->path(), "nginx dials the other address family", 1);
           Ev(n, "nginx_dials", dials);
-          Ev(n, "listening", absl::StrJoin(listening, ","));
+          Ev(n, "listening", [&] { return absl::StrJoin(listening, ","); });
           v1::Finding* fm =
               Find(v1::SEVERITY_ALERT, "LocalhostFamilyMismatch", svc.name(),
                    absl::StrCat("nginx dials ", dials, " but ", svc.name(), " listens on ",
@@ -1115,7 +1126,7 @@ class Engine {
                              "nginx dials an address that is no longer the container's", 1);
           stale_address = true;
           Ev(n, "nginx_dials", dials);
-          Ev(n, "upstream_now_at", absl::StrJoin(o->addresses(), ","));
+          Ev(n, "upstream_now_at", [&] { return absl::StrJoin(o->addresses(), ","); });
           std::string message =
               absl::StrCat("nginx dials ", dials, " for ", route->path(), " but ", svc.name(),
                            " is now at ", absl::StrJoin(o->addresses(), ", "),
@@ -1217,9 +1228,9 @@ class Engine {
       const v1::RouteObservation& o = *found;
       const bool ok = RouteOk(r, o);
       const int n = Node("route.ok", r.path(), ok ? "yes" : "no");
-      Ev(n, "status", absl::StrCat(o.probe().status_code()));
+      Ev(n, "status", [&] { return absl::StrCat(o.probe().status_code()); });
       if (!o.probe().error().empty()) Ev(n, "error", o.probe().error());
-      Ev(n, "latency", Ms(FromProto(o.probe().latency())));
+      Ev(n, "latency", [&] { return Ms(FromProto(o.probe().latency())); });
       if (ok) continue;
       // "If you see 504 (Gateway Timeout) instead of 502, increase nginx timeouts"
       if (o.probe().status_code() == 504 || RouteTimedOut(r, o)) {
@@ -1337,7 +1348,8 @@ class Engine {
                                    : "no: reload nginx",
                        1);
     Ev(n, "failing_routes", paths);
-    Ev(n, "upstream_errors", absl::StrCat(observed_.proxy().upstream_errors_size()));
+    Ev(n, "upstream_errors",
+       [&] { return absl::StrCat(observed_.proxy().upstream_errors_size()); });
     ExplainUpstreamErrors(n);
     if ((!restarted && !reloaded) || evidence == Evidence::kReloadOnly) {
       // "Backend healthy but nginx can't connect?" — a graceful reload first (again, paced by
@@ -1485,14 +1497,21 @@ class Engine {
     d_->set_verdict(verdict);
     if (summary_.empty()) {
       switch (verdict) {
-        case v1::VERDICT_HEALTHY:
-          summary_ = "all services healthy and every route answers through nginx";
+        case v1::VERDICT_HEALTHY: {
+          constexpr absl::string_view kHealthy =
+              "all services healthy and every route answers through nginx";
           for (const auto& f : d_->findings()) {
             if (f.code() != "DiskFull" || !disk_full_.contains(f.target())) continue;
-            absl::StrAppend(&summary_, "; but ", f.message());  // what will break next
+            summary_ = absl::StrCat(kHealthy, "; but ", f.message());  // what will break next
             break;
           }
+          if (summary_.empty()) {
+            // Into the field's own string (a message reused by DiagnoseInto keeps it).
+            d_->mutable_summary()->assign(kHealthy.data(), kHealthy.size());
+            return;
+          }
           break;
+        }
         case v1::VERDICT_REPAIRING: {
           std::vector<std::string> parts;
           for (const auto& a : d_->actions()) {
@@ -1588,6 +1607,17 @@ upkeep::v1::Diagnosis* Diagnose(const upkeep::v1::Stack& desired,
   trace->Clear();
   Engine(desired, observed, history, now, options, d, trace).Run();
   return d;
+}
+
+void DiagnoseInto(const upkeep::v1::Stack& desired, const upkeep::v1::StackObservation& observed,
+                  const policy::History& history, absl::Time now, const DiagnoseOptions& options,
+                  Trace* trace, upkeep::v1::Diagnosis* out) {
+  // Clear() keeps strings and repeated fields' elements for reuse, but deletes a submessage.
+  google::protobuf::Timestamp* at = out->unsafe_arena_release_at();
+  out->Clear();
+  out->unsafe_arena_set_allocated_at(at);
+  trace->Clear();
+  Engine(desired, observed, history, now, options, out, trace).Run();
 }
 
 bool Judged(const upkeep::v1::Diagnosis& d) {

@@ -239,7 +239,9 @@ TEST(ScenarioCorpus, CoversTheRunbookAndIssue11) {
 TEST(ScenarioCorpus, EveryFastPathGivesTheFullDiagnosis) {
   using google::protobuf::util::MessageDifferencer;
   google::protobuf::Arena arena;
-  Trace trace;  // reused across the corpus, as a controller's worker reuses its own
+  // Reused across the corpus, as a controller's worker reuses its own.
+  Trace trace;
+  v1::Diagnosis reused;
   int diagnoses = 0, nodes_with_evidence = 0;
   for (const std::string& name : ScenarioNames()) {
     const fs::path dir = CorpusDir() / name;
@@ -290,6 +292,10 @@ TEST(ScenarioCorpus, EveryFastPathGivesTheFullDiagnosis) {
               }
               trace.AppendTo(traced);
               EXPECT_TRUE(MessageDifferencer::Equals(*traced, full));
+              DiagnoseInto(stack, observed, indexed, now, options, &trace, &reused);
+              EXPECT_EQ(reused.path_size(), 0);
+              trace.AppendTo(&reused);
+              EXPECT_TRUE(MessageDifferencer::Equals(reused, full));
               options.explain = false;
               EXPECT_TRUE(MessageDifferencer::Equals(
                   Diagnose(stack, observed, history, now, options), lean_expected));
@@ -299,6 +305,9 @@ TEST(ScenarioCorpus, EveryFastPathGivesTheFullDiagnosis) {
               EXPECT_TRUE(trace.SamePath(full));
               trace.AppendTo(traced);
               EXPECT_TRUE(MessageDifferencer::Equals(*traced, lean_expected));
+              DiagnoseInto(stack, observed, indexed, now, options, &trace, &reused);
+              trace.AppendTo(&reused);
+              EXPECT_TRUE(MessageDifferencer::Equals(reused, lean_expected));
               arena.Reset();
               ++diagnoses;
             }
