@@ -565,11 +565,7 @@ void Reconciler::Reconcile(const WorkKey& key) {
             absl::StrCat(id.substr(0, slash), ": cleared (", v1::Verdict_Name(d.verdict()), ")"));
     }
     ks.active_alerts = std::move(current);
-    // (Unchanged, it is the one stored already: not copied again.)
-    if (diagnosed.remade || !(ks.diagnosis.at().seconds() == d.at().seconds() &&
-                              ks.diagnosis.at().nanos() == d.at().nanos())) {
-      ks.diagnosis = d;
-    }
+    ks.diagnosis = diagnosed.diagnosis;  // shared, not copied
     ks.verdict = d.verdict();
     // Status of the stack across its hosts.
     v1::Stack& s = sit->second;
@@ -577,7 +573,7 @@ void Reconciler::Reconcile(const WorkKey& key) {
     decision::HostDiagnoses by_host;
     for (const auto& host : s.spec().hosts()) {
       auto it = keys_.find(WorkKey{key.stack, host});
-      by_host.emplace_back(host, it == keys_.end() ? nullptr : &it->second.diagnosis);
+      by_host.emplace_back(host, it == keys_.end() ? nullptr : it->second.diagnosis.get());
     }
     decision::UpdateConditions(s, by_host, now, s.mutable_status());
     *s.mutable_status()->mutable_last_reconcile() = ToProto(now);
@@ -838,7 +834,9 @@ absl::Status Reconciler::SetPaused(const std::string& stack, const std::string& 
         }
         // ... and services a person stopped: resuming means "run it all again".
         // (Not when a timed pause ran out: nobody asked for those to run again.)
-        for (const auto& f : ks.diagnosis.findings()) {
+        for (const auto& f : ks.diagnosis != nullptr
+                                 ? ks.diagnosis->findings()
+                                 : v1::Diagnosis::default_instance().findings()) {
           if (f.code() == "ManuallyStopped" && for_duration == absl::ZeroDuration() &&
               who != kPauseExpired) {
             targets.push_back(f.target());

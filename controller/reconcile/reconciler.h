@@ -102,7 +102,8 @@ class Reconciler : public AgentListener {
   struct KeyState {
     std::shared_ptr<const upkeep::v1::StackObservation> observation;
     std::string last_semantic;
-    upkeep::v1::Diagnosis diagnosis;
+    // The full diagnosis in force (shared with KeyDiagnoser, which keeps it to compare).
+    std::shared_ptr<const upkeep::v1::Diagnosis> diagnosis;
     std::set<std::string> active_alerts;  // "code/target"
     absl::Time problem_since = absl::InfinitePast();
     upkeep::v1::Verdict verdict = upkeep::v1::VERDICT_UNSPECIFIED;
