@@ -464,6 +464,7 @@ void Reconciler::Reconcile(const WorkKey& key) {
     auto it = stacks_.find(key.stack);
     if (it == stacks_.end() || !Names(it->second, key.host)) {
       keys_.erase(key);
+      diagnoser_.Forget(key);
       return;
     }
     stack = it->second;
@@ -483,9 +484,11 @@ void Reconciler::Reconcile(const WorkKey& key) {
   }
   const History history = dispatcher_.HistoryOf(key);
   const absl::Time now = clock_->Now();
-  decision::DiagnoseOptions options;
-  options.paused = paused;
-  const v1::Diagnosis d = decision::Diagnose(stack, observed, *history, now, options);
+  // The full diagnosis (with its explanation) of the decision made now; made again only when
+  // the decision changed (KeyDiagnoser), so most observations cost the fast path.
+  const KeyDiagnoser::Result diagnosed =
+      diagnoser_.Diagnose(key, stack, observed, history, now, paused);
+  const v1::Diagnosis& d = *diagnosed.diagnosis;
   metrics_->Inc("upkeep_reconciles_total");
   // Verify earlier repairs on evidence gathered after they finished.
   dispatcher_.Verify(key, stack, observed, d);
@@ -562,7 +565,7 @@ void Reconciler::Reconcile(const WorkKey& key) {
             absl::StrCat(id.substr(0, slash), ": cleared (", v1::Verdict_Name(d.verdict()), ")"));
     }
     ks.active_alerts = std::move(current);
-    ks.diagnosis = d;
+    ks.diagnosis = diagnosed.diagnosis;  // shared, not copied
     ks.verdict = d.verdict();
     // Status of the stack across its hosts.
     v1::Stack& s = sit->second;
@@ -570,7 +573,7 @@ void Reconciler::Reconcile(const WorkKey& key) {
     decision::HostDiagnoses by_host;
     for (const auto& host : s.spec().hosts()) {
       auto it = keys_.find(WorkKey{key.stack, host});
-      by_host.emplace_back(host, it == keys_.end() ? nullptr : &it->second.diagnosis);
+      by_host.emplace_back(host, it == keys_.end() ? nullptr : it->second.diagnosis.get());
     }
     decision::UpdateConditions(s, by_host, now, s.mutable_status());
     *s.mutable_status()->mutable_last_reconcile() = ToProto(now);
@@ -703,6 +706,7 @@ absl::Status Reconciler::Delete(const std::string& name, const std::string& who)
     for (auto k = keys_.begin(); k != keys_.end();) {
       k = k->first.stack == name ? keys_.erase(k) : std::next(k);
     }
+    diagnoser_.ForgetStack(name);
     for (const auto& h : hosts) {
       auto hs = hosts_.find(h);
       if (hs != hosts_.end() && !hs->second.connected && !host_stacks_.count(h)) hosts_.erase(hs);
@@ -830,7 +834,9 @@ absl::Status Reconciler::SetPaused(const std::string& stack, const std::string& 
         }
         // ... and services a person stopped: resuming means "run it all again".
         // (Not when a timed pause ran out: nobody asked for those to run again.)
-        for (const auto& f : ks.diagnosis.findings()) {
+        for (const auto& f : ks.diagnosis != nullptr
+                                 ? ks.diagnosis->findings()
+                                 : v1::Diagnosis::default_instance().findings()) {
           if (f.code() == "ManuallyStopped" && for_duration == absl::ZeroDuration() &&
               who != kPauseExpired) {
             targets.push_back(f.target());

@@ -30,6 +30,7 @@
 #include "controller/metrics/metrics.h"
 #include "controller/queue/work_queue.h"
 #include "controller/reconcile/inbox.h"
+#include "controller/reconcile/key_diagnoser.h"
 #include "controller/store/store.h"
 #include "core/clock.h"
 #include "upkeep/v1/fleet_service.pb.h"
@@ -101,7 +102,8 @@ class Reconciler : public AgentListener {
   struct KeyState {
     std::shared_ptr<const upkeep::v1::StackObservation> observation;
     std::string last_semantic;
-    upkeep::v1::Diagnosis diagnosis;
+    // The full diagnosis in force (shared with KeyDiagnoser, which keeps it to compare).
+    std::shared_ptr<const upkeep::v1::Diagnosis> diagnosis;
     std::set<std::string> active_alerts;  // "code/target"
     absl::Time problem_since = absl::InfinitePast();
     upkeep::v1::Verdict verdict = upkeep::v1::VERDICT_UNSPECIFIED;
@@ -157,6 +159,7 @@ class Reconciler : public AgentListener {
   ActionDispatcher dispatcher_;
   WorkQueue queue_;
   Inboxes inboxes_;
+  KeyDiagnoser diagnoser_;  // Reconcile's Diagnose: the fast path, per key
 
   mutable absl::Mutex mu_;
   std::map<std::string, upkeep::v1::Stack> stacks_ ABSL_GUARDED_BY(mu_);
