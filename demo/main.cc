@@ -63,7 +63,7 @@ struct Fault {
   std::string runbook;  // the runbook branch it exercises
   std::function<absl::Status(StackHarness&)> inject;
   bool expect_alert = false;  // ends in an alert with findings (no restart can fix it)
-  std::function<absl::Status(StackHarness&)> after;  // clean-up after an alert fault
+  std::function<absl::Status(StackHarness&)> after = nullptr;  // clean-up after an alert fault
 };
 
 struct Outcome {

@@ -257,7 +257,8 @@ int RunProcess(const std::string& mode, int seconds, const std::string& bin) {
   (*agent)->Stop();
   if (controller) controller->Stop();
   // The services outlive the agent by design: stop them through a one-shot runtime.
-  std::unique_ptr<upkeep::agent::Host> host = upkeep::agent::MakeHost({dir + "/agent", ""});
+  std::unique_ptr<upkeep::agent::Host> host =
+      upkeep::agent::MakeHost({dir + "/agent", "", upkeep::agent::ExecPolicy{}});
   const auto loaded = upkeep::manifest::LoadPath(dir + "/manifests");
   if (loaded.ok()) {
     auto rt = host->runtimes.Get(loaded.stacks[0]);
@@ -281,8 +282,10 @@ int RunObserver(int seconds, const std::string& bin) {
     return 1;
   }
   const upkeep::v1::Stack& stack = loaded.stacks[0];
-  std::unique_ptr<upkeep::agent::Host> host = upkeep::agent::MakeHost({dir, ""});
-  auto observer = upkeep::agent::StackObserver::Create({"h"}, &host->runtimes, &host->proxies);
+  std::unique_ptr<upkeep::agent::Host> host =
+      upkeep::agent::MakeHost({dir, "", upkeep::agent::ExecPolicy{}});
+  auto observer =
+      upkeep::agent::StackObserver::Create({"h", /*data_dir=*/""}, &host->runtimes, &host->proxies);
   (*observer)->SetDesired({stack});
   upkeep::agent::Runtime* rt = *host->runtimes.Get(stack);
   for (const auto& s : stack.spec().services()) (void)rt->Start(s);

@@ -100,8 +100,10 @@ int main(int argc, char** argv) {
   }
   const v1::Stack& stack = loaded.stacks[0];
   const v1::ServiceSpec& spec = stack.spec().services(0);
-  std::unique_ptr<upkeep::agent::Host> host = upkeep::agent::MakeHost({dir, ""});
-  auto observer = upkeep::agent::StackObserver::Create({"h"}, &host->runtimes, &host->proxies);
+  std::unique_ptr<upkeep::agent::Host> host =
+      upkeep::agent::MakeHost({dir, "", upkeep::agent::ExecPolicy{}});
+  auto observer =
+      upkeep::agent::StackObserver::Create({"h", /*data_dir=*/""}, &host->runtimes, &host->proxies);
   upkeep::agent::Runtime* rt = *host->runtimes.Get(stack);
 
   absl::Mutex mu;

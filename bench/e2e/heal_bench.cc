@@ -241,7 +241,8 @@ struct UpkeepScenario {
   bool client = false;  // measured by the 100 ms client instead of a 1 ms poll
   // Docker crash: when Docker's `die` event of this run's fault reached the bench's own
   // subscription (InfiniteFuture: none), beside upkeep's detection of the same crash.
-  std::function<absl::Time(absl::Time t0)> die_at;
+  // Null (the default) for a scenario that does not watch Docker's events.
+  std::function<absl::Time(absl::Time t0)> die_at = nullptr;
 };
 
 void RunUpkeep(StackHarness& h, const UpkeepScenario& sc, int runs, Samples* out) {

@@ -43,7 +43,7 @@ v1::Stack StackFor(const upkeep::testing::TempDir& dir, int port) {
 
 TEST(Executor, RefusesTargetsItsDesiredStateDoesNotName) {
   upkeep::testing::TempDir dir;
-  std::unique_ptr<Host> host = MakeHost({dir.path(), ""});
+  std::unique_ptr<Host> host = MakeHost({dir.path(), "", ExecPolicy{}});
   auto executor = Executor::Create(dir.path(), &host->runtimes, &host->proxies);
   ASSERT_TRUE(executor.ok());
   (*executor)->SetDesired({StackFor(dir, FreePort())});
@@ -75,7 +75,7 @@ TEST(Executor, RunsAnActionIdOnceAcrossItsOwnRestart) {
   a.set_target("api");
   int first_pid = 0;
   {
-    std::unique_ptr<Host> host = MakeHost({dir.path(), ""});
+    std::unique_ptr<Host> host = MakeHost({dir.path(), "", ExecPolicy{}});
     auto executor = Executor::Create(dir.path(), &host->runtimes, &host->proxies);
     ASSERT_TRUE(executor.ok());
     Runtime* runtime = *host->runtimes.Get(stack);
@@ -89,7 +89,7 @@ TEST(Executor, RunsAnActionIdOnceAcrossItsOwnRestart) {
     ::kill(first_pid, SIGKILL);
     ASSERT_TRUE(WaitFor([&] { return !runtime->Inspect(stack.spec().services(0)).running(); }));
   }
-  std::unique_ptr<Host> host = MakeHost({dir.path(), ""});
+  std::unique_ptr<Host> host = MakeHost({dir.path(), "", ExecPolicy{}});
   auto executor = Executor::Create(dir.path(), &host->runtimes, &host->proxies);
   ASSERT_TRUE(executor.ok());
   (*executor)->SetDesired({stack});
@@ -109,7 +109,7 @@ TEST(Journal, AnInterruptedActionIsNotRunAgain) {
   }
   // A torn last line from a crash mid-write is ignored.
   std::ofstream(dir.Join("journal"), std::ios::app) << "F half";
-  std::unique_ptr<Host> host = MakeHost({dir.path(), ""});
+  std::unique_ptr<Host> host = MakeHost({dir.path(), "", ExecPolicy{}});
   auto executor = Executor::Create(dir.path(), &host->runtimes, &host->proxies);
   ASSERT_TRUE(executor.ok());
   (*executor)->SetDesired({StackFor(dir, FreePort())});
@@ -142,8 +142,8 @@ TEST(Executor, AProxyActionSurvivesItsStackLeavingTheDesiredState) {
         absl::StrCat("touch ", running, "; read x < ", gate, "; echo config-ok")}) {
     nginx->add_test_command(a);
   }
-  std::unique_ptr<Host> host = MakeHost({dir.path(), ""});
-  auto observer = StackObserver::Create({"h"}, &host->runtimes, &host->proxies);
+  std::unique_ptr<Host> host = MakeHost({dir.path(), "", ExecPolicy{}});
+  auto observer = StackObserver::Create({"h", /*data_dir=*/""}, &host->runtimes, &host->proxies);
   ASSERT_TRUE(observer.ok());
   auto executor = Executor::Create(dir.path(), &host->runtimes, &host->proxies);
   ASSERT_TRUE(executor.ok());

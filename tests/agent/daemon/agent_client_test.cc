@@ -113,8 +113,9 @@ v1::Stack ShopStack(int port) {
 // What the daemon wires, in the daemon's order.
 struct Agent {
   Agent(const std::string& dir, const std::string& controller) {
-    host = MakeHost({dir, ""});
-    observer = std::move(*StackObserver::Create({"h1"}, &host->runtimes, &host->proxies));
+    host = MakeHost({dir, "", ExecPolicy{}});
+    observer =
+        std::move(*StackObserver::Create({"h1", /*data_dir=*/""}, &host->runtimes, &host->proxies));
     StackObserver* obs = observer.get();
     executor = std::move(
         *Executor::Create(dir, &host->runtimes, &host->proxies, [obs] { obs->RefreshNow(); }));

@@ -158,8 +158,9 @@ class GatedExecutor : public Executor {
 // What the daemon wires, in the daemon's order.
 struct Agent {
   Agent(const std::string& dir, const std::string& controller) : dir(dir) {
-    host = MakeHost({dir, ""});
-    observer = std::move(*StackObserver::Create({"h1"}, &host->runtimes, &host->proxies));
+    host = MakeHost({dir, "", ExecPolicy{}});
+    observer =
+        std::move(*StackObserver::Create({"h1", /*data_dir=*/""}, &host->runtimes, &host->proxies));
     StackObserver* obs = observer.get();
     executor = std::make_unique<GatedExecutor>(std::move(
         *Executor::Create(dir, &host->runtimes, &host->proxies, [obs] { obs->RefreshNow(); })));

@@ -97,7 +97,7 @@ struct Reports {
 
 TEST(StackObserver, ReportsEachDesiredStackAtOnceOnAnExitAndForgetsDroppedStacks) {
   upkeep::testing::TempDir dir;
-  std::unique_ptr<Host> host = MakeHost({dir.path(), ""});
+  std::unique_ptr<Host> host = MakeHost({dir.path(), "", ExecPolicy{}});
   const int shop_port = FreePort(), blog_port = FreePort();
   const v1::Stack shop = ProcessStack("shop", "api", shop_port);
   const v1::Stack blog = ProcessStack("blog", "web", blog_port);
@@ -109,7 +109,7 @@ TEST(StackObserver, ReportsEachDesiredStackAtOnceOnAnExitAndForgetsDroppedStacks
   ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", blog_port));
 
   Reports reports;
-  auto observer = StackObserver::Create({"h"}, &host->runtimes, &host->proxies);
+  auto observer = StackObserver::Create({"h", /*data_dir=*/""}, &host->runtimes, &host->proxies);
   ASSERT_TRUE(observer.ok());
   (*observer)->Start(reports.Callback());
   (*observer)->SetDesired({shop, blog});
@@ -143,8 +143,8 @@ TEST(StackObserver, ReportsEachDesiredStackAtOnceOnAnExitAndForgetsDroppedStacks
 
 TEST(StackObserver, SetDesiredReturnsAtOnceAndStopIsClean) {
   upkeep::testing::TempDir dir;
-  std::unique_ptr<Host> host = MakeHost({dir.path(), ""});
-  auto observer = StackObserver::Create({"h"}, &host->runtimes, &host->proxies);
+  std::unique_ptr<Host> host = MakeHost({dir.path(), "", ExecPolicy{}});
+  auto observer = StackObserver::Create({"h", /*data_dir=*/""}, &host->runtimes, &host->proxies);
   ASSERT_TRUE(observer.ok());
   Reports reports;
   (*observer)->Start(reports.Callback());
@@ -160,7 +160,7 @@ TEST(StackObserver, SetDesiredReturnsAtOnceAndStopIsClean) {
 // measurement, and Stop does not wait for one in flight.
 TEST(StackObserver, MeasuresASlowServicePastItsProbeTimeout) {
   upkeep::testing::TempDir dir;
-  std::unique_ptr<Host> host = MakeHost({dir.path(), ""});
+  std::unique_ptr<Host> host = MakeHost({dir.path(), "", ExecPolicy{}});
   const int slow_port = FreePort(), hung_port = FreePort();
   v1::Stack stack = ProcessStack("slow", "api", slow_port);
   *stack.mutable_spec()->add_services() = upkeep::testing::SampleProcessSpec("hung", hung_port);
@@ -176,7 +176,7 @@ TEST(StackObserver, MeasuresASlowServicePastItsProbeTimeout) {
   upkeep::testing::HttpGetStatus("127.0.0.1", hung_port, "/fault/hang");
 
   Reports reports;
-  auto observer = StackObserver::Create({"h"}, &host->runtimes, &host->proxies);
+  auto observer = StackObserver::Create({"h", /*data_dir=*/""}, &host->runtimes, &host->proxies);
   ASSERT_TRUE(observer.ok());
   (*observer)->Start(reports.Callback());
   (*observer)->SetDesired({stack});
@@ -220,13 +220,13 @@ TEST(StackObserver, ARouteFailingThroughNginxIsNotPokedByItsOwnErrors) {
   ASSERT_TRUE(nginx.ok()) << nginx.status();
   ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", nginx_port));
 
-  std::unique_ptr<Host> host = MakeHost({dir.path(), ""});
+  std::unique_ptr<Host> host = MakeHost({dir.path(), "", ExecPolicy{}});
   v1::Stack stack = ProcessStack("shop", "api", api_port);
   BehindNginx(dir.path(), nginx_port, &stack);
 
   absl::Mutex mu;
   std::set<absl::Time> failing;  // when each failing probe of /api/ reported was sent
-  auto observer = StackObserver::Create({"h"}, &host->runtimes, &host->proxies);
+  auto observer = StackObserver::Create({"h", /*data_dir=*/""}, &host->runtimes, &host->proxies);
   ASSERT_TRUE(observer.ok());
   (*observer)->Start([&](const v1::StackObservation& o, bool) {
     absl::MutexLock lock(&mu);
@@ -321,7 +321,7 @@ TEST(StackObserver, AnUpstreamErrorInsideTheRepokeWindowProbesTheRouteWhenTheWin
   v1::Stack stack = ProcessStack("shop", "api", api_port);
   BehindNginx(dir.path(), nginx_port, &stack);
 
-  std::unique_ptr<Host> host = MakeHost({dir.path(), ""});
+  std::unique_ptr<Host> host = MakeHost({dir.path(), "", ExecPolicy{}});
   std::atomic<int> errors_handled{0};
   ProxyDrivers proxies([&](const v1::ProxySpec& spec) -> std::shared_ptr<ProxyDriver> {
     return std::make_shared<CountingDriver>(CreateNginxDriver(spec), &errors_handled);

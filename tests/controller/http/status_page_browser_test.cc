@@ -149,7 +149,9 @@ std::string BrowseThroughWrongPort(StackHarness& h, testing::TempDir& dir,
   EXPECT_TRUE(h.RestoreNginxConfig().ok());
   const auto status = (*browser)->Wait(absl::Seconds(200));
   EXPECT_TRUE(status.has_value()) << log();
-  if (status.has_value()) EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << log();
+  if (status.has_value()) {
+    EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << log();
+  }
   return log();
 }
 

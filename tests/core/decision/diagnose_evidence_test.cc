@@ -150,13 +150,6 @@ bool HasStep(const v1::Diagnosis& d, const std::string& step, const std::string&
   return false;
 }
 
-bool HasFinding(const v1::Diagnosis& d, const std::string& code) {
-  for (const auto& f : d.findings()) {
-    if (f.code() == code) return true;
-  }
-  return false;
-}
-
 const v1::Finding* FindingOf(const v1::Diagnosis& d, const std::string& code) {
   for (const auto& f : d.findings()) {
     if (f.code() == code) return &f;
