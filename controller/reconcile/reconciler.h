@@ -117,8 +117,8 @@ class Reconciler : public AgentListener {
     size_t last_semantic = 0;
     // The key's latest diagnosis: the only copy. The stack's status in `stacks_` holds its
     // conditions only; readers (GetStack, Stacks, the status written to the store) get the
-    // diagnoses filled in from here (WithDiagnosesLocked).
-    upkeep::v1::Diagnosis diagnosis;
+    // diagnoses filled in from here (WithDiagnosesLocked). Null until the first reconcile.
+    std::shared_ptr<const upkeep::v1::Diagnosis> diagnosis;
     std::set<std::string> active_alerts;  // "code/target"
     absl::Time problem_since = absl::InfinitePast();
     upkeep::v1::Verdict verdict = upkeep::v1::VERDICT_UNSPECIFIED;
