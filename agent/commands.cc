@@ -101,6 +101,11 @@ bool LoadStack(const Flags& f, v1::Stack* out) {
   return false;
 }
 
+// A person's own command, not the daemon's: no --allow-exec restriction.
+std::unique_ptr<Host> HostFor(const Flags& f) {
+  return MakeHost({f.data, f.docker_socket, ExecPolicy{}});
+}
+
 std::string Text(const v1::StackObservation& o) {
   std::string out = absl::StrCat("stack ", o.stack(), " on host ", o.host().host_id(), " at ",
                                  absl::FormatTime(FromProto(o.observed_at())), "\n\n");
@@ -147,7 +152,7 @@ int RunObserveCommand(int argc, char** argv) {
   if (!ParseFlags(argc, argv, &f)) return 2;
   v1::Stack stack;
   if (!LoadStack(f, &stack)) return 1;
-  std::unique_ptr<Host> host = MakeHost({f.data, f.docker_socket});
+  std::unique_ptr<Host> host = HostFor(f);
   auto observer = StackObserver::Create({f.host_id, f.data}, &host->runtimes, &host->proxies);
   if (!observer.ok()) {
     std::fprintf(stderr, "upkeep-agent observe: %s\n",
@@ -185,7 +190,7 @@ int RunActCommand(int argc, char** argv) {
     std::fprintf(stderr, "upkeep-agent act: unknown action %s\n", f.positional[0].c_str());
     return 2;
   }
-  std::unique_ptr<Host> host = MakeHost({f.data, f.docker_socket});
+  std::unique_ptr<Host> host = HostFor(f);
   auto executor = Executor::Create(f.data, &host->runtimes, &host->proxies);
   if (!executor.ok()) {
     std::fprintf(stderr, "upkeep-agent act: %s\n",

@@ -1,36 +1,19 @@
 #include "agent/daemon/daemon.h"
 
-#include <fcntl.h>
-#include <signal.h>
-#include <unistd.h>
-
-#include <atomic>
-#include <cerrno>
 #include <cstdio>
-#include <cstring>
 #include <memory>
 #include <string>
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "agent/act/executor.h"
+#include "agent/base/stop_signal.h"
 #include "agent/daemon/agent_client.h"
 #include "agent/daemon/host.h"
 #include "agent/observe/observer.h"
 #include "core/log.h"
 
 namespace upkeep::agent {
-namespace {
-
-std::atomic<bool> g_stop{false};
-int g_wake_fd = -1;  // the write end of the main thread's self-pipe
-void OnSignal(int) {
-  g_stop = true;
-  const char c = 1;
-  if (g_wake_fd >= 0) (void)!::write(g_wake_fd, &c, 1);  // async-signal-safe
-}
-
-}  // namespace
 
 int RunDaemon(int argc, char** argv) {
   AgentClientOptions options;
@@ -97,50 +80,24 @@ int RunDaemon(int argc, char** argv) {
     return 2;
   }
   InitLogging("agent", json, spdlog::level::info);
-  // The main thread sleeps on a self-pipe the signal handler writes to: an idle agent wakes
-  // for nothing (it polled a flag every 100 ms).
-  int wake[2];
-  if (::pipe2(wake, O_CLOEXEC) != 0) {
-    UPKEEP_LOG(critical, "agent_start_failed", {{"error", "pipe2 failed"}});
+  if (absl::Status st = InstallStopSignals(); !st.ok()) {
+    UPKEEP_LOG(critical, "agent_start_failed", {{"error", std::string(st.message())}});
     return 1;
   }
-  g_wake_fd = wake[1];
-  ::signal(SIGINT, OnSignal);
-  ::signal(SIGTERM, OnSignal);
-  ::signal(SIGPIPE, SIG_IGN);
-  // Owned here, destroyed in reverse: the client (its stream and threads), the executor, the
-  // observer (its probes and watches), and last the host's runtimes and proxy drivers.
-  if (exec.prefixes.empty()) {
-    UPKEEP_LOG(warn, "no_allow_exec",
-               {{"note", "no --allow-exec: process-runtime services will be refused"}});
-  }
-  std::unique_ptr<Host> host = MakeHost({options.data_dir, options.docker_socket, exec});
-  auto observer =
-      StackObserver::Create({options.host_id, options.data_dir}, &host->runtimes, &host->proxies);
-  if (!observer.ok()) {
-    UPKEEP_LOG(critical, "agent_start_failed",
-               {{"error", std::string(observer.status().message())}});
+  // Owned here, destroyed in reverse: the client (its stream and threads), then the agent host.
+  auto agent = MakeAgentHost({options.data_dir, options.docker_socket, exec}, options.host_id);
+  if (!agent.ok()) {
+    UPKEEP_LOG(critical, "agent_start_failed", {{"error", std::string(agent.status().message())}});
     return 1;
   }
-  StackObserver* obs = observer->get();
-  auto executor = Executor::Create(options.data_dir, &host->runtimes, &host->proxies,
-                                   [obs] { obs->RefreshNow(); });
-  if (!executor.ok()) {
-    UPKEEP_LOG(critical, "agent_start_failed",
-               {{"error", std::string(executor.status().message())}});
-    return 1;
-  }
-  AgentClient client(options, obs, executor->get());
+  AgentClient client(options, agent->observer.get(), agent->executor.get());
   if (absl::Status st = client.Start(); !st.ok()) {
     UPKEEP_LOG(critical, "agent_start_failed", {{"error", std::string(st.message())}});
     return 1;
   }
   UPKEEP_LOG(info, "agent_started",
              {{"host", options.host_id}, {"controller", options.controller}});
-  while (!g_stop) {
-    char c;
-    if (::read(wake[0], &c, 1) < 0 && errno != EINTR) break;
-  }
+  WaitForStopSignal();
   UPKEEP_LOG(info, "agent_stopping", {});
   client.Shutdown();
   return 0;

@@ -4,6 +4,7 @@
 #include "agent/proxy/nginx/nginx_driver.h"
 #include "agent/runtime/docker/docker_runtime.h"
 #include "agent/runtime/process/process_runtime.h"
+#include "core/log.h"
 
 namespace upkeep::agent {
 
@@ -25,6 +26,27 @@ std::unique_ptr<Host> MakeHost(const HostOptions& options) {
         });
   }
   return host;
+}
+
+absl::StatusOr<AgentHost> MakeAgentHost(const HostOptions& options, const std::string& host_id) {
+  if (!options.exec.unrestricted && options.exec.prefixes.empty()) {
+    UPKEEP_LOG(warn, "no_allow_exec",
+               {{"note", "no --allow-exec: process-runtime services will be refused"}});
+  }
+  AgentHost a;
+  a.host = MakeHost(options);
+  ObserverOptions observer;
+  observer.host_id = host_id;
+  observer.data_dir = options.data_dir;
+  auto obs = StackObserver::Create(observer, &a.host->runtimes, &a.host->proxies);
+  if (!obs.ok()) return obs.status();
+  a.observer = std::move(*obs);
+  StackObserver* o = a.observer.get();
+  auto executor = Executor::Create(options.data_dir, &a.host->runtimes, &a.host->proxies,
+                                   [o] { o->RefreshNow(); });
+  if (!executor.ok()) return executor.status();
+  a.executor = std::move(*executor);
+  return a;
 }
 
 }  // namespace upkeep::agent

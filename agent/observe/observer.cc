@@ -113,7 +113,10 @@ bool JudgedOnAnEarlierStart(const v1::ServiceObservation& so, const TargetView& 
 class ObserverImpl : public StackObserver {
  public:
   ObserverImpl(ObserverOptions options, RuntimeRegistry* runtimes, ProxyDrivers* proxies)
-      : options_(std::move(options)), runtimes_(runtimes), proxies_(proxies) {}
+      : options_(std::move(options)),
+        clock_(options_.clock),
+        runtimes_(runtimes),
+        proxies_(proxies) {}
   ~ObserverImpl() override { Stop(); }
 
   void SetDesired(const std::vector<v1::Stack>& stacks) override {
@@ -238,7 +241,7 @@ class ObserverImpl : public StackObserver {
     absl::MutexLock lock(&mu_);
     auto it = stacks_.find(stack);
     if (it != stacks_.end() && change == ProxyDriver::Change::kUpstreamError) {
-      const absl::Time now = absl::Now();
+      const absl::Time now = clock_->Now();
       bool poked = false;
       for (auto& [key, t] : it->second->targets) {
         if (!t->route) continue;
@@ -372,7 +375,11 @@ class ObserverImpl : public StackObserver {
         running = inspected.running();
       }
       v1::ProbeResult result;
-      if (running) result = Probe(t->request);
+      if (running) {
+        const absl::Time sent = clock_->Now();
+        result = Probe(t->request);
+        *result.mutable_at() = ToProto(sent);  // on the observer's clock, as the window is
+      }
       absl::MutexLock lock(&mu_);
       if (t->stop) return;
       const v1::HealthState before = t->health;
@@ -382,7 +389,7 @@ class ObserverImpl : public StackObserver {
         t->health = v1::HEALTH_STATE_UNSPECIFIED;
         t->last = v1::ProbeResult();
         t->last.set_error("not running");
-        *t->last.mutable_at() = ToProto(absl::Now());
+        *t->last.mutable_at() = ToProto(clock_->Now());
         if (t->tracker) *t->tracker = HealthTracker(t->spec->probe());
       } else {
         t->last = result;
@@ -394,21 +401,24 @@ class ObserverImpl : public StackObserver {
         if (t->tracker) {
           const absl::Time started =
               inspected.has_started_at() ? FromProto(inspected.started_at()) : absl::InfinitePast();
-          t->health = t->tracker->Update(result, started, absl::Now());
+          t->health = t->tracker->Update(result, started, clock_->Now());
         }
       }
       if (t->health != before || t->last.ok() != ok_before ||
           t->last.status_code() != status_before || absl::Now() < forced_until_) {
         dirty_ = true;
       }
-      t->wait_until = absl::Now() + t->period;
+      t->wait_until = clock_->Now() + t->period;
       while (!t->poke && !t->stop) {
         t->wait_until = std::min(t->wait_until, t->poke_at);
-        if (absl::Now() >= t->wait_until) break;
-        mu_.AwaitWithDeadline(
+        // A timeout, not a deadline: the clock may be simulated (it is then looked at again
+        // after what was left, real time).
+        const absl::Duration left = t->wait_until - clock_->Now();
+        if (left <= absl::ZeroDuration()) break;
+        mu_.AwaitWithTimeout(
             absl::Condition(
                 +[](Target* x) { return x->poke || x->stop || x->poke_at < x->wait_until; }, t),
-            t->wait_until);
+            left);
       }
       t->poke = false;
       t->poke_at = absl::InfiniteFuture();
@@ -561,6 +571,7 @@ class ObserverImpl : public StackObserver {
   }
 
   const ObserverOptions options_;
+  Clock* const clock_;
   CertificateCache certificates_;
   RuntimeRegistry* const runtimes_;
   ProxyDrivers* const proxies_;
@@ -584,6 +595,7 @@ absl::StatusOr<std::unique_ptr<StackObserver>> StackObserver::Create(const Obser
     return absl::InvalidArgumentError(
         "observer: a runtime registry and proxy drivers are required");
   }
+  if (options.clock == nullptr) return absl::InvalidArgumentError("observer: a clock is required");
   return std::unique_ptr<StackObserver>(new ObserverImpl(options, runtimes, proxies));
 }
 

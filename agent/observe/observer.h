@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/clock.h"
 #include "upkeep/v1/observation.pb.h"
 #include "upkeep/v1/stack.pb.h"
 
@@ -29,6 +30,9 @@ class ProxyDrivers;
 struct ObserverOptions {
   std::string host_id;
   std::string data_dir;  // the agent's own data, watched for a full disk (may be empty)
+  // What probe scheduling reads: each target's period, the upstream-error repoke window and
+  // the time a probe is stamped with. Tests pass a SimulatedClock; not owned.
+  Clock* clock = Clock::Real();
 };
 
 class StackObserver {

@@ -1,17 +1,15 @@
 #include "agent/standalone/standalone.h"
 
-#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/time/clock.h"
+#include "agent/base/stop_signal.h"
 #include "agent/daemon/host.h"
 #include "controller/api/fleet_service.h"
 #include "core/log.h"
@@ -22,24 +20,6 @@ namespace upkeep::agent {
 namespace v1 = upkeep::v1;
 
 namespace {
-
-std::map<std::string, std::pair<int64_t, int64_t>> Scan(const std::string& path) {
-  std::map<std::string, std::pair<int64_t, int64_t>> out;
-  std::error_code ec;
-  auto add = [&](const std::filesystem::path& p) {
-    out[p.string()] = {std::filesystem::last_write_time(p, ec).time_since_epoch().count(),
-                       static_cast<int64_t>(std::filesystem::file_size(p, ec))};
-  };
-  if (std::filesystem::is_directory(path, ec)) {
-    for (const auto& e : std::filesystem::directory_iterator(path, ec)) {
-      const auto ext = e.path().extension();
-      if (ext == ".yaml" || ext == ".yml") add(e.path());
-    }
-  } else {
-    add(path);
-  }
-  return out;
-}
 
 grpc::Status Refused(const std::string& what) {
   return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
@@ -96,13 +76,14 @@ absl::StatusOr<std::string> Standalone::ResolveHostId(const StandaloneOptions& o
 }
 
 absl::Status Standalone::Start() {
+  // The baseline before the load: a change in between is re-read, not missed.
+  watcher_ = std::make_unique<ManifestWatcher>(options_.manifests);
   const auto loaded = manifest::LoadPath(options_.manifests);
   if (!loaded.ok()) {
     std::vector<std::string> errors;
     for (const auto& e : loaded.errors) errors.push_back(e.ToString());
     return absl::InvalidArgumentError(absl::StrJoin(errors, "; "));
   }
-  seen_ = Scan(options_.manifests);
   v1::DesiredState desired;
   for (const auto& s : loaded.stacks) *desired.add_stacks() = s;
   // Pause flags live in the local store: keep what a person set (Create rewrites them from
@@ -179,6 +160,7 @@ void Standalone::Stop() {
     if (stop_) return;
     stop_ = true;
   }
+  if (watcher_ != nullptr) watcher_->Stop();
   if (watch_thread_.joinable()) watch_thread_.join();
   if (server_ != nullptr) {
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
@@ -239,27 +221,14 @@ bool Standalone::Reload() {
     return false;
   }
   observer_->RefreshNow();
+  UPKEEP_LOG(info, "manifests_applied",
+             {{"path", options_.manifests}, {"stacks", absl::StrCat(mine.size())}});
   return true;
 }
 
 void Standalone::WatchLoop() {
-  while (true) {
-    {
-      absl::MutexLock lock(&mu_);
-      mu_.AwaitWithTimeout(absl::Condition(&stop_), options_.rescan);
-      if (stop_) return;
-    }
-    auto now = Scan(options_.manifests);
-    if (now == seen_) continue;
-    seen_ = std::move(now);
-    Reload();
-  }
+  while (watcher_->WaitForChange()) Reload();
 }
-
-namespace {
-std::atomic<bool> g_stop{false};
-void OnSignal(int) { g_stop = true; }
-}  // namespace
 
 int RunStandalone(int argc, char** argv) {
   StandaloneOptions options;
@@ -316,34 +285,21 @@ int RunStandalone(int argc, char** argv) {
   options.host_id = *host_id;
   std::error_code ec;
   std::filesystem::create_directories(options.data_dir, ec);
-  ::signal(SIGINT, OnSignal);
-  ::signal(SIGTERM, OnSignal);
-  ::signal(SIGPIPE, SIG_IGN);
-  if (exec.prefixes.empty()) {
-    UPKEEP_LOG(warn, "no_allow_exec",
-               {{"note", "no --allow-exec: process-runtime services will be refused"}});
-  }
-  std::unique_ptr<Host> host = MakeHost({options.data_dir, docker_socket, exec});
-  auto observer = StackObserver::Create({options.host_id}, &host->runtimes, &host->proxies);
-  if (!observer.ok()) {
-    UPKEEP_LOG(critical, "agent_start_failed",
-               {{"error", std::string(observer.status().message())}});
+  if (absl::Status st = InstallStopSignals(); !st.ok()) {
+    UPKEEP_LOG(critical, "agent_start_failed", {{"error", std::string(st.message())}});
     return 1;
   }
-  StackObserver* obs = observer->get();
-  auto executor = Executor::Create(options.data_dir, &host->runtimes, &host->proxies,
-                                   [obs] { obs->RefreshNow(); });
-  if (!executor.ok()) {
-    UPKEEP_LOG(critical, "agent_start_failed",
-               {{"error", std::string(executor.status().message())}});
+  auto agent = MakeAgentHost({options.data_dir, docker_socket, exec}, options.host_id);
+  if (!agent.ok()) {
+    UPKEEP_LOG(critical, "agent_start_failed", {{"error", std::string(agent.status().message())}});
     return 1;
   }
-  Standalone standalone(options, obs, executor->get());
+  Standalone standalone(options, agent->observer.get(), agent->executor.get());
   if (absl::Status st = standalone.Start(); !st.ok()) {
     UPKEEP_LOG(critical, "agent_start_failed", {{"error", std::string(st.message())}});
     return 1;
   }
-  while (!g_stop) absl::SleepFor(absl::Milliseconds(100));  // signal polling
+  WaitForStopSignal();
   UPKEEP_LOG(info, "agent_stopping", {});
   standalone.Stop();
   return 0;

@@ -2,17 +2,17 @@
 // host with no controller. The agent's own closed loop (agent/autonomy/local_decider.h: the
 // controller's Diagnose, policy, dispatcher and event log, on DIR/local/upkeep.db) decides for
 // the stacks of the manifests that name this host; the observer and executor are the daemon's.
-// Manifests are re-read when a file under MANIFESTS changes (an invalid set is reported and
-// nothing already applied is lost). The read and pause parts of FleetService are served on the
-// unix socket DIR/upkeep.sock (mode 0600: only this user), so
-// `upkeepctl --agent DIR/upkeep.sock get stacks|describe|explain|events|actions|pause|resume`
-// work as against a controller; apply, delete and run are refused with what to do instead.
-// Thread-safe; Start() spawns its threads, Stop() joins them.
+// Manifests are re-read when a file under MANIFESTS changes (agent/standalone/manifest_watcher.h:
+// inotify, no polling; an invalid set is reported and nothing already applied is lost). The read
+// and pause parts of FleetService are served on the unix socket DIR/upkeep.sock (mode 0600: only
+// this user), so `upkeepctl --agent DIR/upkeep.sock get
+// stacks|describe|explain|events|actions|pause|resume` work as against a controller; apply, delete
+// and run are refused with what to do instead. Thread-safe; Start() spawns its threads, Stop()
+// joins them.
 #ifndef UPKEEP_AGENT_STANDALONE_STANDALONE_H_
 #define UPKEEP_AGENT_STANDALONE_STANDALONE_H_
 
 #include <deque>
-#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -22,6 +22,7 @@
 #include "agent/act/executor.h"
 #include "agent/autonomy/local_decider.h"
 #include "agent/observe/observer.h"
+#include "agent/standalone/manifest_watcher.h"
 #include "grpcpp/grpcpp.h"
 
 namespace upkeep::agent {
@@ -30,7 +31,6 @@ struct StandaloneOptions {
   std::string manifests;  // a file or a directory of *.yaml
   std::string data_dir;
   std::string host_id;  // empty: the one host the manifests name (several: an error)
-  absl::Duration rescan = absl::Milliseconds(500);
 };
 
 class Standalone {
@@ -64,7 +64,7 @@ class Standalone {
   absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<upkeep::v1::Action> actions_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, std::pair<int64_t, int64_t>> seen_;  // watch thread only
+  std::unique_ptr<ManifestWatcher> watcher_;  // set by Start, before the watch thread
   std::thread watch_thread_, action_thread_;
 };
 

@@ -12,7 +12,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "tests/support/files.h"
 
 extern char** environ;
 
@@ -139,6 +141,26 @@ int Subprocess::Stop(absl::Duration grace) {
   status_ = st;
   Untrack(pid_);
   return st;
+}
+
+absl::StatusOr<std::string> RunToEnd(const std::vector<std::string>& argv, const std::string& log,
+                                     absl::Duration timeout) {
+  auto p = Subprocess::Start(argv, log);
+  if (!p.ok()) return p.status();
+  const std::optional<int> st = (*p)->Wait(timeout);
+  std::string out = ReadFile(log);
+  if (!st.has_value()) {
+    return absl::DeadlineExceededError(absl::StrCat(absl::StrJoin(argv, " "), " still ran after ",
+                                                    absl::FormatDuration(timeout), ": ", out));
+  }
+  if (!WIFEXITED(*st) || WEXITSTATUS(*st) != 0) {
+    return absl::InternalError(
+        absl::StrCat(absl::StrJoin(argv, " "), " failed (",
+                     WIFEXITED(*st) ? absl::StrCat("exit ", WEXITSTATUS(*st))
+                                    : absl::StrCat("signal ", WIFSIGNALED(*st) ? WTERMSIG(*st) : 0),
+                     "): ", out));
+  }
+  return out;
 }
 
 std::string BinPath(const std::string& name) {

@@ -38,6 +38,12 @@ class Subprocess {
   std::optional<int> status_;
 };
 
+// Runs argv to its end (at most `timeout`, then it is killed) with stdout and stderr in `log`
+// (kept, for a failing test's reader). The output; or an error naming the command, how it
+// ended, and its output.
+absl::StatusOr<std::string> RunToEnd(const std::vector<std::string>& argv, const std::string& log,
+                                     absl::Duration timeout = absl::Seconds(120));
+
 // Path of a project binary in build/bin (from $UPKEEP_BIN_DIR, set by CTest).
 std::string BinPath(const std::string& name);
 // Path of a file in the source tree (from $UPKEEP_SOURCE_DIR).

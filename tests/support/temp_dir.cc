@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "tests/support/files.h"
 
 namespace upkeep::testing {
 namespace {
@@ -23,8 +24,7 @@ namespace fs = std::filesystem;
 // /proc/<pid>/stat: field 4 is the parent pid, field 22 the start time in clock ticks; both
 // after the command name, which may hold spaces and is closed by the last ')'.
 bool ReadStat(int pid, int* ppid, uint64_t* ticks) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
-  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string stat = ReadFile(absl::StrCat("/proc/", pid, "/stat"));
   const size_t close = stat.rfind(')');
   if (close == std::string::npos) return false;
   std::vector<std::string> f = absl::StrSplit(stat.substr(close + 2), ' ');

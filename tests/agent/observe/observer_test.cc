@@ -6,7 +6,9 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <atomic>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -16,10 +18,14 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "agent/daemon/host.h"
+#include "agent/proxy/nginx/nginx_driver.h"
+#include "agent/proxy/proxy_drivers.h"
+#include "core/clock.h"
 #include "core/manifest/loader.h"
 #include "core/proto_time.h"
 #include "gtest/gtest.h"
 #include "tests/support/net.h"
+#include "tests/support/nginx_conf.h"
 #include "tests/support/sample_spec.h"
 #include "tests/support/subprocess.h"
 #include "tests/support/temp_dir.h"
@@ -40,6 +46,28 @@ v1::Stack ProcessStack(const std::string& name, const std::string& service, int 
   *s.mutable_spec()->add_services() = upkeep::testing::SampleProcessSpec(service, port);
   manifest::ApplyDefaults(&s);
   return s;
+}
+
+// Puts `stack` behind the test's own nginx, run from `dir` (config, pid file and error log
+// there), with one probed route: /api/ -> api, probed at http://127.0.0.1:PORT/api/health.
+void BehindNginx(const std::string& dir, int nginx_port, v1::Stack* stack) {
+  auto* proxy = stack->mutable_spec()->mutable_proxy();
+  proxy->mutable_nginx()->set_config(dir + "/nginx.conf");
+  proxy->mutable_nginx()->set_prefix(dir);
+  proxy->mutable_nginx()->set_pid_file(dir + "/nginx.pid");
+  proxy->mutable_nginx()->set_error_log(dir + "/error.log");
+  auto* route = proxy->add_routes();
+  route->set_path("/api/");
+  route->set_upstream("api");
+  route->mutable_probe()->set_url(absl::StrCat("http://127.0.0.1:", nginx_port, "/api/health"));
+  *route->mutable_probe()->mutable_timeout() = ToProto(absl::Seconds(1));
+  manifest::ApplyDefaults(stack);
+}
+
+// Runs nginx on `dir`/nginx.conf in the foreground (stopped when the handle goes).
+absl::StatusOr<std::unique_ptr<upkeep::testing::Subprocess>> StartNginx(const std::string& dir) {
+  return upkeep::testing::Subprocess::Start(
+      {"nginx", "-p", dir, "-c", dir + "/nginx.conf", "-g", "daemon off;"}, dir + "/nginx.out");
 }
 
 // The observations the callback received, per stack.
@@ -188,25 +216,13 @@ TEST(StackObserver, ARouteFailingThroughNginxIsNotPokedByItsOwnErrors) {
       "worker_processes 1;\npid ", dir.Join("nginx.pid"), ";\nerror_log ", dir.Join("error.log"),
       " error;\nevents {}\nhttp {\n access_log off;\n server { listen 127.0.0.1:", nginx_port,
       "; location /api/ { proxy_pass http://127.0.0.1:", dead_port, "/; } }\n}\n");
-  auto nginx = upkeep::testing::Subprocess::Start(
-      {"nginx", "-p", dir.path(), "-c", dir.Join("nginx.conf"), "-g", "daemon off;"},
-      dir.Join("nginx.out"));
+  auto nginx = StartNginx(dir.path());
   ASSERT_TRUE(nginx.ok()) << nginx.status();
   ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", nginx_port));
 
   std::unique_ptr<Host> host = MakeHost({dir.path(), ""});
   v1::Stack stack = ProcessStack("shop", "api", api_port);
-  auto* proxy = stack.mutable_spec()->mutable_proxy();
-  proxy->mutable_nginx()->set_config(dir.Join("nginx.conf"));
-  proxy->mutable_nginx()->set_prefix(dir.path());
-  proxy->mutable_nginx()->set_pid_file(dir.Join("nginx.pid"));
-  proxy->mutable_nginx()->set_error_log(dir.Join("error.log"));
-  auto* route = proxy->add_routes();
-  route->set_path("/api/");
-  route->set_upstream("api");
-  route->mutable_probe()->set_url(absl::StrCat("http://127.0.0.1:", nginx_port, "/api/health"));
-  *route->mutable_probe()->mutable_timeout() = ToProto(absl::Seconds(1));
-  manifest::ApplyDefaults(&stack);
+  BehindNginx(dir.path(), nginx_port, &stack);
 
   absl::Mutex mu;
   std::set<absl::Time> failing;  // when each failing probe of /api/ reported was sent
@@ -242,6 +258,108 @@ TEST(StackObserver, ARouteFailingThroughNginxIsNotPokedByItsOwnErrors) {
   EXPECT_GE(span, absl::Seconds(1))
       << "the failing route was probed again on its own upstream errors; nginx logged " << errors
       << " upstream errors for " << failing.size() << " reported probes";
+}
+
+// Hands each change the real nginx driver reports on to the observer, and counts the upstream
+// errors the observer has finished handling (the count moves after its callback returned).
+class CountingDriver : public ProxyDriver {
+ public:
+  CountingDriver(std::shared_ptr<ProxyDriver> real, std::atomic<int>* handled)
+      : real_(std::move(real)), handled_(handled) {}
+  std::string target() const override { return real_->target(); }
+  void SetSpec(const v1::ProxySpec& spec) override { real_->SetSpec(spec); }
+  void Observe(v1::ProxyObservation* out) override { real_->Observe(out); }
+  v1::ConfigTest TestConfig() override { return real_->TestConfig(); }
+  absl::StatusOr<std::string> Start(absl::Duration t) override { return real_->Start(t); }
+  absl::StatusOr<std::string> Reload(absl::Duration t) override { return real_->Reload(t); }
+  absl::StatusOr<std::string> Restart(absl::Duration t) override { return real_->Restart(t); }
+  std::unique_ptr<Subscription> Watch(std::function<void(Change)> on_change) override {
+    return real_->Watch([this, on_change = std::move(on_change)](Change c) {
+      on_change(c);
+      if (c == Change::kUpstreamError) ++*handled_;
+    });
+  }
+
+ private:
+  const std::shared_ptr<ProxyDriver> real_;
+  std::atomic<int>* const handled_;
+};
+
+// A new upstream error within the repoke window of a route's last (passing) probe does not
+// probe it at once (real traffic can log hundreds a second), but it is not dropped either: the
+// probe comes when the window ends, though no further error comes and the route's period has
+// not run out. Simulated time: the window cannot close before the test has seen the error
+// handled, and only the deferral can explain a probe before the period (1 s).
+TEST(StackObserver, AnUpstreamErrorInsideTheRepokeWindowProbesTheRouteWhenTheWindowEnds) {
+  upkeep::testing::TempDir dir;
+  ::chmod(dir.path().c_str(), 0755);  // nginx workers run unprivileged
+  const int nginx_port = FreePort(), dead_port = FreePort(), api_port = FreePort();
+  auto api = upkeep::testing::Subprocess::Start({upkeep::testing::BinPath("upkeep-sample-service"),
+                                                 "--name", "api", "--port", absl::StrCat(api_port)},
+                                                dir.Join("api.out"));
+  ASSERT_TRUE(api.ok()) << api.status();
+  const std::string access_log = dir.Join("access.log");
+  std::ofstream(dir.Join("nginx.conf")) << upkeep::testing::TestNginxConf(
+      dir.path(),
+      absl::StrCat("  server {\n    listen 127.0.0.1:", nginx_port, ";\n    access_log ",
+                   access_log, ";\n    location /api/ { proxy_pass http://127.0.0.1:", api_port,
+                   "/; }\n    location /dead/ { proxy_pass http://127.0.0.1:", dead_port,
+                   "/; }\n  }\n"));
+  auto nginx = StartNginx(dir.path());
+  ASSERT_TRUE(nginx.ok()) << nginx.status();
+  ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", nginx_port));
+  ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", api_port));
+  // The route's probes: nginx logs each request it answers.
+  auto route_probes = [&] {
+    std::ifstream in(access_log);
+    int n = 0;
+    for (std::string line; std::getline(in, line);) n += line.find("/api/health") != line.npos;
+    return n;
+  };
+
+  // The upstream runs on its own (its service is not started by the runtime: not running).
+  v1::Stack stack = ProcessStack("shop", "api", api_port);
+  BehindNginx(dir.path(), nginx_port, &stack);
+
+  std::unique_ptr<Host> host = MakeHost({dir.path(), ""});
+  std::atomic<int> errors_handled{0};
+  ProxyDrivers proxies([&](const v1::ProxySpec& spec) -> std::shared_ptr<ProxyDriver> {
+    return std::make_shared<CountingDriver>(CreateNginxDriver(spec), &errors_handled);
+  });
+  SimulatedClock clock;
+  std::atomic<bool> route_passed{false};
+  ObserverOptions options;
+  options.host_id = "h";
+  options.clock = &clock;
+  auto observer = StackObserver::Create(options, &host->runtimes, &proxies);
+  ASSERT_TRUE(observer.ok());
+  (*observer)->Start([&](const v1::StackObservation& o, bool) {
+    for (const auto& r : o.proxy().routes()) {
+      if (r.path() == "/api/" && r.probe().ok()) route_passed = true;
+    }
+  });
+  (*observer)->SetDesired({stack});
+  // The first probe passed (and the observer has it: an observation carried it).
+  ASSERT_TRUE(WaitFor([&] { return route_passed.load(); }, absl::Seconds(20)));
+  ASSERT_EQ(route_probes(), 1);
+
+  // An upstream error, while the clock stands at the time of that probe: inside the window.
+  // (Asked again until handled: the driver counts only errors after its first look at the log.)
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        if (errors_handled > 0) return true;
+        EXPECT_EQ(upkeep::testing::HttpGetStatus("127.0.0.1", nginx_port, "/dead/"), 502);
+        return false;
+      },
+      absl::Seconds(20), absl::Milliseconds(100)));
+  EXPECT_EQ(route_probes(), 1) << "an error inside the window does not probe at once";
+
+  // Past the 250 ms window, short of the route's 1 s period: the deferred probe is sent.
+  clock.Advance(absl::Milliseconds(300));
+  EXPECT_TRUE(WaitFor([&] { return route_probes() >= 2; }, absl::Seconds(20)))
+      << "the upstream error inside the window was dropped, not deferred";
+  (*observer)->Stop();
+  (*nginx)->Stop();
 }
 
 }  // namespace

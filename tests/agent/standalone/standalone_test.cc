@@ -1,13 +1,16 @@
 // `upkeep-agent --standalone`: the whole system on one host, no controller. The real agent
 // binary heals every fault of the demo tour (real nginx, real processes) from the manifest
 // file alone, and `upkeepctl --agent DATA/upkeep.sock` shows it as it would a controller.
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,6 +20,7 @@
 #include "core/proto_time.h"
 #include "demo/harness.h"
 #include "gtest/gtest.h"
+#include "tests/support/net.h"
 #include "tests/support/subprocess.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/wait.h"
@@ -225,6 +229,58 @@ TEST_F(StandaloneTest, AChangedManifestIsReReadAndABrokenOneChangesNothing) {
   auto s = h_->Describe();
   ASSERT_TRUE(s.ok());
   EXPECT_EQ(s->stack().spec().policy().mode(), v1::POLICY_MODE_DRY_RUN);
+}
+
+// The real binary with no nginx: a minimal manifest (dry-run, one process service), rewritten
+// as an editor saves (a new file renamed over the old), is re-read; SIGTERM stops the agent,
+// which exits 0 and removes its socket. Nothing here waits on a timer: the agent sleeps on
+// inotify and on its signal pipe, and the test on conditions with deadlines.
+std::string MinimalManifest(const std::vector<std::string>& stacks, int port) {
+  std::string out;
+  for (const auto& name : stacks) {
+    absl::StrAppend(&out, "---\napiVersion: upkeep/v1\nkind: Stack\nmetadata: {name: ", name,
+                    "}\nspec:\n  hosts: [solo]\n  runtime: process\n  services:\n    - name: web\n",
+                    "      process: {command: [", upkeep::testing::BinPath("upkeep-sample-service"),
+                    ", --name, web, --port, \"", port, "\"]}\n      port: ", port,
+                    "\n  policy: {mode: dry-run}\n");
+  }
+  return out;
+}
+
+TEST(StandaloneAgent, ReReadsAManifestSavedByAnEditorAndStopsOnSigterm) {
+  upkeep::testing::TempDir dir;
+  const std::string manifests = dir.Join("manifests");
+  std::filesystem::create_directory(manifests);
+  const int port = upkeep::testing::FreePort();
+  { std::ofstream(manifests + "/stacks.yaml") << MinimalManifest({"one"}, port); }
+  const std::string data = dir.Join("data");
+  auto agent = upkeep::testing::Subprocess::Start(
+      {upkeep::testing::BinPath("upkeep-agent"), "--standalone", "-f", manifests, "--data", data},
+      dir.Join("agent.log"));
+  ASSERT_TRUE(agent.ok()) << agent.status();
+  const std::string sock = data + "/upkeep.sock";
+  auto log = [&] {
+    std::ifstream in(dir.Join("agent.log"));
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
+  auto stacks = [&] { return Upkeepctl({"--agent", sock, "get", "stacks"}); };
+  ASSERT_TRUE(WaitFor([&] { return absl::StrContains(stacks(), "one"); }, absl::Seconds(30)))
+      << stacks() << log();
+  EXPECT_FALSE(absl::StrContains(stacks(), "two"));
+
+  { std::ofstream(manifests + "/.stacks.yaml.swp") << MinimalManifest({"one", "two"}, port); }
+  ASSERT_EQ(
+      std::rename((manifests + "/.stacks.yaml.swp").c_str(), (manifests + "/stacks.yaml").c_str()),
+      0);
+  EXPECT_TRUE(WaitFor([&] { return absl::StrContains(stacks(), "two"); }, absl::Seconds(30)))
+      << stacks() << log();
+
+  (*agent)->Signal(SIGTERM);
+  const std::optional<int> status = (*agent)->Wait(absl::Seconds(30));
+  ASSERT_TRUE(status.has_value()) << "SIGTERM did not stop the agent\n" << log();
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << *status << "\n" << log();
+  EXPECT_FALSE(std::filesystem::exists(sock)) << "the socket is removed on the way out";
+  EXPECT_TRUE(absl::StrContains(log(), "agent_stopping")) << log();
 }
 
 }  // namespace

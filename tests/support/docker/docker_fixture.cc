@@ -1,39 +1,20 @@
 #include "tests/support/docker/docker_fixture.h"
 
-#include <sys/wait.h>
-
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "nlohmann/json.hpp"
+#include "tests/support/docker/sample_image.h"
 #include "tests/support/subprocess.h"
 #include "tests/support/temp_dir.h"
 
 namespace upkeep::testing {
 namespace {
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// Runs argv to completion, output into `log`; returns the exit code or -1.
-int RunCommand(const std::vector<std::string>& argv, const std::string& log,
-               absl::Duration timeout = absl::Seconds(120)) {
-  auto p = Subprocess::Start(argv, log);
-  if (!p.ok()) return -1;
-  auto st = (*p)->Wait(timeout);
-  if (!st.has_value()) return -1;
-  return WIFEXITED(*st) ? WEXITSTATUS(*st) : -1;
-}
 
 // Owns the directory; stops dockerd when the binary exits.
 struct Holder {
@@ -41,7 +22,7 @@ struct Holder {
   bool started = false;
   ~Holder() {
     if (started) {
-      RunCommand({SourcePath("scripts/dockerd.sh"), "stop", dir.path()}, dir.Join("stop.log"));
+      (void)RunToEnd({SourcePath("scripts/dockerd.sh"), "stop", dir.path()}, dir.Join("stop.log"));
     }
   }
 };
@@ -71,10 +52,10 @@ absl::Status DockerDaemon::StartDaemon() {
   Holder* h = GetHolder();
   const std::string script = SourcePath("scripts/dockerd.sh");
   if (!std::filesystem::exists(script)) return absl::NotFoundError(script + " missing");
-  if (RunCommand({script, "start", dir_}, dir_ + "/start.log") != 0) {
+  if (auto out = RunToEnd({script, "start", dir_}, dir_ + "/start.log"); !out.ok()) {
     return absl::UnavailableError(
-        absl::StrCat("cannot start a private dockerd: ", ReadFile(dir_ + "/start.log"), " (see ",
-                     dir_, "/dockerd.log)"));
+        absl::StrCat("cannot start a private dockerd: ", out.status().message(), " (see ", dir_,
+                     "/dockerd.log)"));
   }
   h->started = true;
   return absl::OkStatus();
@@ -82,8 +63,9 @@ absl::Status DockerDaemon::StartDaemon() {
 
 absl::Status DockerDaemon::StopDaemon() {
   Holder* h = GetHolder();
-  if (RunCommand({SourcePath("scripts/dockerd.sh"), "stop", dir_}, dir_ + "/stop.log") != 0) {
-    return absl::InternalError("dockerd.sh stop failed: " + ReadFile(dir_ + "/stop.log"));
+  if (auto out = RunToEnd({SourcePath("scripts/dockerd.sh"), "stop", dir_}, dir_ + "/stop.log");
+      !out.ok()) {
+    return out.status();
   }
   h->started = false;
   return absl::OkStatus();
@@ -101,20 +83,12 @@ void DockerDaemon::Init() {
     error_ = std::string(st.message());
     return;
   }
-  const std::string root = dir_ + "/image-root";
-  std::filesystem::create_directories(root);
-  std::error_code ec;
-  std::filesystem::copy_file(BinPath("upkeep-sample-service"), root + "/upkeep-sample-service",
-                             std::filesystem::copy_options::overwrite_existing, ec);
-  if (ec) {
-    error_ = absl::StrCat("copy ", BinPath("upkeep-sample-service"), ": ", ec.message());
+  auto tar = SampleImageTar(dir_);
+  if (!tar.ok()) {
+    error_ = std::string(tar.status().message());
     return;
   }
-  if (RunCommand({"tar", "-C", root, "-cf", dir_ + "/image.tar", "."}, dir_ + "/tar.log") != 0) {
-    error_ = "tar of the image root failed: " + ReadFile(dir_ + "/tar.log");
-    return;
-  }
-  auto out = Docker({"import", dir_ + "/image.tar", kImage});
+  auto out = Docker({"import", *tar, kImage});
   if (!out.ok()) error_ = absl::StrCat("cannot import the sample image: ", out.status().message());
 }
 
@@ -123,13 +97,9 @@ absl::StatusOr<std::string> DockerDaemon::Docker(const std::vector<std::string>&
   const std::string log = absl::StrCat(dir_, "/docker-cli-", ++counter, ".log");
   std::vector<std::string> argv = {"docker", "-H", "unix://" + socket_};
   argv.insert(argv.end(), args.begin(), args.end());
-  const int rc = RunCommand(argv, log);
-  std::string out = ReadFile(log);
-  std::filesystem::remove(log);
-  if (rc != 0) {
-    return absl::InternalError(
-        absl::StrCat("docker ", absl::StrJoin(args, " "), " -> ", rc, ": ", out));
-  }
+  auto out = RunToEnd(argv, log);
+  std::error_code ec;
+  std::filesystem::remove(log, ec);
   return out;
 }
 
@@ -179,19 +149,17 @@ absl::StatusOr<std::string> DockerFixture::RunSample(const SampleContainer& c) {
     const std::string body_file = dir + "/create-" + c.name + ".json";
     std::ofstream(body_file) << body.dump();
     const std::string log = dir + "/create-" + c.name + ".log";
-    const int rc = RunCommand(
+    auto out = RunToEnd(
         {"curl", "-sS", "--unix-socket", socket(), "-H", "Content-Type: application/json",
          "--data-binary", "@" + body_file, "http://d/v1.41/containers/create?name=" + c.name},
         log);
-    const std::string out = ReadFile(log);
+    if (!out.ok()) return out.status();
     std::string id;
     try {
-      id = nlohmann::json::parse(out).at("Id").get<std::string>();
+      id = nlohmann::json::parse(*out).at("Id").get<std::string>();
     } catch (const std::exception&) {
     }
-    if (rc != 0 || id.empty()) {
-      return absl::InternalError(absl::StrCat("create ", c.name, " via API: ", out));
-    }
+    if (id.empty()) return absl::InternalError(absl::StrCat("create ", c.name, " via API: ", *out));
     auto started = daemon()->Docker({"start", id});
     if (!started.ok()) return started.status();
     return id;

@@ -1,38 +1,22 @@
 #include "tests/support/docker/netns_dockerd.h"
 
-#include <sys/wait.h>
-
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "tests/support/docker/sample_image.h"
 #include "tests/support/subprocess.h"
 
 namespace upkeep::testing {
 namespace {
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// Runs argv to its end with its output in `log`; the output, or an error naming the command.
+// Runs argv to its end; its log goes once read (a docker CLI call writes one each).
 absl::StatusOr<std::string> Run(const std::vector<std::string>& argv, const std::string& log) {
-  auto p = Subprocess::Start(argv, log);
-  if (!p.ok()) return p.status();
-  const auto st = (*p)->Wait(absl::Seconds(120));
-  std::string out = ReadFile(log);
+  auto out = RunToEnd(argv, log);
   std::error_code ec;
   std::filesystem::remove(log, ec);
-  if (!st.has_value() || !WIFEXITED(*st) || WEXITSTATUS(*st) != 0) {
-    return absl::InternalError(absl::StrCat(absl::StrJoin(argv, " "), " failed: ", out));
-  }
   return out;
 }
 
@@ -64,20 +48,9 @@ absl::StatusOr<std::unique_ptr<NetnsDockerd>> NetnsDockerd::Start(
         absl::StrCat("cannot start a private dockerd in the namespace: ", st.status().message(),
                      " (see ", dir, "/dockerd.log)"));
   }
-  const std::string root = dir + "/image-root";
-  std::filesystem::create_directories(root);
-  std::error_code ec;
-  std::filesystem::copy_file(BinPath("upkeep-sample-service"), root + "/upkeep-sample-service",
-                             std::filesystem::copy_options::overwrite_existing, ec);
-  if (ec) {
-    return absl::InternalError(
-        absl::StrCat("copy ", BinPath("upkeep-sample-service"), ": ", ec.message()));
-  }
-  if (auto st = Run({"tar", "-C", root, "-cf", dir + "/image.tar", "."}, dir + "/tar.log");
-      !st.ok()) {
-    return st.status();
-  }
-  if (auto st = d->Docker({"import", dir + "/image.tar", kImage}); !st.ok()) return st.status();
+  auto tar = SampleImageTar(dir);
+  if (!tar.ok()) return tar.status();
+  if (auto st = d->Docker({"import", *tar, kImage}); !st.ok()) return st.status();
   return d;
 }
 

@@ -2,13 +2,11 @@
 
 #include <signal.h>
 
-#include <fstream>
-#include <sstream>
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "etcd/etcdserver/etcdserverpb/rpc.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
+#include "tests/support/files.h"
 #include "tests/support/net.h"
 #include "tests/support/wait.h"
 
@@ -110,20 +108,13 @@ absl::Status EtcdCluster::Restart(int i) {
   return absl::OkStatus();
 }
 
-static std::string ReadAll(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 bool EtcdCluster::Ready(const std::string& endpoint, absl::Duration timeout) const {
   std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
   if (tls_) {
     grpc::SslCredentialsOptions o;
-    o.pem_root_certs = ReadAll(tls_->ca);
-    o.pem_cert_chain = ReadAll(tls_->client_cert);
-    o.pem_private_key = ReadAll(tls_->client_key);
+    o.pem_root_certs = ReadFile(tls_->ca);
+    o.pem_cert_chain = ReadFile(tls_->client_cert);
+    o.pem_private_key = ReadFile(tls_->client_key);
     creds = grpc::SslCredentials(o);
   }
   auto channel = grpc::CreateChannel(endpoint, creds);
@@ -141,10 +132,7 @@ bool EtcdCluster::Ready(const std::string& endpoint, absl::Duration timeout) con
 }
 
 std::string EtcdCluster::Log(int i) const {
-  std::ifstream in(dir_.Join(absl::StrCat("m", i, ".log")));
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
+  return ReadFile(dir_.Join(absl::StrCat("m", i, ".log")));
 }
 
 }  // namespace upkeep::testing
