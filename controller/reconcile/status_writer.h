@@ -59,7 +59,7 @@ class StatusWriter {
  private:
   // At most this many stacks per write: a batch's snapshot (a copy of each status) is memory
   // that malloc keeps once freed, so 10,000 at once would stay in RSS.
-  static constexpr size_t kMaxBatch = 500;
+  static constexpr size_t kMaxBatch = 200;
   // Writes up to kMaxBatch dirty stacks; `more`: whether some were left.
   absl::Status WriteBatch(bool* more);
   absl::Status Write(std::vector<std::string> names) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
