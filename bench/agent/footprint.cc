@@ -1,7 +1,7 @@
 // agent_footprint: the agent's idle cost with three sample services (process runtime), each
 // probed every second, no routes; the services themselves are not counted.
 //
-//   build/bench/agent_footprint [SECONDS] [BIN_DIR] [MODE]
+//   build/bench/agent_footprint [SECONDS] [BIN_DIR] [MODE] [smaps]
 //
 // MODE (default `all`, one row each):
 //   daemon      a real `upkeep-agent` connected to a real `upkeep-controller` on loopback
@@ -14,9 +14,14 @@
 // process alone costs), anonymous memory, threads, CPU share of one core over SECONDS (user +
 // system, from /proc/PID/stat), and wake-ups per second (voluntary + involuntary context
 // switches of all its threads).
+// With `smaps`, each row is followed by where its RSS lies, from /proc/PID/smaps at the end of
+// the run: one line per library and segment kind (text r-x; relro r-- whose Private_Dirty is
+// what relocation wrote into .data.rel.ro and the GOT; data rw-) and per kind of anonymous
+// memory (heap, thread stacks, other), largest first.
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -92,6 +97,73 @@ Sample Read(pid_t pid) {
   return s;
 }
 
+// One line of the smaps breakdown, in kB.
+struct Region {
+  long rss = 0, pss = 0, private_dirty = 0, private_clean = 0, size = 0;
+};
+
+// Names a mapping from its smaps header line ("addr perms offset dev inode path").
+std::string RegionName(const std::vector<std::string>& f, long size_kb) {
+  const std::string& perms = f[1];
+  std::string path = f.size() >= 6 ? f[5] : "";
+  if (path.empty()) {
+    // glibc thread stacks are anonymous rw-p mappings of the stack size (8 MB by default, less
+    // the guard page); malloc arenas reserve 64 MB heaps.
+    if (perms == "---p") return "anon: guard pages / reserved";
+    if (size_kb >= 1024 && size_kb <= 8192) return "anon: thread stacks (1-8 MB rw-p)";
+    return "anon: other (malloc arenas, mmaps)";
+  }
+  if (path[0] == '[') return path;
+  const std::string base = std::filesystem::path(path).filename().string();
+  const char* kind = perms[2] == 'x' ? "text" : perms[1] == 'w' ? "data" : "ro/relro";
+  return absl::StrCat(base, " ", kind);
+}
+
+void PrintSmaps(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/smaps"));
+  std::map<std::string, Region> regions;
+  Region* current = nullptr;
+  std::string line;
+  while (std::getline(in, line)) {
+    std::vector<std::string> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    if (f.empty()) continue;
+    if (f[0].find('-') != std::string::npos && f[0].back() != ':') {  // a mapping's header
+      unsigned long lo = 0, hi = 0;
+      const size_t dash = f[0].find('-');
+      lo = std::stoul(f[0].substr(0, dash), nullptr, 16);
+      hi = std::stoul(f[0].substr(dash + 1), nullptr, 16);
+      const long size_kb = static_cast<long>((hi - lo) / 1024);
+      current = &regions[RegionName(f, size_kb)];
+      current->size += size_kb;
+      continue;
+    }
+    long v = 0;
+    if (current == nullptr || f.size() < 2 || !absl::SimpleAtoi(f[1], &v)) continue;
+    if (f[0] == "Rss:") current->rss += v;
+    if (f[0] == "Pss:") current->pss += v;
+    if (f[0] == "Private_Dirty:") current->private_dirty += v;
+    if (f[0] == "Private_Clean:") current->private_clean += v;
+  }
+  std::vector<std::pair<std::string, Region>> sorted(regions.begin(), regions.end());
+  std::sort(sorted.begin(), sorted.end(),
+            [](const auto& a, const auto& b) { return a.second.rss > b.second.rss; });
+  std::printf(
+      "\n| mapping | RSS kB | PSS kB | Private_Dirty kB | Private_Clean kB |\n"
+      "|---|---|---|---|---|\n");
+  Region total;
+  for (const auto& [name, r] : sorted) {
+    total.rss += r.rss;
+    total.pss += r.pss;
+    total.private_dirty += r.private_dirty;
+    total.private_clean += r.private_clean;
+    if (r.rss < 64) continue;
+    std::printf("| %s | %ld | %ld | %ld | %ld |\n", name.c_str(), r.rss, r.pss, r.private_dirty,
+                r.private_clean);
+  }
+  std::printf("| total | %ld | %ld | %ld | %ld |\n\n", total.rss, total.pss, total.private_dirty,
+              total.private_clean);
+}
+
 void PrintRow(const std::string& mode, double wall, const Sample& a, const Sample& b) {
   auto mb = [&](const char* k) {
     auto it = b.kb.find(k);
@@ -117,6 +189,9 @@ std::string Manifest(const std::string& bin, std::vector<int>* ports) {
   return yaml;
 }
 
+// Set by the `smaps` argument: Measure prints PrintSmaps after its row.
+bool g_smaps = false;
+
 // Measures `pid` over `seconds` once the services answer and `warm` has passed.
 bool Measure(const std::string& mode, pid_t pid, const std::vector<int>& ports, int seconds) {
   for (int port : ports) {
@@ -132,6 +207,8 @@ bool Measure(const std::string& mode, pid_t pid, const std::vector<int>& ports, 
   absl::SleepFor(absl::Seconds(seconds));
   const Sample b = Read(pid);
   PrintRow(mode, absl::ToDoubleSeconds(absl::Now() - t0), a, b);
+  if (g_smaps) PrintSmaps(pid);
+  std::fflush(stdout);
   return true;
 }
 
@@ -226,6 +303,7 @@ int main(int argc, char** argv) {
   const int seconds = argc > 1 ? std::atoi(argv[1]) : 30;
   const std::string bin = std::filesystem::absolute(argc > 2 ? argv[2] : "build/bin").string();
   const std::string mode = argc > 3 ? argv[3] : "all";
+  g_smaps = argc > 4 && std::string(argv[4]) == "smaps";
   if (mode != "all" && mode != "daemon" && mode != "standalone" && mode != "observer") {
     std::fprintf(stderr, "agent_footprint: MODE is daemon, standalone, observer or all\n");
     return 2;

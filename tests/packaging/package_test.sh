@@ -25,7 +25,15 @@ for pkg in "${!want[@]}"; do
   deb=$(ls "$out"/${pkg}_*_amd64.deb 2>/dev/null | head -1 || true)
   [ -n "$deb" ] || fail "no ${pkg}_*.deb in $out"
   [ "$(dpkg-deb -f "$deb" Package)" = "$pkg" ] || fail "$deb: Package is not $pkg"
-  dpkg-deb -f "$deb" Depends | grep -q libgrpc || fail "$pkg: Depends lacks the shared libraries"
+  depends=$(dpkg-deb -f "$deb" Depends)
+  grep -q libc6 <<<"$depends" || fail "$pkg: Depends lacks the shared libraries"
+  if [ "$pkg" = upkeep-agent ] && grep -q "UPKEEP_STATIC_AGENT:BOOL=ON" "$build/CMakeCache.txt" &&
+    grep -qx "UPKEEP_SANITIZE:STRING=" "$build/CMakeCache.txt"; then
+    # gRPC, protobuf and abseil are linked into the agent (agent/CMakeLists.txt).
+    ! grep -q libgrpc <<<"$depends" || fail "$pkg: static agent depends on libgrpc: $depends"
+  else
+    grep -q libgrpc <<<"$depends" || fail "$pkg: Depends lacks libgrpc"
+  fi
   contents=$(dpkg-deb -c "$deb" | awk '{print $6}')
   for path in ${want[$pkg]}; do
     grep -qxF "$path" <<<"$contents" || fail "$pkg lacks $path"
