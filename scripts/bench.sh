@@ -4,7 +4,8 @@
 #   heal.md    bench/e2e/heal_bench (upkeep, Monit, the Docker floor and Docker's restart
 #              policy, nginx 502 under client traffic; same run; bench/results/heal-notes.md
 #              is appended to it)
-#   latest.md  Diagnose per call (bench/core/diagnose_bench), the idle agent's footprint
+#   latest.md  Diagnose per call (bench/core/diagnose_bench) and per observation in the
+#              reconciler (bench/controller/key_diagnoser_bench), the idle agent's footprint
 #              (bench/agent/footprint), controller load at 1,000 and 10,000 simulated agents
 #              (bench/controller/load.sh), each with the date, the machine and its load.
 # The hand-written analyses beside them (diagnose.md, churn.md, ha.md, tls.md, autonomy.md)
@@ -45,6 +46,7 @@ failed=()
 echo "# Latest benchmark run (scripts/bench.sh)" >"$OUT"
 echo >>"$OUT"
 section "Diagnose per call" "$BENCH/diagnose_bench" --benchmark_min_time=0.5
+section "The reconciler's Diagnose per observation" "$BENCH/key_diagnoser_bench" --benchmark_min_time=0.5
 section "Idle agent, 3 services probed each second" "$BENCH/agent_footprint" "$SECONDS_IDLE" "$BIN"
 section "Agent, process crash -> exit seen and Start -> serving" "$BENCH/agent_process_crash" 20 "$BIN"
 for n in "${AGENTS[@]}"; do

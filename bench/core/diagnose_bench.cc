@@ -10,10 +10,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "bench/core/bench_stacks.h"
 #include "benchmark/benchmark.h"
 #include "core/decision/diagnose.h"
-#include "core/manifest/loader.h"
-#include "core/proto_time.h"
 
 // Counts allocations: operator new and delete replaced as a pair, over malloc (GCC cannot see
 // that they pair, hence the pragma).
@@ -34,156 +33,110 @@ namespace {
 
 namespace v1 = upkeep::v1;
 
-const absl::Time kNow = absl::FromUnixSeconds(1800000000);
+using upkeep::bench::Input;
+using upkeep::bench::kNow;
+using upkeep::bench::Make;
 
-struct Input {
-  v1::Stack stack;
-  v1::StackObservation observed;
-  std::vector<v1::ActionRecord> history;
+// A case's input and the reusable state a caller that diagnoses often keeps: an arena with an
+// initial block of its own (reset after each diagnosis), the history indexed once (as a caller
+// would per change of the history, not per diagnosis) and a Trace.
+struct Caller {
+  explicit Caller(const benchmark::State& state)
+      : in(Make(state.range(0), state.range(1), state.range(2), state.range(3) != 0)),
+        indexed(in.history),
+        block(256 << 10),
+        arena([this] {
+          google::protobuf::ArenaOptions options;
+          options.initial_block = block.data();
+          options.initial_block_size = block.size();
+          return options;
+        }()) {}
+  const Input in;
+  const upkeep::policy::History indexed;
+  std::vector<char> block;
+  google::protobuf::Arena arena;
+  upkeep::decision::Trace trace;
 };
 
-Input Make(int services, int routes, int history, bool broken) {
-  std::string yaml =
-      "apiVersion: upkeep/v1\nkind: Stack\nmetadata: {name: s}\nspec:\n"
-      "  hosts: [h]\n  runtime: process\n  services:\n";
-  for (int i = 0; i < services; ++i) {
-    yaml += absl::StrCat("    - {name: s", i, ", port: ", 9000 + i,
-                         ", process: {command: [x]}, probe: {http: {path: /health}}",
-                         i > 0 ? absl::StrCat(", dependsOn: [s", i - 1, "]") : "", "}\n");
-  }
-  yaml += "  proxy:\n    nginx: {config: /etc/nginx/nginx.conf}\n    routes:\n";
-  for (int i = 0; i < routes; ++i) {
-    yaml += absl::StrCat("      - {path: /r", i, "/, upstream: s", i % services,
-                         ", probe: {url: \"http://127.0.0.1/r", i, "/\"}}\n");
-  }
-  Input in;
-  in.stack = upkeep::manifest::LoadString(yaml, "bench.yaml").stacks.at(0);
-  v1::StackObservation& o = in.observed;
-  o.set_stack("s");
-  o.mutable_host()->set_host_id("h");
-  o.mutable_host()->set_agent_connected(true);
-  *o.mutable_observed_at() = upkeep::ToProto(kNow);
-  for (int i = 0; i < services; ++i) {
-    auto* s = o.add_services();
-    s->set_name(absl::StrCat("s", i));
-    s->set_exists(true);
-    s->set_running(true);
-    s->set_health(v1::HEALTH_STATE_HEALTHY);
-    s->mutable_probe()->set_ok(true);
-  }
-  o.mutable_proxy()->set_master_running(true);
-  for (int i = 0; i < routes; ++i) {
-    auto* r = o.mutable_proxy()->add_routes();
-    r->set_path(absl::StrCat("/r", i, "/"));
-    r->mutable_probe()->set_ok(true);
-    r->mutable_probe()->set_status_code(200);
-  }
-  if (broken) {
-    o.mutable_services(services / 2)->set_health(v1::HEALTH_STATE_UNHEALTHY);
-    o.mutable_services(services / 2)->mutable_probe()->set_ok(false);
-  }
-  for (int i = 0; i < history; ++i) {
-    v1::ActionRecord r;
-    r.mutable_action()->set_id(absl::StrCat("a", i));
-    r.mutable_action()->set_kind(v1::ACTION_KIND_RESTART_SERVICE);
-    r.mutable_action()->set_target(absl::StrCat("s", i % services));
-    *r.mutable_requested_at() = upkeep::ToProto(kNow - absl::Hours(2) + absl::Seconds(i));
-    r.mutable_result()->set_id(r.action().id());
-    r.set_verification(v1::VERIFICATION_FIXED);
-    in.history.push_back(r);
-  }
-  return in;
+// Runs `diagnose(caller)` once per iteration; `allocs`: operator new calls per iteration.
+template <typename F>
+void Run(benchmark::State& state, F diagnose) {
+  Caller c(state);
+  const int64_t allocs_before = g_allocs.load();
+  for (auto _ : state) diagnose(c);
+  state.SetItemsProcessed(state.iterations());
+  state.counters["allocs"] = benchmark::Counter(
+      static_cast<double>(g_allocs.load() - allocs_before), benchmark::Counter::kAvgIterations);
 }
 
+upkeep::decision::DiagnoseOptions NoExplain() {
+  upkeep::decision::DiagnoseOptions options;
+  options.explain = false;
+  return options;
+}
+
+// The default call: on the heap, with the explanation, the history indexed per call.
 void BM_Diagnose(benchmark::State& state) {
-  const Input in = Make(state.range(0), state.range(1), state.range(2), state.range(3) != 0);
-  const int64_t allocs_before = g_allocs.load();
-  for (auto _ : state) {
-    benchmark::DoNotOptimize(upkeep::decision::Diagnose(in.stack, in.observed, in.history, kNow));
-  }
-  state.SetItemsProcessed(state.iterations());
-  state.counters["allocs"] = benchmark::Counter(
-      static_cast<double>(g_allocs.load() - allocs_before), benchmark::Counter::kAvgIterations);
+  Run(state, [](Caller& c) {
+    benchmark::DoNotOptimize(
+        upkeep::decision::Diagnose(c.in.stack, c.in.observed, c.in.history, kNow));
+  });
 }
 
-// The same on an arena that is reused, as a caller that diagnoses often would: an initial
-// block of its own, reset after each diagnosis.
+// On a reused arena.
 void BM_DiagnoseOnArena(benchmark::State& state) {
-  const Input in = Make(state.range(0), state.range(1), state.range(2), state.range(3) != 0);
-  std::vector<char> block(256 << 10);
-  google::protobuf::ArenaOptions options;
-  options.initial_block = block.data();
-  options.initial_block_size = block.size();
-  google::protobuf::Arena arena(options);
-  const int64_t allocs_before = g_allocs.load();
-  for (auto _ : state) {
+  Run(state, [](Caller& c) {
     benchmark::DoNotOptimize(
-        upkeep::decision::Diagnose(in.stack, in.observed, in.history, kNow, &arena));
-    arena.Reset();
-  }
-  state.SetItemsProcessed(state.iterations());
-  state.counters["allocs"] = benchmark::Counter(
-      static_cast<double>(g_allocs.load() - allocs_before), benchmark::Counter::kAvgIterations);
+        upkeep::decision::Diagnose(c.in.stack, c.in.observed, c.in.history, kNow, &c.arena));
+    c.arena.Reset();
+  });
 }
 
 // Without the path's evidence (DiagnoseOptions::explain = false), on the heap and on a reused
 // arena: what a caller pays that reads the verdict, findings and actions, and asks for the
 // explanation only when a person does.
 void BM_DiagnoseNoExplain(benchmark::State& state) {
-  const Input in = Make(state.range(0), state.range(1), state.range(2), state.range(3) != 0);
-  upkeep::decision::DiagnoseOptions options;
-  options.explain = false;
-  const int64_t allocs_before = g_allocs.load();
-  for (auto _ : state) {
+  Run(state, [options = NoExplain()](Caller& c) {
     benchmark::DoNotOptimize(
-        upkeep::decision::Diagnose(in.stack, in.observed, in.history, kNow, options));
-  }
-  state.SetItemsProcessed(state.iterations());
-  state.counters["allocs"] = benchmark::Counter(
-      static_cast<double>(g_allocs.load() - allocs_before), benchmark::Counter::kAvgIterations);
+        upkeep::decision::Diagnose(c.in.stack, c.in.observed, c.in.history, kNow, options));
+  });
 }
 
 void BM_DiagnoseNoExplainOnArena(benchmark::State& state) {
-  const Input in = Make(state.range(0), state.range(1), state.range(2), state.range(3) != 0);
-  upkeep::decision::DiagnoseOptions options;
-  options.explain = false;
-  std::vector<char> block(256 << 10);
-  google::protobuf::ArenaOptions arena_options;
-  arena_options.initial_block = block.data();
-  arena_options.initial_block_size = block.size();
-  google::protobuf::Arena arena(arena_options);
-  const int64_t allocs_before = g_allocs.load();
-  for (auto _ : state) {
-    benchmark::DoNotOptimize(
-        upkeep::decision::Diagnose(in.stack, in.observed, in.history, kNow, &arena, options));
-    arena.Reset();
-  }
-  state.SetItemsProcessed(state.iterations());
-  state.counters["allocs"] = benchmark::Counter(
-      static_cast<double>(g_allocs.load() - allocs_before), benchmark::Counter::kAvgIterations);
+  Run(state, [options = NoExplain()](Caller& c) {
+    benchmark::DoNotOptimize(upkeep::decision::Diagnose(c.in.stack, c.in.observed, c.in.history,
+                                                        kNow, &c.arena, options));
+    c.arena.Reset();
+  });
 }
 
-// All a caller can do: no path evidence, a reused arena, and the history indexed once (as a
-// caller would per change of the history, not per diagnosis).
+// Also with the history indexed once.
 void BM_DiagnoseNoExplainOnArenaIndexed(benchmark::State& state) {
-  const Input in = Make(state.range(0), state.range(1), state.range(2), state.range(3) != 0);
-  const upkeep::policy::History history(in.history);
-  upkeep::decision::DiagnoseOptions options;
-  options.explain = false;
-  std::vector<char> block(256 << 10);
-  google::protobuf::ArenaOptions arena_options;
-  arena_options.initial_block = block.data();
-  arena_options.initial_block_size = block.size();
-  google::protobuf::Arena arena(arena_options);
-  const int64_t allocs_before = g_allocs.load();
-  for (auto _ : state) {
+  Run(state, [options = NoExplain()](Caller& c) {
     benchmark::DoNotOptimize(
-        upkeep::decision::Diagnose(in.stack, in.observed, history, kNow, &arena, options));
-    arena.Reset();
-  }
-  state.SetItemsProcessed(state.iterations());
-  state.counters["allocs"] = benchmark::Counter(
-      static_cast<double>(g_allocs.load() - allocs_before), benchmark::Counter::kAvgIterations);
+        upkeep::decision::Diagnose(c.in.stack, c.in.observed, c.indexed, kNow, &c.arena, options));
+    c.arena.Reset();
+  });
+}
+
+// Also the path left in a reused Trace (no message built for it; Trace::AppendTo builds it
+// when somebody asks).
+void BM_DiagnoseTraced(benchmark::State& state) {
+  Run(state, [options = NoExplain()](Caller& c) {
+    benchmark::DoNotOptimize(upkeep::decision::Diagnose(c.in.stack, c.in.observed, c.indexed, kNow,
+                                                        &c.arena, options, &c.trace));
+    c.arena.Reset();
+  });
+}
+
+// The same into a message that is reused (DiagnoseInto): nothing allocated, no arena to reset.
+void BM_DiagnoseInto(benchmark::State& state) {
+  v1::Diagnosis reused;
+  Run(state, [options = NoExplain(), &reused](Caller& c) {
+    upkeep::decision::DiagnoseInto(c.in.stack, c.in.observed, c.indexed, kNow, options, &c.trace,
+                                   &reused);
+    benchmark::DoNotOptimize(reused);
+  });
 }
 
 // The floor under Diagnose: copying the diagnosis it returns (the same path, evidence,
@@ -215,6 +168,8 @@ BENCHMARK(BM_DiagnoseOnArena)->Apply(Cases);
 BENCHMARK(BM_DiagnoseNoExplain)->Apply(Cases);
 BENCHMARK(BM_DiagnoseNoExplainOnArena)->Apply(Cases);
 BENCHMARK(BM_DiagnoseNoExplainOnArenaIndexed)->Apply(Cases);
+BENCHMARK(BM_DiagnoseTraced)->Apply(Cases);
+BENCHMARK(BM_DiagnoseInto)->Apply(Cases);
 BENCHMARK(BM_CopyDiagnosis)->Apply(Cases);
 
 }  // namespace

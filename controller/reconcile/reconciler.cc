@@ -487,6 +487,7 @@ void Reconciler::Reconcile(const WorkKey& key) {
     auto it = stacks_.find(key.stack);
     if (it == stacks_.end() || !Names(it->second, key.host)) {
       keys_.erase(key);
+      diagnoser_.Forget(key);
       return;
     }
     stack = it->second;
@@ -506,9 +507,11 @@ void Reconciler::Reconcile(const WorkKey& key) {
   }
   const History history = dispatcher_.HistoryOf(key);
   const absl::Time now = clock_->Now();
-  decision::DiagnoseOptions options;
-  options.paused = paused;
-  const v1::Diagnosis d = decision::Diagnose(stack, observed, *history, now, options);
+  // The full diagnosis (with its explanation) of the decision made now; made again only when
+  // the decision changed (KeyDiagnoser), so most observations cost the fast path.
+  const KeyDiagnoser::Result diagnosed =
+      diagnoser_.Diagnose(key, stack, observed, history, now, paused);
+  const v1::Diagnosis& d = *diagnosed.diagnosis;
   metrics_->Inc("upkeep_reconciles_total");
   // Verify earlier repairs on evidence gathered after they finished.
   dispatcher_.Verify(key, stack, observed, d);
@@ -583,7 +586,7 @@ void Reconciler::Reconcile(const WorkKey& key) {
             absl::StrCat(id.substr(0, slash), ": cleared (", v1::Verdict_Name(d.verdict()), ")"));
     }
     ks.active_alerts = std::move(current);
-    ks.diagnosis = std::make_shared<const v1::Diagnosis>(d);
+    ks.diagnosis = diagnosed.diagnosis;  // shared, not copied
     ks.verdict = d.verdict();
     // Status of the stack across its hosts.
     v1::Stack& s = sit->second;
@@ -719,6 +722,7 @@ absl::Status Reconciler::Delete(const std::string& name, const std::string& who)
     for (auto k = keys_.begin(); k != keys_.end();) {
       k = k->first.stack == name ? keys_.erase(k) : std::next(k);
     }
+    diagnoser_.ForgetStack(name);
     for (const auto& h : hosts) {
       auto hs = hosts_.find(h);
       if (hs != hosts_.end() && !hs->second.connected && !host_stacks_.count(h)) hosts_.erase(hs);
@@ -880,8 +884,9 @@ absl::Status Reconciler::SetPaused(const std::string& stack, const std::string& 
         }
         // ... and services a person stopped: resuming means "run it all again".
         // (Not when a timed pause ran out: nobody asked for those to run again.)
-        for (int i = 0; ks.diagnosis != nullptr && i < ks.diagnosis->findings_size(); ++i) {
-          const v1::Finding& f = ks.diagnosis->findings(i);
+        for (const auto& f : ks.diagnosis != nullptr
+                                 ? ks.diagnosis->findings()
+                                 : v1::Diagnosis::default_instance().findings()) {
           if (f.code() == "ManuallyStopped" && for_duration == absl::ZeroDuration() &&
               who != kPauseExpired) {
             targets.push_back(f.target());

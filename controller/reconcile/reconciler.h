@@ -31,6 +31,7 @@
 #include "controller/metrics/metrics.h"
 #include "controller/queue/work_queue.h"
 #include "controller/reconcile/inbox.h"
+#include "controller/reconcile/key_diagnoser.h"
 #include "controller/reconcile/status_writer.h"
 #include "controller/store/store.h"
 #include "core/clock.h"
@@ -113,11 +114,12 @@ class Reconciler : public AgentListener {
     std::shared_ptr<const upkeep::v1::StackObservation> observation;
     // A hash of the observation's SemanticKey (what matters of it, without times): a report
     // that repeats it is not reconciled again while the key is healthy. (The key itself is as
-    // long as the observation; 10,000 of them were 2-3 MB.)
+    // long as the observation.)
     size_t last_semantic = 0;
     // The key's latest diagnosis: the only copy. The stack's status in `stacks_` holds its
     // conditions only; readers (GetStack, Stacks, the status written to the store) get the
-    // diagnoses filled in from here (WithDiagnosesLocked). Null until the first reconcile.
+    // diagnoses filled in from here (WithDiagnosesLocked). Null until the first reconcile;
+    // shared with KeyDiagnoser, which keeps it to compare.
     std::shared_ptr<const upkeep::v1::Diagnosis> diagnosis;
     std::set<std::string> active_alerts;  // "code/target"
     absl::Time problem_since = absl::InfinitePast();
@@ -183,6 +185,7 @@ class Reconciler : public AgentListener {
   ActionDispatcher dispatcher_;
   WorkQueue queue_;
   Inboxes inboxes_;
+  KeyDiagnoser diagnoser_;  // Reconcile's Diagnose: the fast path, per key
 
   mutable absl::Mutex mu_;
   std::map<std::string, upkeep::v1::Stack> stacks_ ABSL_GUARDED_BY(mu_);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -24,9 +25,90 @@
 #include "core/proto_time.h"
 
 namespace upkeep::decision {
+
+namespace internal {
+
+// How the engine records into a Trace (the trace's layout stays its own).
+class TraceWriter {
+ public:
+  using Ref = Trace::Ref;
+  explicit TraceWriter(Trace* t) : t_(t) {}
+
+  // A view the trace keeps as it is: it must outlive the trace.
+  static Ref View(absl::string_view s) { return Ref{s}; }
+
+  int Node(absl::string_view step, Ref target, Ref decision, int depth) {
+    t_->nodes_.push_back(Trace::Node{step, target, decision, depth});
+    return static_cast<int>(t_->nodes_.size()) - 1;
+  }
+  // A string the trace keeps (its slot's capacity reused from earlier diagnoses).
+  Ref Keep(absl::string_view s) {
+    const int i = Slot();
+    t_->strings_[i].assign(s.data(), s.size());
+    return Ref{{}, i};
+  }
+  Ref Keep(std::string&& s) {
+    const int i = Slot();
+    t_->strings_[i] = std::move(s);
+    return Ref{{}, i};
+  }
+  void Evidence(int node, absl::string_view key, Ref value) {
+    t_->evidence_.push_back(Trace::Evidence{node, key, value.owned});
+  }
+  absl::string_view step(int node) const { return t_->nodes_[node].step; }
+
+ private:
+  int Slot() {
+    if (t_->strings_used_ == t_->strings_.size()) t_->strings_.emplace_back();
+    return static_cast<int>(t_->strings_used_++);
+  }
+  Trace* const t_;
+};
+
+}  // namespace internal
+
+void Trace::Clear() {
+  nodes_.clear();
+  evidence_.clear();
+  strings_used_ = 0;
+}
+
+void Trace::AppendTo(upkeep::v1::Diagnosis* d) const {
+  auto* path = d->mutable_path();
+  const int base = path->size();
+  path->Reserve(base + size());
+  for (const Node& node : nodes_) {
+    upkeep::v1::PathNode* n = path->Add();
+    // Each built once and moved in (from a pointer and size, protobuf copies a temporary).
+    n->set_step(std::string(node.step));
+    // An empty string is the field's default: setting it would only allocate.
+    if (const absl::string_view target = Text(node.target); !target.empty()) {
+      n->set_target(std::string(target));
+    }
+    n->set_decision(std::string(Text(node.decision)));
+    n->set_depth(node.depth);
+  }
+  for (const Evidence& e : evidence_) {
+    (*path->Mutable(base + e.node)->mutable_evidence())[std::string(e.key)] = strings_[e.value];
+  }
+}
+
+bool Trace::SamePath(const upkeep::v1::Diagnosis& d) const {
+  if (d.path_size() != size()) return false;
+  for (int i = 0; i < size(); ++i) {
+    const upkeep::v1::PathNode& n = d.path(i);
+    if (n.depth() != depth(i) || n.step() != step(i) || n.target() != target(i) ||
+        n.decision() != decision(i)) {
+      return false;
+    }
+  }
+  return true;
+}
+
 namespace {
 
 namespace v1 = upkeep::v1;
+using internal::TraceWriter;
 
 // An action whose result has not come back is waited for this long before it is ignored.
 // After a start reported success, a service that is not running yet is given this long.
@@ -135,7 +217,7 @@ class Engine {
   // Fills `out`, an empty message.
   Engine(const v1::Stack& desired, const v1::StackObservation& observed,
          const policy::History& history, absl::Time now, const DiagnoseOptions& options,
-         v1::Diagnosis* out)
+         v1::Diagnosis* out, Trace* trace)
       : desired_(desired),
         observed_(observed),
         history_(history),
@@ -144,13 +226,11 @@ class Engine {
         specs_(desired.spec().services()),
         services_(observed.services()),
         routes_(observed.proxy().routes()),
-        d_(out) {
+        d_(out),
+        trace_(trace) {
     d_->set_stack(desired.metadata().name());
     d_->set_host(observed.host().host_id());
     SetProto(now, d_->mutable_at());
-    // Room for the nodes a diagnosis usually has (one per check), so the path grows once.
-    d_->mutable_path()->Reserve(6 + desired.spec().services_size() +
-                                desired.spec().proxy().routes_size());
   }
 
   void Run() {
@@ -166,28 +246,34 @@ class Engine {
 
  private:
   // ---- the path -------------------------------------------------------------------------
-  // Strings are taken as views and copied once, into the message: most are literals.
-  v1::PathNode* Node(absl::string_view step, absl::string_view target, absl::string_view decision,
-                     int depth = 0) {
-    v1::PathNode* n = d_->add_path();
-    // Each built once and moved in (from a pointer and size, protobuf copies a temporary).
-    n->set_step(std::string(step));
-    // An empty string is the field's default: setting it would only allocate.
-    if (!target.empty()) n->set_target(std::string(target));
-    n->set_decision(std::string(decision));
-    n->set_depth(depth);
-    return n;
+  // Recorded in the trace as views: `step`, `target` and `decision` must outlive the trace
+  // (literals, the inputs); a string made here goes through the overloads that keep it.
+  int Node(absl::string_view step, absl::string_view target, absl::string_view decision,
+           int depth = 0) {
+    return trace_.Node(step, TraceWriter::View(target), TraceWriter::View(decision), depth);
+  }
+  int NodeMade(absl::string_view step, absl::string_view target, std::string decision,
+               int depth = 0) {
+    return trace_.Node(step, TraceWriter::View(target), trace_.Keep(std::move(decision)), depth);
+  }
+  int NodeOwnTarget(absl::string_view step, absl::string_view target, absl::string_view decision,
+                    int depth = 0) {
+    return trace_.Node(step, trace_.Keep(target), TraceWriter::View(decision), depth);
   }
   // A node's evidence, kept only when the caller asked for the explanation: without it the
   // value is neither copied nor stored (a std::string the caller built is simply dropped).
+  // A value that costs something to make (formatting a number, a time, a list) is passed as a
+  // callable that makes it: [&] { return Ms(age); }, called only when it is kept.
   template <typename V>
-  void Ev(v1::PathNode* n, absl::string_view k, V&& v) const {
+  void Ev(int n, absl::string_view k, V&& v) {
     if (!options_.explain) return;
-    (*n->mutable_evidence())[std::string(k)] = std::forward<V>(v);
-  }
-  // A time as evidence: formatting one is costly, so only when it will be kept.
-  std::string EvTime(absl::Time t) const {
-    return options_.explain ? absl::FormatTime(t) : std::string();
+    if constexpr (std::is_invocable_v<V>) {
+      Ev(n, k, v());
+    } else if constexpr (std::is_same_v<std::decay_t<V>, std::string> && !std::is_reference_v<V>) {
+      trace_.Evidence(n, k, trace_.Keep(std::move(v)));
+    } else {
+      trace_.Evidence(n, k, trace_.Keep(absl::string_view(v)));
+    }
   }
 
   v1::Finding* Find(v1::Severity sev, absl::string_view code, absl::string_view target,
@@ -226,7 +312,7 @@ class Engine {
     v1::PlannedAction main =
         policy::Judge(policy, history_, std::move(main_action), now_, options_.paused);
     const std::string& target = main.action().target();
-    v1::PathNode* n = Node("policy", target, v1::PolicyVerdict_Name(main.policy()), depth + 1);
+    const int n = NodeOwnTarget("policy", target, v1::PolicyVerdict_Name(main.policy()), depth + 1);
     Ev(n, "reason", main.policy_reason());
     if (main.policy() == v1::POLICY_VERDICT_BUDGET_EXHAUSTED) {
       if (HasFinding("CrashLooping", target)) return main.policy();
@@ -258,8 +344,9 @@ class Engine {
   // ---- 1. "Run: bash scripts/debug_dashboard_remote.sh" — do we see the host at all? -----
   bool AgentConnected() {
     const auto& h = observed_.host();
-    v1::PathNode* n = Node("agent.connected", h.host_id(), h.agent_connected() ? "yes" : "no");
-    if (h.has_last_heard()) Ev(n, "last_heard", EvTime(FromProto(h.last_heard())));
+    const int n = Node("agent.connected", h.host_id(), h.agent_connected() ? "yes" : "no");
+    if (h.has_last_heard())
+      Ev(n, "last_heard", [&] { return absl::FormatTime(FromProto(h.last_heard())); });
     if (!h.agent_connected()) {
       summary_ = absl::StrCat("agent for host ", h.host_id(), " is not connected: no action");
       return false;
@@ -271,9 +358,9 @@ class Engine {
     const absl::Duration stale_after = FromProto(desired_.spec().policy().stale_after());
     const absl::Duration age = now_ - FromProto(observed_.observed_at());
     const bool fresh = observed_.has_observed_at() && age <= stale_after;
-    v1::PathNode* n = Node("observation.fresh", "", fresh ? "yes" : "no: stale");
-    Ev(n, "age", observed_.has_observed_at() ? Ms(age) : "never");
-    Ev(n, "stale_after", Ms(stale_after));
+    const int n = Node("observation.fresh", "", fresh ? "yes" : "no: stale");
+    Ev(n, "age", [&] { return observed_.has_observed_at() ? Ms(age) : "never"; });
+    Ev(n, "stale_after", [&] { return Ms(stale_after); });
     if (!fresh) summary_ = "observation is stale: no action";
     return fresh;
   }
@@ -286,7 +373,7 @@ class Engine {
       if (it->dry_run() || it->action().kind() == v1::ACTION_KIND_RESET_BUDGET) continue;
       if (FromProto(it->requested_at()) < timed_out) break;
       if (it->result().id().empty()) {
-        v1::PathNode* n =
+        const int n =
             Node("action.in_flight", it->action().target(), "yes: waiting for its result");
         Ev(n, "action", v1::ActionKind_Name(it->action().kind()));
         Ev(n, "id", it->action().id());
@@ -313,8 +400,8 @@ class Engine {
   bool CheckProxy() {
     if (!desired_.spec().has_proxy()) return true;
     const auto& p = observed_.proxy();
-    v1::PathNode* n = Node("proxy.running", kProxyTarget, p.master_running() ? "yes" : "no");
-    if (p.master_pid() > 0) Ev(n, "master_pid", absl::StrCat(p.master_pid()));
+    const int n = Node("proxy.running", kProxyTarget, p.master_running() ? "yes" : "no");
+    if (p.master_pid() > 0) Ev(n, "master_pid", [&] { return absl::StrCat(p.master_pid()); });
     if (!p.error().empty()) Ev(n, "error", p.error());
     if (p.master_running()) return true;
     // "Check nginx config: sudo nginx -t" — a config that fails the test is not started.
@@ -325,14 +412,14 @@ class Engine {
     if (tested_since_last_action && !test.ok() && NoSpace(test.output()) &&
         !DiskHasRoomAgain(test)) {
       // "No space left on device" is the disk's fault, not the config's: starting cannot help.
-      v1::PathNode* t = Node("proxy.config_valid", kProxyTarget, "no: the disk is full: alert", 1);
+      const int t = Node("proxy.config_valid", kProxyTarget, "no: the disk is full: alert", 1);
       Ev(t, "nginx_t", test.output());
       DiskBlamed(kProxyTarget, test.output());
       summary_ = "nginx is down and `nginx -t` finds no space left on the device";
       return false;
     }
     if (tested_since_last_action && !test.ok() && !NoSpace(test.output())) {
-      v1::PathNode* t = Node("proxy.config_valid", kProxyTarget, "no: alert", 1);
+      const int t = Node("proxy.config_valid", kProxyTarget, "no: alert", 1);
       Ev(t, "nginx_t", test.output());
       v1::Finding* f = Find(v1::SEVERITY_ALERT, "ConfigInvalid", kProxyTarget,
                             "nginx is down and its config fails `nginx -t`: fix the config");
@@ -340,13 +427,13 @@ class Engine {
       summary_ = "nginx is down and its config is invalid";
       return false;
     }
-    v1::PathNode* t = Node("proxy.config_valid", kProxyTarget,
-                           test.ran() ? (test.ok()                ? "yes"
-                                         : NoSpace(test.output()) ? "no space earlier, the disk "
-                                                                    "has room again: test again"
-                                                                  : "unknown: test again")
-                                      : "untested",
-                           1);
+    const int t = Node("proxy.config_valid", kProxyTarget,
+                       test.ran() ? (test.ok()                ? "yes"
+                                     : NoSpace(test.output()) ? "no space earlier, the disk "
+                                                                "has room again: test again"
+                                                              : "unknown: test again")
+                                  : "untested",
+                       1);
     if (test.ran()) Ev(t, "nginx_t", test.output());
     // "nginx down → test its config; valid → start it"
     Plan(MakeAction(v1::ACTION_KIND_START_PROXY, kProxyTarget, "nginx is not running"), 1,
@@ -388,8 +475,9 @@ class Engine {
   // share a name).
   using Names = NameSet;
   using Ordered = std::pair<const v1::ServiceSpec*, int>;
-  std::vector<Ordered> DependencyOrder() const {
-    std::vector<Ordered> order;
+  using Order = absl::InlinedVector<Ordered, 32>;
+  Order DependencyOrder() const {
+    Order order;
     order.reserve(specs_.size());
     absl::InlinedVector<bool, 32> done(specs_.size(), false);
     for (int i = 0; i < specs_.size(); ++i) {
@@ -399,7 +487,7 @@ class Engine {
     return order;
   }
   void VisitDependencies(const v1::ServiceSpec* s, int position, int key, int depth,
-                         absl::InlinedVector<bool, 32>* done, std::vector<Ordered>* order) const {
+                         absl::InlinedVector<bool, 32>* done, Order* order) const {
     if ((*done)[key] || depth > 64) return;
     for (const auto& d : s->depends_on()) {
       if (const int dep = specs_.IndexOf(d); dep >= 0) {
@@ -433,8 +521,8 @@ class Engine {
     // "a service whose dependency is down is not restarted; its dependency is fixed first"
     for (const auto& dep : spec.depends_on()) {
       if (down.contains(dep)) {
-        v1::PathNode* n =
-            Node("service.dependency_down", name, absl::StrCat("yes: waiting for ", dep));
+        const int n =
+            NodeMade("service.dependency_down", name, absl::StrCat("yes: waiting for ", dep));
         Ev(n, "dependency", dep);
         Ev(n, "running", o.running() ? "true" : "false");
         waiting_ = true;
@@ -444,7 +532,7 @@ class Engine {
     Episode(spec, o);
     if (!o.running() && StoppedByPerson(spec, o)) return false;
     if (!o.error().empty()) {
-      v1::PathNode* n = Node("service.observable", name, "no: runtime error");
+      const int n = Node("service.observable", name, "no: runtime error");
       Ev(n, "error", o.error());
       Find(v1::SEVERITY_WARNING, "RuntimeError", name, o.error());
       waiting_ = true;
@@ -452,11 +540,13 @@ class Engine {
     }
     // "Backend container not running? → docker compose up -d backend-aws"
     if (!o.exists() || !o.running()) {
-      v1::PathNode* n = Node("service.running", name, o.exists() ? "no: stopped" : "no: missing");
-      if (o.exists()) Ev(n, "exit_code", absl::StrCat(o.exit_code()));
+      const int n = Node("service.running", name, o.exists() ? "no: stopped" : "no: missing");
+      if (o.exists()) Ev(n, "exit_code", [&] { return absl::StrCat(o.exit_code()); });
       if (o.oom_killed()) Ev(n, "oom_killed", "true");
-      if (o.restart_count() > 0) Ev(n, "restart_count", absl::StrCat(o.restart_count()));
-      if (o.has_finished_at()) Ev(n, "finished_at", EvTime(FromProto(o.finished_at())));
+      if (o.restart_count() > 0)
+        Ev(n, "restart_count", [&] { return absl::StrCat(o.restart_count()); });
+      if (o.has_finished_at())
+        Ev(n, "finished_at", [&] { return absl::FormatTime(FromProto(o.finished_at())); });
       if (DiskFullFor(spec, n)) return false;
       if (!o.exists() && desired_.spec().runtime() == v1::RUNTIME_KIND_DOCKER) {
         const auto& compose = spec.container().compose();
@@ -497,10 +587,11 @@ class Engine {
     if (unhealthy && HealthPredatesStart(name, o)) return false;
     if (unhealthy) {
       // "Backend unhealthy? → Check logs → Restart"
-      v1::PathNode* n = Node("service.healthy", name, "no: unhealthy");
+      const int n = Node("service.healthy", name, "no: unhealthy");
       Ev(n, "probe", o.probe().ok() ? "ok" : o.probe().error());
-      if (o.probe().status_code() > 0) Ev(n, "status", absl::StrCat(o.probe().status_code()));
-      Ev(n, "consecutive_failures", absl::StrCat(o.consecutive_failures()));
+      if (o.probe().status_code() > 0)
+        Ev(n, "status", [&] { return absl::StrCat(o.probe().status_code()); });
+      Ev(n, "consecutive_failures", [&] { return absl::StrCat(o.consecutive_failures()); });
       if (o.runtime_health() == v1::RUNTIME_HEALTH_UNHEALTHY) Ev(n, "runtime_health", "unhealthy");
       // "Services Not Listening on Expected Ports": a restart will not move the port.
       if (PortMoved(spec, o, n)) return false;
@@ -518,26 +609,26 @@ class Engine {
     }
     if (o.health() != v1::HEALTH_STATE_HEALTHY) {
       // "Services are still starting up (may take 2-3 minutes)" — wait.
-      v1::PathNode* n = Node("service.healthy", name, "starting: wait");
+      const int n = Node("service.healthy", name, "starting: wait");
       Ev(n, "health", v1::HealthState_Name(o.health()));
       waiting_ = true;
       return false;
     }
-    v1::PathNode* n = Node("service.healthy", name, "yes");
-    if (o.probe().has_latency()) Ev(n, "latency", Ms(FromProto(o.probe().latency())));
+    const int n = Node("service.healthy", name, "yes");
+    if (o.probe().has_latency())
+      Ev(n, "latency", [&] { return Ms(FromProto(o.probe().latency())); });
     return true;
   }
 
   // The service listens, but not on the port the stack expects.
-  bool PortMoved(const v1::ServiceSpec& spec, const v1::ServiceObservation& o,
-                 v1::PathNode* parent) {
+  bool PortMoved(const v1::ServiceSpec& spec, const v1::ServiceObservation& o, int parent) {
     if (o.listening_size() == 0 || spec.port() == 0) return false;
     std::vector<std::string> ports;
     for (const auto& l : o.listening()) {
       if (l.port() == spec.port()) return false;
       ports.push_back(absl::StrCat(l.address(), ":", l.port()));
     }
-    Ev(parent, "listening", absl::StrJoin(ports, ","));
+    Ev(parent, "listening", [&] { return absl::StrJoin(ports, ","); });
     Node("service.port", spec.name(), "moved: alert", 1);
     v1::Finding* f = Find(v1::SEVERITY_ALERT, "PortMismatch", spec.name(),
                           absl::StrCat("the stack expects ", spec.name(), " on port ", spec.port(),
@@ -560,18 +651,19 @@ class Engine {
         (last->action().kind() == v1::ACTION_KIND_RESTART_SERVICE ||
          last->action().kind() == v1::ACTION_KIND_START_SERVICE) &&
         sent < FromProto(last->result().finished_at())) {
-      v1::PathNode* n =
+      const int n =
           Node("service.healthy", name, "unknown: the last probe predates the last restart", 0);
-      Ev(n, "probe_sent", EvTime(sent));
-      Ev(n, "restart_finished", EvTime(FromProto(last->result().finished_at())));
+      Ev(n, "probe_sent", [&] { return absl::FormatTime(sent); });
+      Ev(n, "restart_finished",
+         [&] { return absl::FormatTime(FromProto(last->result().finished_at())); });
       waiting_ = true;
       return true;
     }
     if (!o.has_started_at() || sent >= FromProto(o.started_at())) return false;
-    v1::PathNode* n =
+    const int n =
         Node("service.healthy", name, "unknown: the last probe predates the current start", 0);
-    Ev(n, "probe_sent", EvTime(FromProto(o.probe().at())));
-    Ev(n, "started_at", EvTime(FromProto(o.started_at())));
+    Ev(n, "probe_sent", [&] { return absl::FormatTime(FromProto(o.probe().at())); });
+    Ev(n, "started_at", [&] { return absl::FormatTime(FromProto(o.started_at())); });
     waiting_ = true;
     return true;
   }
@@ -622,7 +714,7 @@ class Engine {
       }
     }
     if (stop == nullptr && !runtime_stop) return false;
-    v1::PathNode* n = Node("service.stopped_by_person", name, "yes: leave it stopped");
+    const int n = Node("service.stopped_by_person", name, "yes: leave it stopped");
     v1::Finding* f = Find(v1::SEVERITY_WARNING, "ManuallyStopped", name,
                           absl::StrCat(name,
                                        " was stopped by a person: upkeep leaves it stopped until "
@@ -631,7 +723,7 @@ class Engine {
       const std::string who =
           stop->requested_by().empty() ? std::string("a person") : stop->requested_by();
       Ev(n, "stopped_by", who);
-      Ev(n, "stopped_at", EvTime(FromProto(stop->requested_at())));
+      Ev(n, "stopped_at", [&] { return absl::FormatTime(FromProto(stop->requested_at())); });
       (*f->mutable_evidence())["stopped_by"] = who;
       (*f->mutable_evidence())["action"] = stop->action().id();
     } else {
@@ -647,19 +739,19 @@ class Engine {
 
   // "Slow is not dead": the probe timed out, but the same request, allowed to run on, was
   // answered. Restarting a slow service does not make it faster; a person decides.
-  bool SlowNotHung(const v1::ServiceSpec& spec, const v1::ServiceObservation& o,
-                   v1::PathNode* parent) {
+  bool SlowNotHung(const v1::ServiceSpec& spec, const v1::ServiceObservation& o, int parent) {
     const auto& p = o.probe();
     if (!p.has_late_latency() || p.ok()) return false;
     if (o.has_started_at() && FromProto(p.late_at()) < FromProto(o.started_at())) return false;
     const absl::Duration timeout = FromProto(spec.probe().timeout());
     const absl::Duration late = FromProto(p.late_latency());
-    Ev(parent, "late_latency", Ms(late));
-    v1::PathNode* n =
+    Ev(parent, "late_latency", [&] { return Ms(late); });
+    const int n =
         Node("service.slow", spec.name(), "yes: answers, slower than its probe: alert", 1);
-    Ev(n, "measured_latency", Ms(late));
-    Ev(n, "probe_timeout", Ms(timeout));
-    if (p.late_status_code() > 0) Ev(n, "status", absl::StrCat(p.late_status_code()));
+    Ev(n, "measured_latency", [&] { return Ms(late); });
+    Ev(n, "probe_timeout", [&] { return Ms(timeout); });
+    if (p.late_status_code() > 0)
+      Ev(n, "status", [&] { return absl::StrCat(p.late_status_code()); });
     v1::Finding* f = Find(
         v1::SEVERITY_ALERT, "SlowUpstream", spec.name(),
         absl::StrCat(spec.name(), " is slow, not hung: it answered in ", Ms(late),
@@ -689,7 +781,7 @@ class Engine {
   // What nginx's error log says about the failing routes, as evidence for the reload: a
   // connection the upstream closed or reset (keepalive to an upstream that restarted). A stale
   // address is told by the evidence step (ProxyEvidence), before the ladder.
-  void ExplainUpstreamErrors(v1::PathNode* parent) {
+  void ExplainUpstreamErrors(int parent) {
     for (const auto& e : observed_.proxy().upstream_errors()) {
       std::string host;
       int port = 0;
@@ -697,7 +789,8 @@ class Engine {
       if (e.kind() == v1::UPSTREAM_ERROR_KIND_PREMATURELY_CLOSED ||
           e.kind() == v1::UPSTREAM_ERROR_KIND_CONNECTION_RESET) {
         const bool reset = e.kind() == v1::UPSTREAM_ERROR_KIND_CONNECTION_RESET;
-        Ev(parent, "upstream_closed", absl::StrCat(host, ":", port, reset ? " reset" : " closed"));
+        Ev(parent, "upstream_closed",
+           [&] { return absl::StrCat(host, ":", port, reset ? " reset" : " closed"); });
         v1::Finding* f =
             Find(v1::SEVERITY_INFO, "UpstreamConnectionClosed", kProxyTarget,
                  absl::StrCat("the upstream at ", host, ":", port, reset ? " reset" : " closed",
@@ -726,8 +819,9 @@ class Engine {
     }
     if (const int flaps = policy::FlapsInEpisode(policy, history_, name, now_, ServiceHealthy(o));
         flaps > 0) {
-      v1::PathNode* n = Node("service.flapping", name, absl::StrCat("yes: ", flaps, " relapses"));
-      Ev(n, "healthy_reset", absl::FormatDuration(FromProto(policy.healthy_reset())));
+      const int n = NodeMade("service.flapping", name, absl::StrCat("yes: ", flaps, " relapses"));
+      Ev(n, "healthy_reset",
+         [&] { return absl::FormatDuration(FromProto(policy.healthy_reset())); });
       v1::Finding* f = Find(
           v1::SEVERITY_ALERT, "Flapping", name,
           absl::StrCat(name, " flaps: ", flaps, " repairs worked and then failed again within ",
@@ -829,11 +923,11 @@ class Engine {
     for (const auto& fs : observed_.host().filesystems()) {
       if (!Full(fs)) continue;
       const bool blocks = fs.used_percent() >= limit;
-      v1::PathNode* n =
-          Node("host.disk", fs.mount(), blocks ? "full: alert" : "out of inodes: alert");
-      Ev(n, "used", absl::StrFormat("%.1f%%", fs.used_percent()));
-      if (!blocks) Ev(n, "inodes_used", absl::StrFormat("%.1f%%", fs.inodes_used_percent()));
-      Ev(n, "disk_warning", absl::StrFormat("%.0f%%", limit));
+      const int n = Node("host.disk", fs.mount(), blocks ? "full: alert" : "out of inodes: alert");
+      Ev(n, "used", [&] { return absl::StrFormat("%.1f%%", fs.used_percent()); });
+      if (!blocks)
+        Ev(n, "inodes_used", [&] { return absl::StrFormat("%.1f%%", fs.inodes_used_percent()); });
+      Ev(n, "disk_warning", [&] { return absl::StrFormat("%.0f%%", limit); });
       if (disk_full_.count(fs.mount())) continue;
       disk_full_.insert(fs.mount());
       v1::Finding* f = Find(
@@ -857,7 +951,7 @@ class Engine {
 
   // A down or unhealthy service whose data sits on a full disk, or whose last repair failed
   // with "No space left on device", is blamed on the disk: a restart cannot help.
-  bool DiskFullFor(const v1::ServiceSpec& spec, v1::PathNode* parent) {
+  bool DiskFullFor(const v1::ServiceSpec& spec, int parent) {
     for (const auto& fs : observed_.host().filesystems()) {
       if (!Full(fs) || std::find(fs.services().begin(), fs.services().end(), spec.name()) ==
                            fs.services().end()) {
@@ -871,8 +965,8 @@ class Engine {
       v1::Finding* f =
           Find(v1::SEVERITY_ALERT, "DiskFull", spec.name(),
                absl::StrCat(spec.name(), " is ",
-                            parent->step() == "service.running" ? "down" : "unhealthy", " and ",
-                            fs.mount(),
+                            trace_.step(parent) == "service.running" ? "down" : "unhealthy",
+                            " and ", fs.mount(),
                             ", which holds its data, is full: free disk space; restarting "
                             "cannot help"));
       (*f->mutable_evidence())["filesystem"] = fs.mount();
@@ -899,11 +993,11 @@ class Engine {
           fs != nullptr ? !Full(*fs) && FromProto(observed_.observed_at()) > failed_at
                         : now_ >= failed_at + FromProto(desired_.spec().policy().backoff().max());
       if (room) {
-        v1::PathNode* n = Node("service.disk", spec.name(),
-                               fs != nullptr ? "no space earlier; the disk has room again"
-                                             : "no space earlier; the disk is not observed: "
-                                               "try again after backoff.max",
-                               1);
+        const int n = Node("service.disk", spec.name(),
+                           fs != nullptr ? "no space earlier; the disk has room again"
+                                         : "no space earlier; the disk is not observed: "
+                                           "try again after backoff.max",
+                           1);
         if (fs != nullptr) Ev(n, "filesystem", fs->mount());
         return false;
       }
@@ -922,8 +1016,9 @@ class Engine {
       const absl::Time expires = FromProto(r.certificate_not_after());
       if (expires - now_ > warn) continue;
       const bool expired = expires <= now_;
-      v1::PathNode* n = Node("route.certificate", r.path(), expired ? "expired" : "expires soon");
-      Ev(n, "not_after", absl::FormatTime(absl::RFC3339_sec, expires, absl::UTCTimeZone()));
+      const int n = Node("route.certificate", r.path(), expired ? "expired" : "expires soon");
+      Ev(n, "not_after",
+         [&] { return absl::FormatTime(absl::RFC3339_sec, expires, absl::UTCTimeZone()); });
       v1::Finding* f = Find(
           expired ? v1::SEVERITY_ALERT : v1::SEVERITY_WARNING,
           expired ? "CertificateExpired" : "CertificateExpiring", r.path(),
@@ -950,7 +1045,7 @@ class Engine {
     const auto& test = proxy.last_config_test();
     // "Check nginx config: sudo nginx -t" — nginx runs an older config; the one on disk fails.
     if (test.ran() && !test.ok()) {
-      v1::PathNode* n = Node("proxy.evidence", kProxyTarget, "config fails nginx -t: alert", 1);
+      const int n = Node("proxy.evidence", kProxyTarget, "config fails nginx -t: alert", 1);
       Ev(n, "nginx_t", test.output());
       if (NoSpace(test.output())) {
         DiskBlamed(kProxyTarget, test.output());
@@ -987,9 +1082,9 @@ class Engine {
             absl::StrCat(host.find(':') != std::string::npos ? "[" : "", host,
                          host.find(':') != std::string::npos ? "]" : "", ":", port);
         if (port != svc.port()) {
-          v1::PathNode* n = Node("proxy.evidence", route->path(), "nginx dials another port", 1);
+          const int n = Node("proxy.evidence", route->path(), "nginx dials another port", 1);
           Ev(n, "nginx_dials", dials);
-          Ev(n, "expected_port", absl::StrCat(svc.port()));
+          Ev(n, "expected_port", [&] { return absl::StrCat(svc.port()); });
           port_mismatch = true;
           if (HasFinding("PortMismatch", svc.name())) break;
           v1::Finding* pm =
@@ -1006,10 +1101,10 @@ class Engine {
           break;
         }
         if ((host == "::1" && !v6 && v4) || (host == "127.0.0.1" && !v4 && v6)) {
-          v1::PathNode* n =
+          const int n =
               Node("proxy.evidence", route->path(), "nginx dials the other address family", 1);
           Ev(n, "nginx_dials", dials);
-          Ev(n, "listening", absl::StrJoin(listening, ","));
+          Ev(n, "listening", [&] { return absl::StrJoin(listening, ","); });
           v1::Finding* fm =
               Find(v1::SEVERITY_ALERT, "LocalhostFamilyMismatch", svc.name(),
                    absl::StrCat("nginx dials ", dials, " but ", svc.name(), " listens on ",
@@ -1027,11 +1122,11 @@ class Engine {
           // One reload resolves again; a restart resolves no differently, so after a reload
           // that did not help the config names the old address itself (a literal, or a name
           // still resolving to it): say so, and how to stop it recurring.
-          v1::PathNode* n = Node("proxy.evidence", route->path(),
-                                 "nginx dials an address that is no longer the container's", 1);
+          const int n = Node("proxy.evidence", route->path(),
+                             "nginx dials an address that is no longer the container's", 1);
           stale_address = true;
           Ev(n, "nginx_dials", dials);
-          Ev(n, "upstream_now_at", absl::StrJoin(o->addresses(), ","));
+          Ev(n, "upstream_now_at", [&] { return absl::StrJoin(o->addresses(), ","); });
           std::string message =
               absl::StrCat("nginx dials ", dials, " for ", route->path(), " but ", svc.name(),
                            " is now at ", absl::StrJoin(o->addresses(), ", "),
@@ -1125,17 +1220,17 @@ class Engine {
       if (!r.has_probe()) continue;
       const v1::RouteObservation* found = routes_.Find(r.path(), position);
       if (found == nullptr) {
-        v1::PathNode* n = Node("route.ok", r.path(), "unknown: not probed yet");
+        const int n = Node("route.ok", r.path(), "unknown: not probed yet");
         Ev(n, "url", r.probe().url());
         waiting_ = true;
         continue;
       }
       const v1::RouteObservation& o = *found;
       const bool ok = RouteOk(r, o);
-      v1::PathNode* n = Node("route.ok", r.path(), ok ? "yes" : "no");
-      Ev(n, "status", absl::StrCat(o.probe().status_code()));
+      const int n = Node("route.ok", r.path(), ok ? "yes" : "no");
+      Ev(n, "status", [&] { return absl::StrCat(o.probe().status_code()); });
       if (!o.probe().error().empty()) Ev(n, "error", o.probe().error());
-      Ev(n, "latency", Ms(FromProto(o.probe().latency())));
+      Ev(n, "latency", [&] { return Ms(FromProto(o.probe().latency())); });
       if (ok) continue;
       // "If you see 504 (Gateway Timeout) instead of 502, increase nginx timeouts"
       if (o.probe().status_code() == 504 || RouteTimedOut(r, o)) {
@@ -1156,15 +1251,15 @@ class Engine {
       // Evidence from before the upstream's last (re)start says nothing about nginx now.
       if (up != nullptr && up->has_started_at() &&
           FromProto(routes_.Find(r->path())->probe().at()) < FromProto(up->started_at())) {
-        v1::PathNode* n = Node("route.upstream_confirmed", r->path(),
-                               "not yet: the route was probed before the upstream restarted", 1);
+        const int n = Node("route.upstream_confirmed", r->path(),
+                           "not yet: the route was probed before the upstream restarted", 1);
         Ev(n, "upstream", r->upstream());
         waiting_ = true;
         return;
       }
       if (up != nullptr && !up->probe().ok()) {
-        v1::PathNode* n = Node("route.upstream_confirmed", r->path(),
-                               "no: the upstream fails its own probe; judging it first", 1);
+        const int n = Node("route.upstream_confirmed", r->path(),
+                           "no: the upstream fails its own probe; judging it first", 1);
         Ev(n, "upstream", r->upstream());
         Ev(n, "probe", up->probe().error());
         waiting_ = true;
@@ -1219,14 +1314,14 @@ class Engine {
         if (f.code() == "StaleUpstreamAddress") stale = &f;
       }
       if (stale == nullptr) {
-        v1::PathNode* n = Node("proxy.findings", kProxyTarget,
-                               "alert: after a reload nginx still dials the wrong port", 1);
+        const int n = Node("proxy.findings", kProxyTarget,
+                           "alert: after a reload nginx still dials the wrong port", 1);
         Ev(n, "failing_routes", paths);
         summary_ = "nginx's config dials the wrong port (a reload did not change it): alert";
         return;
       }
-      v1::PathNode* n = Node("proxy.findings", kProxyTarget,
-                             "alert: after a reload nginx still dials the old address", 1);
+      const int n = Node("proxy.findings", kProxyTarget,
+                         "alert: after a reload nginx still dials the old address", 1);
       Ev(n, "failing_routes", paths);
       stale->set_severity(v1::SEVERITY_ALERT);
       const auto& ev = stale->evidence();
@@ -1246,14 +1341,15 @@ class Engine {
       return;
     }
     const bool again = evidence == Evidence::kReloadOnly && (reloaded || restarted);
-    v1::PathNode* n = Node("proxy.reaches_upstreams", kProxyTarget,
-                           again       ? "no, and the last reload failed: reload nginx again"
-                           : restarted ? "no, after reload and restart: alert"
-                           : reloaded  ? "no, after a reload: restart nginx"
-                                       : "no: reload nginx",
-                           1);
+    const int n = Node("proxy.reaches_upstreams", kProxyTarget,
+                       again       ? "no, and the last reload failed: reload nginx again"
+                       : restarted ? "no, after reload and restart: alert"
+                       : reloaded  ? "no, after a reload: restart nginx"
+                                   : "no: reload nginx",
+                       1);
     Ev(n, "failing_routes", paths);
-    Ev(n, "upstream_errors", absl::StrCat(observed_.proxy().upstream_errors_size()));
+    Ev(n, "upstream_errors",
+       [&] { return absl::StrCat(observed_.proxy().upstream_errors_size()); });
     ExplainUpstreamErrors(n);
     if ((!restarted && !reloaded) || evidence == Evidence::kReloadOnly) {
       // "Backend healthy but nginx can't connect?" — a graceful reload first (again, paced by
@@ -1401,14 +1497,21 @@ class Engine {
     d_->set_verdict(verdict);
     if (summary_.empty()) {
       switch (verdict) {
-        case v1::VERDICT_HEALTHY:
-          summary_ = "all services healthy and every route answers through nginx";
+        case v1::VERDICT_HEALTHY: {
+          constexpr absl::string_view kHealthy =
+              "all services healthy and every route answers through nginx";
           for (const auto& f : d_->findings()) {
             if (f.code() != "DiskFull" || !disk_full_.contains(f.target())) continue;
-            absl::StrAppend(&summary_, "; but ", f.message());  // what will break next
+            summary_ = absl::StrCat(kHealthy, "; but ", f.message());  // what will break next
             break;
           }
+          if (summary_.empty()) {
+            // Into the field's own string (a message reused by DiagnoseInto keeps it).
+            d_->mutable_summary()->assign(kHealthy.data(), kHealthy.size());
+            return;
+          }
           break;
+        }
         case v1::VERDICT_REPAIRING: {
           std::vector<std::string> parts;
           for (const auto& a : d_->actions()) {
@@ -1440,6 +1543,7 @@ class Engine {
   const ByName<v1::ServiceObservation, &v1::ServiceObservation::name> services_;
   const ByName<v1::RouteObservation, &v1::RouteObservation::path> routes_;
   v1::Diagnosis* const d_;
+  TraceWriter trace_;
   std::string summary_;
   bool waiting_ = false;
   absl::flat_hash_set<std::string> disk_full_;
@@ -1461,12 +1565,26 @@ upkeep::v1::Diagnosis* Diagnose(const upkeep::v1::Stack& desired,
   return Diagnose(desired, observed, policy::History(history), now, arena, options);
 }
 
+namespace {
+
+// The trace of a diagnosis whose caller wants the path in the message: one per thread, reused
+// (its slots keep their capacity), and emptied into the message at the end.
+Trace& ScratchTrace() {
+  thread_local Trace trace;
+  return trace;
+}
+
+}  // namespace
+
 upkeep::v1::Diagnosis Diagnose(const upkeep::v1::Stack& desired,
                                const upkeep::v1::StackObservation& observed,
                                const policy::History& history, absl::Time now,
                                const DiagnoseOptions& options) {
   v1::Diagnosis d;
-  Engine(desired, observed, history, now, options, &d).Run();
+  Trace& trace = ScratchTrace();
+  trace.Clear();
+  Engine(desired, observed, history, now, options, &d, &trace).Run();
+  trace.AppendTo(&d);
   return d;
 }
 
@@ -1474,15 +1592,48 @@ upkeep::v1::Diagnosis* Diagnose(const upkeep::v1::Stack& desired,
                                 const upkeep::v1::StackObservation& observed,
                                 const policy::History& history, absl::Time now,
                                 google::protobuf::Arena* arena, const DiagnoseOptions& options) {
-  auto* d = google::protobuf::Arena::CreateMessage<v1::Diagnosis>(arena);
-  Engine(desired, observed, history, now, options, d).Run();
+  Trace& trace = ScratchTrace();
+  v1::Diagnosis* d = Diagnose(desired, observed, history, now, arena, options, &trace);
+  trace.AppendTo(d);
   return d;
+}
+
+upkeep::v1::Diagnosis* Diagnose(const upkeep::v1::Stack& desired,
+                                const upkeep::v1::StackObservation& observed,
+                                const policy::History& history, absl::Time now,
+                                google::protobuf::Arena* arena, const DiagnoseOptions& options,
+                                Trace* trace) {
+  auto* d = google::protobuf::Arena::CreateMessage<v1::Diagnosis>(arena);
+  trace->Clear();
+  Engine(desired, observed, history, now, options, d, trace).Run();
+  return d;
+}
+
+void DiagnoseInto(const upkeep::v1::Stack& desired, const upkeep::v1::StackObservation& observed,
+                  const policy::History& history, absl::Time now, const DiagnoseOptions& options,
+                  Trace* trace, upkeep::v1::Diagnosis* out) {
+  // Clear() keeps strings and repeated fields' elements for reuse, but deletes a submessage.
+  google::protobuf::Timestamp* at = out->unsafe_arena_release_at();
+  out->Clear();
+  out->unsafe_arena_set_allocated_at(at);
+  trace->Clear();
+  Engine(desired, observed, history, now, options, out, trace).Run();
 }
 
 bool Judged(const upkeep::v1::Diagnosis& d) {
   if (d.verdict() == v1::VERDICT_UNKNOWN) return false;
   for (const auto& n : d.path()) {
     if (n.step() == "action.in_flight" && absl::StartsWith(n.decision(), "yes")) return false;
+  }
+  return true;
+}
+
+bool Judged(const upkeep::v1::Diagnosis& d, const Trace& trace) {
+  if (d.verdict() == v1::VERDICT_UNKNOWN) return false;
+  for (int i = 0; i < trace.size(); ++i) {
+    if (trace.step(i) == "action.in_flight" && absl::StartsWith(trace.decision(i), "yes")) {
+      return false;
+    }
   }
   return true;
 }

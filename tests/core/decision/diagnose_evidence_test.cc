@@ -1,6 +1,7 @@
 // The branches that weigh the freshness and kind of the agent's evidence (issue 11): health
 // judged on an earlier process, slow versus hung, timeouts logged by nginx, connections the
 // upstream closed, and an address nginx dialled that is no longer the container's.
+#include <map>
 #include <string>
 #include <vector>
 
@@ -161,6 +162,55 @@ const v1::Finding* FindingOf(const v1::Diagnosis& d, const std::string& code) {
     if (f.code() == code) return &f;
   }
   return nullptr;
+}
+
+// Every node's evidence, "step[target] key=value ..." one node a line: what `upkeepctl explain`
+// prints beneath each step (made lazily and kept in a Trace before it becomes the message).
+std::string PathEvidence(const v1::Diagnosis& d) {
+  std::string out;
+  for (const auto& n : d.path()) {
+    absl::StrAppend(&out, n.step(), "[", n.target(), "] ", n.decision(), ":");
+    const std::map<std::string, std::string> ev(n.evidence().begin(), n.evidence().end());
+    for (const auto& [k, v] : ev) absl::StrAppend(&out, " ", k, "=", v);
+    out += "\n";
+  }
+  return out;
+}
+
+TEST(DiagnoseEvidence, EveryStepOfAHealthyStackCarriesItsEvidence) {
+  v1::StackObservation o = Healthy();
+  *o.mutable_observed_at() = ToProto(kNow - absl::Milliseconds(40));
+  *Svc(&o, "backend")->mutable_probe()->mutable_latency() = ToProto(absl::Milliseconds(3));
+  Route(&o, "/")->mutable_probe()->set_status_code(200);
+  *Route(&o, "/")->mutable_probe()->mutable_latency() = ToProto(absl::Milliseconds(12));
+  *Route(&o, "/api/")->mutable_probe()->mutable_latency() = ToProto(absl::Milliseconds(7));
+  const v1::Diagnosis d = Diagnose(Stack(), o, {}, kNow);
+  EXPECT_EQ(PathEvidence(d),
+            "agent.connected[h1] yes:\n"
+            "observation.fresh[] yes: age=40ms stale_after=15000ms\n"
+            "action.in_flight[] no:\n"
+            "proxy.running[nginx] yes: master_pid=10\n"
+            "service.healthy[db] yes: latency=2ms\n"
+            "service.healthy[backend] yes: latency=3ms\n"
+            "service.healthy[frontend] yes: latency=2ms\n"
+            "route.ok[/api/] yes: latency=7ms status=200\n"
+            "route.ok[/] yes: latency=12ms status=200\n");
+}
+
+TEST(DiagnoseEvidence, AnUnhealthyServiceAndItsPlanCarryTheirEvidence) {
+  v1::StackObservation o = Healthy();
+  auto* s = Svc(&o, "backend");
+  s->set_health(v1::HEALTH_STATE_UNHEALTHY);
+  s->set_consecutive_failures(3);
+  *s->mutable_probe() = Fail(500, "status 500");
+  const v1::Diagnosis d = Diagnose(Stack(), o, {}, kNow);
+  const std::string text = PathEvidence(d);
+  EXPECT_NE(text.find("service.healthy[backend] no: unhealthy: consecutive_failures=3 "
+                      "probe=status 500 status=500\n"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("policy[backend] POLICY_VERDICT_ALLOWED: reason="), std::string::npos)
+      << text;
 }
 
 TEST(DiagnoseEvidence, AnUnhealthyVerdictFromBeforeTheRestartIsNotActedOn) {

@@ -239,6 +239,9 @@ TEST(ScenarioCorpus, CoversTheRunbookAndIssue11) {
 TEST(ScenarioCorpus, EveryFastPathGivesTheFullDiagnosis) {
   using google::protobuf::util::MessageDifferencer;
   google::protobuf::Arena arena;
+  // Reused across the corpus, as a controller's worker reuses its own.
+  Trace trace;
+  v1::Diagnosis reused;
   int diagnoses = 0, nodes_with_evidence = 0;
   for (const std::string& name : ScenarioNames()) {
     const fs::path dir = CorpusDir() / name;
@@ -276,11 +279,35 @@ TEST(ScenarioCorpus, EveryFastPathGivesTheFullDiagnosis) {
                   *Diagnose(stack, observed, history, now, &arena, options), full));
               EXPECT_TRUE(MessageDifferencer::Equals(
                   Diagnose(stack, observed, indexed, now, options), full));
+              // The path left in a Trace, built into the message afterwards.
+              v1::Diagnosis* traced =
+                  Diagnose(stack, observed, indexed, now, &arena, options, &trace);
+              EXPECT_EQ(traced->path_size(), 0);
+              EXPECT_EQ(Judged(*traced, trace), Judged(full));
+              EXPECT_TRUE(trace.SamePath(full));
+              if (full.path_size() > 0) {
+                v1::Diagnosis other = full;
+                other.mutable_path(full.path_size() - 1)->set_decision("something else");
+                EXPECT_FALSE(trace.SamePath(other));
+              }
+              trace.AppendTo(traced);
+              EXPECT_TRUE(MessageDifferencer::Equals(*traced, full));
+              DiagnoseInto(stack, observed, indexed, now, options, &trace, &reused);
+              EXPECT_EQ(reused.path_size(), 0);
+              trace.AppendTo(&reused);
+              EXPECT_TRUE(MessageDifferencer::Equals(reused, full));
               options.explain = false;
               EXPECT_TRUE(MessageDifferencer::Equals(
                   Diagnose(stack, observed, history, now, options), lean_expected));
               EXPECT_TRUE(MessageDifferencer::Equals(
                   *Diagnose(stack, observed, indexed, now, &arena, options), lean_expected));
+              traced = Diagnose(stack, observed, indexed, now, &arena, options, &trace);
+              EXPECT_TRUE(trace.SamePath(full));
+              trace.AppendTo(traced);
+              EXPECT_TRUE(MessageDifferencer::Equals(*traced, lean_expected));
+              DiagnoseInto(stack, observed, indexed, now, options, &trace, &reused);
+              trace.AppendTo(&reused);
+              EXPECT_TRUE(MessageDifferencer::Equals(reused, lean_expected));
               arena.Reset();
               ++diagnoses;
             }
