@@ -7,10 +7,13 @@
 #include <atomic>
 #include <filesystem>
 #include <map>
+#include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -50,6 +53,9 @@ ABSL_FLAG(std::string, tls_ca, "", "the fleet CA that client certificates are ve
 ABSL_FLAG(bool, insecure, false,
           "allow plaintext gRPC on a non-loopback address (anyone who reaches it is admin)");
 ABSL_FLAG(int, max_message_bytes, 4 << 20, "largest gRPC message accepted");
+ABSL_FLAG(std::vector<std::string>, grpc_args, {},
+          "extra gRPC server channel arguments, NAME=VALUE,... (integers as integers; tuning, "
+          "see docs/operations.md)");
 ABSL_FLAG(absl::Duration, retain_events_for, absl::Hours(24 * 7),
           "events older than this are deleted from the store");
 ABSL_FLAG(int64_t, retain_events, 100000, "the store keeps at most this many events");
@@ -79,6 +85,27 @@ void OnSignal(int) { g_stop = true; }
 // etcd store: set when this replica is elected, and when it loses leadership (final).
 std::atomic<bool> g_elected{false};
 std::atomic<bool> g_lost{false};
+
+// --grpc-args: NAME=VALUE pairs onto the server builder (a VALUE that parses as an integer is
+// an integer argument). False, with the bad pair named, on a pair without '='.
+bool AddGrpcArgs(grpc::ServerBuilder* builder) {
+  for (const std::string& pair : absl::GetFlag(FLAGS_grpc_args)) {
+    const size_t eq = pair.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      UPKEEP_LOG(critical, "bad_flag",
+                 {{"error", absl::StrCat("--grpc-args: \"", pair, "\" is not NAME=VALUE")}});
+      return false;
+    }
+    const std::string name = pair.substr(0, eq), value = pair.substr(eq + 1);
+    int number = 0;
+    if (absl::SimpleAtoi(value, &number)) {
+      builder->AddChannelArgument(name, number);
+    } else {
+      builder->AddChannelArgument(name, value);
+    }
+  }
+  return true;
+}
 
 // mtime+size of every manifest, to notice changes.
 std::map<std::string, std::pair<int64_t, int64_t>> Scan(const std::string& dir) {
@@ -365,6 +392,7 @@ int main(int argc, char** argv) {
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  if (!AddGrpcArgs(&builder)) return 1;
   builder.RegisterService(&agents);
   builder.RegisterService(&fleet);
   builder.RegisterService(&controllers);

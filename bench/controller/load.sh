@@ -94,6 +94,7 @@ PY
     [ "$(grep -c "reason=Applied" "$DIR/controller.log" 2>/dev/null || true)" -ge "$N" ] && break
     sleep 0.1
   done
+  echo "controller RSS with every stack applied, before any agent: $(awk '/VmRSS/ {printf "%.1f MB", $2 / 1024}' "/proc/$CPID/status")"
   "$BUILD/bench/agent_load" --controller "127.0.0.1:$PORT" --agents "$N" --seconds "${SECONDS_PER_RUN:-20}" \
       --controller_pid "$CPID" --period "${PERIOD:-5}" --broken_share "${BROKEN:-0.2}" \
       "${AGENT_TLS[@]}" ${LOAD_ARGS:-} || true

@@ -20,6 +20,7 @@ namespace upkeep::controller {
 
 struct InboxItem {
   enum class Kind { kConnected, kObservation, kResult, kDisconnected };
+  explicit InboxItem(Kind k) : kind(k) {}
   Kind kind;
   upkeep::v1::Hello hello;               // kConnected
   upkeep::v1::ObservationReport report;  // kObservation

@@ -29,6 +29,12 @@ std::string PathText(const v1::Diagnosis& d) {
   return absl::StrJoin(parts, "; ");
 }
 
+// Drops status.diagnoses and frees them (clear_diagnoses() keeps the cleared messages
+// allocated for reuse: 10,000 stacks kept ~17 MB so).
+void ReleaseDiagnoses(v1::StackStatus* status) {
+  google::protobuf::RepeatedPtrField<v1::Diagnosis>().Swap(status->mutable_diagnoses());
+}
+
 bool Names(const v1::Stack& stack, const std::string& host) {
   for (const auto& h : stack.spec().hosts()) {
     if (h == host) return true;
@@ -45,7 +51,10 @@ Reconciler::Reconciler(Store* store, Clock* clock, Metrics* metrics, ReconcilerO
       options_(options),
       events_(store, clock, metrics),
       dispatcher_(store, clock, metrics, &events_, options.dispatch),
-      queue_(clock) {}
+      queue_(clock),
+      status_writer_(
+          store, [this](const std::vector<std::string>& names) { return StatusSnapshot(names); },
+          metrics) {}
 
 absl::StatusOr<std::unique_ptr<Reconciler>> Reconciler::Create(Store* store, Clock* clock,
                                                                Metrics* metrics,
@@ -73,6 +82,9 @@ absl::Status Reconciler::Load() {
     }
     for (auto& s : *stacks) {
       const std::string name = s.metadata().name();
+      // Diagnoses live in the keys (KeyState), which start empty: the stored ones are out of
+      // date and would be a second copy.
+      ReleaseDiagnoses(s.mutable_status());
       for (const auto& host : s.spec().hosts()) keys.push_back(WorkKey{name, host});
       IndexLocked(name, nullptr, &s);
       stacks_[name] = std::move(s);
@@ -101,10 +113,11 @@ void Reconciler::SetHub(AgentHub* hub) {
 }
 
 void Reconciler::Start() {
+  status_writer_.Start();
   absl::MutexLock lock(&mu_);
   stop_ = false;
   for (int i = 0; i < options_.workers; ++i) threads_.emplace_back([this] { Worker(); });
-  threads_.emplace_back([this] { TimerLoop(); });
+  if (options_.workers > 0) threads_.emplace_back([this] { TimerLoop(); });
   for (const auto& [name, s] : stacks_) EnqueueStackLocked(name);
 }
 
@@ -117,6 +130,7 @@ void Reconciler::Stop() {
   }
   queue_.ShutDown();
   for (auto& t : threads) t.join();
+  status_writer_.Stop();  // writes what the workers left dirty
 }
 
 // ---- work ---------------------------------------------------------------------------------
@@ -141,14 +155,23 @@ void Reconciler::EnqueueHostLocked(const std::string& host, bool low) {
 
 void Reconciler::Worker() {
   WorkKey key;
-  while (queue_.Get(&key)) {
-    if (key.is_host()) {
-      DrainInbox(key.host);
-    } else {
-      Reconcile(key);
-    }
-    queue_.Done(key);
+  while (queue_.Get(&key)) Run(key);
+}
+
+std::optional<WorkKey> Reconciler::RunOnce() {
+  WorkKey key;
+  if (!queue_.TryGet(&key)) return std::nullopt;
+  Run(key);
+  return key;
+}
+
+void Reconciler::Run(const WorkKey& key) {
+  if (key.is_host()) {
+    DrainInbox(key.host);
+  } else {
+    Reconcile(key);
   }
+  queue_.Done(key);
 }
 
 void Reconciler::TimerLoop() {
@@ -204,28 +227,28 @@ Reconciler::Sizes Reconciler::MemorySizes() {
 // ---- agents: reactions only enqueue -------------------------------------------------------
 
 void Reconciler::OnConnected(const std::string& host_id, const v1::Hello& hello) {
-  InboxItem item{InboxItem::Kind::kConnected};
+  InboxItem item(InboxItem::Kind::kConnected);
   item.hello = hello;
   inboxes_.Push(host_id, std::move(item));
   queue_.Add(WorkKey{"", host_id});
 }
 
 void Reconciler::OnObservation(const std::string& host_id, v1::ObservationReport report) {
-  InboxItem item{InboxItem::Kind::kObservation};
+  InboxItem item(InboxItem::Kind::kObservation);
   item.report = std::move(report);
   inboxes_.Push(host_id, std::move(item));
   queue_.Add(WorkKey{"", host_id});
 }
 
 void Reconciler::OnActionResult(const std::string& host_id, v1::ActionResult result) {
-  InboxItem item{InboxItem::Kind::kResult};
+  InboxItem item(InboxItem::Kind::kResult);
   item.result = std::move(result);
   inboxes_.Push(host_id, std::move(item));
   queue_.Add(WorkKey{"", host_id});
 }
 
 void Reconciler::OnDisconnected(const std::string& host_id) {
-  inboxes_.Push(host_id, InboxItem{InboxItem::Kind::kDisconnected});
+  inboxes_.Push(host_id, InboxItem(InboxItem::Kind::kDisconnected));
   queue_.Add(WorkKey{"", host_id});
 }
 
@@ -346,9 +369,9 @@ void Reconciler::Observed(const std::string& host, v1::ObservationReport report)
     metrics_->Inc("upkeep_observations_total");
     WorkKey key{o.stack(), host};
     KeyState& ks = keys_[key];
-    std::string sem = SemanticKey(o);
+    const size_t sem = std::hash<std::string>{}(SemanticKey(o));
     const bool interested = sem != ks.last_semantic || ks.verdict != v1::VERDICT_HEALTHY;
-    ks.last_semantic = std::move(sem);
+    ks.last_semantic = sem;
     ks.observation = std::make_shared<const v1::StackObservation>(std::move(o));
     if (interested) queue_.Add(key);
   }
@@ -517,8 +540,6 @@ void Reconciler::Reconcile(const WorkKey& key) {
   };
   absl::Time problem_since;
   absl::Time rate_limited_since;
-  bool save_status = false;
-  v1::StackStatus status_to_save;
   {
     absl::MutexLock lock(&mu_);
     auto sit = stacks_.find(key.stack);
@@ -576,16 +597,11 @@ void Reconciler::Reconcile(const WorkKey& key) {
       by_host.emplace_back(host, it == keys_.end() ? nullptr : it->second.diagnosis.get());
     }
     decision::UpdateConditions(s, by_host, now, s.mutable_status());
+    ReleaseDiagnoses(s.mutable_status());  // one copy: in keys_ (FillDiagnosesLocked)
     *s.mutable_status()->mutable_last_reconcile() = ToProto(now);
-    if (decision::StatusChanged(before, s.status())) {
-      save_status = true;
-      status_to_save = s.status();
-    }
-  }
-  if (save_status) {
-    if (absl::Status st = store_->SaveStatus(key.stack, status_to_save); !st.ok()) {
-      UPKEEP_LOG(error, "store_failed", {{"what", "status"}, {"error", std::string(st.message())}});
-    }
+    // Written by the status writer's thread, in a batch with others (a fleet reconnecting at
+    // once changes every stack's status within a second).
+    if (decision::StatusChanged(before, s.status())) status_writer_.MarkDirty(key.stack);
   }
   for (auto& e : events) events_.Publish(std::move(e));
   if (!dispatcher_.SequenceRunning(key)) dispatcher_.RecordWouldDo(key, would_do);
@@ -724,7 +740,7 @@ std::vector<v1::Stack> Reconciler::Stacks() {
   absl::MutexLock lock(&mu_);
   std::vector<v1::Stack> out;
   out.reserve(stacks_.size());
-  for (const auto& [name, s] : stacks_) out.push_back(s);
+  for (const auto& [name, s] : stacks_) out.push_back(WithDiagnosesLocked(s));
   return out;
 }
 
@@ -732,7 +748,41 @@ absl::StatusOr<v1::Stack> Reconciler::GetStack(const std::string& name) {
   absl::MutexLock lock(&mu_);
   auto it = stacks_.find(name);
   if (it == stacks_.end()) return absl::NotFoundError(absl::StrCat("no stack named ", name));
-  return it->second;
+  return WithDiagnosesLocked(it->second);
+}
+
+v1::Stack Reconciler::WithDiagnosesLocked(const v1::Stack& stack) const {
+  v1::Stack out = stack;
+  FillDiagnosesLocked(stack, out.mutable_status());
+  return out;
+}
+
+// As decision::UpdateConditions lists them: each host's latest diagnosis, in the stack's host
+// order, hosts without one left out.
+void Reconciler::FillDiagnosesLocked(const v1::Stack& stack, v1::StackStatus* status) const {
+  status->clear_diagnoses();
+  for (const auto& host : stack.spec().hosts()) {
+    auto it = keys_.find(WorkKey{stack.metadata().name(), host});
+    if (it == keys_.end() || it->second.diagnosis == nullptr ||
+        it->second.diagnosis->verdict() == v1::VERDICT_UNSPECIFIED) {
+      continue;
+    }
+    *status->add_diagnoses() = *it->second.diagnosis;
+  }
+}
+
+std::vector<std::pair<std::string, v1::StackStatus>> Reconciler::StatusSnapshot(
+    const std::vector<std::string>& names) {
+  std::vector<std::pair<std::string, v1::StackStatus>> out;
+  out.reserve(names.size());
+  absl::MutexLock lock(&mu_);
+  for (const auto& name : names) {
+    auto it = stacks_.find(name);
+    if (it == stacks_.end()) continue;  // deleted meanwhile
+    out.emplace_back(name, it->second.status());
+    FillDiagnosesLocked(it->second, &out.back().second);
+  }
+  return out;
 }
 
 std::vector<v1::Host> Reconciler::Hosts() {
@@ -797,7 +847,7 @@ absl::Status Reconciler::SetPaused(const std::string& stack, const std::string& 
     return absl::InvalidArgumentError("name a stack or a host");
   }
   std::vector<std::pair<WorkKey, std::vector<std::string>>> resets;
-  v1::StackStatus status_to_save;
+  bool stack_known = false;
   {
     absl::MutexLock lock(&mu_);
     if (!stack.empty()) {
@@ -809,7 +859,7 @@ absl::Status Reconciler::SetPaused(const std::string& stack, const std::string& 
         } else {
           it->second.mutable_status()->clear_paused_until();
         }
-        status_to_save = it->second.status();
+        stack_known = true;
       }
     } else if (paused) {
       paused_hosts_.insert(host);
@@ -846,8 +896,8 @@ absl::Status Reconciler::SetPaused(const std::string& stack, const std::string& 
       }
     }
   }
-  if (!stack.empty() && status_to_save.paused() == paused) {
-    if (absl::Status st = store_->SaveStatus(stack, status_to_save); !st.ok()) return st;
+  if (stack_known) {
+    if (absl::Status st = status_writer_.SaveNow(stack); !st.ok()) return st;
   }
   for (const auto& [key, targets] : resets) {
     dispatcher_.ResetBudgets(key, targets, "resumed by a person", who);

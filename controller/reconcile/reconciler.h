@@ -16,6 +16,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -31,6 +32,7 @@
 #include "controller/queue/work_queue.h"
 #include "controller/reconcile/inbox.h"
 #include "controller/reconcile/key_diagnoser.h"
+#include "controller/reconcile/status_writer.h"
 #include "controller/store/store.h"
 #include "core/clock.h"
 #include "upkeep/v1/fleet_service.pb.h"
@@ -38,6 +40,8 @@
 namespace upkeep::controller {
 
 struct ReconcilerOptions {
+  // Worker threads. 0: none, and no timer thread either; a test runs the work by hand, one key
+  // at a time, with Reconciler::RunOnce (and the timed chores with Maintain).
   int workers = 2;
   // Keys that wait on something without a known time are looked at again after this.
   absl::Duration resync = absl::Seconds(1);
@@ -92,6 +96,13 @@ class Reconciler : public AgentListener {
   ActionDispatcher* dispatcher() { return &dispatcher_; }
   // Runs retention and pruning now (also run every `maintenance`).
   void Maintain();
+  // The test seam of `workers = 0`: hands out the next ready key (as WorkQueue::TryGet: delayed
+  // keys whose time has come first) and runs it on the calling thread, as a worker would (a
+  // host's inbox, or a reconcile). The key run, or nullopt when none was ready.
+  std::optional<WorkKey> RunOnce();
+  // Writes every status changed since the last write now (they are otherwise written in
+  // batches by a thread of their own, StatusWriter).
+  absl::Status FlushStatus() { return status_writer_.Flush(); }
   // Sizes of the in-memory state, for tests and the churn bench.
   struct Sizes {
     size_t stacks = 0, hosts = 0, keys = 0, indexed_actions = 0, manual_waiters = 0;
@@ -101,8 +112,14 @@ class Reconciler : public AgentListener {
  private:
   struct KeyState {
     std::shared_ptr<const upkeep::v1::StackObservation> observation;
-    std::string last_semantic;
-    // The full diagnosis in force (shared with KeyDiagnoser, which keeps it to compare).
+    // A hash of the observation's SemanticKey (what matters of it, without times): a report
+    // that repeats it is not reconciled again while the key is healthy. (The key itself is as
+    // long as the observation.)
+    size_t last_semantic = 0;
+    // The key's latest diagnosis: the only copy. The stack's status in `stacks_` holds its
+    // conditions only; readers (GetStack, Stacks, the status written to the store) get the
+    // diagnoses filled in from here (WithDiagnosesLocked). Null until the first reconcile;
+    // shared with KeyDiagnoser, which keeps it to compare.
     std::shared_ptr<const upkeep::v1::Diagnosis> diagnosis;
     std::set<std::string> active_alerts;  // "code/target"
     absl::Time problem_since = absl::InfinitePast();
@@ -130,6 +147,7 @@ class Reconciler : public AgentListener {
   void EnqueueHostLocked(const std::string& host, bool low = false)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Worker();
+  void Run(const WorkKey& key);
   void TimerLoop();
   void DrainInbox(const std::string& host);
   void Connected(const std::string& host, const upkeep::v1::Hello& hello);
@@ -149,6 +167,14 @@ class Reconciler : public AgentListener {
   upkeep::v1::StackObservation ObservationLocked(const WorkKey& key)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CountConnectedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `stack` as readers see it: its status with each host's latest diagnosis, in host order.
+  upkeep::v1::Stack WithDiagnosesLocked(const upkeep::v1::Stack& stack) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FillDiagnosesLocked(const upkeep::v1::Stack& stack, upkeep::v1::StackStatus* status) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // StatusWriter's snapshot: the named stacks' status, diagnoses filled in.
+  std::vector<std::pair<std::string, upkeep::v1::StackStatus>> StatusSnapshot(
+      const std::vector<std::string>& names);
 
   Store* const store_;
   Clock* const clock_;
@@ -175,6 +201,8 @@ class Reconciler : public AgentListener {
   std::map<WorkKey, KeyState> keys_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
+  // Last: its snapshot reads the members above, so it is destroyed (and flushed) first.
+  StatusWriter status_writer_;
 };
 
 }  // namespace upkeep::controller

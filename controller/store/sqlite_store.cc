@@ -43,6 +43,11 @@ class Stmt {
     return *this;
   }
   int Step() { return sqlite3_step(s_); }
+  // Ready to Step again with new bindings.
+  void Reset() {
+    sqlite3_reset(s_);
+    sqlite3_clear_bindings(s_);
+  }
   int64_t ColInt(int i) { return sqlite3_column_int64(s_, i); }
   std::string ColBlob(int i) {
     const void* p = sqlite3_column_blob(s_, i);
@@ -218,6 +223,29 @@ class SqliteStore : public Store {
     Stmt s(db_, "UPDATE stacks SET status=? WHERE name=?");
     s.Bind(1, status.SerializeAsString()).Text(2, name);
     return s.Step() == SQLITE_DONE ? absl::OkStatus() : Error("status");
+  }
+
+  absl::Status SaveStatuses(
+      const std::vector<std::pair<std::string, v1::StackStatus>>& statuses) override {
+    absl::MutexLock lock(&mu_);
+    if (absl::Status st = Exec("BEGIN IMMEDIATE"); !st.ok()) return st;
+    Stmt s(db_, "UPDATE stacks SET status=? WHERE name=?");
+    std::string blob;
+    for (const auto& [name, status] : statuses) {
+      status.SerializeToString(&blob);
+      s.Bind(1, blob).Text(2, name);
+      if (s.Step() != SQLITE_DONE) {
+        absl::Status error = Error("status");
+        Exec("ROLLBACK").IgnoreError();
+        return error;
+      }
+      s.Reset();
+    }
+    if (absl::Status st = Exec("COMMIT"); !st.ok()) {
+      Exec("ROLLBACK").IgnoreError();
+      return st;
+    }
+    return absl::OkStatus();
   }
 
   absl::Status SetStackPaused(const std::string& name, bool paused) override {

@@ -10,6 +10,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -48,8 +49,18 @@ class Store {
   virtual absl::Status DeleteStack(const std::string& name) = 0;
   // Every stack, with metadata.generation/revision and status (paused, conditions).
   virtual absl::StatusOr<std::vector<upkeep::v1::Stack>> ListStacks() = 0;
+  // No effect when the stack is not there (deleted meanwhile).
   virtual absl::Status SaveStatus(const std::string& name,
                                   const upkeep::v1::StackStatus& status) = 0;
+  // Many at once, as SaveStatus each. SqliteStore: one transaction (all or none). By default
+  // one SaveStatus after another, stopping at the first error.
+  virtual absl::Status SaveStatuses(
+      const std::vector<std::pair<std::string, upkeep::v1::StackStatus>>& statuses) {
+    for (const auto& [name, status] : statuses) {
+      if (absl::Status st = SaveStatus(name, status); !st.ok()) return st;
+    }
+    return absl::OkStatus();
+  }
   virtual absl::Status SetStackPaused(const std::string& name, bool paused) = 0;
   // Pauses with no end (true) or resumes (false, forgetting any end).
   virtual absl::Status SetHostPaused(const std::string& host, bool paused) = 0;
