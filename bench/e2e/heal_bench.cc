@@ -208,7 +208,8 @@ absl::Time RepairFinished(StackHarness& h, absl::Time from, absl::Time until) {
   return last;
 }
 
-// HEAL_BENCH_TRACE=1: what upkeep did in one run, in ms from the fault, on stderr.
+// HEAL_BENCH_TRACE=1: what upkeep did in one run, in ms from the fault, on stderr (the floor's
+// runs print their own stamps: die read, start sent and answered, serving).
 void Trace(StackHarness& h, int64_t seq, absl::Time t0, absl::Time healed) {
   std::fprintf(stderr, "  run: fault at %s, serving again at %.1f ms\n",
                absl::FormatTime("%H:%M:%E3S", t0, absl::UTCTimeZone()).c_str(), Ms(healed - t0));
@@ -310,7 +311,12 @@ void RunUpkeep(StackHarness& h, const UpkeepScenario& sc, int runs, Samples* out
     WaitFor([&] { return ActionsSettled(h, *t0); }, absl::Seconds(10), absl::Milliseconds(5));
     const absl::Time repaired = RepairFinished(h, *t0, absl::InfiniteFuture());
     if (repaired != absl::InfiniteFuture()) out->action_ms.push_back(Ms(repaired - *t0));
-    if (std::getenv("HEAL_BENCH_TRACE") != nullptr) Trace(h, seq, *t0, healed);
+    if (std::getenv("HEAL_BENCH_TRACE") != nullptr) {
+      Trace(h, seq, *t0, healed);
+      if (sc.die_at) {
+        std::fprintf(stderr, "  %8.1f die read by the bench\n", Ms(sc.die_at(*t0) - *t0));
+      }
+    }
   }
 }
 
@@ -489,10 +495,18 @@ void RunDockerFloor(DockerApi& api, const std::string& socket, const std::string
       out->Fail(std::string(st.message()));
       continue;
     }
+    const absl::Time answered = absl::Now();
     const absl::Time up = WaitHttp200(port, "/health", absl::Seconds(30));
     if (up == absl::InfiniteFuture()) {
       out->Fail("not serving within 30 s of docker start");
       continue;
+    }
+    if (std::getenv("HEAL_BENCH_TRACE") != nullptr) {
+      std::fprintf(stderr,
+                   "  floor run: fault at %s, die read %.1f, start sent %.1f answered %.1f, "
+                   "serving %.1f ms\n",
+                   absl::FormatTime("%H:%M:%E3S", t0, absl::UTCTimeZone()).c_str(), Ms(died - t0),
+                   Ms(start - t0), Ms(answered - t0), Ms(up - t0));
     }
     out->detect_ms.push_back(Ms(died - t0));
     out->part_ms.push_back(Ms(up - start));
