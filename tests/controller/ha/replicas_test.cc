@@ -436,6 +436,20 @@ int Starts(const std::string& agent_log, const std::string& service) {
   return n;
 }
 
+// The controller's "action_sent" log lines on `target` (each with the decision path that chose
+// it): what a failing count is read from.
+std::string ActionsSent(const std::string& log, const std::string& target) {
+  std::ifstream in(log);
+  std::string line, out;
+  while (std::getline(in, line)) {
+    if (line.find("\"action_sent\"") != std::string::npos &&
+        line.find(absl::StrCat("\"target\":\"", target, "\"")) != std::string::npos) {
+      out += line + "\n";
+    }
+  }
+  return out;
+}
+
 bool HttpOk(int port, const std::string& path) {
   httplib::Client c("127.0.0.1", port);
   c.set_connection_timeout(1, 0);
@@ -448,6 +462,12 @@ TEST_F(ReplicasTest, RealAgentFollowsTheLeaderAcrossSigkillWithARepairInFlight) 
   // The backend's stop takes ~3 s (its wrapper ignores SIGTERM and lingers after the service
   // exits), so a restart is in the agent's hands for seconds: long enough to kill the leader
   // in the middle of it.
+  // The backend's probe has a start period: the agent probes a service the moment it (re)starts
+  // and again when the action that started it finishes, so under load two "connection refused"
+  // probes fired within milliseconds of the start, before the process listens, met
+  // failureThreshold 2 and the new leader rightly restarted a process the agent judged
+  // unhealthy (seen under a loaded ctest -j2: 2 restarts, 3 starts). That judgement is the
+  // agent's, not the takeover's; the start period keeps this case about the takeover.
   const std::string bin = dir_.Join("bin");
   std::filesystem::create_directories(bin);
   const std::string wrapper = bin + "/slow-stop";
@@ -474,7 +494,7 @@ spec:
                    wrapper, ", ", sample, ", --name, backend, --port, \"", backend_port, R"("]}
       port: )",
                    backend_port, R"(
-      probe: {http: {path: /health}, period: 200ms, timeout: 500ms, failureThreshold: 2}
+      probe: {http: {path: /health}, period: 200ms, timeout: 500ms, failureThreshold: 2, startPeriod: 2s}
       stopTimeout: 10s
     - name: frontend
       process: {command: [)",
@@ -581,7 +601,8 @@ spec:
     backend_restarts += rec.action().target() == "backend" &&
                         rec.action().kind() == v1::ACTION_KIND_RESTART_SERVICE;
   }
-  EXPECT_EQ(backend_restarts, 1) << "the action log holds more than one restart of the backend";
+  EXPECT_EQ(backend_restarts, 1) << "the action log holds more than one restart of the backend\n"
+                                 << ActionsSent(b.log, "backend") << Tail(agent_log);
   EXPECT_EQ(records.at(restart_id).result().outcome(), v1::ACTION_OUTCOME_SUCCEEDED);
   for (const auto& [id, n] : j.started) {
     EXPECT_EQ(n, 1) << "action " << id << " started " << n << " times on the agent";
@@ -589,7 +610,7 @@ spec:
   }
   EXPECT_EQ(Starts(agent_log, "backend"), 2)
       << "the backend process was not started exactly twice (first start, one restart)\n"
-      << Tail(agent_log);
+      << ActionsSent(b.log, "backend") << Tail(b.log) << Tail(agent_log);
 }
 
 TEST_F(ReplicasTest, LeaderCutOffFromEtcdStopsAndRecordsNothingMore) {
