@@ -186,6 +186,13 @@ v1::HealthState HealthTracker::Update(const v1::ProbeResult& result, absl::Time 
     return state_;
   }
   successes_ = 0;
+  // At most one failure counts per half period: a start, an action's refresh and the periodic
+  // probe can each fire a probe within milliseconds, and a slow starter refusing all of them is
+  // one failed look, not failureThreshold of them (DESIGN: unhealthy = threshold × period).
+  const absl::Duration period = spec_.has_period() ? FromProto(spec_.period()) : absl::Seconds(1);
+  const absl::Time sent = result.has_at() ? FromProto(result.at()) : now;
+  if (failures_ > 0 && sent - last_failure_at_ < period / 2) return state_;
+  last_failure_at_ = sent;
   ++failures_;
   const bool in_start_period = state_ == v1::HEALTH_STATE_STARTING &&
                                started_at != absl::InfinitePast() &&

@@ -52,6 +52,7 @@ class HealthTracker {
   upkeep::v1::HealthState state_ = upkeep::v1::HEALTH_STATE_UNSPECIFIED;
   int failures_ = 0;
   int successes_ = 0;
+  absl::Time last_failure_at_ = absl::InfinitePast();  // when the last counted failure was sent
 };
 
 }  // namespace upkeep::agent

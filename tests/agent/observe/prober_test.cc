@@ -56,11 +56,37 @@ TEST(Prober, AHungUpstreamDoesNotDelayTheOthers) {
   spec.set_failure_threshold(3);
   HealthTracker t(spec);
   const absl::Time start = FromProto(results[0].at()) - absl::Seconds(1);  // started, then probed
-  EXPECT_EQ(t.Update(results[0], start, absl::Now()), v1::HEALTH_STATE_STARTING);
-  t.Update(results[0], start, absl::Now());
-  EXPECT_EQ(t.Update(results[0], start, absl::Now()), v1::HEALTH_STATE_UNHEALTHY);
+  v1::ProbeResult failed = results[0];
+  EXPECT_EQ(t.Update(failed, start, absl::Now()), v1::HEALTH_STATE_STARTING);
+  *failed.mutable_at() = upkeep::ToProto(FromProto(failed.at()) + absl::Seconds(1));  // a period on
+  t.Update(failed, start, absl::Now());
+  *failed.mutable_at() = upkeep::ToProto(FromProto(failed.at()) + absl::Seconds(1));
+  EXPECT_EQ(t.Update(failed, start, absl::Now()), v1::HEALTH_STATE_UNHEALTHY);
   EXPECT_EQ(t.Update(results[1], start + absl::Milliseconds(500), absl::Now()),
             v1::HEALTH_STATE_HEALTHY);
+}
+
+// A start, an action's refresh and the periodic probe can each fire a probe within milliseconds;
+// a slow starter refusing all of them has failed one look, not failureThreshold of them.
+TEST(HealthTracker, ProbesFiredTogetherCountAsOneFailure) {
+  v1::ProbeSpec spec;
+  spec.set_failure_threshold(2);
+  *spec.mutable_period() = upkeep::ToProto(absl::Milliseconds(200));
+  HealthTracker t(spec);
+  const absl::Time start = absl::FromUnixSeconds(1000);
+  v1::ProbeResult refused;
+  refused.set_ok(false);
+  refused.set_error("connection refused");
+  auto at = [&](absl::Duration d) {
+    *refused.mutable_at() = upkeep::ToProto(start + d);
+    return refused;
+  };
+  EXPECT_EQ(t.Update(at(absl::Milliseconds(1)), start, start), v1::HEALTH_STATE_STARTING);
+  EXPECT_EQ(t.Update(at(absl::Milliseconds(3)), start, start), v1::HEALTH_STATE_STARTING)
+      << "two probes 2 ms apart were judged as two failed periods";
+  EXPECT_EQ(t.consecutive_failures(), 1);
+  // A period later, the next failure counts.
+  EXPECT_EQ(t.Update(at(absl::Milliseconds(201)), start, start), v1::HEALTH_STATE_UNHEALTHY);
 }
 
 TEST(Ports, FindsWhatAProcessListensOn) {
@@ -118,6 +144,7 @@ TEST(HealthTracker, JudgesOnlyProbesOfTheCurrentProcess) {
   failed.set_error("timeout");
   *failed.mutable_at() = ToProto(t0);
   t.Update(failed, t0 - absl::Seconds(10), t0);
+  *failed.mutable_at() = ToProto(t0 + absl::Seconds(1));  // the next period's probe
   EXPECT_EQ(t.Update(failed, t0 - absl::Seconds(10), t0 + absl::Seconds(1)),
             v1::HEALTH_STATE_UNHEALTHY);
   // Restarted at t0 + 2 s; two failed probes sent before that arrive afterwards.
