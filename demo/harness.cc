@@ -168,7 +168,7 @@ absl::Status StackHarness::WriteManifest() {
   manifest_path_ = absl::StrCat(options_.work_dir, "/", stack_name_, ".yaml");
   if (options_.fixed_ports && !docker && !options_.with_db && !options_.crash_loop &&
       !options_.dry_run && options_.restart_budget == 0 && options_.backoff_initial.empty() &&
-      options_.backoff_max.empty()) {
+      options_.backoff_max.empty() && options_.route_probe_period.empty()) {
     // The demo applies manifests/demo.yaml itself, its relative paths made absolute.
     ASSIGN_OR_RETURN(std::string text,
                      ReadFile(absl::StrCat(options_.source_dir, "/manifests/demo.yaml")));
@@ -177,6 +177,9 @@ absl::Status StackHarness::WriteManifest() {
     return WriteFile(manifest_path_, text);
   }
   const std::string sample = absl::StrCat(options_.bin_dir, "/upkeep-sample-service");
+  const std::string route_period = options_.route_probe_period.empty()
+                                       ? std::string()
+                                       : ", period: " + options_.route_probe_period;
   auto service = [&](const std::string& name, int port, bool http, const std::string& depends) {
     std::string extra_args;
     for (const auto& a : ExtraArgs(name)) absl::StrAppend(&extra_args, ", \"", a, "\"");
@@ -253,15 +256,15 @@ absl::Status StackHarness::WriteManifest() {
       "      proxyReadTimeout: 5s\n"
       "    routes:\n"
       "      - {path: /api/, upstream: backend, probe: {url: \"http://127.0.0.1:",
-      nginx_port_,
-      "/api/health\", timeout: 1s}}\n"
+      nginx_port_, "/api/health\", timeout: 1s", route_period,
+      "}}\n"
       "      - {path: /, upstream: frontend, probe: {url: \"http://127.0.0.1:",
-      nginx_port_, "/\", timeout: 1s}}\n",
+      nginx_port_, "/\", timeout: 1s", route_period, "}}\n",
       https_port_ == 0
           ? std::string()
           : absl::StrCat(
                 "      - {path: /tls/, upstream: backend, probe: {url: \"https://127.0.0.1:",
-                https_port_, "/tls/health\", timeout: 1s}}\n"),
+                https_port_, "/tls/health\", timeout: 1s", route_period, "}}\n"),
       "  policy:\n"
       "    mode: ",
       options_.dry_run ? "dry-run" : "enforce",

@@ -61,6 +61,8 @@ struct HarnessOptions {
   // nginx's error_log level: "error" logs every failed upstream connection (upkeep's error-log
   // path); "crit" logs none of them, leaving upkeep only its route probes.
   std::string nginx_error_log_level = "error";
+  // The routes' probe.period (e.g. "200ms"); empty: the default (1 s).
+  std::string route_probe_period;
   // When set: the backend keeps its state there (sample service --data-dir; a failed save
   // ends it) and the stack names it in the backend's dataPaths.
   std::string backend_data_dir;

@@ -1,5 +1,6 @@
 #include "agent/observe/observer.h"
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <memory>
@@ -37,7 +38,15 @@ void AppendFailingProbeTimes(const v1::StackObservation& o, std::string* key) {
     }
   }
 }
-constexpr absl::Duration kRoutePeriod = absl::Seconds(1);
+// A probe's period from its spec: none (a route of a stack stored by a controller from before
+// routes had `probe.period`) is the loader's default, 1 s; one shorter than the loader allows
+// (kMinProbePeriod in core/manifest/loader.cc; a desired state from elsewhere) is raised to
+// it, so no spec can make a probe loop.
+absl::Duration ProbePeriodOf(const google::protobuf::Duration& period) {
+  const absl::Duration d = FromProto(period);
+  if (d <= absl::ZeroDuration()) return absl::Seconds(1);
+  return std::max(d, absl::Milliseconds(100));
+}
 // How soon after its last probe a route may be probed again for a new upstream error.
 constexpr absl::Duration kErrorRepoke = absl::Milliseconds(250);
 
@@ -276,7 +285,7 @@ class ObserverImpl : public StackObserver {
         t->name = svc.name();
         t->spec = &svc;
         t->request = ServiceProbe(svc);
-        t->period = FromProto(svc.probe().period());
+        t->period = ProbePeriodOf(svc.probe().period());
         t->tracker = std::make_unique<HealthTracker>(svc.probe());
         st->targets["svc:" + svc.name()] = std::move(t);
       }
@@ -286,7 +295,7 @@ class ObserverImpl : public StackObserver {
         t->name = r.path();
         t->route = true;
         t->request = RouteProbe(r);
-        t->period = kRoutePeriod;
+        t->period = ProbePeriodOf(r.probe().period());
         st->targets["route:" + r.path()] = std::move(t);
       }
       if (st->runtime != nullptr) {

@@ -11,7 +11,8 @@
 //     StackHarness::PrepareMovedUpstream), injected with upkeep enforcing and a client sending
 //     a request every 100 ms; measured from the fault to the client's first 200 after it, once
 //     with nginx logging upstream errors (the error-log path) and once with it logging none
-//     (error_log crit: only upkeep's route probes, 1 s apart, can see it).
+//     (error_log crit: only upkeep's route probes can see it; once at their default period,
+//     1 s, and once with `probe.period: 200ms`).
 // Every scenario runs --runs runs. Writes the table and how to read it to --out.
 //
 //   build/bench/heal_bench --runs 10 --out bench/results/heal.md [--docker]
@@ -725,6 +726,8 @@ int Main(int argc, char** argv) {
     o.runtime = upkeep::demo::Runtime::kProcess;
     o.nginx_error_log_level = "crit";  // no upstream error is logged: route probes only
     process_rows(o, "process", false, true, "route probe only: error_log crit");
+    o.route_probe_period = "200ms";  // what an operator can buy on that path (docs/agent.md)
+    process_rows(o, "process", false, true, "route probe only, probed every 200 ms");
   }
   if (want("monit")) {
     for (bool h : {false, true}) {

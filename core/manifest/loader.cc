@@ -26,6 +26,8 @@ namespace v1 = upkeep::v1;
 constexpr size_t kMaxFileBytes = 1 << 20;
 constexpr int kMaxDepth = 64;
 constexpr int kMaxNodes = 100000;
+// The shortest probe period a manifest may ask for (services and routes).
+constexpr absl::Duration kMinProbePeriod = absl::Milliseconds(100);
 
 // A handle on a node that may be absent (a key not written), asking what the walk asks.
 class Node {
@@ -155,6 +157,18 @@ class Walker {
     }
     if (!allow_zero && *d == absl::ZeroDuration()) {
       Error(n, path, "must be greater than 0");
+      return std::nullopt;
+    }
+    return d;
+  }
+
+  // A probe's period: a duration of at least kMinProbePeriod.
+  std::optional<absl::Duration> ProbePeriod(const Node& n, const std::string& path) {
+    auto d = Duration(n, path);
+    if (d.has_value() && *d < kMinProbePeriod) {
+      Error(n, path,
+            absl::StrCat("must be at least ", absl::FormatDuration(kMinProbePeriod),
+                         ": each probe is a request to the service"));
       return std::nullopt;
     }
     return d;
@@ -294,7 +308,7 @@ void ParseProbe(Walker& w, const Node& n, const std::string& path, v1::ProbeSpec
     out->mutable_tcp();
   }
   if (n["period"]) {
-    if (auto d = w.Duration(n["period"], path + ".period")) *out->mutable_period() = ToProto(*d);
+    if (auto d = w.ProbePeriod(n["period"], path + ".period")) *out->mutable_period() = ToProto(*d);
   }
   if (n["timeout"]) {
     if (auto d = w.Duration(n["timeout"], path + ".timeout")) *out->mutable_timeout() = ToProto(*d);
@@ -501,7 +515,7 @@ void ParseProxy(Walker& w, const Node& n, const std::string& path, v1::ProxySpec
       if (r["probe"]) {
         const Node pr = r["probe"];
         const std::string pp = p + ".probe";
-        if (w.CheckMap(pr, pp, {"url", "host", "expectedStatus", "timeout"})) {
+        if (w.CheckMap(pr, pp, {"url", "host", "expectedStatus", "timeout", "period"})) {
           auto* probe = route->mutable_probe();
           if (!pr["url"]) {
             w.Error(pr, pp + ".url", "required");
@@ -522,6 +536,11 @@ void ParseProxy(Walker& w, const Node& n, const std::string& path, v1::ProxySpec
           if (pr["timeout"]) {
             if (auto d = w.Duration(pr["timeout"], pp + ".timeout")) {
               *probe->mutable_timeout() = ToProto(*d);
+            }
+          }
+          if (pr["period"]) {
+            if (auto d = w.ProbePeriod(pr["period"], pp + ".period")) {
+              *probe->mutable_period() = ToProto(*d);
             }
           }
         }
@@ -954,7 +973,9 @@ void ApplyDefaults(v1::Stack* stack) {
     if (nginx->error_log().empty()) nginx->set_error_log("/var/log/nginx/error.log");
     set_duration(nginx->mutable_proxy_read_timeout(), absl::Seconds(60));
     for (auto& r : *spec->mutable_proxy()->mutable_routes()) {
-      if (r.has_probe()) set_duration(r.mutable_probe()->mutable_timeout(), absl::Seconds(2));
+      if (!r.has_probe()) continue;
+      set_duration(r.mutable_probe()->mutable_timeout(), absl::Seconds(2));
+      set_duration(r.mutable_probe()->mutable_period(), absl::Seconds(1));
     }
   }
   auto* policy = spec->mutable_policy();

@@ -285,81 +285,145 @@ class CountingDriver : public ProxyDriver {
   std::atomic<int>* const handled_;
 };
 
+// A sample service "api" run on its own (the stack's process runtime does not start it) behind
+// the test's nginx, which logs every request it answers: /api/ proxies to it, /dead/ to a port
+// nothing listens on. Everything stops with it.
+struct ApiBehindNginx {
+  upkeep::testing::TempDir dir;
+  int nginx_port = FreePort(), dead_port = FreePort(), api_port = FreePort();
+  std::unique_ptr<upkeep::testing::Subprocess> api, nginx;
+  v1::Stack stack;  // "shop": the api service and the probed route /api/ (BehindNginx)
+
+  // Starts both; false (with a gtest failure) when either did not come up.
+  bool Start() {
+    ::chmod(dir.path().c_str(), 0755);  // nginx workers run unprivileged
+    auto a = upkeep::testing::Subprocess::Start({upkeep::testing::BinPath("upkeep-sample-service"),
+                                                 "--name", "api", "--port", absl::StrCat(api_port)},
+                                                dir.Join("api.out"));
+    EXPECT_TRUE(a.ok()) << a.status();
+    if (!a.ok()) return false;
+    api = std::move(*a);
+    std::ofstream(dir.Join("nginx.conf")) << upkeep::testing::TestNginxConf(
+        dir.path(), absl::StrCat("  server {\n    listen 127.0.0.1:", nginx_port,
+                                 ";\n    access_log ", dir.Join("access.log"),
+                                 ";\n    location /api/ { proxy_pass http://127.0.0.1:", api_port,
+                                 "/; }\n    location /dead/ { proxy_pass http://127.0.0.1:",
+                                 dead_port, "/; }\n  }\n"));
+    auto n = StartNginx(dir.path());
+    EXPECT_TRUE(n.ok()) << n.status();
+    if (!n.ok()) return false;
+    nginx = std::move(*n);
+    stack = ProcessStack("shop", "api", api_port);
+    BehindNginx(dir.path(), nginx_port, &stack);
+    return upkeep::testing::WaitForPort("127.0.0.1", nginx_port) &&
+           upkeep::testing::WaitForPort("127.0.0.1", api_port);
+  }
+
+  // How many probes of the route nginx has answered (its access log).
+  int RouteProbes() const {
+    std::ifstream in(dir.Join("access.log"));
+    int n = 0;
+    for (std::string line; std::getline(in, line);) n += line.find("/api/health") != line.npos;
+    return n;
+  }
+};
+
+// An observer on a simulated clock, counting the observations in which the route /api/ passed.
+struct ClockedObserver {
+  SimulatedClock clock;
+  std::atomic<int> route_passed{0};
+  std::unique_ptr<StackObserver> observer;
+
+  bool Start(Host* host, ProxyDrivers* proxies, const v1::Stack& stack) {
+    ObserverOptions options;
+    options.host_id = "h";
+    options.clock = &clock;
+    auto o = StackObserver::Create(options, &host->runtimes, proxies);
+    EXPECT_TRUE(o.ok()) << o.status();
+    if (!o.ok()) return false;
+    observer = std::move(*o);
+    observer->Start([this](const v1::StackObservation& obs, bool) {
+      for (const auto& r : obs.proxy().routes()) {
+        if (r.path() == "/api/" && r.probe().ok()) ++route_passed;
+      }
+    });
+    observer->SetDesired({stack});
+    return true;
+  }
+};
+
 // A new upstream error within the repoke window of a route's last (passing) probe does not
 // probe it at once (real traffic can log hundreds a second), but it is not dropped either: the
 // probe comes when the window ends, though no further error comes and the route's period has
 // not run out. Simulated time: the window cannot close before the test has seen the error
 // handled, and only the deferral can explain a probe before the period (1 s).
 TEST(StackObserver, AnUpstreamErrorInsideTheRepokeWindowProbesTheRouteWhenTheWindowEnds) {
-  upkeep::testing::TempDir dir;
-  ::chmod(dir.path().c_str(), 0755);  // nginx workers run unprivileged
-  const int nginx_port = FreePort(), dead_port = FreePort(), api_port = FreePort();
-  auto api = upkeep::testing::Subprocess::Start({upkeep::testing::BinPath("upkeep-sample-service"),
-                                                 "--name", "api", "--port", absl::StrCat(api_port)},
-                                                dir.Join("api.out"));
-  ASSERT_TRUE(api.ok()) << api.status();
-  const std::string access_log = dir.Join("access.log");
-  std::ofstream(dir.Join("nginx.conf")) << upkeep::testing::TestNginxConf(
-      dir.path(),
-      absl::StrCat("  server {\n    listen 127.0.0.1:", nginx_port, ";\n    access_log ",
-                   access_log, ";\n    location /api/ { proxy_pass http://127.0.0.1:", api_port,
-                   "/; }\n    location /dead/ { proxy_pass http://127.0.0.1:", dead_port,
-                   "/; }\n  }\n"));
-  auto nginx = StartNginx(dir.path());
-  ASSERT_TRUE(nginx.ok()) << nginx.status();
-  ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", nginx_port));
-  ASSERT_TRUE(upkeep::testing::WaitForPort("127.0.0.1", api_port));
-  // The route's probes: nginx logs each request it answers.
-  auto route_probes = [&] {
-    std::ifstream in(access_log);
-    int n = 0;
-    for (std::string line; std::getline(in, line);) n += line.find("/api/health") != line.npos;
-    return n;
-  };
-
-  // The upstream runs on its own (its service is not started by the runtime: not running).
-  v1::Stack stack = ProcessStack("shop", "api", api_port);
-  BehindNginx(dir.path(), nginx_port, &stack);
-
-  std::unique_ptr<Host> host = MakeHost({dir.path(), "", ExecPolicy{}});
+  ApiBehindNginx net;
+  ASSERT_TRUE(net.Start());
+  std::unique_ptr<Host> host = MakeHost({net.dir.path(), "", ExecPolicy{}});
   std::atomic<int> errors_handled{0};
   ProxyDrivers proxies([&](const v1::ProxySpec& spec) -> std::shared_ptr<ProxyDriver> {
     return std::make_shared<CountingDriver>(CreateNginxDriver(spec), &errors_handled);
   });
-  SimulatedClock clock;
-  std::atomic<bool> route_passed{false};
-  ObserverOptions options;
-  options.host_id = "h";
-  options.clock = &clock;
-  auto observer = StackObserver::Create(options, &host->runtimes, &proxies);
-  ASSERT_TRUE(observer.ok());
-  (*observer)->Start([&](const v1::StackObservation& o, bool) {
-    for (const auto& r : o.proxy().routes()) {
-      if (r.path() == "/api/" && r.probe().ok()) route_passed = true;
-    }
-  });
-  (*observer)->SetDesired({stack});
+  ClockedObserver o;
+  ASSERT_TRUE(o.Start(host.get(), &proxies, net.stack));
   // The first probe passed (and the observer has it: an observation carried it).
-  ASSERT_TRUE(WaitFor([&] { return route_passed.load(); }, absl::Seconds(20)));
-  ASSERT_EQ(route_probes(), 1);
+  ASSERT_TRUE(WaitFor([&] { return o.route_passed > 0; }, absl::Seconds(20)));
+  ASSERT_EQ(net.RouteProbes(), 1);
 
   // An upstream error, while the clock stands at the time of that probe: inside the window.
   // (Asked again until handled: the driver counts only errors after its first look at the log.)
   ASSERT_TRUE(WaitFor(
       [&] {
         if (errors_handled > 0) return true;
-        EXPECT_EQ(upkeep::testing::HttpGetStatus("127.0.0.1", nginx_port, "/dead/"), 502);
+        EXPECT_EQ(upkeep::testing::HttpGetStatus("127.0.0.1", net.nginx_port, "/dead/"), 502);
         return false;
       },
       absl::Seconds(20), absl::Milliseconds(100)));
-  EXPECT_EQ(route_probes(), 1) << "an error inside the window does not probe at once";
+  EXPECT_EQ(net.RouteProbes(), 1) << "an error inside the window does not probe at once";
 
   // Past the 250 ms window, short of the route's 1 s period: the deferred probe is sent.
-  clock.Advance(absl::Milliseconds(300));
-  EXPECT_TRUE(WaitFor([&] { return route_probes() >= 2; }, absl::Seconds(20)))
+  o.clock.Advance(absl::Milliseconds(300));
+  EXPECT_TRUE(WaitFor([&] { return net.RouteProbes() >= 2; }, absl::Seconds(20)))
       << "the upstream error inside the window was dropped, not deferred";
-  (*observer)->Stop();
-  (*nginx)->Stop();
+  o.observer->Stop();
+}
+
+// A route is probed on its own `probe.period`. Simulated time: the clock moves only when the
+// test moves it, so a second probe after 300 ms is the 250 ms period's (the default is 1 s).
+TEST(StackObserver, ARouteIsProbedOnItsOwnPeriod) {
+  ApiBehindNginx net;
+  ASSERT_TRUE(net.Start());
+  std::unique_ptr<Host> host = MakeHost({net.dir.path(), "", ExecPolicy{}});
+  *net.stack.mutable_spec()->mutable_proxy()->mutable_routes(0)->mutable_probe()->mutable_period() =
+      ToProto(absl::Milliseconds(250));
+  ClockedObserver o;
+  ASSERT_TRUE(o.Start(host.get(), &host->proxies, net.stack));
+  ASSERT_TRUE(WaitFor([&] { return o.route_passed > 0; }, absl::Seconds(20)));
+  ASSERT_EQ(net.RouteProbes(), 1);
+  o.clock.Advance(absl::Milliseconds(300));
+  EXPECT_TRUE(WaitFor([&] { return net.RouteProbes() >= 2; }, absl::Seconds(20)))
+      << "the route was not probed again after its 250 ms period";
+  o.observer->Stop();
+}
+
+// A stack whose route has no period (stored by a controller from before routes had one) is
+// probed each second, not in a loop: with the clock standing still after the second probe,
+// no third one comes.
+TEST(StackObserver, ARouteWithoutAPeriodIsProbedEachSecond) {
+  ApiBehindNginx net;
+  ASSERT_TRUE(net.Start());
+  std::unique_ptr<Host> host = MakeHost({net.dir.path(), "", ExecPolicy{}});
+  net.stack.mutable_spec()->mutable_proxy()->mutable_routes(0)->mutable_probe()->clear_period();
+  ClockedObserver o;
+  ASSERT_TRUE(o.Start(host.get(), &host->proxies, net.stack));
+  ASSERT_TRUE(WaitFor([&] { return o.route_passed > 0; }, absl::Seconds(20)));
+  o.clock.Advance(absl::Milliseconds(1100));
+  ASSERT_TRUE(WaitFor([&] { return net.RouteProbes() >= 2; }, absl::Seconds(20)));
+  // The observation carrying the second probe: the probe loop has gone back to waiting.
+  ASSERT_TRUE(WaitFor([&] { return o.route_passed >= 2; }, absl::Seconds(20)));
+  o.observer->Stop();
+  EXPECT_EQ(net.RouteProbes(), 2) << "a route without a period was probed in a loop";
 }
 
 }  // namespace

@@ -60,6 +60,24 @@ TEST(Loader, FillsDefaults) {
   EXPECT_EQ(FromProto(s.spec().policy().backoff().max()), absl::Minutes(5));
   EXPECT_EQ(s.spec().policy().mode(), upkeep::v1::POLICY_MODE_ENFORCE);
   EXPECT_EQ(s.metadata().source(), "good.yaml");
+  EXPECT_EQ(FromProto(s.spec().proxy().routes(0).probe().timeout()), absl::Seconds(2));
+  EXPECT_EQ(FromProto(s.spec().proxy().routes(0).probe().period()), absl::Seconds(1));
+}
+
+TEST(Loader, ReadsARouteProbePeriod) {
+  std::string yaml = kGood;
+  yaml.replace(yaml.find("probe: {url: \"http://127.0.0.1/\"}"), 33,
+               "probe: {url: \"http://127.0.0.1/\", period: 250ms}");
+  const LoadResult r = LoadString(yaml, "good.yaml");
+  ASSERT_TRUE(r.ok()) << r.errors[0].ToString();
+  EXPECT_EQ(FromProto(r.stacks[0].spec().proxy().routes(0).probe().period()),
+            absl::Milliseconds(250));
+  yaml.replace(yaml.find("period: 250ms"), 13, "period: 20ms");
+  const LoadResult bad = LoadString(yaml, "good.yaml");
+  ASSERT_EQ(bad.errors.size(), 1u);
+  EXPECT_EQ(bad.errors[0].field, "spec.proxy.routes[0].probe.period");
+  EXPECT_NE(bad.errors[0].message.find("at least 100ms"), std::string::npos)
+      << bad.errors[0].ToString();
 }
 
 TEST(Loader, ReadsTheNginxSystemdUnitAndNotifiersBesideStacks) {
@@ -164,6 +182,8 @@ INSTANTIATE_TEST_SUITE_P(
                   "spec.replicas", "unknown field"},
         ErrorCase{"BadDuration", "period: 2s", "period: 2", 11, "spec.services[0].probe.period",
                   "bad duration"},
+        ErrorCase{"ProbePeriodTooShort", "period: 2s", "period: 10ms", 11,
+                  "spec.services[0].probe.period", "at least 100ms"},
         ErrorCase{"NegativeDuration", "timeout: 500ms", "timeout: -1s", 11,
                   "spec.services[0].probe.timeout", "bad duration"},
         ErrorCase{"PortOutOfRange", "port: 8080", "port: 70000", 10, "spec.services[0].port",
