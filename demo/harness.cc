@@ -168,7 +168,8 @@ absl::Status StackHarness::WriteManifest() {
   manifest_path_ = absl::StrCat(options_.work_dir, "/", stack_name_, ".yaml");
   if (options_.fixed_ports && !docker && !options_.with_db && !options_.crash_loop &&
       !options_.dry_run && options_.restart_budget == 0 && options_.backoff_initial.empty() &&
-      options_.backoff_max.empty() && options_.route_probe_period.empty()) {
+      options_.backoff_max.empty() && options_.route_probe_period.empty() &&
+      options_.max_actions_per_minute == 0) {
     // The demo applies manifests/demo.yaml itself, its relative paths made absolute.
     ASSIGN_OR_RETURN(std::string text,
                      ReadFile(absl::StrCat(options_.source_dir, "/manifests/demo.yaml")));
@@ -273,7 +274,10 @@ absl::Status StackHarness::WriteManifest() {
       budget,
       ", window: 10m}\n"
       "    backoff: {initial: ",
-      backoff, ", max: ", options_.backoff_max.empty() ? "30s" : options_.backoff_max, "}\n");
+      backoff, ", max: ", options_.backoff_max.empty() ? "30s" : options_.backoff_max, "}\n",
+      options_.max_actions_per_minute > 0
+          ? absl::StrCat("    maxActionsPerMinute: ", options_.max_actions_per_minute, "\n")
+          : std::string());
   return WriteFile(manifest_path_, manifest);
 }
 

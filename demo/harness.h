@@ -38,6 +38,7 @@ struct HarnessOptions {
   int restart_budget = 0;       // 0: the manifest's
   std::string backoff_initial;  // e.g. "200ms"; empty: the manifest's
   std::string backoff_max;      // e.g. "1ms" (no backoff: heal_bench); empty: 30s
+  int max_actions_per_minute = 0;  // 0: the manifest's (30)
   std::string host_id = "demo";
   // Mutual TLS between every piece, with a CA made in work_dir/pki (the secure path is the
   // tested one). `pki/` is also an UPKEEP_TLS_DIR for upkeepctl (an admin certificate).
