@@ -7,6 +7,7 @@
 #include <atomic>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -86,25 +87,29 @@ void OnSignal(int) { g_stop = true; }
 std::atomic<bool> g_elected{false};
 std::atomic<bool> g_lost{false};
 
-// --grpc-args: NAME=VALUE pairs onto the server builder (a VALUE that parses as an integer is
-// an integer argument). False, with the bad pair named, on a pair without '='.
-bool AddGrpcArgs(grpc::ServerBuilder* builder) {
+// One --grpc-args pair: a VALUE that parses as an integer is an integer argument.
+struct GrpcArg {
+  std::string name;
+  std::string text;
+  std::optional<int> number;
+};
+
+// --grpc-args, read before anything starts (a replica must not campaign with a flag it cannot
+// serve with). Nothing, with the bad pair named, on a pair without '='.
+std::optional<std::vector<GrpcArg>> ParseGrpcArgs() {
+  std::vector<GrpcArg> out;
   for (const std::string& pair : absl::GetFlag(FLAGS_grpc_args)) {
     const size_t eq = pair.find('=');
     if (eq == std::string::npos || eq == 0) {
       UPKEEP_LOG(critical, "bad_flag",
                  {{"error", absl::StrCat("--grpc-args: \"", pair, "\" is not NAME=VALUE")}});
-      return false;
+      return std::nullopt;
     }
-    const std::string name = pair.substr(0, eq), value = pair.substr(eq + 1);
-    int number = 0;
-    if (absl::SimpleAtoi(value, &number)) {
-      builder->AddChannelArgument(name, number);
-    } else {
-      builder->AddChannelArgument(name, value);
-    }
+    GrpcArg a{pair.substr(0, eq), pair.substr(eq + 1), std::nullopt};
+    if (int n = 0; absl::SimpleAtoi(a.text, &n)) a.number = n;
+    out.push_back(std::move(a));
   }
-  return true;
+  return out;
 }
 
 // mtime+size of every manifest, to notice changes.
@@ -166,6 +171,8 @@ int main(int argc, char** argv) {
     UPKEEP_LOG(critical, "bad_flag", {{"error", "--store: sqlite or etcd"}});
     return 1;
   }
+  const std::optional<std::vector<GrpcArg>> grpc_args = ParseGrpcArgs();
+  if (!grpc_args.has_value()) return 1;
   const std::string advertise = absl::GetFlag(FLAGS_advertise).empty()
                                     ? absl::GetFlag(FLAGS_listen)
                                     : absl::GetFlag(FLAGS_advertise);
@@ -304,14 +311,22 @@ int main(int argc, char** argv) {
   // (etcd: the follower phase first; the reconciler loads the store once this replica leads.)
   std::unique_ptr<grpc::Server> follower_server;
   int follower_port = 0;
+  // The follower's server and the leader's: the same port, limits, keepalive and --grpc-args.
   auto serve = [&](grpc::ServerBuilder* builder, int* port) {
-    builder->AddListeningPort(absl::GetFlag(FLAGS_listen), credentials, port);
+    builder->AddListeningPort(listen, credentials, port);
     builder->SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
     builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
     builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
     builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
     builder->AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
     builder->AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+    for (const GrpcArg& a : *grpc_args) {
+      if (a.number.has_value()) {
+        builder->AddChannelArgument(a.name, *a.number);
+      } else {
+        builder->AddChannelArgument(a.name, a.text);
+      }
+    }
   };
   std::unique_ptr<upkeep::controller::FollowerFleetService> follower_fleet;
   if (on_etcd) {
@@ -385,14 +400,7 @@ int main(int argc, char** argv) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(listen, credentials, &port);
-  builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
-  if (!AddGrpcArgs(&builder)) return 1;
+  serve(&builder, &port);
   builder.RegisterService(&agents);
   builder.RegisterService(&fleet);
   builder.RegisterService(&controllers);

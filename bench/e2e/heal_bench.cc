@@ -17,6 +17,7 @@
 //
 //   build/bench/heal_bench --runs 10 --out bench/results/heal.md [--docker]
 //       [--only process,monit,nginx,docker]
+// With --only and no --out, the rows are printed and bench/results/heal.md is left alone.
 #include <signal.h>
 #include <sys/stat.h>
 
@@ -593,7 +594,7 @@ std::string Machine() {
 
 int Main(int argc, char** argv) {
   int runs = 10;
-  std::string out_path = "bench/results/heal.md";
+  std::string out_path;  // default: bench/results/heal.md, unless --only picks some rows
   std::string bin_dir = "build/bin";
   std::string source_dir = ".";
   bool docker = false;
@@ -620,6 +621,9 @@ int Main(int argc, char** argv) {
       return 2;
     }
   }
+  // Some rows are not the table: without --out they are printed only, and heal.md keeps the
+  // last whole run.
+  if (out_path.empty() && only.empty()) out_path = "bench/results/heal.md";
   auto want = [&](const std::string& part) { return only.empty() || only.count(part) > 0; };
   bin_dir = std::filesystem::absolute(bin_dir).string();
   ::setenv("UPKEEP_BIN_DIR", bin_dir.c_str(), 1);
@@ -828,6 +832,7 @@ int Main(int argc, char** argv) {
     }
   }
   std::printf("%s\n%s\n%s", table.c_str(), ratios.c_str(), details.c_str());
+  if (out_path.empty()) return 0;
   const std::string load_after = Machine();
   std::error_code ec;
   std::filesystem::create_directories(std::filesystem::path(out_path).parent_path(), ec);

@@ -1,11 +1,11 @@
 // `upkeepctl plan` offline, on the documented snapshots (docs/examples) and on broken input.
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "gtest/gtest.h"
+#include "tests/support/files.h"
 #include "tests/support/subprocess.h"
 #include "tests/support/temp_dir.h"
 
@@ -34,10 +34,7 @@ CliRun Plan(const std::string& snapshot, const std::string& manifest = "",
   auto p = testing::Subprocess::Start(argv, dir.Join("out"));
   EXPECT_TRUE(p.ok());
   auto st = (*p)->Wait(absl::Seconds(20));
-  std::ifstream in(dir.Join("out"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return {st.has_value() ? WEXITSTATUS(*st) : -1, ss.str()};
+  return {st.has_value() ? WEXITSTATUS(*st) : -1, testing::ReadFile(dir.Join("out"))};
 }
 
 struct Example {

@@ -21,7 +21,6 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -32,6 +31,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "gtest/gtest.h"
 #include "tests/support/docker/netns_dockerd.h"
+#include "tests/support/files.h"
 #include "tests/support/netns/netns.h"
 #include "tests/support/nginx_conf.h"
 #include "tests/support/subprocess.h"
@@ -55,12 +55,7 @@ constexpr int kBackendPort = 8002;
 constexpr char kSubnet[] = "10.213.7.0/24";
 constexpr char kContainer[] = "shop-backend";
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using ::upkeep::testing::ReadFile;
 
 void WriteFile(const std::string& path, const std::string& text) {
   std::ofstream(path, std::ios::trunc) << text;

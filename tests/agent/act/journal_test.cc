@@ -4,10 +4,10 @@
 #include <unistd.h>
 
 #include <fstream>
-#include <sstream>
 #include <string>
 
 #include "gtest/gtest.h"
+#include "tests/support/files.h"
 #include "tests/support/temp_dir.h"
 
 namespace upkeep::agent {
@@ -15,12 +15,7 @@ namespace {
 
 namespace v1 = upkeep::v1;
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using ::upkeep::testing::ReadFile;
 
 TEST(Journal, RemembersStartedAndFinishedIdsAcrossARestart) {
   upkeep::testing::TempDir dir;
@@ -63,9 +58,9 @@ TEST(Journal, ARecordAfterATornLineSurvivesTheNextCrash) {
   Journal j(dir.Join("journal"));
   ASSERT_TRUE(j.Recover().ok());
   EXPECT_EQ(j.Lookup("second", nullptr), Journal::State::kStarted) << "journal:\n"
-                                                                   << ReadAll(dir.Join("journal"));
+                                                                   << ReadFile(dir.Join("journal"));
   EXPECT_EQ(j.Lookup("first", nullptr), Journal::State::kStarted);
-  const std::string text = ReadAll(dir.Join("journal"));
+  const std::string text = ReadFile(dir.Join("journal"));
   EXPECT_EQ(text.find("half"), std::string::npos) << "the torn tail is cut off:\n" << text;
   EXPECT_EQ(text.back(), '\n');
 }

@@ -6,8 +6,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -17,6 +15,7 @@
 #include "agent/observe/ports.h"
 #include "core/proto_time.h"
 #include "gtest/gtest.h"
+#include "tests/support/files.h"
 #include "tests/support/net.h"
 #include "tests/support/subprocess.h"
 #include "tests/support/wait.h"
@@ -190,16 +189,11 @@ TEST(Ports, NetlinkListsTheListenersProcNetTcpShows) {
     ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
     return static_cast<int>(ntohs(a.sin6_port));  // sin_port sits at the same offset
   };
-  auto read = [](const char* path) {
-    std::ifstream in(path);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-  };
   const auto netlink = ListListenersNetlink();
   ASSERT_TRUE(netlink.has_value()) << "sock_diag unavailable";
-  std::vector<Listener> proc = ParseProcNetTcp(read("/proc/net/tcp"), false);
-  for (auto& l : ParseProcNetTcp(read("/proc/net/tcp6"), true)) proc.push_back(l);
+  std::vector<Listener> proc = ParseProcNetTcp(upkeep::testing::ReadFile("/proc/net/tcp"), false);
+  for (auto& l : ParseProcNetTcp(upkeep::testing::ReadFile("/proc/net/tcp6"), true))
+    proc.push_back(l);
   auto find = [](const std::vector<Listener>& all, int port, bool ipv6) -> const Listener* {
     for (const auto& l : all) {
       if (l.socket.port() == port && l.socket.ipv6() == ipv6) return &l;

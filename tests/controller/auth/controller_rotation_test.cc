@@ -6,12 +6,12 @@
 // controller logs exactly one connection for that host.
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "core/tls/tls.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "tests/support/files.h"
 #include "tests/support/net.h"
 #include "tests/support/subprocess.h"
 #include "tests/support/temp_dir.h"
@@ -24,12 +24,7 @@ namespace {
 
 namespace v1 = upkeep::v1;
 
-std::string Read(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using ::upkeep::testing::ReadFile;
 
 // Written to a temporary name and renamed, as `upkeepctl tls issue` does.
 void WriteAtomically(const std::string& path, const std::string& content) {
@@ -43,8 +38,8 @@ void WriteAtomically(const std::string& path, const std::string& content) {
 // Installs an issued pair at cert/key, key first (the watcher keeps the old pair until both
 // match).
 void Install(const tls::IssuedFiles& issued, const std::string& cert, const std::string& key) {
-  WriteAtomically(key, Read(issued.key));
-  WriteAtomically(cert, Read(issued.cert));
+  WriteAtomically(key, ReadFile(issued.key));
+  WriteAtomically(cert, ReadFile(issued.cert));
 }
 
 size_t Count(const std::string& haystack, const std::string& needle) {
@@ -72,10 +67,11 @@ class ControllerRotationTest : public ::testing::Test {
     std::filesystem::create_directories(dir_.Join("agent"));
     // The controller's files, as a deployment would lay them out.
     Install(*c1, ServerCert(), dir_.Join("ctl/server.key"));
-    WriteAtomically(dir_.Join("ctl/ca.crt"), Read(ca1_ + "/ca.crt"));
+    WriteAtomically(dir_.Join("ctl/ca.crt"), ReadFile(ca1_ + "/ca.crt"));
     // The agent's files. It trusts both CAs from the start (the first step of a CA rotation).
     Install(*h1, dir_.Join("agent/client.crt"), dir_.Join("agent/client.key"));
-    WriteAtomically(dir_.Join("agent/ca.crt"), Read(ca1_ + "/ca.crt") + Read(ca2_ + "/ca.crt"));
+    WriteAtomically(dir_.Join("agent/ca.crt"),
+                    ReadFile(ca1_ + "/ca.crt") + ReadFile(ca2_ + "/ca.crt"));
 
     port_ = FreePort();
     auto c = Subprocess::Start(
@@ -85,9 +81,10 @@ class ControllerRotationTest : public ::testing::Test {
         Log());
     ASSERT_TRUE(c.ok());
     controller_ = std::move(*c);
-    ASSERT_TRUE(WaitFor([&] { return Read(Log()).find("controller_started") != std::string::npos; },
-                        absl::Seconds(30)))
-        << Read(Log());
+    ASSERT_TRUE(
+        WaitFor([&] { return ReadFile(Log()).find("controller_started") != std::string::npos; },
+                absl::Seconds(30)))
+        << ReadFile(Log());
     // The agent's credentials: one object for the agent's whole life, re-reading its files.
     tls::ChannelTlsOptions options;
     options.refresh = absl::Seconds(1);
@@ -191,7 +188,7 @@ spec:
 TEST_F(ControllerRotationTest, CertificatesRotateWhileTheAgentStaysConnected) {
   std::string pem_before;
   ASSERT_TRUE(Apply(ca1_, 8001, &pem_before).ok());
-  EXPECT_EQ(pem_before, Read(ServerCert()));
+  EXPECT_EQ(pem_before, ReadFile(ServerCert()));
 
   // The agent connects once, for the whole test.
   auto stub = v1::AgentService::NewStub(Dial(agent_creds_));
@@ -206,7 +203,7 @@ TEST_F(ControllerRotationTest, CertificatesRotateWhileTheAgentStaysConnected) {
   auto renewed = tls::Issue(ca1_, tls::IssueRequest::Controller("c1", {"127.0.0.1"}));
   ASSERT_TRUE(renewed.ok());
   Install(*renewed, ServerCert(), dir_.Join("ctl/server.key"));
-  const std::string want = Read(renewed->cert);
+  const std::string want = ReadFile(renewed->cert);
   ASSERT_NE(want, pem_before);
   EXPECT_TRUE(WaitFor(
       [&] {
@@ -221,7 +218,7 @@ TEST_F(ControllerRotationTest, CertificatesRotateWhileTheAgentStaysConnected) {
   auto h2 = Creds(ca2_, "agent-h2");
   EXPECT_EQ(Hello(h2, "h2").error_code(), grpc::StatusCode::UNAVAILABLE)
       << "a certificate of a CA the controller does not trust got through";
-  WriteAtomically(dir_.Join("ctl/ca.crt"), Read(ca1_ + "/ca.crt") + Read(ca2_ + "/ca.crt"));
+  WriteAtomically(dir_.Join("ctl/ca.crt"), ReadFile(ca1_ + "/ca.crt") + ReadFile(ca2_ + "/ca.crt"));
   EXPECT_TRUE(
       WaitFor([&] { return Hello(h2, "h2").ok(); }, absl::Seconds(40), absl::Milliseconds(500)))
       << "an agent of the added CA was never let in";
@@ -234,7 +231,7 @@ TEST_F(ControllerRotationTest, CertificatesRotateWhileTheAgentStaysConnected) {
   auto h1_new = tls::Issue(ca2_, tls::IssueRequest::Agent("h1"));
   ASSERT_TRUE(h1_new.ok());
   Install(*h1_new, dir_.Join("agent/client.crt"), dir_.Join("agent/client.key"));
-  WriteAtomically(dir_.Join("ctl/ca.crt"), Read(ca2_ + "/ca.crt"));
+  WriteAtomically(dir_.Join("ctl/ca.crt"), ReadFile(ca2_ + "/ca.crt"));
   auto old_h1 = Creds(ca1_, "agent-h1");
   EXPECT_TRUE(
       WaitFor([&] { return Hello(old_h1, "h9").error_code() == grpc::StatusCode::UNAVAILABLE; },
@@ -247,7 +244,7 @@ TEST_F(ControllerRotationTest, CertificatesRotateWhileTheAgentStaysConnected) {
   ExpectStreamAlive(stream.get(), ca2_, 8006, "after the agent's certificate was renewed");
 
   // One connection for h1 in the whole run: the stream was never re-established.
-  EXPECT_EQ(Count(Read(Log()), "event=agent_connected host=h1 "), 1u) << Read(Log());
+  EXPECT_EQ(Count(ReadFile(Log()), "event=agent_connected host=h1 "), 1u) << ReadFile(Log());
   ctx.TryCancel();
   stream->Finish();
 }

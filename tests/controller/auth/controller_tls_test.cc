@@ -1,15 +1,13 @@
 // The real upkeep-controller binary with the fleet's own certificates (core/tls): it refuses
 // plaintext off loopback, serves mutual TLS, authorises by role, and an agent certificate says
-// hello only as its own host.
+// hello only as its own host; and it refuses a bad flag before it starts anything.
 #include <sys/wait.h>
-
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "core/tls/tls.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "tests/support/files.h"
 #include "tests/support/net.h"
 #include "tests/support/subprocess.h"
 #include "tests/support/temp_dir.h"
@@ -22,13 +20,6 @@ namespace {
 
 namespace v1 = upkeep::v1;
 
-std::string Read(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 TEST(ControllerTls, RefusesPlaintextOffLoopbackUnlessInsecure) {
   TempDir dir;
   auto c = Subprocess::Start({BinPath("upkeep-controller"), "--data", dir.Join("data"), "--listen",
@@ -38,8 +29,28 @@ TEST(ControllerTls, RefusesPlaintextOffLoopbackUnlessInsecure) {
   auto status = (*c)->Wait(absl::Seconds(20));
   ASSERT_TRUE(status.has_value()) << "a plaintext controller on 0.0.0.0 kept running";
   EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) != 0);
-  EXPECT_NE(Read(dir.Join("log")).find("refusing_plaintext"), std::string::npos)
-      << Read(dir.Join("log"));
+  EXPECT_NE(ReadFile(dir.Join("log")).find("refusing_plaintext"), std::string::npos)
+      << ReadFile(dir.Join("log"));
+}
+
+// A bad --grpc-args is refused before the controller starts anything: a replica on etcd exits
+// naming the pair without reaching for etcd (nothing listens at the endpoint given), where it
+// used to campaign, serve as a follower and fail only once elected.
+TEST(ControllerFlags, ABadGrpcArgIsRefusedBeforeTheReplicaJoinsEtcd) {
+  TempDir dir;
+  auto c = Subprocess::Start(
+      {BinPath("upkeep-controller"), "--data", dir.Join("data"), "--listen",
+       absl::StrCat("127.0.0.1:", FreePort()), "--store", "etcd", "--etcd-endpoints",
+       absl::StrCat("127.0.0.1:", FreePort()), "--grpc-args", "grpc.enable_channelz=0,oops"},
+      dir.Join("log"));
+  ASSERT_TRUE(c.ok());
+  auto status = (*c)->Wait(absl::Seconds(20));
+  ASSERT_TRUE(status.has_value()) << "kept running: " << ReadFile(dir.Join("log"));
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 1);
+  const std::string log = ReadFile(dir.Join("log"));
+  EXPECT_NE(log.find("bad_flag"), std::string::npos) << log;
+  EXPECT_NE(log.find("oops"), std::string::npos) << "the bad pair is not named: " << log;
+  EXPECT_EQ(log.find("etcd"), std::string::npos) << "reached for etcd first: " << log;
 }
 
 class ControllerTlsTest : public ::testing::Test {
@@ -64,10 +75,11 @@ class ControllerTlsTest : public ::testing::Test {
     controller_ = std::move(*c);
     ASSERT_TRUE(WaitFor(
         [&] {
-          return Read(dir_.Join("controller.log")).find("controller_started") != std::string::npos;
+          return ReadFile(dir_.Join("controller.log")).find("controller_started") !=
+                 std::string::npos;
         },
         absl::Seconds(30)))
-        << Read(dir_.Join("controller.log"));
+        << ReadFile(dir_.Join("controller.log"));
   }
   std::shared_ptr<grpc::Channel> Channel(const std::string& who) {
     const std::string pki = dir_.Join("pki");

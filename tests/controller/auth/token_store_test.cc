@@ -3,12 +3,10 @@
 
 #include <sys/stat.h>
 
-#include <fstream>
-#include <sstream>
-
 #include "controller/auth/token_command.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/files.h"
 #include "tests/support/temp_dir.h"
 
 namespace upkeep::controller_auth {
@@ -16,12 +14,7 @@ namespace {
 
 using ::upkeep::testing::TempDir;
 
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using ::upkeep::testing::ReadFile;
 
 TEST(TokenStore, CreatedTokenAuthenticatesAsItsNameAndRole) {
   TempDir dir;
@@ -55,7 +48,7 @@ TEST(TokenStore, StoresOnlyAHashInAPrivateFile) {
   struct stat st {};
   ASSERT_EQ(::stat(dir.Join("tokens.db").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
-  const std::string bytes = Slurp(dir.Join("tokens.db")) + Slurp(dir.Join("tokens.db-wal"));
+  const std::string bytes = ReadFile(dir.Join("tokens.db")) + ReadFile(dir.Join("tokens.db-wal"));
   EXPECT_THAT(bytes, ::testing::HasSubstr("ci"));
   EXPECT_EQ(bytes.find(token.substr(4)), std::string::npos) << "the token is stored in clear";
 }

@@ -5,9 +5,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -18,6 +16,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "gtest/gtest.h"
+#include "tests/support/files.h"
 
 namespace upkeep::controller {
 namespace {
@@ -173,12 +172,7 @@ TEST(KeyDiagnoser, ForgetsKeysAndStacks) {
   EXPECT_EQ(k.size(), 0u);
 }
 
-std::string Read(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using ::upkeep::testing::ReadFile;
 
 // Every snapshot of the scenario corpus in turn, each at its own time and again a moment
 // later, through one KeyDiagnoser per scenario: the decision is always Diagnose's, and a
@@ -205,7 +199,7 @@ TEST(KeyDiagnoser, DecidesAsDiagnoseOnTheScenarioCorpus) {
     KeyDiagnoser k;
     for (const fs::path& p : snapshots) {
       v1::StackObservation snapshot;
-      ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(Read(p), &snapshot).ok()) << p;
+      ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(ReadFile(p), &snapshot).ok()) << p;
       const History history = std::make_shared<const std::vector<v1::ActionRecord>>(
           snapshot.history().begin(), snapshot.history().end());
       for (const absl::Duration later :

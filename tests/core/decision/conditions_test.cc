@@ -5,8 +5,6 @@
 
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <string>
 
 #include "absl/strings/match.h"
@@ -15,6 +13,7 @@
 #include "core/proto_time.h"
 #include "google/protobuf/util/json_util.h"
 #include "gtest/gtest.h"
+#include "tests/support/files.h"
 
 namespace upkeep::decision {
 namespace {
@@ -27,12 +26,7 @@ fs::path Scenario(const std::string& name) {
   return fs::path(root != nullptr ? root : ".") / "tests" / "scenarios" / name;
 }
 
-std::string Read(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using ::upkeep::testing::ReadFile;
 
 // The stack's status after the controller judged snapshot `file` of scenario `name`.
 v1::StackStatus StatusAfter(const std::string& name, const std::string& file,
@@ -43,7 +37,7 @@ v1::StackStatus StatusAfter(const std::string& name, const std::string& file,
   const v1::Stack& stack = loaded.stacks[0];
   v1::StackObservation snapshot;
   EXPECT_TRUE(
-      google::protobuf::util::JsonStringToMessage(Read(Scenario(name) / file), &snapshot).ok());
+      google::protobuf::util::JsonStringToMessage(ReadFile(Scenario(name) / file), &snapshot).ok());
   const std::vector<v1::ActionRecord> history(snapshot.history().begin(), snapshot.history().end());
   const absl::Time now = FromProto(snapshot.observed_at());
   const v1::Diagnosis d = Diagnose(stack, snapshot, history, now);

@@ -16,9 +16,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <map>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -34,6 +32,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "gtest/gtest.h"
+#include "tests/support/files.h"
 
 namespace upkeep::decision {
 namespace {
@@ -57,12 +56,7 @@ std::vector<std::string> ScenarioNames() {
   return names;
 }
 
-std::string Read(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using ::upkeep::testing::ReadFile;
 
 std::string Lower(const std::string& s, const std::string& prefix) {
   std::string out = s.rfind(prefix, 0) == 0 ? s.substr(prefix.size()) : s;
@@ -97,7 +91,7 @@ TEST_P(Scenario, DiagnosesAsTheRunbookSays) {
   ASSERT_TRUE(loaded.ok()) << (loaded.errors.empty() ? "" : loaded.errors[0].ToString());
   ASSERT_EQ(loaded.stacks.size(), 1u);
   const v1::Stack& stack = loaded.stacks[0];
-  const manifest::YamlStream yaml = manifest::YamlStream::Parse(Read(dir / "expect.yaml"));
+  const manifest::YamlStream yaml = manifest::YamlStream::Parse(ReadFile(dir / "expect.yaml"));
   ASSERT_TRUE(yaml.ok()) << dir << "/expect.yaml:" << yaml.error().line << ": "
                          << yaml.error().message;
   ASSERT_EQ(yaml.documents().size(), 1u);
@@ -111,7 +105,7 @@ TEST_P(Scenario, DiagnosesAsTheRunbookSays) {
     SCOPED_TRACE(absl::StrCat(GetParam(), "/", file));
     ASSERT_TRUE(fs::exists(dir / file)) << "expect.yaml names a missing snapshot";
     v1::StackObservation snapshot;
-    const auto st = google::protobuf::util::JsonStringToMessage(Read(dir / file), &snapshot);
+    const auto st = google::protobuf::util::JsonStringToMessage(ReadFile(dir / file), &snapshot);
     ASSERT_TRUE(st.ok()) << st.ToString();
     absl::Time now = FromProto(snapshot.observed_at());
     if (e->Get("now")) {
@@ -251,7 +245,7 @@ TEST(ScenarioCorpus, EveryFastPathGivesTheFullDiagnosis) {
     for (const auto& e : fs::directory_iterator(dir)) {
       if (e.path().extension() != ".json") continue;
       v1::StackObservation snapshot;
-      ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(Read(e.path()), &snapshot).ok())
+      ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(ReadFile(e.path()), &snapshot).ok())
           << e.path();
       const std::vector<v1::ActionRecord> all(snapshot.history().begin(), snapshot.history().end());
       for (size_t kept : {all.size(), all.size() / 2, size_t{0}}) {

@@ -10,8 +10,6 @@
 #include <cstdio>
 #include <deque>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <tuple>
 
 #include "absl/strings/match.h"
@@ -20,6 +18,7 @@
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "tests/support/files.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/wait.h"
 #include "upkeep/v1/fleet_service.grpc.pb.h"
@@ -373,12 +372,7 @@ TEST_F(TlsTest, RotatedServerFilesServeNewConnectionsWhileAnOpenStreamStaysUp) {
   reader->Finish();
 }
 
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using ::upkeep::testing::ReadFile;
 
 TEST_F(TlsTest, RotatedClientFilesAreUsedByTheNextConnectionOfTheSameCredentials) {
   StartServer(controller_.cert, controller_.key);
@@ -391,13 +385,13 @@ TEST_F(TlsTest, RotatedClientFilesAreUsedByTheNextConnectionOfTheSameCredentials
   auto creds = ChannelCredentials(Ca(), cert, key, options);
   ASSERT_TRUE(creds.ok()) << creds.status();
   ASSERT_TRUE(Call(Dial(*creds)).ok());
-  EXPECT_EQ(fleet_.last_peer_pem(), Slurp(agent_.cert));
+  EXPECT_EQ(fleet_.last_peer_pem(), ReadFile(agent_.cert));
 
   auto renewed = Issue(dir_.path(), IssueRequest::Agent("web-1"));  // same name, new key
   ASSERT_TRUE(renewed.ok());
   CopyAtomically(renewed->key, key);
   CopyAtomically(renewed->cert, cert);
-  const std::string want = Slurp(renewed->cert);
+  const std::string want = ReadFile(renewed->cert);
   EXPECT_TRUE(WaitFor([&] { return Call(Dial(*creds)).ok() && fleet_.last_peer_pem() == want; },
                       absl::Seconds(20), absl::Milliseconds(200)));
 }
