@@ -33,11 +33,11 @@ struct HarnessOptions {
   std::string docker_image;   // docker runtime: image holding /upkeep-sample-service
   bool fixed_ports = false;   // keep the manifest's ports (the demo) instead of ephemeral ones
   bool dry_run = false;
-  bool with_db = false;         // add a `db` service the backend depends on
-  bool crash_loop = false;      // the backend exits shortly after every start
-  int restart_budget = 0;       // 0: the manifest's
-  std::string backoff_initial;  // e.g. "200ms"; empty: the manifest's
-  std::string backoff_max;      // e.g. "1ms" (no backoff: heal_bench); empty: 30s
+  bool with_db = false;            // add a `db` service the backend depends on
+  bool crash_loop = false;         // the backend exits shortly after every start
+  int restart_budget = 0;          // 0: the manifest's
+  std::string backoff_initial;     // e.g. "200ms"; empty: the manifest's
+  std::string backoff_max;         // e.g. "1ms" (no backoff: heal_bench); empty: 30s
   int max_actions_per_minute = 0;  // 0: the manifest's (30)
   std::string host_id = "demo";
   // Mutual TLS between every piece, with a CA made in work_dir/pki (the secure path is the

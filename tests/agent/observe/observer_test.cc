@@ -293,6 +293,7 @@ struct ApiBehindNginx {
   int nginx_port = FreePort(), dead_port = FreePort(), api_port = FreePort();
   std::unique_ptr<upkeep::testing::Subprocess> api, nginx;
   v1::Stack stack;  // "shop": the api service and the probed route /api/ (BehindNginx)
+  std::unique_ptr<Host> host = MakeHost({dir.path(), "", ExecPolicy{}});
 
   // Starts both; false (with a gtest failure) when either did not come up.
   bool Start() {
@@ -348,7 +349,14 @@ struct ClockedObserver {
       }
     });
     observer->SetDesired({stack});
-    return true;
+    // The first probe of the route passed (and the observer has it: an observation carried it).
+    EXPECT_TRUE(WaitFor([&] { return route_passed > 0; }, absl::Seconds(20)));
+    return route_passed > 0;
+  }
+
+  // The probe spec of the stack's route /api/ (BehindNginx).
+  static v1::RouteProbeSpec* RouteProbe(v1::Stack* stack) {
+    return stack->mutable_spec()->mutable_proxy()->mutable_routes(0)->mutable_probe();
   }
 };
 
@@ -360,15 +368,12 @@ struct ClockedObserver {
 TEST(StackObserver, AnUpstreamErrorInsideTheRepokeWindowProbesTheRouteWhenTheWindowEnds) {
   ApiBehindNginx net;
   ASSERT_TRUE(net.Start());
-  std::unique_ptr<Host> host = MakeHost({net.dir.path(), "", ExecPolicy{}});
   std::atomic<int> errors_handled{0};
   ProxyDrivers proxies([&](const v1::ProxySpec& spec) -> std::shared_ptr<ProxyDriver> {
     return std::make_shared<CountingDriver>(CreateNginxDriver(spec), &errors_handled);
   });
   ClockedObserver o;
-  ASSERT_TRUE(o.Start(host.get(), &proxies, net.stack));
-  // The first probe passed (and the observer has it: an observation carried it).
-  ASSERT_TRUE(WaitFor([&] { return o.route_passed > 0; }, absl::Seconds(20)));
+  ASSERT_TRUE(o.Start(net.host.get(), &proxies, net.stack));
   ASSERT_EQ(net.RouteProbes(), 1);
 
   // An upstream error, while the clock stands at the time of that probe: inside the window.
@@ -394,12 +399,9 @@ TEST(StackObserver, AnUpstreamErrorInsideTheRepokeWindowProbesTheRouteWhenTheWin
 TEST(StackObserver, ARouteIsProbedOnItsOwnPeriod) {
   ApiBehindNginx net;
   ASSERT_TRUE(net.Start());
-  std::unique_ptr<Host> host = MakeHost({net.dir.path(), "", ExecPolicy{}});
-  *net.stack.mutable_spec()->mutable_proxy()->mutable_routes(0)->mutable_probe()->mutable_period() =
-      ToProto(absl::Milliseconds(250));
+  *ClockedObserver::RouteProbe(&net.stack)->mutable_period() = ToProto(absl::Milliseconds(250));
   ClockedObserver o;
-  ASSERT_TRUE(o.Start(host.get(), &host->proxies, net.stack));
-  ASSERT_TRUE(WaitFor([&] { return o.route_passed > 0; }, absl::Seconds(20)));
+  ASSERT_TRUE(o.Start(net.host.get(), &net.host->proxies, net.stack));
   ASSERT_EQ(net.RouteProbes(), 1);
   o.clock.Advance(absl::Milliseconds(300));
   EXPECT_TRUE(WaitFor([&] { return net.RouteProbes() >= 2; }, absl::Seconds(20)))
@@ -413,11 +415,9 @@ TEST(StackObserver, ARouteIsProbedOnItsOwnPeriod) {
 TEST(StackObserver, ARouteWithoutAPeriodIsProbedEachSecond) {
   ApiBehindNginx net;
   ASSERT_TRUE(net.Start());
-  std::unique_ptr<Host> host = MakeHost({net.dir.path(), "", ExecPolicy{}});
-  net.stack.mutable_spec()->mutable_proxy()->mutable_routes(0)->mutable_probe()->clear_period();
+  ClockedObserver::RouteProbe(&net.stack)->clear_period();
   ClockedObserver o;
-  ASSERT_TRUE(o.Start(host.get(), &host->proxies, net.stack));
-  ASSERT_TRUE(WaitFor([&] { return o.route_passed > 0; }, absl::Seconds(20)));
+  ASSERT_TRUE(o.Start(net.host.get(), &net.host->proxies, net.stack));
   o.clock.Advance(absl::Milliseconds(1100));
   ASSERT_TRUE(WaitFor([&] { return net.RouteProbes() >= 2; }, absl::Seconds(20)));
   // The observation carrying the second probe: the probe loop has gone back to waiting.
